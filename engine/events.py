@@ -1,0 +1,124 @@
+"""Typed events: the one language between the engine and every sink.
+
+Every event carries the stream id and `start`/`end` in stream-clock seconds (seconds since the
+stream's first sample). Wall time is added at the edge (`wall_time`, set when the event is
+made). `to_dict()` gives the JSONL schema documented in the README (SCHEMA_VERSION).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Word:
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event. `type` is the JSONL discriminator."""
+
+    type: ClassVar[str] = "event"
+    #: Partials, levels and stats may be replaced by a newer one of the same stream when a
+    #: consumer lags; everything else is delivered in order or its loss is counted.
+    replaceable: ClassVar[bool] = False
+
+    stream: str
+    start: float
+    end: float
+    wall_time: str = field(default_factory=_now_iso)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple) and value and isinstance(value[0], Word):
+                value = [dataclasses.asdict(w) for w in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechStarted(Event):
+    type: ClassVar[str] = "speech_started"
+    segment: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechEnded(Event):
+    type: ClassVar[str] = "speech_ended"
+    segment: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptionPartial(Event):
+    type: ClassVar[str] = "caption_partial"
+    replaceable: ClassVar[bool] = True
+    segment: int
+    text: str
+    words: tuple[Word, ...] = ()
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptionFinal(Event):
+    type: ClassVar[str] = "caption_final"
+    segment: int
+    text: str
+    words: tuple[Word, ...] = ()
+    model: str = ""
+    speaker: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Level(Event):
+    """Input level of the last block, for meters (not written to files by default)."""
+
+    type: ClassVar[str] = "level"
+    replaceable: ClassVar[bool] = True
+    dbfs: float
+    speech: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stats(Event):
+    """Periodic health figures. `counters` are cumulative since the stream started."""
+
+    type: ClassVar[str] = "stats"
+    replaceable: ClassVar[bool] = True
+    rtf: float | None = None
+    lag_s: float = 0.0
+    queue_depth: int = 0
+    caption_latency_p50_s: float | None = None
+    caption_latency_p95_s: float | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamError(Event):
+    """A non-fatal problem a user should see (device lost, model failure on one window)."""
+
+    type: ClassVar[str] = "error"
+    message: str
+    fatal: bool = False
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, Level, Stats, StreamError)
+}
