@@ -1,0 +1,37 @@
+# Two entry points (see README): `make demo` and `make test`. Both set everything up first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU build of torch (an unpinned torch pulls several GB of CUDA packages). On a CUDA
+# machine, install the CUDA build of the same version into the venv first: make keeps it.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test lint typing-view clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	./scripts/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/harken run --input assets/sample.wav --fast --out out --format srt,vtt,jsonl,txt
+
+# mypy follows `harken.*` imports through this symlinked view of the remapped folders.
+typing-view:
+	mkdir -p build/typing/harken
+	for d in app engine models; do ln -sfn ../../../$$d build/typing/harken/$$d; done
+
+lint: setup typing-view
+	$(BIN)/ruff check app engine models tests
+	$(BIN)/mypy build/typing/harken
+
+test: setup lint
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,251 @@
+"""The `harken` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harken.app.config import LoadedConfig, describe, load_config
+from harken.models.errors import HarkenError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# flag dest -> dotted config key (flags override file and environment)
+FLAG_KEYS = {
+    "captions_model": ("captions.model", "--captions-model"),
+    "device_type": ("compute.device_type", "--device-type"),
+    "dtype": ("compute.dtype", "--dtype"),
+    "device": ("audio.device", "--device"),
+    "hop": ("captions.hop_s", "--hop"),
+    "left_context": ("captions.left_context_s", "--left-context"),
+    "right_context": ("captions.right_context_s", "--right-context"),
+    "vad_aggressiveness": ("vad.aggressiveness", "--vad-aggressiveness"),
+    "max_segment": ("vad.max_segment_s", "--max-segment"),
+    "out": ("output.dir", "--out"),
+    "format": ("output.formats", "--format"),
+}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
+    p.add_argument("--captions-model", metavar="ID|DIR", help="CTC model: hub id or folder")
+    p.add_argument("--device-type", metavar="auto|cpu|cuda[:N]", help="compute device")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--hop", type=float, metavar="S", help="seconds between partial updates")
+    p.add_argument("--left-context", type=float, metavar="S")
+    p.add_argument("--right-context", type=float, metavar="S")
+    p.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3])
+    p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
+
+
+def _formats(text: str) -> list[str]:
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harken", description="Real-time listening engine: live captions from speech.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="live captions from the microphone or a file")
+    _add_common(run)
+    run.add_argument("--input", metavar="FILE", type=Path, help="read a file instead of the mic")
+    run.add_argument("--fast", action="store_true", help="process the file as fast as possible")
+    run.add_argument("--device", metavar="N|NAME", help="input device (see `harken devices`)")
+    run.add_argument("--jsonl", action="store_true", help="print one JSON event per line")
+    run.add_argument("--out", type=Path, metavar="DIR", help="also write transcript files here")
+    run.add_argument("--format", type=_formats, metavar="LIST",
+                     help="file formats with --out: srt,vtt,jsonl,txt")
+
+    tr = sub.add_parser("transcribe", help="transcribe files offline (same engine, no pacing)")
+    _add_common(tr)
+    tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    tr.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: .)")
+    tr.add_argument("--format", type=_formats, metavar="LIST", help="srt,vtt,jsonl,txt")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("devices", help="list audio input devices")
+
+    models = sub.add_parser("models", help="list or download the configured models")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    for name, text in (("list", "configured models and whether they are cached"),
+                       ("pull", "download the configured models into the HF cache")):
+        mp = msub.add_parser(name, help=text)
+        mp.add_argument("--config", type=Path)
+        mp.add_argument("--captions-model", metavar="ID|DIR")
+
+    cfg = sub.add_parser("config", help="show the effective configuration")
+    csub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="every setting, its value and where it came from")
+    _add_common(show)
+    show.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="TASK")
+    bc = bsub.add_parser("captions", help="streaming engine vs the transformers ASR pipeline")
+    bc.add_argument("--model", default="hubert-base",
+                    metavar="ID|DIR|hubert-base|hubert-large",
+                    help="a checkpoint, or a full-size architecture with random weights")
+    bc.add_argument("--seconds", type=float, default=60.0, help="audio length")
+    bc.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
+    bc.add_argument("--device-type", default="auto")
+    bc.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    bc.add_argument("--hop", type=float, default=0.5)
+    bc.add_argument("--left-context", type=float, default=2.0)
+    bc.add_argument("--right-context", type=float, default=0.5)
+    bc.add_argument("--json", action="store_true", help="print only the JSON object")
+    return parser
+
+
+def _nested(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    nested: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for dest, value in flags.items():
+        if dest not in FLAG_KEYS or value is None:
+            continue
+        key, flag = FLAG_KEYS[dest]
+        section, leaf = key.split(".")
+        nested.setdefault(section, {})[leaf] = value
+        names[key] = flag
+    return nested, names
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    flags, names = _nested(vars(args))
+    return load_config(getattr(args, "config", None), flags=flags, flag_names=names)
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    rows = describe(loaded)
+    if args.json:
+        print(json.dumps({k: {"value": v, "from": o} for k, v, o in rows}, indent=2))
+        return 0
+    print(f"# config file: {loaded.path or 'none (defaults)'}")
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, origin in rows:
+        print(f"{key:<{width}}  {json.dumps(value):<36}  {origin}")
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from harken.engine.sources import list_input_devices
+
+    devices = list_input_devices()
+    if not devices:
+        print("no audio input devices found; connect a microphone, or use --input FILE",
+              file=sys.stderr)
+        return 1
+    print(f"{'index':>5}  {'channels':>8}  {'rate':>7}  name")
+    for d in devices:
+        mark = " (default)" if d.is_default else ""
+        print(f"{d.index:>5}  {d.channels:>8}  {d.default_samplerate:>7.0f}  {d.name}{mark}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from harken.models.loading import is_cached, pull
+
+    config = _load(args).config
+    configured = [("captions", config.captions.model)]
+    if args.models_command == "list":
+        for task, model in configured:
+            state = "cached" if is_cached(model) else "not cached (run `harken models pull`)"
+            print(f"{task:<10} {model}  [{state}]")
+        return 0
+    for task, model in configured:
+        print(f"pulling {task} model {model} ...", file=sys.stderr)
+        path = pull(model)
+        print(f"{task:<10} {model}  -> {path}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harken.app import factory
+
+    config = _load(args).config
+    if args.input is not None:
+        stream_id = args.input.stem or "file"
+        source = factory.file_source(args.input, stream_id=stream_id,
+                                     realtime=not args.fast, config=config)
+    else:
+        if args.fast:
+            raise HarkenError("--fast needs --input FILE (a microphone runs in real time)")
+        stream_id = "mic"
+        source = factory.mic_source(config, stream_id=stream_id)
+    sinks = [factory.terminal_sink(jsonl=args.jsonl)]
+    if args.out is not None:
+        sinks += factory.output_sinks(config, stem=stream_id, formats=config.output.formats)
+    session = factory.Session(config=config, sources=[(stream_id, source)], sinks=sinks,
+                              live=not args.fast)
+    asyncio.run(session.run())
+    return 0
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from harken.app.transcribe import transcribe_files
+
+    config = _load(args).config
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    written = asyncio.run(transcribe_files(config, args.files, progress=show_progress))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from harken.app.bench import bench_captions
+
+    result = bench_captions(model=args.model, seconds=args.seconds, audio=args.audio,
+                            device_type=args.device_type, dtype=args.dtype, hop_s=args.hop,
+                            left_context_s=args.left_context,
+                            right_context_s=args.right_context, verbose=not args.json)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "transcribe": _cmd_transcribe,
+    "devices": _cmd_devices,
+    "models": _cmd_models,
+    "config": _cmd_config_show,
+    "bench": _cmd_bench,
+}
+
+
+def _first_user_error(exc: BaseException) -> HarkenError | None:
+    if isinstance(exc, HarkenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # unwrap TaskGroup groups to find the user-facing error
+        error = _first_user_error(exc)
+        if error is None or os.environ.get("HARKEN_DEBUG"):
+            raise
+        print(f"harken: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

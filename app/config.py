@@ -1,0 +1,218 @@
+"""Configuration: defaults < TOML file < HARKEN_* environment < command-line flags.
+
+pydantic-settings parses the TOML file and the environment (its own sources, called
+directly so that `harken config show` can say where each value came from); the merged
+values are validated once by the pydantic models below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from harken.models.errors import HarkenError
+
+ENV_PREFIX = "HARKEN_"
+ENV_NESTED = "__"
+DEFAULT_CAPTIONS_MODEL = "facebook/hubert-large-ls960-ft"
+
+
+class ConfigError(HarkenError):
+    """The configuration file, an environment variable or a flag has a bad value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComputeConfig(_Section):
+    device_type: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU")
+    max_batch: int = Field(16, ge=1, le=256, description="windows per forward pass")
+
+    @field_validator("device_type")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
+class AudioConfig(_Section):
+    device: str = Field("", description="input device index or name; empty: the default")
+    block_s: float = Field(0.1, gt=0.005, le=1.0, description="seconds per capture block")
+
+
+class VadConfig(_Section):
+    frame_ms: Literal[10, 20, 30] = 30
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 3 = most strict")
+    pre_roll_s: float = Field(0.3, ge=0, le=2, description="audio kept before an onset")
+    hangover_s: float = Field(0.5, ge=0, le=5, description="silence that ends a segment")
+    min_speech_s: float = Field(0.25, ge=0, le=5, description="shorter bursts are ignored")
+    max_segment_s: float = Field(15.0, ge=2, le=120, description="longer speech is split")
+    split_search_s: float = Field(2.0, ge=0.1, le=10, description="where to look for a split")
+
+
+class CaptionsConfig(_Section):
+    model: str = Field(DEFAULT_CAPTIONS_MODEL, description="hub id or local folder (CTC)")
+    hop_s: float = Field(0.5, gt=0.05, le=5, description="seconds between partial updates")
+    left_context_s: float = Field(2.0, ge=0, le=60, description="re-encoded left context")
+    right_context_s: float = Field(0.5, ge=0, le=10,
+                                   description="context a frame needs to become final")
+
+
+class OutputConfig(_Section):
+    dir: Path = Field(Path("."), description="folder for transcript files")
+    formats: list[str] = Field(default_factory=lambda: ["srt", "vtt", "jsonl", "txt"])
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        allowed = ("srt", "vtt", "jsonl", "txt")
+        bad = [f for f in v if f not in allowed]
+        if bad:
+            raise ValueError(f"unknown format(s) {bad}; choose from {', '.join(allowed)}")
+        return v
+
+
+class HarkenConfig(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    captions: CaptionsConfig = Field(default_factory=CaptionsConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_config() merges the sources itself (to track origins); validate that only.
+        return (init_settings,)
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir("harken")) / "config.toml"
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: HarkenConfig
+    #: dotted key -> "default" | "file PATH" | "env NAME" | "flag --NAME"
+    origins: dict[str, str]
+    path: Path | None
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.extend(_leaves(value, dotted + ".") if isinstance(value, dict) else [dotted])
+    return keys
+
+
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", ENV_NESTED).upper()
+
+
+def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None,
+                flag_names: dict[str, str] | None = None) -> LoadedConfig:
+    """Builds the effective configuration.
+
+    path: TOML file; None means $HARKEN_CONFIG or the default path (used only if it exists).
+    flags: nested dict of values given on the command line, e.g. {"captions": {"hop_s": 1}}.
+    flag_names: dotted key -> flag spelling, for messages and `config show`.
+    """
+    explicit = path is not None or "HARKEN_CONFIG" in os.environ
+    if path is None:
+        path = Path(os.environ["HARKEN_CONFIG"]) if "HARKEN_CONFIG" in os.environ \
+            else default_config_path()
+    if explicit and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (or is not a file); create it "
+                          "or leave out --config / HARKEN_CONFIG to use the defaults")
+    used_path = path if path.is_file() else None
+
+    file_data: dict[str, Any] = {}
+    if used_path is not None:
+        try:
+            file_data = TomlConfigSettingsSource(HarkenConfig, toml_file=used_path)()
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{used_path} is not valid TOML: {exc}. Fix the file "
+                              "(see the configuration reference in the README)") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {used_path}: {exc}") from exc
+    try:
+        env_data = EnvSettingsSource(HarkenConfig, env_prefix=ENV_PREFIX,
+                                     env_nested_delimiter=ENV_NESTED)()
+    except ValueError as exc:  # e.g. a HARKEN_*__FORMATS value that is not JSON
+        raise ConfigError(f"bad HARKEN_* environment variable: {exc}") from exc
+    env_data.pop("config", None)
+    flag_data = flags or {}
+    names = flag_names or {}
+
+    origins: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    for label, data in ((f"file {used_path}", file_data), ("env", env_data), ("flag", flag_data)):
+        _deep_merge(merged, data)
+        for key in _leaves(data):
+            if label == "env":
+                origins[key] = f"env {env_name(key)}"
+            elif label == "flag":
+                origins[key] = f"flag {names.get(key, key)}"
+            else:
+                origins[key] = label
+    try:
+        config = HarkenConfig(**merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            where = origins.get(key, "")
+            if not where:  # a section-level problem, e.g. an unknown key
+                where = next((o for k, o in origins.items() if k.startswith(key)), "default")
+            value = f" (got {err['input']!r})" if "input" in err and \
+                not isinstance(err["input"], dict) else ""
+            problems.append(f"  {key}: {err['msg']}{value} — from {where}")
+        raise ConfigError("bad configuration:\n" + "\n".join(problems)
+                          + "\nFix the value where it comes from; `harken config show` "
+                            "prints the effective settings.") from exc
+    for key in _leaves(config.model_dump()):
+        origins.setdefault(key, "default")
+    return LoadedConfig(config=config, origins=origins, path=used_path)
+
+
+def describe(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, origin) for every setting, for `harken config show`."""
+    rows: list[tuple[str, Any, str]] = []
+    dumped = loaded.config.model_dump(mode="json")
+    for key in _leaves(dumped):
+        value: Any = dumped
+        for part in key.split("."):
+            value = value[part]
+        rows.append((key, value, loaded.origins.get(key, "default")))
+    return rows

@@ -1,0 +1,93 @@
+"""The one place that turns a configuration into running parts (used by the CLI and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harken.app.config import HarkenConfig
+from harken.engine.pipeline import Engine, EngineOptions, OpenableSource
+from harken.engine.sinks import JsonlSink, PrinterSink, Sink, file_sink
+from harken.engine.sources import FileSource, MicSource
+from harken.engine.vad import VadOptions
+from harken.engine.worker import InferenceWorker
+from harken.models.captions import CtcCaptioner
+from harken.models.streaming import StreamingOptions
+
+#: Loads a CTC captioner from (model id or folder, device type, dtype). Tests inject fakes.
+CaptionerLoader = Callable[[str, str, str], CtcCaptioner]
+
+
+def load_captioner(model: str, device_type: str, dtype: str) -> CtcCaptioner:
+    return CtcCaptioner.from_pretrained(model, device=device_type, dtype=dtype)
+
+
+def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
+    v, c = config.vad, config.captions
+    return EngineOptions(
+        vad=VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
+                       pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
+                       min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
+                       split_search_s=v.split_search_s),
+        streaming=StreamingOptions(hop_s=c.hop_s, left_context_s=c.left_context_s,
+                                   right_context_s=c.right_context_s),
+        live=live,
+    )
+
+
+def file_source(path: Path, *, stream_id: str, realtime: bool,
+                config: HarkenConfig) -> OpenableSource:
+    return FileSource(path=path, stream_id=stream_id, block_s=config.audio.block_s,
+                      realtime=realtime)
+
+
+def mic_source(config: HarkenConfig, *, stream_id: str = "mic") -> OpenableSource:
+    device: int | str | None = config.audio.device or None
+    if isinstance(device, str) and device.isdigit():
+        device = int(device)
+    return MicSource(device=device, stream_id=stream_id, block_s=config.audio.block_s)
+
+
+def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
+                 out_dir: Path | None = None) -> list[Sink]:
+    folder = out_dir if out_dir is not None else config.output.dir
+    return [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
+
+
+def terminal_sink(*, jsonl: bool) -> Sink:
+    return JsonlSink(stream=sys.stdout) if jsonl else PrinterSink()
+
+
+@dataclass
+class Session:
+    """Everything one run needs; `run()` drives the engine and its sinks to the end."""
+
+    config: HarkenConfig
+    sources: list[tuple[str, OpenableSource]]
+    sinks: list[Sink]
+    live: bool
+    loader: CaptionerLoader = load_captioner
+    captioner: CtcCaptioner | None = None
+    engine: Engine | None = field(default=None, init=False)
+
+    async def run(self) -> Engine:
+        captioner = self.captioner
+        if captioner is None:
+            c = self.config
+            # Loading blocks for seconds: keep the loop (and Ctrl-C) responsive meanwhile.
+            captioner = await asyncio.to_thread(self.loader, c.captions.model,
+                                                c.compute.device_type, c.compute.dtype)
+        async with InferenceWorker(name=str(captioner.device),
+                                   max_batch=self.config.compute.max_batch) as worker:
+            engine = Engine(sources=self.sources, captioner=captioner, worker=worker,
+                            options=engine_options(self.config, live=self.live))
+            self.engine = engine
+            subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
+            async with asyncio.TaskGroup() as tg:
+                for sink, sub in subs:
+                    tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
+                await engine.run()
+        return engine

@@ -1,0 +1,73 @@
+"""`harken transcribe`: files through the same engine as `harken run --input FILE --fast`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Sequence
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from harken.app import factory
+from harken.app.config import HarkenConfig
+from harken.engine.events import Event
+from harken.engine.sinks import Sink
+from harken.engine.sources import FileSource
+
+
+class ProgressSink:
+    """Advances a progress bar to the stream-clock end of each event."""
+
+    def __init__(self, *, progress: Progress, task: TaskID, name: str = "progress") -> None:
+        self.name = name
+        self._progress = progress
+        self._task = task
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        async for event in events:
+            self._progress.update(self._task, completed=event.end)
+
+
+def _stem(path: Path, used: set[str]) -> str:
+    stem = path.stem or "audio"
+    candidate, n = stem, 1
+    while candidate in used:  # two inputs named alike must not overwrite each other
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
+                           progress: bool) -> list[Path]:
+    """Transcribes each file in turn (the model is loaded once); returns the files written."""
+    captioner = await _load(config)
+    written: list[Path] = []
+    used: set[str] = set()
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:>6.1f}/{task.total:.1f} s"), TimeRemainingColumn(),
+                  disable=not progress, transient=False) as bar:
+        for path in files:
+            stem = _stem(path, used)
+            source = FileSource(path=path, stream_id=stem, block_s=config.audio.block_s,
+                                realtime=False)
+            sinks: list[Sink] = factory.output_sinks(config, stem=stem,
+                                                     formats=config.output.formats)
+            if progress:
+                # Duration comes from the header; the engine opens the file again itself.
+                async with FileSource(path=path, stream_id=stem, realtime=False) as probe:
+                    total = probe.duration_s
+                task = bar.add_task(path.name, total=total)
+                sinks.append(ProgressSink(progress=bar, task=task))
+            session = factory.Session(config=config, sources=[(stem, source)], sinks=sinks,
+                                      live=False, captioner=captioner)
+            await session.run()
+            written += [config.output.dir / f"{stem}.{fmt}" for fmt in config.output.formats]
+    return written
+
+
+async def _load(config: HarkenConfig) -> factory.CtcCaptioner:
+    import asyncio
+
+    c = config
+    return await asyncio.to_thread(factory.load_captioner, c.captions.model,
+                                   c.compute.device_type, c.compute.dtype)

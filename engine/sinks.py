@@ -1,0 +1,184 @@
+"""Sinks: consumers of the event bus that write results somewhere.
+
+Each sink reads its own Subscription (`async for event in events`), so a slow one never
+slows another. File sinks write and flush every final as it arrives and close in `finally`,
+so nothing produced is lost on an error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import AsyncIterable
+from pathlib import Path
+from typing import IO, Protocol
+
+from harken.engine.errors import SinkError
+from harken.engine.events import CaptionFinal, CaptionPartial, Event, Level, StreamError
+from harken.engine.subtitles import VTT_HEADER, cues_from_final, srt_block, vtt_block
+
+FILE_FORMATS = ("srt", "vtt", "jsonl", "txt")
+
+
+class Sink(Protocol):
+    name: str
+
+    async def consume(self, events: AsyncIterable[Event]) -> None: ...
+
+
+def _open(path: Path) -> IO[str]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("w", encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise SinkError(
+            f"cannot write {path}: {exc.strerror or exc}. Choose another folder with --out."
+        ) from exc
+
+
+class JsonlSink:
+    """One JSON object per line (the schema in the README). Levels are left out by default."""
+
+    def __init__(self, *, path: Path | None = None, stream: IO[str] | None = None,
+                 include_levels: bool = False, name: str = "jsonl") -> None:
+        if (path is None) == (stream is None):
+            raise ValueError("JsonlSink needs exactly one of path or stream")
+        self.name = name
+        self.path = path
+        self._stream = stream
+        self._include_levels = include_levels
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        out = _open(self.path) if self.path is not None else self._stream
+        if out is None:  # unreachable: checked in __init__; keeps mypy precise
+            raise ValueError("JsonlSink has no output")
+        try:
+            async for event in events:
+                if isinstance(event, Level) and not self._include_levels:
+                    continue
+                out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+                out.flush()
+        finally:
+            if self.path is not None:
+                out.close()
+
+
+class SrtSink:
+    def __init__(self, *, path: Path, name: str = "srt") -> None:
+        self.name = name
+        self.path = path
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        out = _open(self.path)
+        index = 0
+        try:
+            async for event in events:
+                if isinstance(event, CaptionFinal):
+                    for cue in cues_from_final(event):
+                        index += 1
+                        out.write(srt_block(index, cue))
+                    out.flush()
+        finally:
+            out.close()
+
+
+class VttSink:
+    def __init__(self, *, path: Path, name: str = "vtt") -> None:
+        self.name = name
+        self.path = path
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        out = _open(self.path)
+        try:
+            out.write(VTT_HEADER)
+            out.flush()
+            async for event in events:
+                if isinstance(event, CaptionFinal):
+                    out.writelines(vtt_block(cue) for cue in cues_from_final(event))
+                    out.flush()
+        finally:
+            out.close()
+
+
+class TxtSink:
+    """Plain transcript: one final per line, prefixed with the speaker when known."""
+
+    def __init__(self, *, path: Path, name: str = "txt") -> None:
+        self.name = name
+        self.path = path
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        out = _open(self.path)
+        try:
+            async for event in events:
+                if isinstance(event, CaptionFinal) and event.text.strip():
+                    prefix = f"{event.speaker}: " if event.speaker else ""
+                    out.write(f"{prefix}{event.text.strip()}\n")
+                    out.flush()
+        finally:
+            out.close()
+
+
+def file_sink(fmt: str, path: Path) -> Sink:
+    if fmt == "srt":
+        return SrtSink(path=path)
+    if fmt == "vtt":
+        return VttSink(path=path)
+    if fmt == "jsonl":
+        return JsonlSink(path=path)
+    if fmt == "txt":
+        return TxtSink(path=path)
+    raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FILE_FORMATS)}")
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(max(0.0, seconds), 60)
+    return f"{int(m):02d}:{s:05.2f}"
+
+
+class PrinterSink:
+    """Terminal output: on a TTY the current partial is redrawn in place and finals get
+    their own lines; on a pipe only finals are printed."""
+
+    def __init__(self, *, stream: IO[str] | None = None, tty: bool | None = None,
+                 show_stream: bool = False, name: str = "printer") -> None:
+        self.name = name
+        self._out = stream if stream is not None else sys.stdout
+        self._tty = self._out.isatty() if tty is None else tty
+        self._show_stream = show_stream
+        self._partial_shown = False
+
+    def _label(self, event: Event) -> str:
+        span = f"[{_clock(event.start)} → {_clock(event.end)}]"
+        return f"{event.stream} {span}" if self._show_stream else span
+
+    def _clear_partial(self) -> None:
+        if self._partial_shown:
+            self._out.write("\r\x1b[2K")
+            self._partial_shown = False
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        try:
+            async for event in events:
+                if isinstance(event, CaptionPartial) and self._tty:
+                    width = shutil.get_terminal_size((80, 24)).columns
+                    line = f"{self._label(event)} {event.text}"
+                    # Keep the last part: that is where the words change.
+                    if len(line) > width - 1:
+                        line = "…" + line[-(width - 2):]
+                    self._out.write(f"\r\x1b[2K\x1b[2m{line}\x1b[0m")
+                    self._partial_shown = True
+                    self._out.flush()
+                elif isinstance(event, CaptionFinal):
+                    self._clear_partial()
+                    speaker = f" {event.speaker}:" if event.speaker else ""
+                    if event.text.strip():
+                        self._out.write(f"{self._label(event)}{speaker} {event.text.strip()}\n")
+                    self._out.flush()
+                elif isinstance(event, StreamError):
+                    self._clear_partial()
+                    print(f"harken: {event.stream}: {event.message}", file=sys.stderr)
+        finally:
+            self._clear_partial()
+            self._out.flush()

@@ -1,0 +1,283 @@
+"""Device and dtype resolution, and from_pretrained with errors that name the fix.
+
+Every task model loads through here so that hub ids, local folders, the Hugging Face cache and
+HF_HUB_OFFLINE behave the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harken.models.errors import DeviceError, ModelError, ModelNotFoundError, UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+_DTYPE_ALIASES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+# Exception class names (anywhere in the cause chain) that mean "could not reach the hub".
+_OFFLINE_ERROR_NAMES = frozenset(
+    {
+        "OfflineModeIsEnabled",
+        "LocalEntryNotFoundError",
+        "ConnectError",
+        "ConnectTimeout",
+        "ConnectionError",
+        "ReadTimeout",
+        "ProxyError",
+    }
+)
+
+
+def resolve_device(device_type: str = "auto") -> torch.device:
+    """Map a --device-type value to a torch.device; "auto" picks CUDA when it is usable."""
+    choice = device_type.strip().lower()
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda" or choice.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device_type!r} was requested but CUDA is not available on this "
+                "machine (no NVIDIA GPU, driver, or CUDA build of torch); "
+                "use --device-type cpu (or --device-type auto)"
+            )
+        try:
+            device = torch.device(choice)
+        except RuntimeError as error:
+            raise DeviceError(
+                f"invalid device {device_type!r}; use one of {', '.join(DEVICE_CHOICES)}"
+            ) from error
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(
+                f"device {device_type!r} does not exist: this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}; use --device-type cuda:0"
+            )
+        return device
+    raise DeviceError(
+        f"unknown device type {device_type!r}; use one of {', '.join(DEVICE_CHOICES)}"
+    )
+
+
+def explain_dtype(device: torch.device, dtype: str = "auto") -> tuple[torch.dtype, str | None]:
+    """The dtype to run on `device`, and why it differs from the request (None if it does not)."""
+    choice = dtype.strip().lower()
+    if choice == "auto":
+        # Half precision halves memory and roughly doubles GPU throughput for these encoders;
+        # on CPU, float16 matmuls are slow or unsupported, so stay in float32.
+        return (torch.float16 if device.type == "cuda" else torch.float32), None
+    if choice not in _DTYPE_ALIASES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
+    resolved = _DTYPE_ALIASES[choice]
+    if resolved is torch.float16 and device.type == "cpu":
+        return torch.float32, "float16 is slow or unsupported on CPU, using float32 instead"
+    return resolved, None
+
+
+def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """auto: float16 on CUDA, float32 on CPU; float16 on CPU falls back to float32 (logged)."""
+    resolved, reason = explain_dtype(device, dtype)
+    if reason is not None:
+        log.warning("dtype %s on %s: %s", dtype, device, reason)
+    return resolved
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network access."""
+    return any(
+        os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _looks_unreachable(error: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ in _OFFLINE_ERROR_NAMES:
+            return True
+        text = str(current).lower()
+        if "couldn't connect" in text or "offline mode" in text or "cannot reach" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _not_found_message(model_id: str, task: str, error: BaseException) -> str:
+    if Path(model_id).expanduser().exists():
+        where = (
+            f"the folder {model_id!r} is not a complete checkpoint ({error}); it must contain "
+            "config.json, the weights (model.safetensors or pytorch_model.bin) and the "
+            "preprocessor files (preprocessor_config.json, and vocab.json for captions)"
+        )
+        return f"could not load the {task} model: {where}"
+    if hub_offline():
+        state = "the machine is offline (HF_HUB_OFFLINE is set) and it is not in the HF cache"
+    elif _looks_unreachable(error):
+        state = "the machine is offline (the Hugging Face Hub is unreachable) and it is not cached"
+    else:
+        state = f"the Hugging Face Hub has no such model or it could not be fetched ({error})"
+    return (
+        f"could not load the {task} model {model_id!r}: {state}. "
+        f"Fix: run `harken models pull {model_id}` while online, or pass a local folder with "
+        f"--{task}-model /path/to/folder (containing config.json, the weights and the "
+        "preprocessor files)"
+    )
+
+
+def _concrete_class(model_cls: Any, config: Any) -> Any:
+    """The architecture class an Auto* class picks for `config` (model_cls itself otherwise)."""
+    mapping = getattr(model_cls, "_model_mapping", None)
+    if mapping is None:
+        return model_cls
+    try:
+        return mapping[type(config)]
+    except KeyError:
+        return None
+
+
+def _load_config(model_id: str, task: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id)
+    except OSError as error:
+        raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
+    except (ValueError, KeyError) as error:
+        raise UnsupportedModelError(
+            f"{model_id!r} is not a checkpoint this version of transformers understands "
+            f"({error}); choose a supported {task} model"
+        ) from error
+
+
+def load_pretrained(
+    model_cls: Any,
+    model_id: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    task: str,
+    **kwargs: Any,
+) -> Any:
+    """from_pretrained with SDPA attention (eager where the architecture has none), in eval mode.
+
+    Raises ModelNotFoundError (missing, offline and not cached) or UnsupportedModelError
+    (the checkpoint's head or architecture does not fit `model_cls`).
+    """
+    config = _load_config(model_id, task)
+    concrete = _concrete_class(model_cls, config)
+    expected = getattr(model_cls, "__name__", str(model_cls))
+    if concrete is None:
+        raise UnsupportedModelError(
+            f"{model_id!r} is a {config.model_type!r} checkpoint, which has no {expected} "
+            f"variant; choose a {task} model of a supported architecture"
+        )
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and concrete.__name__ not in architectures:
+        raise UnsupportedModelError(
+            f"{model_id!r} is a {'/'.join(architectures)} checkpoint, but the {task} task needs "
+            f"a {concrete.__name__} head; choose a {task} checkpoint (one fine-tuned with that "
+            "head)"
+        )
+    attn = "sdpa" if getattr(concrete, "_supports_sdpa", False) else "eager"
+    try:
+        model, info = model_cls.from_pretrained(
+            model_id, dtype=dtype, attn_implementation=attn, output_loading_info=True, **kwargs
+        )
+    except OSError as error:
+        raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
+    except ValueError as error:
+        raise UnsupportedModelError(
+            f"could not load {model_id!r} as a {task} model ({error})"
+        ) from error
+    # Weights of the task head that the checkpoint lacks would be random: refuse them.
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
+    if missing_head:
+        raise UnsupportedModelError(
+            f"{model_id!r} has no trained {task} head (missing {', '.join(missing_head[:4])}); "
+            f"choose a {task} checkpoint fine-tuned for {concrete.__name__}"
+        )
+    return model.to(device).eval()
+
+
+def load_processor(model_id: str, *, task: str) -> Any:
+    """AutoProcessor (tokenizer + feature extractor), or the feature extractor alone."""
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model_id)
+    except OSError as error:
+        # Checkpoints without a tokenizer (speaker, keyword models) only have a feature
+        # extractor; fall back to it before reporting a missing model.
+        try:
+            return AutoFeatureExtractor.from_pretrained(model_id)
+        except (OSError, ValueError):
+            raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
+    except (ValueError, KeyError) as error:
+        raise UnsupportedModelError(
+            f"{model_id!r} has no usable preprocessor for the {task} task ({error}); its folder "
+            "needs preprocessor_config.json (and the tokenizer files for captions)"
+        ) from error
+
+
+def is_cached(model_id: str) -> bool:
+    """True when `model_id` is a local folder with config.json or its config is in the HF cache."""
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        return (folder / "config.json").is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model_id, "config.json")
+    except ValueError:  # not a valid repo id (HFValidationError subclasses ValueError)
+        return False
+    return isinstance(found, str)
+
+
+def pull(model_id: str) -> Path:
+    """Download (or find) a checkpoint into the HF cache and return its folder."""
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if hub_offline():
+        raise ModelNotFoundError(
+            f"cannot pull {model_id!r}: the machine is offline (HF_HUB_OFFLINE is set); "
+            "unset HF_HUB_OFFLINE and retry while online, or copy the checkpoint folder here"
+        )
+    try:
+        return Path(snapshot_download(model_id))
+    except GatedRepoError as error:
+        raise ModelError(
+            f"{model_id!r} is gated: accept its licence on huggingface.co and log in with "
+            "`hf auth login`, then retry"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelNotFoundError(
+            f"{model_id!r} does not exist on the Hugging Face Hub (or is private); check the id"
+        ) from error
+    except (OSError, ValueError) as error:
+        state = "the Hugging Face Hub is unreachable" if _looks_unreachable(error) else str(error)
+        raise ModelNotFoundError(
+            f"cannot pull {model_id!r}: {state}; retry while online, or copy the checkpoint "
+            "folder here and pass its path"
+        ) from error
