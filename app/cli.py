@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--hop", type=float, default=0.5)
     bc.add_argument("--left-context", type=float, default=2.0)
     bc.add_argument("--right-context", type=float, default=0.5)
+    bc.add_argument("--fast", action="store_true",
+                    help="feed the engine unpaced (latencies then include queueing)")
     bc.add_argument("--json", action="store_true", help="print only the JSON object")
     return parser
 
@@ -183,7 +185,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sinks = [factory.terminal_sink(jsonl=args.jsonl)]
     if args.out is not None:
         sinks += factory.output_sinks(config, stem=stream_id, formats=config.output.formats)
-    session = factory.Session(config=config, sources=[(stream_id, source)], sinks=sinks,
+    session = factory.Session(config=config, sources=[source], sinks=sinks,
                               live=not args.fast)
     asyncio.run(session.run())
     return 0
@@ -206,7 +208,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = bench_captions(model=args.model, seconds=args.seconds, audio=args.audio,
                             device_type=args.device_type, dtype=args.dtype, hop_s=args.hop,
                             left_context_s=args.left_context,
-                            right_context_s=args.right_context, verbose=not args.json)
+                            right_context_s=args.right_context, verbose=not args.json,
+                            realtime=not args.fast)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harken.app.config import HarkenConfig
-from harken.engine.pipeline import Engine, EngineOptions, OpenableSource
+from harken.engine.captions import CaptionStage
+from harken.engine.pipeline import (
+    Engine,
+    EngineOptions,
+    OpenableSource,
+    Stage,
+    StageContext,
+    StageFactory,
+)
 from harken.engine.sinks import JsonlSink, PrinterSink, Sink, file_sink
 from harken.engine.sources import FileSource, MicSource
 from harken.engine.vad import VadOptions
@@ -26,16 +34,26 @@ def load_captioner(model: str, device_type: str, dtype: str) -> CtcCaptioner:
 
 
 def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
-    v, c = config.vad, config.captions
+    v = config.vad
     return EngineOptions(
         vad=VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
                        pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
                        min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
                        split_search_s=v.split_search_s),
-        streaming=StreamingOptions(hop_s=c.hop_s, left_context_s=c.left_context_s,
-                                   right_context_s=c.right_context_s),
         live=live,
     )
+
+
+def caption_stages(config: HarkenConfig, captioner: CtcCaptioner) -> StageFactory:
+    c = config.captions
+    options = StreamingOptions(hop_s=c.hop_s, left_context_s=c.left_context_s,
+                               right_context_s=c.right_context_s)
+
+    def make(ctx: StageContext) -> Stage:
+        return CaptionStage(stream=ctx.stream, captioner=captioner, worker=ctx.worker,
+                            options=options, live=ctx.live, arrivals=ctx.arrivals)
+
+    return make
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,
@@ -66,7 +84,7 @@ class Session:
     """Everything one run needs; `run()` drives the engine and its sinks to the end."""
 
     config: HarkenConfig
-    sources: list[tuple[str, OpenableSource]]
+    sources: list[OpenableSource]
     sinks: list[Sink]
     live: bool
     loader: CaptionerLoader = load_captioner
@@ -82,7 +100,8 @@ class Session:
                                                 c.compute.device_type, c.compute.dtype)
         async with InferenceWorker(name=str(captioner.device),
                                    max_batch=self.config.compute.max_batch) as worker:
-            engine = Engine(sources=self.sources, captioner=captioner, worker=worker,
+            engine = Engine(sources=self.sources, worker=worker,
+                            stages=[caption_stages(self.config, captioner)],
                             options=engine_options(self.config, live=self.live))
             self.engine = engine
             subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]

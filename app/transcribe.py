@@ -58,7 +58,7 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
                     total = probe.duration_s
                 task = bar.add_task(path.name, total=total)
                 sinks.append(ProgressSink(progress=bar, task=task))
-            session = factory.Session(config=config, sources=[(stem, source)], sinks=sinks,
+            session = factory.Session(config=config, sources=[source], sinks=sinks,
                                       live=False, captioner=captioner)
             await session.run()
             written += [config.output.dir / f"{stem}.{fmt}" for fmt in config.output.formats]

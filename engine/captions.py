@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,6 +98,10 @@ def _words(transcript: Transcript) -> tuple[Word, ...]:
 
 
 class CaptionStage:
+    """The captions task on one stream (a `Stage` of engine/pipeline.py)."""
+
+    name = "captions"
+
     def __init__(self, *, stream: str, captioner: Captioner, worker: InferenceWorker,
                  options: StreamingOptions, live: bool, arrivals: ArrivalLog) -> None:
         self.stream = stream
@@ -116,6 +120,20 @@ class CaptionStage:
     @property
     def model_id(self) -> str:
         return self.captioner.model_id
+
+    def counters(self) -> dict[str, int]:
+        return {"caption_encoded_samples": self.encoded_samples,
+                "caption_steps_skipped": self.skipped_steps,
+                "caption_failed_windows": self.failed_windows}
+
+    def latencies(self) -> dict[str, float | None]:
+        return {"caption_latency_p50_s": self.partial_latency.get(50),
+                "caption_latency_p95_s": self.partial_latency.get(95),
+                "final_latency_p50_s": self.final_latency.get(50),
+                "final_latency_p95_s": self.final_latency.get(95)}
+
+    def background(self) -> AsyncIterator[Event] | None:
+        return None
 
     def on_start(self, start: SegmentStart) -> None:
         self._segment = _Segment(

@@ -1,33 +1,43 @@
-"""The engine: sources -> VAD -> caption scheduler -> worker -> events -> bus.
+"""The engine: sources -> VAD -> task stages -> worker -> events -> bus.
 
-    engine = Engine(sources=[...], captioner=..., worker=..., options=EngineOptions())
+    engine = Engine(sources=[...], stages=[caption_stage_factory], worker=..., options=...)
     printer = engine.subscribe("printer")          # before run()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(PrinterSink().consume(printer))
         await engine.run()                          # returns when every source has ended
 
-Each stream gets its own reader task (source -> bounded block queue) and processing task
-(VAD and captions). The reader never waits on inference: for a live source the queue only
-fills if processing stalls, and the source counts what it drops.
+A source yields AudioBlocks tagged with a stream id (a file or a microphone has one stream;
+an MQTT satellite hub has one per site). The engine gives each stream, on its first block, a
+bounded block queue and a processing task that runs the VAD and the task stages. Readers
+never wait on inference: for a live source the queue only fills if processing stalls, and
+the source counts what it drops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
-from harken.engine.captions import ArrivalLog, Captioner, CaptionStage
+from harken.engine.captions import ArrivalLog
 from harken.engine.events import Event, Level, SpeechEnded, SpeechStarted, Stats
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions, VadSegmenter
+from harken.engine.vad import (
+    SegmentAudio,
+    SegmentEnd,
+    SegmentStart,
+    VadOptions,
+    VadOutput,
+    VadSegmenter,
+)
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
-from harken.models.streaming import StreamingOptions
 
 BLOCK_QUEUE_SIZE = 100  # blocks (~10 s of 0.1 s blocks) between a reader and its processor
 STATS_INTERVAL_S = 5.0  # stream-clock seconds between stats events
@@ -42,167 +52,238 @@ class AudioSource(Protocol):
     def blocks(self) -> AsyncIterator[AudioBlock]: ...
 
 
-class OpenableSource(AudioSource, AbstractAsyncContextManager["OpenableSource"], Protocol):
+class OpenableSource(AudioSource, AbstractAsyncContextManager[object], Protocol):
     pass
+
+
+class Stage(Protocol):
+    """One task (captions, speakers, keywords...) on one stream, fed by the VAD.
+
+    The engine calls these in stream order from the stream's processing task; what they
+    return is published in that order. Slow work that must not delay other stages (e.g.
+    translation) belongs in `background()`, which the engine runs as its own task.
+    """
+
+    name: str
+
+    def on_start(self, start: SegmentStart) -> None: ...
+    def on_audio(self, audio: SegmentAudio) -> None: ...
+    async def step(self) -> list[Event]: ...
+    async def on_end(self, end: SegmentEnd) -> list[Event]: ...
+    def counters(self) -> dict[str, int]: ...
+    def latencies(self) -> dict[str, float | None]: ...
+    def background(self) -> AsyncIterator[Event] | None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageContext:
+    """What a stage factory gets to build a stage for one stream."""
+
+    stream: str
+    worker: InferenceWorker
+    arrivals: ArrivalLog
+    live: bool
+
+
+StageFactory = Callable[[StageContext], Stage]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
     vad: VadOptions = field(default_factory=VadOptions)
-    streaming: StreamingOptions = field(default_factory=StreamingOptions)
-    #: Live: skip stale partial steps under load. Off for files/--fast (deterministic).
+    #: Live: stages may skip stale partial work under load. Off for files/--fast, where
+    #: every step runs in order so that results never depend on timing.
     live: bool = False
     levels: bool = True
     stats_interval_s: float = STATS_INTERVAL_S
 
 
 @dataclass
-class StreamCounters:
+class StreamState:
+    id: str
+    stages: list[Stage]
+    arrivals: ArrivalLog
+    queue: asyncio.Queue[AudioBlock | None]
     audio_samples: int = 0
-    blocks: int = 0
+    paused_samples: int = 0
     segments: int = 0
+    last_end: int = 0
+    segment_starts: dict[int, int] = field(default_factory=dict)
 
 
 class Engine:
-    def __init__(self, *, sources: Sequence[tuple[str, OpenableSource]], captioner: Captioner,
+    def __init__(self, *, sources: Sequence[OpenableSource], stages: Sequence[StageFactory],
                  worker: InferenceWorker, options: EngineOptions) -> None:
         if not sources:
             raise ValueError("the engine needs at least one source")
-        ids = [sid for sid, _ in sources]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"stream ids must be unique, got {ids}")
+        if not stages:
+            raise ValueError("the engine needs at least one task stage")
         self.options = options
-        self.captioner = captioner
         self.worker = worker
         self.bus = EventBus()
+        self.paused = False
         self._sources = list(sources)
-        self._stages: dict[str, CaptionStage] = {}
-        self._counters: dict[str, StreamCounters] = {}
-        self._started = 0.0
+        self._stage_factories = list(stages)
+        self._streams: dict[str, StreamState] = {}
+        self._tg: asyncio.TaskGroup | None = None
 
     def subscribe(self, name: str, *, maxsize: int = DEFAULT_QUEUE_SIZE) -> Subscription:
         return self.bus.subscribe(name, maxsize=maxsize)
 
+    def pause(self) -> None:
+        """Stop listening: audio still flows (the clock stays true) but is treated as silence."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    @property
+    def streams(self) -> dict[str, StreamState]:
+        return dict(self._streams)
+
     async def run(self) -> None:
-        """Runs every stream to its end; closes the bus (ending the sinks) in any case."""
-        self._started = time.monotonic()
+        """Runs every source to its end; closes the bus (ending the sinks) in any case."""
         try:
             async with asyncio.TaskGroup() as tg:
-                for stream_id, source in self._sources:
-                    tg.create_task(self._run_stream(stream_id, source), name=f"stream-{stream_id}")
+                self._tg = tg
+                for i, source in enumerate(self._sources):
+                    tg.create_task(self._read(source), name=f"source-{i}")
         finally:
+            self._tg = None
             await self.bus.close()
 
-    async def _run_stream(self, stream_id: str, source: OpenableSource) -> None:
+    def _stream(self, stream_id: str) -> StreamState:
+        state = self._streams.get(stream_id)
+        if state is not None:
+            return state
+        if self._tg is None:
+            raise RuntimeError("Engine.run() is not running")
         arrivals = ArrivalLog()
-        stage = CaptionStage(stream=stream_id, captioner=self.captioner, worker=self.worker,
-                             options=self.options.streaming, live=self.options.live,
-                             arrivals=arrivals)
-        self._stages[stream_id] = stage
-        counters = self._counters[stream_id] = StreamCounters()
-        blocks: asyncio.Queue[AudioBlock | None] = asyncio.Queue(maxsize=BLOCK_QUEUE_SIZE)
-        async with source, asyncio.TaskGroup() as tg:
-            tg.create_task(self._read(source, blocks, arrivals), name=f"read-{stream_id}")
-            await self._process(stream_id, stage, counters, blocks, source)
+        ctx = StageContext(stream=stream_id, worker=self.worker, arrivals=arrivals,
+                           live=self.options.live)
+        state = StreamState(id=stream_id, stages=[make(ctx) for make in self._stage_factories],
+                            arrivals=arrivals, queue=asyncio.Queue(maxsize=BLOCK_QUEUE_SIZE))
+        self._streams[stream_id] = state
+        self._tg.create_task(self._process(state), name=f"stream-{stream_id}")
+        for stage in state.stages:
+            events = stage.background()
+            if events is not None:
+                self._tg.create_task(self._forward(events), name=f"{stage.name}-{stream_id}")
+        return state
 
-    @staticmethod
-    async def _read(source: AudioSource, blocks: asyncio.Queue[AudioBlock | None],
-                    arrivals: ArrivalLog) -> None:
-        try:
-            async for block in source.blocks():
-                arrivals.record(block.end, time.monotonic())
-                await blocks.put(block)
-        finally:
-            await blocks.put(None)
+    async def _forward(self, events: AsyncIterator[Event]) -> None:
+        async for event in events:
+            await self.bus.publish(event)
 
-    async def _process(self, stream_id: str, stage: CaptionStage, counters: StreamCounters,
-                       blocks: asyncio.Queue[AudioBlock | None], source: AudioSource) -> None:
+    async def _read(self, source: OpenableSource) -> None:
+        mine: list[StreamState] = []
+        async with source:
+            try:
+                async for block in source.blocks():
+                    state = self._stream(block.stream)
+                    if state not in mine:
+                        mine.append(state)
+                    state.arrivals.record(block.end, time.monotonic())
+                    await state.queue.put(block)
+            finally:
+                for state in mine:
+                    await state.queue.put(None)
+
+    async def _process(self, state: StreamState) -> None:
         vad = VadSegmenter(self.options.vad)
         next_stats = self.options.stats_interval_s
-        last_end = 0
         done = False
         while not done:
-            # Take everything queued: after a slow encode, live mode jumps to the newest audio.
-            batch = [await blocks.get()]
-            while not blocks.empty():
-                batch.append(blocks.get_nowait())
+            # Take everything queued: after slow inference, live stages jump to the newest audio.
+            batch = [await state.queue.get()]
+            while not state.queue.empty():
+                batch.append(state.queue.get_nowait())
             for block in batch:
                 if block is None:
                     outputs = vad.flush()
                     done = True
                 else:
-                    counters.blocks += 1
-                    counters.audio_samples += len(block.samples)
-                    last_end = block.end
-                    outputs = vad.feed(block)
+                    outputs = vad.feed(self._admit(state, block))
                     if self.options.levels:
                         await self.bus.publish(Level(
-                            stream=stream_id, start=block.start / SAMPLE_RATE,
+                            stream=state.id, start=block.start / SAMPLE_RATE,
                             end=block.end / SAMPLE_RATE, dbfs=level_dbfs(block.samples),
-                            speech=vad.in_speech))
-                for out in outputs:
-                    await self._handle(stream_id, stage, counters, out)
+                            speech=vad.in_speech and not self.paused))
+                await self._handle(state, outputs)
                 if not self.options.live:
-                    for event in await stage.step():
-                        await self.bus.publish(event)
+                    await self._step(state)
             if self.options.live:
-                for event in await stage.step():
-                    await self.bus.publish(event)
-            if last_end / SAMPLE_RATE >= next_stats or done:
-                await self.bus.publish(self._stats(stream_id, stage, counters, source,
-                                                   blocks.qsize(), last_end))
+                await self._step(state)
+            if state.last_end / SAMPLE_RATE >= next_stats or done:
+                await self.bus.publish(self._stats(state))
                 next_stats += self.options.stats_interval_s
 
-    async def _handle(self, stream_id: str, stage: CaptionStage, counters: StreamCounters,
-                      out: SegmentStart | SegmentAudio | SegmentEnd) -> None:
-        if isinstance(out, SegmentStart):
-            counters.segments += 1
-            stage.on_start(out)
-            t = out.start / SAMPLE_RATE
-            await self.bus.publish(SpeechStarted(stream=stream_id, start=t, end=t,
-                                                 segment=out.segment))
-        elif isinstance(out, SegmentAudio):
-            stage.on_audio(out)
-        else:
-            # Catch up the partial steps before the segment's audio is cut at the split.
-            if not self.options.live:
-                for event in await stage.step():
-                    await self.bus.publish(event)
-            t = out.end / SAMPLE_RATE
-            seg_events = await stage.on_end(out)
-            start = next((e.start for e in seg_events if e.type == "caption_final"), t)
-            await self.bus.publish(SpeechEnded(stream=stream_id, start=start, end=t,
-                                               segment=out.segment))
-            for event in seg_events:
+    def _admit(self, state: StreamState, block: AudioBlock) -> AudioBlock:
+        state.audio_samples += len(block.samples)
+        state.last_end = block.end
+        if not self.paused:
+            return block
+        # Paused: the VAD hears silence, so an open segment ends and no new one starts.
+        state.paused_samples += len(block.samples)
+        return AudioBlock(stream=block.stream, start=block.start,
+                          samples=np.zeros_like(block.samples))
+
+    async def _step(self, state: StreamState) -> None:
+        for stage in state.stages:
+            for event in await stage.step():
                 await self.bus.publish(event)
 
-    def _stats(self, stream_id: str, stage: CaptionStage, counters: StreamCounters,
-               source: AudioSource, queued_blocks: int, last_end: int) -> Event:
-        audio_s = counters.audio_samples / SAMPLE_RATE
-        busy = self.worker.stats.busy_s
-        stream_counters = {
-            "audio_samples": counters.audio_samples,
-            "segments": counters.segments,
-            "encoded_samples": stage.encoded_samples,
-            "partial_steps_skipped": stage.skipped_steps,
-            "failed_windows": stage.failed_windows,
+    async def _handle(self, state: StreamState, outputs: list[VadOutput]) -> None:
+        for out in outputs:
+            if isinstance(out, SegmentStart):
+                state.segments += 1
+                state.segment_starts[out.segment] = out.start
+                for stage in state.stages:
+                    stage.on_start(out)
+                t = out.start / SAMPLE_RATE
+                await self.bus.publish(SpeechStarted(stream=state.id, start=t, end=t,
+                                                     segment=out.segment))
+            elif isinstance(out, SegmentAudio):
+                for stage in state.stages:
+                    stage.on_audio(out)
+            else:
+                # Bring deterministic stages up to date before the segment is cut at `end`.
+                if not self.options.live:
+                    await self._step(state)
+                start = state.segment_starts.pop(out.segment, out.end)
+                await self.bus.publish(SpeechEnded(stream=state.id, start=start / SAMPLE_RATE,
+                                                   end=out.end / SAMPLE_RATE,
+                                                   segment=out.segment))
+                for stage in state.stages:
+                    for event in await stage.on_end(out):
+                        await self.bus.publish(event)
+
+    def _stats(self, state: StreamState) -> Event:
+        audio_s = state.audio_samples / SAMPLE_RATE
+        counters = {
+            "audio_samples": state.audio_samples,
+            "paused_samples": state.paused_samples,
+            "segments": state.segments,
             "worker_batches": self.worker.stats.batches,
             "worker_windows": self.worker.stats.windows,
         }
-        for attr in ("dropped_blocks", "overflows", "nonfinite_samples"):
-            value = getattr(source, attr, None)
-            if isinstance(value, int):
-                stream_counters[attr] = value
+        latencies: dict[str, float | None] = {}
+        for stage in state.stages:
+            counters.update(stage.counters())
+            latencies.update(stage.latencies())
+        for source in self._sources:
+            for attr in ("dropped_blocks", "overflows", "nonfinite_samples", "malformed_frames"):
+                value = getattr(source, attr, None)
+                if isinstance(value, int):
+                    counters[attr] = value
+        arrived = state.arrivals.time_of(state.last_end)
         return Stats(
-            stream=stream_id, start=0.0, end=last_end / SAMPLE_RATE,
-            rtf=busy / audio_s if audio_s > 0 else None,
-            queue_depth=queued_blocks + self.worker.pending,
-            lag_s=queued_blocks * 0.1,
-            caption_latency_p50_s=stage.partial_latency.get(50),
-            caption_latency_p95_s=stage.partial_latency.get(95),
+            stream=state.id, start=0.0, end=state.last_end / SAMPLE_RATE,
+            rtf=self.worker.stats.busy_s / audio_s if audio_s > 0 else None,
+            queue_depth=state.queue.qsize() + self.worker.pending,
+            lag_s=time.monotonic() - arrived if arrived is not None else 0.0,
+            caption_latency_p50_s=latencies.get("caption_latency_p50_s"),
+            caption_latency_p95_s=latencies.get("caption_latency_p95_s"),
             dropped=self.bus.dropped(),
-            counters=stream_counters,
+            counters=counters,
         )
-
-    def stage(self, stream_id: str) -> CaptionStage:
-        return self._stages[stream_id]

@@ -131,7 +131,7 @@ class FileSource:
         self._block_samples = _check_block_s(block_s)
         self._file: sf.SoundFile | None = None
         self._started = False
-        self.nonfinite_samples = 0  # NaN/inf input samples replaced by 0
+        self.nonfinite_samples = 0  # NaN/inf samples (counted after the mono mix) set to 0
         self._rate = 0
         self._channels = 0
         self._frames = 0
@@ -546,11 +546,17 @@ class MicSource:
                     yield block
             if self._stream is None:
                 return  # closed by __aexit__ while the consumer was iterating
-            if self._finished and not self._closing:
+            dead = self._finished and not self._closing
+            if not dead:
+                self._ready.clear()
+                try:
+                    await asyncio.wait_for(self._ready.wait(), timeout=self.stall_timeout_s)
+                except TimeoutError:
+                    dead = not self._queue and not self._closing
+            if dead:
+                # Deliver what was captured before the device went away, then fail.
+                for block in blocker.push(resampler.process(_EMPTY, last=True)):
+                    yield block
+                for block in blocker.flush():
+                    yield block
                 raise self._dead_error()
-            self._ready.clear()
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout=self.stall_timeout_s)
-            except TimeoutError:
-                if not self._queue and not self._closing:
-                    raise self._dead_error() from None

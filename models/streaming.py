@@ -253,9 +253,14 @@ class StreamingCtc:
         if window.final:
             n_newly_final = fresh.shape[0]
         else:
-            # Frame j is final when its audio end plus the right context fits in the window.
+            # Frame j is final when it has R of right context (its audio end + R fits in the
+            # window) and L + R of context in all. Inside a segment the left context is L by
+            # construction; at the segment start there is less, so frames wait for a window of
+            # L + R: they get the extra right context instead, as chunked inference does.
+            context = window.end - window.start - self.geometry.receptive_samples
             limit = window.end - self.options.right_samples - self.geometry.receptive_samples
-            n_final_total = 0 if limit < 0 else limit // frame + 1
+            enough = context >= self.options.left_samples + self.options.right_samples + self.options.hop_samples
+            n_final_total = 0 if limit < 0 or not enough else limit // frame + 1
             n_newly_final = max(0, min(fresh.shape[0], n_final_total - self.n_final_frames))
         self._finalize(fresh[:n_newly_final])
         self._tentative = fresh[n_newly_final:].copy()

@@ -1,0 +1,102 @@
+"""Textual messages that carry engine events into the terminal app.
+
+The TUI sink (tui_sink.py) turns each engine event into one of these and posts it to the app.
+High-rate kinds (partials, levels, stats) coalesce: when several of the same kind and stream
+wait in the app's queue, Textual hands only the newest to the handlers (`can_replace`).
+
+Events of tasks that may not exist yet (speaker turns, keywords, translations) are read by
+their `type` string and attributes, so the UI shows them whichever issue lands first.
+
+These are mutable dataclasses because Textual sets bookkeeping attributes on every message
+after construction; treat them as read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from harken.engine.events import CaptionFinal, CaptionPartial, Event, Level, Stats
+
+
+@dataclass
+class EngineMessage(Message):
+    """Base: one engine event. `event` is what the export writes."""
+
+    event: Event
+
+    def _same_kind(self, other: Message) -> bool:
+        return (type(other) is type(self) and isinstance(other, EngineMessage)
+                and other.event.stream == self.event.stream)
+
+
+@dataclass
+class PartialCaption(EngineMessage):
+    event: CaptionPartial
+
+    def can_replace(self, message: Message) -> bool:
+        return self._same_kind(message)
+
+
+@dataclass
+class FinalCaption(EngineMessage):
+    event: CaptionFinal
+
+
+@dataclass
+class LevelUpdate(EngineMessage):
+    event: Level
+
+    def can_replace(self, message: Message) -> bool:
+        return self._same_kind(message)
+
+
+@dataclass
+class StatsUpdate(EngineMessage):
+    event: Stats
+
+    def can_replace(self, message: Message) -> bool:
+        return self._same_kind(message)
+
+
+@dataclass
+class SpeechBoundary(EngineMessage):
+    """speech_started (`started` True) or speech_ended."""
+
+    started: bool
+    segment: int
+
+
+@dataclass
+class SpeakerTurn(EngineMessage):
+    speaker: str
+    score: float | None
+
+
+@dataclass
+class KeywordHit(EngineMessage):
+    keyword: str
+    score: float | None
+
+
+@dataclass
+class Translation(EngineMessage):
+    text: str
+    lang: str
+    segment: int | None
+
+
+@dataclass
+class EngineProblem(EngineMessage):
+    """A StreamError: shown as a notification."""
+
+    message: str
+    fatal: bool
+
+
+@dataclass
+class SessionEnded(Message):
+    """The engine stopped: the input ended (`error` None) or it failed."""
+
+    error: str | None
