@@ -177,11 +177,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stream_id = args.input.stem or "file"
         source = factory.file_source(args.input, stream_id=stream_id,
                                      realtime=not args.fast, config=config)
+        asyncio.run(factory.check_source(source))  # fail before the model loads
     else:
         if args.fast:
             raise HarkenError("--fast needs --input FILE (a microphone runs in real time)")
         stream_id = "mic"
         source = factory.mic_source(config, stream_id=stream_id)
+        asyncio.run(factory.check_source(source))
     sinks = [factory.terminal_sink(jsonl=args.jsonl)]
     if args.out is not None:
         sinks += factory.output_sinks(config, stem=stream_id, formats=config.output.formats)
@@ -235,8 +237,17 @@ def _first_user_error(exc: BaseException) -> HarkenError | None:
     return None
 
 
+def _quiet_transformers() -> None:
+    """The per-load "Loading weights" bar is noise in a live terminal; errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "transcribe", "bench"):
+        _quiet_transformers()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -62,6 +62,12 @@ def file_source(path: Path, *, stream_id: str, realtime: bool,
                       realtime=realtime)
 
 
+async def check_source(source: OpenableSource) -> None:
+    """Opens and closes a source: a bad file or device fails before any model is loaded."""
+    async with source:
+        pass
+
+
 def mic_source(config: HarkenConfig, *, stream_id: str = "mic") -> OpenableSource:
     device: int | str | None = config.audio.device or None
     if isinstance(device, str) and device.isdigit():

@@ -40,6 +40,10 @@ def _stem(path: Path, used: set[str]) -> str:
 async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
                            progress: bool) -> list[Path]:
     """Transcribes each file in turn (the model is loaded once); returns the files written."""
+    durations = {}
+    for path in files:  # a bad file fails now, not after a model load
+        async with FileSource(path=path, stream_id="probe", realtime=False) as probe:
+            durations[path] = probe.duration_s
     captioner = await _load(config)
     written: list[Path] = []
     used: set[str] = set()
@@ -53,10 +57,7 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
             sinks: list[Sink] = factory.output_sinks(config, stem=stem,
                                                      formats=config.output.formats)
             if progress:
-                # Duration comes from the header; the engine opens the file again itself.
-                async with FileSource(path=path, stream_id=stem, realtime=False) as probe:
-                    total = probe.duration_s
-                task = bar.add_task(path.name, total=total)
+                task = bar.add_task(path.name, total=durations[path])
                 sinks.append(ProgressSink(progress=bar, task=task))
             session = factory.Session(config=config, sources=[source], sinks=sinks,
                                       live=False, captioner=captioner)

@@ -65,7 +65,7 @@ def _common(layer_norm: bool) -> dict[str, Any]:
         "feat_extract_norm": "layer" if layer_norm else "group",
         # Larger than the default 0.02 so random logits are not flat and greedy decoding
         # produces a variety of tokens.
-        "initializer_range": 0.5,
+        "initializer_range": 0.1,
     }
 
 

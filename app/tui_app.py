@@ -1,0 +1,422 @@
+"""The terminal app of `harken run`: live captions, speakers, keywords, levels and status.
+
+The engine runs inside the app's event loop as one task the app owns (started on mount,
+cancelled and awaited on quit so every file sink closes). The UI is a sink like any other:
+TuiSink posts one message per event, and the handlers below route them to the widgets.
+
+    app = build_app(config, sources=[source], file_sinks=sinks, live=True, stem="mic")
+    app.run()
+
+Tests build the same app with `session=` a scripted fake and drive it with Textual's Pilot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from harken.app.config import HarkenConfig
+from harken.app.factory import CaptionerLoader, Session, load_captioner
+from harken.app.tui_captions import CaptionsLog
+from harken.app.tui_colours import SpeakerColours
+from harken.app.tui_export import SessionRecord, export_session
+from harken.app.tui_help import HelpScreen
+from harken.app.tui_keywords import KeywordLog
+from harken.app.tui_level import LevelMeter
+from harken.app.tui_messages import (
+    EngineMessage,
+    EngineProblem,
+    FinalCaption,
+    KeywordHit,
+    LevelUpdate,
+    PartialCaption,
+    SessionEnded,
+    SpeakerTurn,
+    SpeechBoundary,
+    StatsUpdate,
+    Translation,
+)
+from harken.app.tui_sink import TuiSink
+from harken.app.tui_status import StatusBar, StatusInfo
+from harken.app.tui_timeline import SpeakerTimeline
+from harken.app.tui_translations import TranslationPane
+from harken.engine.pipeline import OpenableSource
+from harken.engine.sinks import Sink
+from harken.models.audio import SAMPLE_RATE
+from harken.models.errors import HarkenError
+
+ERROR_NOTIFY_S = 10.0  # s an error notification stays up
+
+
+class Pausable(Protocol):
+    """The engine controls the app uses (harken.engine.pipeline.Engine has them)."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class RunnableSession(Protocol):
+    """What the app runs: factory.Session, or a scripted fake in tests.
+
+    `engine` is None until the engine runs (the model loads first). A session that can
+    switch diarization also has `set_diarization(on: bool)`; without it, `d` says so.
+    """
+
+    @property
+    def engine(self) -> Pausable | None: ...
+
+    async def run(self) -> object: ...
+
+
+#: Builds the session around the TUI sink (the app makes the sink: it is the target).
+SessionFactory = Callable[[Sink], RunnableSession]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppInfo:
+    stem: str  # export file names start with this (the stream id)
+    device: str  # input description for the level panel
+    out_dir: Path  # where `e` exports
+    sample_rate: int = SAMPLE_RATE
+    models: tuple[str, ...] = ()
+    compute: str = ""
+    outputs: tuple[str, ...] = ()  # files the run writes (--out)
+    mqtt: str | None = None  # MQTT state text; None when MQTT is off
+
+
+def user_error(exc: BaseException) -> HarkenError | None:
+    """The first HarkenError in `exc` (looking inside TaskGroup exception groups)."""
+    if isinstance(exc, HarkenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+class HarkenApp(App[int]):
+    CSS_PATH = "tui.tcss"
+    TITLE = "Harken"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("c", "clear", "Clear"),
+        Binding("t", "toggle_translations", "Transl."),
+        Binding("d", "toggle_diarization", "Diar."),
+        Binding("e", "export", "Export"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(self, *, config: HarkenConfig, info: AppInfo, make_session: SessionFactory,
+                 sources: Sequence[OpenableSource] = ()) -> None:
+        super().__init__()
+        self.config = config
+        self.info = info
+        self.sink = TuiSink(target=self)
+        self.session = make_session(self.sink)
+        self.record = SessionRecord()
+        self.colours = SpeakerColours()
+        #: The exception the session ended with, for the CLI to report after the app exits.
+        self.failure: BaseException | None = None
+        self.last_export: list[Path] = []
+        self._sources = list(sources)
+        self._session_task: asyncio.Task[None] | None = None
+        self._state = "loading"
+        self._turns_seen = False  # once diarization sends turns, finals' speakers are not
+        self._diarization = False
+        self._device_known = False
+
+    # ---- layout -------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield CaptionsLog(colours=self.colours, id="captions")
+                yield TranslationPane(id="translations")
+            with Vertical(id="side"):
+                yield LevelMeter(device=self.info.device, sample_rate=self.info.sample_rate,
+                                 id="level")
+                yield KeywordLog(id="keywords")
+        yield SpeakerTimeline(colours=self.colours, id="timeline")
+        yield StatusBar(StatusInfo(models=self.info.models, device=self.info.compute,
+                                   outputs=self.info.outputs, mqtt=self.info.mqtt),
+                        id="status")
+        yield Footer()
+
+    @property
+    def captions(self) -> CaptionsLog:
+        return self.query_one(CaptionsLog)
+
+    @property
+    def timeline(self) -> SpeakerTimeline:
+        return self.query_one(SpeakerTimeline)
+
+    @property
+    def keywords(self) -> KeywordLog:
+        return self.query_one(KeywordLog)
+
+    @property
+    def translations(self) -> TranslationPane:
+        return self.query_one(TranslationPane)
+
+    @property
+    def meter(self) -> LevelMeter:
+        return self.query_one(LevelMeter)
+
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one(StatusBar)
+
+    @property
+    def state(self) -> str:
+        """loading, live, paused, finished or error."""
+        return self._state
+
+    @property
+    def session_done(self) -> bool:
+        return self._session_task is not None and self._session_task.done()
+
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        self.status.show(replace(self.status.info, state=state))
+        self.meter.set_paused(state == "paused")
+
+    # ---- the engine task ----------------------------------------------------------------
+    def on_mount(self) -> None:
+        self._session_task = asyncio.create_task(self._run_session(), name="harken-session")
+
+    async def _run_session(self) -> None:
+        error: str | None = None
+        try:
+            await self.session.run()
+        except Exception as exc:  # reported in the UI and, after exit, by the CLI
+            self.failure = exc
+            found = user_error(exc)
+            error = str(found) if found is not None else \
+                f"unexpected {type(exc).__name__}: {exc} (rerun with HARKEN_DEBUG=1 for details)"
+        self.post_message(SessionEnded(error=error))
+
+    async def stop_session(self) -> None:
+        """Cancel the engine and wait until every sink has closed its files."""
+        task = self._session_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+    def _engine_running(self) -> None:
+        if self._state == "loading":
+            self._set_state("live")
+        if not self._device_known:
+            self._device_known = True
+            worker = getattr(self.session.engine, "worker", None)
+            name = getattr(worker, "name", None)
+            if isinstance(name, str) and name:
+                self.status.show(replace(self.status.info, device=name))
+            if self._sources:
+                self.meter.device = ", ".join(s.description for s in self._sources)
+
+    # ---- engine messages ----------------------------------------------------------------
+    def _recorded(self, message: EngineMessage) -> None:
+        self.record.add(message.event)
+        self._engine_running()
+
+    def on_partial_caption(self, message: PartialCaption) -> None:
+        self._engine_running()
+        self.captions.show_partial(message.event)
+        self.timeline.advance(message.event.end)
+
+    def on_final_caption(self, message: FinalCaption) -> None:
+        self._recorded(message)
+        event = message.event
+        self.captions.add_final(event)
+        if event.speaker and not self._turns_seen:
+            self.timeline.add_turn(event.speaker, event.start, event.end)
+        self.timeline.advance(event.end)
+
+    def on_level_update(self, message: LevelUpdate) -> None:
+        self._engine_running()
+        self.meter.set_level(message.event.dbfs, speech=message.event.speech)
+        self.timeline.advance(message.event.end)
+
+    def on_stats_update(self, message: StatsUpdate) -> None:
+        self._engine_running()
+        s = message.event
+        self.status.show(replace(self.status.info, rtf=s.rtf,
+                                 latency_p50_s=s.caption_latency_p50_s,
+                                 latency_p95_s=s.caption_latency_p95_s,
+                                 dropped=sum(s.dropped.values())))
+
+    def on_speech_boundary(self, message: SpeechBoundary) -> None:
+        self._recorded(message)
+        e = message.event
+        if message.started:
+            self.timeline.speech_started(e.stream, e.start)
+        else:
+            self.timeline.speech_ended(e.stream, e.start, e.end)
+
+    def on_speaker_turn(self, message: SpeakerTurn) -> None:
+        self._recorded(message)
+        self._turns_seen = True
+        self.timeline.add_turn(message.speaker, message.event.start, message.event.end)
+
+    def on_keyword_hit(self, message: KeywordHit) -> None:
+        self._recorded(message)
+        self.keywords.add_hit(keyword=message.keyword, start=message.event.start,
+                              score=message.score)
+
+    def on_translation(self, message: Translation) -> None:
+        self._recorded(message)
+        e = message.event
+        self.captions.add_translation(stream=e.stream, segment=message.segment,
+                                      lang=message.lang, text=message.text)
+        self.translations.add_translation(start=e.start, lang=message.lang, text=message.text)
+
+    def on_engine_problem(self, message: EngineProblem) -> None:
+        self._recorded(message)
+        self.notify(message.message, title=f"{message.event.stream}: error",
+                    severity="error" if message.fatal else "warning", timeout=ERROR_NOTIFY_S)
+
+    def on_session_ended(self, message: SessionEnded) -> None:
+        if message.error is None:
+            self._set_state("finished")
+            return
+        self._set_state("error")
+        self.notify(message.error, title="Engine stopped", severity="error",
+                    timeout=ERROR_NOTIFY_S)
+
+    # ---- actions ------------------------------------------------------------------------
+    def action_toggle_pause(self) -> None:
+        engine = self.session.engine
+        if self.session_done:
+            self.notify("The input has ended; there is nothing to pause.", title="Pause")
+        elif engine is None:
+            self.notify("The model is still loading; pause once captions start.",
+                        title="Pause")
+        elif engine.paused:
+            engine.resume()
+            self._set_state("live")
+        else:
+            engine.pause()
+            self._set_state("paused")
+
+    def action_clear(self) -> None:
+        self.captions.clear_captions()
+        self.keywords.clear_hits()
+        self.translations.clear_translations()
+        self.timeline.clear_timeline()
+
+    def action_toggle_translations(self) -> None:
+        pane = self.translations
+        pane.display = not pane.display
+        self.captions.set_inline_translations(not pane.display)
+
+    def action_toggle_diarization(self) -> None:
+        control = getattr(self.session, "set_diarization", None)
+        if not callable(control):
+            self.notify("Diarization is not available in this session: no diarization model "
+                        "is configured.", title="Diarization", severity="warning")
+            return
+        self._diarization = not self._diarization
+        try:
+            control(self._diarization)
+        except HarkenError as exc:
+            self._diarization = not self._diarization
+            self.notify(str(exc), title="Diarization", severity="error",
+                        timeout=ERROR_NOTIFY_S)
+            return
+        self.notify(f"Diarization {'on' if self._diarization else 'off'}.",
+                    title="Diarization")
+
+    async def action_export(self) -> None:
+        folder = self.info.out_dir
+        stem = f"{self.info.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        n = 1
+        while any(folder.glob(f"{stem}.*")):  # two exports in one second
+            n += 1
+            stem = f"{self.info.stem}-{datetime.now():%Y%m%d-%H%M%S}-{n}"
+        try:
+            paths = await export_session(self.record.events, config=self.config,
+                                         folder=folder, stem=stem)
+        except HarkenError as exc:
+            self.notify(str(exc), title="Export failed", severity="error",
+                        timeout=ERROR_NOTIFY_S)
+            return
+        self.last_export = paths
+        lost = f" (the oldest {self.record.lost} events were not kept)" if self.record.lost \
+            else ""
+        kinds = ", ".join(p.suffix.lstrip(".") for p in paths)
+        self.notify(f"{folder / stem}.* ({kinds}){lost}", title="Exported",
+                    timeout=ERROR_NOTIFY_S)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        await self.stop_session()
+        self.exit(0)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:  # type: ignore[type-arg]
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Pause / resume", "Stop or restart listening (space)",
+                            self.action_toggle_pause)
+        yield SystemCommand("Clear", "Empty the captions and keyword logs (c)",
+                            self.action_clear)
+        yield SystemCommand("Toggle translation pane",
+                            "Translations in their own pane or under captions (t)",
+                            self.action_toggle_translations)
+        yield SystemCommand("Toggle diarization", "Speaker diarization on or off (d)",
+                            self.action_toggle_diarization)
+        yield SystemCommand("Export session",
+                            "Write SRT, VTT, JSONL, TXT (and RTTM) of the session so far (e)",
+                            self.action_export)
+        yield SystemCommand("Keys", "Show the keys (?)", self.action_help)
+
+
+def model_label(model: str) -> str:
+    """A short name for a hub id or folder: its last path component."""
+    return Path(model.rstrip("/")).name or model
+
+
+def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSource] = (),
+              file_sinks: Sequence[Sink] = (), live: bool = True,
+              loader: CaptionerLoader = load_captioner, session: SessionFactory | None = None,
+              device: str | None = None, mqtt: str | None = None) -> HarkenApp:
+    """The one way to make the app: the CLI passes sources and file sinks; tests pass
+    `session`, a factory of a fake session around the TUI sink."""
+    outputs = tuple(str(p) for p in (getattr(s, "path", None) for s in file_sinks)
+                    if p is not None)
+
+    def make_session(tui: Sink) -> RunnableSession:
+        if session is not None:
+            return session(tui)
+        return Session(config=config, sources=list(sources), sinks=[tui, *file_sinks],
+                       live=live, loader=loader)
+
+    info = AppInfo(
+        stem=stem,
+        device=device if device is not None else
+        ", ".join(s.description for s in sources) or "no input",
+        out_dir=config.output.dir,
+        models=(model_label(config.captions.model),),
+        compute=config.compute.device_type,
+        outputs=outputs,
+        mqtt=mqtt,
+    )
+    return HarkenApp(config=config, info=info, make_session=make_session, sources=sources)

@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests never touch the network: the hub is forced offline for the session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub read it
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_ctc_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random CTC checkpoints (hubert, data2vec-audio, sew-d) saved with save_pretrained."""
+    from tiny_models import CTC_ARCHS, build_tiny_ctc
+
+    root = tmp_path_factory.mktemp("tiny_ctc")
+    return {arch: build_tiny_ctc(arch, root / arch) for arch in CTC_ARCHS}
+
+
+@pytest.fixture(scope="session")
+def tiny_non_ctc_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """HuBERT checkpoints without a CTC head: "base" (HubertModel) and "classifier"."""
+    from tiny_models import build_tiny_non_ctc
+
+    root = tmp_path_factory.mktemp("tiny_non_ctc")
+    return {kind: build_tiny_non_ctc(kind, root / kind) for kind in ("base", "classifier")}
+
+
+@pytest.fixture
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make sure HF_HUB_OFFLINE is set for this test even if another test changed it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield

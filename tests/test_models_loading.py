@@ -1,0 +1,91 @@
+"""Loading tiny checkpoints through the production path, and the errors users see."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from harken.models.captions import CtcCaptioner
+from harken.models.errors import DeviceError, ModelNotFoundError, UnsupportedModelError
+from harken.models.loading import is_cached, pull, resolve_device, resolve_dtype
+
+UNKNOWN_ID = "harken-tests/no-such-model-xyz"
+
+
+@pytest.mark.parametrize("arch", ["hubert", "data2vec-audio", "sew-d"])
+def test_tiny_checkpoint_loads_through_from_pretrained(
+    arch: str, tiny_ctc_dirs: dict[str, Path]
+) -> None:
+    captioner = CtcCaptioner.from_pretrained(str(tiny_ctc_dirs[arch]), device="cpu")
+    assert captioner.device == torch.device("cpu")
+    assert captioner.dtype == torch.float32
+    assert not captioner.model.training
+    assert captioner.geometry.frame_samples == 320
+    assert captioner.geometry.receptive_samples == 400
+    # SEW-D has no SDPA attention; the loader falls back to eager for it.
+    expected_attn = "eager" if arch == "sew-d" else "sdpa"
+    assert captioner.model.config._attn_implementation == expected_attn
+
+
+@pytest.mark.usefixtures("hub_offline")
+def test_unknown_hub_id_offline_names_id_offline_and_local_folder() -> None:
+    with pytest.raises(ModelNotFoundError) as caught:
+        CtcCaptioner.from_pretrained(UNKNOWN_ID, device="cpu")
+    message = str(caught.value)
+    assert UNKNOWN_ID in message
+    assert "offline" in message
+    assert "--captions-model /path/to/folder" in message
+    assert f"harken models pull {UNKNOWN_ID}" in message
+
+
+@pytest.mark.parametrize("kind", ["base", "classifier"])
+def test_checkpoint_without_ctc_head_is_unsupported(
+    kind: str, tiny_non_ctc_dirs: dict[str, Path]
+) -> None:
+    with pytest.raises(UnsupportedModelError, match="HubertForCTC"):
+        CtcCaptioner.from_pretrained(str(tiny_non_ctc_dirs[kind]), device="cpu")
+
+
+def test_folder_without_weights_is_not_found(
+    tiny_ctc_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_ctc_dirs["hubert"], folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError, match="config.json, the weights"):
+        CtcCaptioner.from_pretrained(str(folder), device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_gpu_names_cpu_fix(device: str) -> None:
+    with pytest.raises(DeviceError, match="--device-type cpu"):
+        resolve_device(device)
+
+
+def test_device_and_dtype_resolution() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    auto = resolve_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="auto"):
+        resolve_device("tpu")
+    cpu = torch.device("cpu")
+    assert resolve_dtype(cpu) == torch.float32
+    assert resolve_dtype(cpu, "float16") == torch.float32  # fp16 on CPU falls back
+    assert resolve_dtype(cpu, "bf16") == torch.bfloat16
+    assert resolve_dtype(torch.device("cuda"), "auto") == torch.float16
+    with pytest.raises(ValueError, match="float32"):
+        resolve_dtype(cpu, "int8")
+
+
+@pytest.mark.usefixtures("hub_offline")
+def test_is_cached_and_pull_offline(tiny_ctc_dirs: dict[str, Path]) -> None:
+    folder = tiny_ctc_dirs["hubert"]
+    assert is_cached(str(folder))
+    assert pull(str(folder)) == folder
+    assert not is_cached(UNKNOWN_ID)
+    with pytest.raises(ModelNotFoundError, match="offline"):
+        pull(UNKNOWN_ID)
