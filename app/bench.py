@@ -27,7 +27,7 @@ import soxr
 import torch
 
 from harken.app import factory
-from harken.app.config import HarkenConfig
+from harken.app.config import CaptionsConfig, HarkenConfig
 from harken.engine.audio import AudioBlock
 from harken.engine.captions import CaptionStage
 from harken.engine.errors import AudioFileError
@@ -215,8 +215,8 @@ def bench_captions(*, model: str, seconds: float, audio: Path | None, device_typ
                    verbose: bool, realtime: bool = True) -> dict[str, Any]:
     options = StreamingOptions(hop_s=hop_s, left_context_s=left_context_s,
                                right_context_s=right_context_s)
-    config = HarkenConfig(captions={"hop_s": hop_s, "left_context_s": left_context_s,
-                                    "right_context_s": right_context_s})
+    config = HarkenConfig(captions=CaptionsConfig(hop_s=hop_s, left_context_s=left_context_s,
+                                                  right_context_s=right_context_s))
     _log(verbose, f"loading {model} ...")
     captioner = load_bench_model(model, device_type=device_type, dtype=dtype)
     samples = bench_audio(audio, seconds)

@@ -30,6 +30,15 @@ FLAG_KEYS = {
     "max_segment": ("vad.max_segment_s", "--max-segment"),
     "out": ("output.dir", "--out"),
     "format": ("output.formats", "--format"),
+    "mqtt": ("mqtt.url", "--mqtt"),
+    "mqtt_prefix": ("mqtt.prefix", "--mqtt-prefix"),
+    "site": ("mqtt.site", "--site"),
+    "hermes": ("mqtt.hermes", "--hermes"),
+    "ha_discovery": ("mqtt.ha_discovery", "--ha-discovery"),
+    "mqtt_ca": ("mqtt.ca_file", "--mqtt-ca"),
+    "mqtt_cert": ("mqtt.cert_file", "--mqtt-cert"),
+    "mqtt_key": ("mqtt.key_file", "--mqtt-key"),
+    "mqtt_password_file": ("mqtt.password_file", "--mqtt-password-file"),
 }
 
 
@@ -45,6 +54,28 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
 
 
+def _input_arg(text: str) -> Path | str:
+    """A file path, or an mqtt[s]:// URL kept as text (a Path would fold its '//')."""
+    return text if text.startswith(("mqtt://", "mqtts://")) else Path(text)
+
+
+def _add_mqtt(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MQTT (docs/mqtt.md)")
+    g.add_argument("--mqtt", metavar="URL|embedded",
+                   help="publish results: mqtt://[user@]host[:port], mqtts://... or embedded")
+    g.add_argument("--mqtt-prefix", metavar="PREFIX", help="topic prefix (default harken)")
+    g.add_argument("--site", metavar="ID", help="site id in topics (default: host name)")
+    g.add_argument("--hermes", action="store_true", default=None,
+                   help="also publish Hermes topics (Rhasspy)")
+    g.add_argument("--ha-discovery", action="store_true", default=None,
+                   help="announce Home Assistant entities")
+    g.add_argument("--mqtt-ca", type=Path, metavar="FILE", help="CA of the broker (mqtts://)")
+    g.add_argument("--mqtt-cert", type=Path, metavar="FILE", help="TLS client certificate")
+    g.add_argument("--mqtt-key", type=Path, metavar="FILE", help="TLS client key")
+    g.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
+                   help="file holding the broker password (or HARKEN_MQTT_PASSWORD)")
+
+
 def _formats(text: str) -> list[str]:
     return [f.strip() for f in text.split(",") if f.strip()]
 
@@ -56,13 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="live captions from the microphone or a file")
     _add_common(run)
-    run.add_argument("--input", metavar="FILE", type=Path, help="read a file instead of the mic")
+    run.add_argument("--input", metavar="FILE|URL", type=_input_arg,
+                     help="read a file instead of the mic, or satellite audio: "
+                          "mqtt://host/hermes/audioServer/+/audioFrame")
     run.add_argument("--fast", action="store_true", help="process the file as fast as possible")
     run.add_argument("--device", metavar="N|NAME", help="input device (see `harken devices`)")
     run.add_argument("--jsonl", action="store_true", help="print one JSON event per line")
+    run.add_argument("--no-tui", action="store_true",
+                     help="plain printed captions instead of the terminal app")
     run.add_argument("--out", type=Path, metavar="DIR", help="also write transcript files here")
     run.add_argument("--format", type=_formats, metavar="LIST",
                      help="file formats with --out: srt,vtt,jsonl,txt")
+    _add_mqtt(run)
 
     tr = sub.add_parser("transcribe", help="transcribe files offline (same engine, no pacing)")
     _add_common(tr)
@@ -169,11 +205,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def use_tui(args: argparse.Namespace) -> bool:
+    """`harken run` opens the terminal app only on a terminal, without --jsonl/--no-tui."""
+    return not args.jsonl and not args.no_tui and sys.stdout.isatty()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from harken.app import factory
 
     config = _load(args).config
-    if args.input is not None:
+    mqtt_input = args.input if isinstance(args.input, str) else None
+    mqtt = factory.mqtt_setup(config, input_url=mqtt_input)
+    if mqtt_input is not None:
+        if args.fast:
+            raise HarkenError("--fast needs --input FILE (satellites stream in real time)")
+        stream_id = "satellites"
+        source = mqtt.source()
+    elif args.input is not None:
         stream_id = args.input.stem or "file"
         source = factory.file_source(args.input, stream_id=stream_id,
                                      realtime=not args.fast, config=config)
@@ -184,12 +232,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stream_id = "mic"
         source = factory.mic_source(config, stream_id=stream_id)
         asyncio.run(factory.check_source(source))
+    if use_tui(args):
+        from harken.app.tui_app import run_tui
+
+        files = factory.output_sinks(config, stem=stream_id, formats=config.output.formats) \
+            if args.out is not None else []
+        with mqtt.broker():
+            return run_tui(config, stem=stream_id, source=source,
+                           file_sinks=[*files, *mqtt.sinks()], live=not args.fast)
     sinks = [factory.terminal_sink(jsonl=args.jsonl)]
     if args.out is not None:
         sinks += factory.output_sinks(config, stem=stream_id, formats=config.output.formats)
+    sinks += mqtt.sinks()
     session = factory.Session(config=config, sources=[source], sinks=sinks,
                               live=not args.fast)
-    asyncio.run(session.run())
+    with mqtt.broker():
+        asyncio.run(session.run())
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -89,6 +89,61 @@ class OutputConfig(_Section):
         return v
 
 
+class MqttConfig(_Section):
+    """MQTT results, control and satellite audio (docs/mqtt.md)."""
+
+    url: str = Field("", description="broker: mqtt://[user@]host[:port], mqtts://... or "
+                                     "'embedded'; empty: no MQTT")
+    password: SecretStr | None = Field(None, description="broker password (also "
+                                       "HARKEN_MQTT_PASSWORD or password_file); never shown")
+    password_file: Path | None = Field(None, description="file whose first line is the "
+                                       "broker password")
+    ca_file: Path | None = Field(None, description="CA that signed the broker's certificate "
+                                 "(mqtts://); default: the system CAs")
+    cert_file: Path | None = Field(None, description="client certificate, if the broker "
+                                   "requires one")
+    key_file: Path | None = Field(None, description="client certificate key")
+    tls_insecure: bool = Field(False, description="skip server certificate checks (tests "
+                               "only)")
+    prefix: str = Field("harken", description="topic prefix: <prefix>/<site>/...")
+    site: str = Field("", description="site id; empty: the host name")
+    hermes: bool = Field(False, description="also publish Hermes (Rhasspy) topics")
+    ha_discovery: bool = Field(False, description="announce Home Assistant entities")
+    ha_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix")
+    outbox_size: int = Field(1000, ge=1, le=1_000_000,
+                             description="QoS 1 messages kept while the broker is away")
+    partial_interval_s: float = Field(0.25, ge=0, le=10,
+                                      description="at most one partial per stream this often")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    embedded_host: str = Field("127.0.0.1", description="--mqtt embedded: listen address "
+                               "(0.0.0.0 for other machines)")
+    embedded_port: int = Field(1883, ge=1, le=65535, description="--mqtt embedded: port")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v in ("", "embedded") or v.startswith(("mqtt://", "mqtts://")):
+            return v
+        raise ValueError("must be mqtt://[user@]host[:port], mqtts://..., 'embedded' or empty")
+
+    @field_validator("prefix", "ha_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or v.startswith(("/", "$")) or v.endswith("/") or "//" in v or \
+                any(c in v for c in "+#"):
+            raise ValueError("must be a plain topic prefix such as 'harken' (no '+', '#', "
+                             "leading '/' or '$', trailing '/')")
+        return v
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        if any(c in v for c in "+#/") or v != v.strip() or v.startswith("$"):
+            raise ValueError("must be one topic level: no '+', '#', '/', leading '$' or "
+                             "surrounding spaces")
+        return v
+
+
 class HarkenConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
@@ -97,6 +152,7 @@ class HarkenConfig(BaseSettings):
     vad: VadConfig = Field(default_factory=VadConfig)
     captions: CaptionsConfig = Field(default_factory=CaptionsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harken.app.config import HarkenConfig
+from harken.app.mqtt_setup import MqttSetup
 from harken.engine.captions import CaptionStage
+from harken.engine.mqtt_control import ControlledSink
 from harken.engine.pipeline import (
     Engine,
     EngineOptions,
@@ -81,6 +83,11 @@ def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
     return [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
 
 
+def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None) -> MqttSetup:
+    """MQTT sink, satellite source and embedded broker as configured (docs/mqtt.md)."""
+    return MqttSetup(config, input_url=input_url)
+
+
 def terminal_sink(*, jsonl: bool) -> Sink:
     return JsonlSink(stream=sys.stdout) if jsonl else PrinterSink()
 
@@ -110,6 +117,9 @@ class Session:
                             stages=[caption_stages(self.config, captioner)],
                             options=engine_options(self.config, live=self.live))
             self.engine = engine
+            for sink in self.sinks:  # e.g. the MQTT control topic acts on this engine
+                if isinstance(sink, ControlledSink):
+                    sink.bind(engine)
             subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
             async with asyncio.TaskGroup() as tg:
                 for sink, sub in subs:

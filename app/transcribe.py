@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from harken.app.config import HarkenConfig
 from harken.engine.events import Event
 from harken.engine.sinks import Sink
 from harken.engine.sources import FileSource
+from harken.models.captions import CtcCaptioner
 
 
 class ProgressSink:
@@ -66,9 +68,7 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
     return written
 
 
-async def _load(config: HarkenConfig) -> factory.CtcCaptioner:
-    import asyncio
-
+async def _load(config: HarkenConfig) -> CtcCaptioner:
     c = config
     return await asyncio.to_thread(factory.load_captioner, c.captions.model,
                                    c.compute.device_type, c.compute.dtype)

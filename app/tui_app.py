@@ -139,7 +139,6 @@ class HarkenApp(App[int]):
         self._sources = list(sources)
         self._session_task: asyncio.Task[None] | None = None
         self._state = "loading"
-        self._turns_seen = False  # once diarization sends turns, finals' speakers are not
         self._diarization = False
         self._device_known = False
 
@@ -245,8 +244,8 @@ class HarkenApp(App[int]):
         self._recorded(message)
         event = message.event
         self.captions.add_final(event)
-        if event.speaker and not self._turns_seen:
-            self.timeline.add_turn(event.speaker, event.start, event.end)
+        if event.speaker:
+            self.timeline.add_turn(event.speaker, event.start, event.end, from_caption=True)
         self.timeline.advance(event.end)
 
     def on_level_update(self, message: LevelUpdate) -> None:
@@ -272,7 +271,6 @@ class HarkenApp(App[int]):
 
     def on_speaker_turn(self, message: SpeakerTurn) -> None:
         self._recorded(message)
-        self._turns_seen = True
         self.timeline.add_turn(message.speaker, message.event.start, message.event.end)
 
     def on_keyword_hit(self, message: KeywordHit) -> None:
@@ -394,14 +392,22 @@ def model_label(model: str) -> str:
     return Path(model.rstrip("/")).name or model
 
 
+def outputs_label(paths: Sequence[Path]) -> tuple[str, ...]:
+    """Files for the status bar, folded: out/mic.{srt,vtt} rather than two full paths."""
+    groups: dict[Path, list[str]] = {}
+    for path in paths:
+        groups.setdefault(path.parent / path.stem, []).append(path.suffix.lstrip("."))
+    return tuple(f"{base}.{exts[0]}" if len(exts) == 1 else f"{base}.{{{','.join(exts)}}}"
+                 for base, exts in groups.items())
+
+
 def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSource] = (),
               file_sinks: Sequence[Sink] = (), live: bool = True,
               loader: CaptionerLoader = load_captioner, session: SessionFactory | None = None,
               device: str | None = None, mqtt: str | None = None) -> HarkenApp:
     """The one way to make the app: the CLI passes sources and file sinks; tests pass
     `session`, a factory of a fake session around the TUI sink."""
-    outputs = tuple(str(p) for p in (getattr(s, "path", None) for s in file_sinks)
-                    if p is not None)
+    paths = [p for p in (getattr(s, "path", None) for s in file_sinks) if isinstance(p, Path)]
 
     def make_session(tui: Sink) -> RunnableSession:
         if session is not None:
@@ -416,7 +422,18 @@ def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSour
         out_dir=config.output.dir,
         models=(model_label(config.captions.model),),
         compute=config.compute.device_type,
-        outputs=outputs,
+        outputs=outputs_label(paths),
         mqtt=mqtt,
     )
     return HarkenApp(config=config, info=info, make_session=make_session, sources=sources)
+
+
+def run_tui(config: HarkenConfig, *, stem: str, source: OpenableSource,
+            file_sinks: Sequence[Sink] = (), live: bool = True) -> int:
+    """`harken run` on a terminal: run the app; re-raise the engine's failure after it
+    closes so the CLI prints it and exits non-zero."""
+    app = build_app(config, stem=stem, sources=[source], file_sinks=file_sinks, live=live)
+    app.run()
+    if app.failure is not None:
+        raise app.failure
+    return 0

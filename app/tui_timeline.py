@@ -1,8 +1,8 @@
 """Speaker timeline: who spoke when over the last few minutes, one coloured row per speaker.
 
 The first row is the VAD's speech activity (always known); speaker rows come from speaker
-turns and from finals that carry a speaker. The window grows with the session up to
-WINDOW_MAX_S and then slides with the stream clock.
+turns (diarization) or, while there are none, from the finals that carry a speaker. The
+window grows with the session up to WINDOW_MAX_S and then slides with the stream clock.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class SpeakerTimeline(Widget):
         self._colours = colours
         self._speech: dict[str, collections.deque[Span]] = {}
         self._open_speech: dict[str, float] = {}
-        self._turns: dict[str, collections.deque[Span]] = {}
+        self._turns: dict[str, collections.deque[Span]] = {}  # from speaker_turn events
+        self._caption_turns: dict[str, collections.deque[Span]] = {}  # from finals
         self.now = 0.0
         self.border_title = "Speakers"
 
@@ -61,28 +62,36 @@ class SpeakerTimeline(Widget):
         self.advance(end)
         self.refresh()
 
-    def add_turn(self, speaker: str, start: float, end: float) -> None:
+    def add_turn(self, speaker: str, start: float, end: float, *,
+                 from_caption: bool = False) -> None:
         self._colours.colour(speaker)  # first appearance fixes the colour
-        self._row(self._turns, speaker).append((start, end))
+        rows = self._caption_turns if from_caption else self._turns
+        self._row(rows, speaker).append((start, end))
         self.advance(end)
         self.refresh(layout=True)
 
     @property
+    def _rows(self) -> dict[str, collections.deque[Span]]:
+        return self._turns or self._caption_turns
+
+    @property
     def speakers(self) -> list[str]:
         """Speaker rows, top to bottom."""
-        return [s for s in self._colours.speakers if s in self._turns]
+        rows = self._rows
+        return [s for s in self._colours.speakers if s in rows]
 
     def spans(self, speaker: str) -> list[Span]:
-        return list(self._turns.get(speaker, ()))
+        return list(self._rows.get(speaker, ()))
 
     def clear_timeline(self) -> None:
         self._speech.clear()
         self._open_speech.clear()
         self._turns.clear()
+        self._caption_turns.clear()
         self.refresh(layout=True)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        return 1 + max(1, len(self._speech)) + len(self._turns)
+        return 1 + max(1, len(self._speech)) + len(self._rows)
 
     def _bar(self, spans: list[Span], *, t0: float, cell_s: float, cells: int,
              colour: str) -> Text:
@@ -118,7 +127,7 @@ class SpeakerTimeline(Widget):
         for speaker in self.speakers:
             colour = self._colours.colour(speaker)
             out.append(f"{speaker[: LABEL_WIDTH - 1]:<{LABEL_WIDTH}}", style=f"bold {colour}")
-            out.append_text(self._bar(list(self._turns[speaker]), t0=t0, cell_s=cell_s,
+            out.append_text(self._bar(self.spans(speaker), t0=t0, cell_s=cell_s,
                                       cells=cells, colour=colour))
             out.append("\n")
         left, right = clock(t0), clock(t0 + window)

@@ -11,6 +11,7 @@ The password is kept out of `repr()` and out of every message.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import ssl
 import urllib.parse
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from harken.models.errors import HarkenError
@@ -143,7 +145,7 @@ def _code(exc: aiomqtt.MqttError) -> int | None:
 def _fatal(settings: MqttSettings, exc: aiomqtt.MqttError) -> MqttConfigError | None:
     """The user-fixable reason a connect failed, or None if it may work on a retry."""
     text = str(exc)
-    if isinstance(exc, aiomqtt.MqttConnectError) and _code(exc) in _AUTH_REFUSED:
+    if isinstance(exc, MqttConnectError) and _code(exc) in _AUTH_REFUSED:
         who = f"user {settings.username!r}" if settings.username else "no user name"
         return MqttConfigError(
             f"the MQTT broker at {settings.address} refused the login ({who}): {text}. Check "
@@ -203,17 +205,16 @@ async def open_client(settings: MqttSettings, *, client_id: str,
             if fatal is not None:
                 raise fatal from exc
             last = i == len(candidates) - 1
-            if not last and isinstance(exc, aiomqtt.MqttConnectError) and \
+            if not last and isinstance(exc, MqttConnectError) and \
                     _code(exc) in _BAD_PROTOCOL:
                 continue
             raise
         try:
             yield client
         finally:
-            try:
+            # A connection that is already gone has nothing left to close.
+            with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
-            except aiomqtt.MqttError:
-                pass  # the connection is already gone: nothing left to close
         return
 
 

@@ -90,6 +90,13 @@ class TranslationControl(Protocol):
     def set_translation(self, language: str | None) -> None: ...
 
 
+@runtime_checkable
+class ControlledSink(Protocol):
+    """A sink with a control topic (MqttSink): the session binds it to its engine."""
+
+    def bind(self, control: Pausable) -> None: ...
+
+
 def _name(data: dict[str, Any]) -> str | None:
     value = data.get("command")
     return value if isinstance(value, str) else None

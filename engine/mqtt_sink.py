@@ -157,13 +157,13 @@ class MqttSink:
         self._down.set()
         self._closing = False
         self._closed = asyncio.Event()
-        self._tried_since_close = False
         self._outage_logged = False
         self._deadline = 0.0
         self._sites: list[str] = []
         self._site_keywords: dict[str, set[str]] = {}
         self._last_partial: dict[str, float] = {}
         self._last_command: dict[str, Any] | None = None
+        self._state_paused: bool | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -216,7 +216,7 @@ class MqttSink:
             return
         self._sites.append(site)
         self._site_keywords[site] = set(self.options.keywords)
-        if self.options.ha_discovery:
+        if self.options.ha_discovery and self.connected:  # else: announced on connect
             self._announce(site)
 
     def _announce(self, site: str) -> None:
@@ -230,6 +230,8 @@ class MqttSink:
                                     qos=QOS_AT_LEAST_ONCE, retain=True))
 
     def _route(self, event: Event) -> None:
+        if self._control is not None and self._control.paused != self._state_paused:
+            self._publish_state()  # paused from elsewhere (the TUI): keep `state` true
         site = self._site_of(event.stream)
         self._add_site(site)
         if event.type == "caption_partial":
@@ -314,12 +316,6 @@ class MqttSink:
         while True:
             if self._closing and (not self._pending() or time.monotonic() >= self._deadline):
                 break
-            if self._closing and self._tried_since_close:
-                # Woken from the backoff sleep by the end of the run: one more try, then
-                # the deadline decides.
-                await asyncio.sleep(min(self.options.backoff_initial_s,
-                                        max(0.0, self._deadline - time.monotonic())))
-            self._tried_since_close = self._closing
             try:
                 async with open_client(self.settings, client_id=self.client_id,
                                        will=will) as client:
@@ -330,10 +326,11 @@ class MqttSink:
                 self._on_failure(exc)
             delay = backoff.next_delay()
             if self._closing:
-                delay = min(delay, max(0.0, self._deadline - time.monotonic()))
-            # Sleep, but wake at once when the run ends (no long backoff at exit).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), timeout=delay)
+                await asyncio.sleep(min(delay, max(0.0, self._deadline - time.monotonic())))
+            else:
+                # Wake at once when the run ends: what is left then gets its own deadline.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), timeout=delay)
         self.undelivered = self.outbox_depth
 
     def _on_failure(self, exc: aiomqtt.MqttError) -> None:
@@ -455,7 +452,8 @@ class MqttSink:
         """Retained `<prefix>/<site>/state`: what the control topic last set."""
         if self._control is None:
             return
+        self._state_paused = bool(self._control.paused)
         state = {"schema_version": SCHEMA_VERSION, "site": self.options.site, "type": "state",
-                 "paused": bool(self._control.paused), "last_command": self._last_command}
+                 "paused": self._state_paused, "last_command": self._last_command}
         self._enqueue(_Outgoing(topic=self.topics.state, payload=dumps(state),
                                 qos=QOS_AT_LEAST_ONCE, retain=True))

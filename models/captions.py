@@ -59,7 +59,7 @@ class FrameGeometry:
         return self.frame_samples * self.align_frames
 
     def num_frames(self, n_samples: int) -> int:
-        """Frames a forward pass over `n_samples` yields (0 when shorter than the receptive field)."""
+        """Frames a forward pass over `n_samples` yields (0 if shorter than the receptive field)."""
         if n_samples < self.receptive_samples:
             return 0
         if not self.conv_layers:

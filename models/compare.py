@@ -83,7 +83,7 @@ def _common_frames(a: np.ndarray, b: np.ndarray) -> int:
             f"frame counts differ by more than {MAX_LENGTH_MISMATCH_FRAMES}: "
             f"{a.shape[0]} vs {b.shape[0]}"
         )
-    n = min(a.shape[0], b.shape[0])
+    n = int(min(a.shape[0], b.shape[0]))
     if n == 0:
         raise ValueError("no frames to compare")
     return n

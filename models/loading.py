@@ -222,12 +222,12 @@ def load_processor(model_id: str, *, task: str) -> Any:
     from transformers import AutoFeatureExtractor, AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(model_id)
+        return AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
     except OSError as error:
         # Checkpoints without a tokenizer (speaker, keyword models) only have a feature
         # extractor; fall back to it before reporting a missing model.
         try:
-            return AutoFeatureExtractor.from_pretrained(model_id)
+            return AutoFeatureExtractor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
         except (OSError, ValueError):
             raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
     except (ValueError, KeyError) as error:

@@ -65,7 +65,8 @@ def random_ctc(arch: str, *, device: str = "auto", dtype: str = "auto",
     torch_dtype = resolve_dtype(torch_device, dtype)
     torch.manual_seed(seed)
     config._attn_implementation = "sdpa"
-    model = HubertForCTC(config).to(torch_device, dtype=torch_dtype).eval()
+    model: Any = HubertForCTC(config)
+    model = model.to(device=torch_device, dtype=torch_dtype).eval()
     processor = ctc_processor(layer_norm=config.feat_extract_norm == "layer")
     return CtcCaptioner(model_id=f"random:{arch}", model=model, processor=processor,
                         device=torch_device, dtype=torch_dtype)

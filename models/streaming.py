@@ -52,7 +52,7 @@ class StreamingOptions:
         return round(self.right_context_s * SAMPLE_RATE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds an array: compare fields, not windows
 class Window:
     """Audio to encode. start is a multiple of the frame size, so window frame k is segment
     frame start // frame_samples + k."""
@@ -254,12 +254,13 @@ class StreamingCtc:
             n_newly_final = fresh.shape[0]
         else:
             # Frame j is final when it has R of right context (its audio end + R fits in the
-            # window) and L + R of context in all. Inside a segment the left context is L by
+            # window) and L + hop + R of context in all. Inside a segment the left context is L by
             # construction; at the segment start there is less, so frames wait for a window of
-            # L + R: they get the extra right context instead, as chunked inference does.
+            # L + hop + R and get the extra right context instead, as chunked inference does.
             context = window.end - window.start - self.geometry.receptive_samples
             limit = window.end - self.options.right_samples - self.geometry.receptive_samples
-            enough = context >= self.options.left_samples + self.options.right_samples + self.options.hop_samples
+            opts = self.options
+            enough = context >= opts.left_samples + opts.right_samples + opts.hop_samples
             n_final_total = 0 if limit < 0 or not enough else limit // frame + 1
             n_newly_final = max(0, min(fresh.shape[0], n_final_total - self.n_final_frames))
         self._finalize(fresh[:n_newly_final])

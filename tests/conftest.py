@@ -6,10 +6,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub read it
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +30,6 @@ def tiny_non_ctc_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 
 
 @pytest.fixture
-def hub_offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make sure HF_HUB_OFFLINE is set for this test even if another test changed it."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield

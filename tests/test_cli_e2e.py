@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from tiny_models import build_tiny_ctc
 
 ROOT = Path(__file__).resolve().parent.parent

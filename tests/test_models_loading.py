@@ -55,7 +55,7 @@ def test_folder_without_weights_is_not_found(
     folder = tmp_path / "broken"
     shutil.copytree(tiny_ctc_dirs["hubert"], folder)
     (folder / "model.safetensors").unlink()
-    with pytest.raises(ModelNotFoundError, match="config.json, the weights"):
+    with pytest.raises(ModelNotFoundError, match=r"config\.json, the weights"):
         CtcCaptioner.from_pretrained(str(folder), device="cpu")
 
 

@@ -116,19 +116,21 @@ def test_default_streaming_is_as_close_to_whole_as_pipeline_chunking(
             )
         )
     engine_agree, pipe_agree, engine_diff, pipe_diff = np.mean(scores, axis=0)
-    print(f"{arch}: agreement {engine_agree:.3f} vs pipeline {pipe_agree:.3f}; "
-          f"mean |dlogp| {engine_diff:.4f} vs pipeline {pipe_diff:.4f}")
+    print(
+        f"{arch}: agreement {engine_agree:.3f} vs pipeline {pipe_agree:.3f}; "
+        f"mean |dlogp| {engine_diff:.4f} vs pipeline {pipe_diff:.4f}"
+    )
     assert engine_agree >= pipe_agree - AGREEMENT_SLACK
     assert engine_diff <= pipe_diff * DIFF_SLACK
     assert engine_agree > 0.9  # not a comparison of two broken methods
 
 
 def test_final_frames_never_change_and_are_appended_once() -> None:
-    audio = speechlike_audio(7.0, seed=1)
+    audio = speechlike_audio(7.1, seed=1)  # ends off the hop grid: a final window remains
     stream = StreamingCtc(geometry=GEOMETRY, options=StreamingOptions(), normalize=False)
     seen_final = np.zeros((0, VOCAB), dtype=np.float32)
     position = 0
-    for size in (3_000, 9_000, 500, 20_000, 8_000, 30_000, 41_500):
+    for size in (3_000, 9_000, 500, 20_000, 8_000, 30_000, 43_100):
         stream.push(audio[position : position + size])
         position += size
         while (window := stream.next_window()) is not None:
@@ -139,7 +141,8 @@ def test_final_frames_never_change_and_are_appended_once() -> None:
             np.testing.assert_array_equal(final[: len(seen_final)], seen_final)
             seen_final = final
     window = stream.final_window()
-    assert window is not None and window.final
+    assert window is not None
+    assert window.final
     stream.accept(window, fake_encoder(window))
     rows = stream.logprobs()
     assert stream.done
@@ -153,6 +156,20 @@ def test_final_frames_never_change_and_are_appended_once() -> None:
     assert stream.final_window() is None
 
 
+def test_audio_ending_on_the_grid_needs_no_extra_final_pass() -> None:
+    options = StreamingOptions()
+    stream = StreamingCtc(geometry=GEOMETRY, options=options, normalize=False)
+    stream.push(np.zeros(8 * options.hop_samples, dtype=np.float32))
+    while (window := stream.next_window()) is not None:
+        stream.accept(window, fake_encoder(window))
+    assert not stream.done  # the last hop's tail is still tentative
+    windows = stream.n_windows
+    assert stream.final_window() is None  # its window already saw all the audio
+    assert stream.done
+    assert stream.n_windows == windows
+    assert stream.n_final_frames == GEOMETRY.num_frames(8 * options.hop_samples)
+
+
 def test_cost_grows_linearly_with_segment_length() -> None:
     options = StreamingOptions()
     costs = []
@@ -163,7 +180,7 @@ def test_cost_grows_linearly_with_segment_length() -> None:
         costs.append(stream.encoded_samples / len(audio))
     # Each hop re-encodes about L + hop + R: the per-second overhead stays flat.
     bound = (options.left_context_s + options.right_context_s + 2 * options.hop_s) / options.hop_s
-    assert costs[0] < bound and costs[1] < bound
+    assert max(costs) < bound
     assert costs[1] == pytest.approx(costs[0], rel=0.05)
 
 

@@ -33,6 +33,7 @@ from harken.models.errors import HarkenError
 
 WALL = "2024-05-01T12:00:00.000Z"  # fixed, so screens and exports are deterministic
 STREAM = "demo"
+DRAIN_S = 10.0  # s the sinks get to take the script before a scripted failure
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +105,10 @@ class ScriptedSession:
                     await bus.publish(item)
                     self.published.append(item)
                 if self.fail_with is not None:
+                    # Let the sinks take what was published first, then fail.
+                    async with asyncio.timeout(DRAIN_S):
+                        while any(len(sub) for _, sub in subs):  # noqa: ASYNC110
+                            await asyncio.sleep(0.01)
                     raise self.fail_with
             finally:
                 await bus.close()
