@@ -16,6 +16,7 @@ from harken.models.errors import HarkenError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cmd | head`
 
 # flag dest -> dotted config key (flags override file and environment)
 FLAG_KEYS = {
@@ -284,6 +285,14 @@ COMMANDS = {
 }
 
 
+def _find(exc: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(exc, kind):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_find(inner, kind) for inner in exc.exceptions)
+    return False
+
+
 def _first_user_error(exc: BaseException) -> HarkenError | None:
     if isinstance(exc, HarkenError):
         return exc
@@ -312,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException as exc:  # unwrap TaskGroup groups to find the user-facing error
+        if _find(exc, BrokenPipeError):
+            # The reader went away (`harken run --jsonl | head`): stop quietly, like cat does.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         error = _first_user_error(exc)
         if error is None or os.environ.get("HARKEN_DEBUG"):
             raise

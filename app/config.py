@@ -28,6 +28,8 @@ from harken.models.errors import HarkenError
 ENV_PREFIX = "HARKEN_"
 ENV_NESTED = "__"
 DEFAULT_CAPTIONS_MODEL = "facebook/hubert-large-ls960-ft"
+DEFAULT_KEYWORDS_MODEL = "anton-l/sew-d-mid-400k-ft-keyword-spotting"
+DEFAULT_TRANSLATION_MODEL = "facebook/wav2vec2-xls-r-300m-en-to-15"
 
 
 class ConfigError(HarkenError):
@@ -144,6 +146,47 @@ class MqttConfig(_Section):
         return v
 
 
+class KeywordsConfig(_Section):
+    """Keyword spotting (docs/keywords.md)."""
+
+    enabled: bool = Field(False, description="spot keywords (harken run --keywords)")
+    model: str = Field(DEFAULT_KEYWORDS_MODEL, description="hub id or local folder "
+                       "(audio classification)")
+    words: list[str] = Field(default_factory=list, description="keywords to spot; empty: "
+                             "every keyword label of the model")
+    threshold: float = Field(0.8, gt=0, le=1, description="probability a window needs")
+    thresholds: dict[str, float] = Field(default_factory=dict,
+                                         description="per-keyword thresholds")
+    patience: int = Field(2, ge=1, le=50, description="windows in a row above threshold")
+    refractory_s: float = Field(1.0, ge=0, le=60, description="quiet time after a hit")
+    window_s: float = Field(1.0, ge=0.1, le=10, description="window length (the model's "
+                            "clip length)")
+    hop_s: float = Field(0.2, ge=0.01, le=10, description="seconds between windows")
+    min_speech_s: float = Field(0.5, gt=0, le=10, description="speech a window must contain")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: t for k, t in v.items() if not 0 < t <= 1}
+        if bad:
+            raise ValueError(f"thresholds must be above 0 and at most 1, got {bad}")
+        return v
+
+
+class TranslationConfig(_Section):
+    """Live translation (docs/translation.md)."""
+
+    languages: list[str] = Field(default_factory=list, description="target languages "
+                                 "(ISO codes such as de, fr); empty: no translation")
+    model: str = Field(DEFAULT_TRANSLATION_MODEL, description="hub id or local folder "
+                       "(speech encoder-decoder)")
+    num_beams: int = Field(1, ge=1, le=16, description="beam search width (1: greedy)")
+    max_new_tokens: int = Field(96, ge=1, le=1024, description="tokens per segment at most")
+    language_tokens: dict[str, str] = Field(default_factory=dict, description="code -> "
+                                            "language token, for tokens that are not "
+                                            "mBART-50 style")
+
+
 class HarkenConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
@@ -153,6 +196,8 @@ class HarkenConfig(BaseSettings):
     captions: CaptionsConfig = Field(default_factory=CaptionsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    keywords: KeywordsConfig = Field(default_factory=KeywordsConfig)
+    translation: TranslationConfig = Field(default_factory=TranslationConfig)
 
     @classmethod
     def settings_customise_sources(

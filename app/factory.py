@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harken.app.config import HarkenConfig
 from harken.app.mqtt_setup import MqttSetup
+from harken.app.task_stages import task_stages, translated_sinks
 from harken.engine.captions import CaptionStage
 from harken.engine.mqtt_control import ControlledSink
 from harken.engine.pipeline import (
@@ -25,7 +26,9 @@ from harken.engine.sources import FileSource, MicSource
 from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.captions import CtcCaptioner
+from harken.models.keywords import KeywordSpotter
 from harken.models.streaming import StreamingOptions
+from harken.models.translation import SpeechTranslator
 
 #: Loads a CTC captioner from (model id or folder, device type, dtype). Tests inject fakes.
 CaptionerLoader = Callable[[str, str, str], CtcCaptioner]
@@ -80,7 +83,8 @@ def mic_source(config: HarkenConfig, *, stream_id: str = "mic") -> OpenableSourc
 def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
                  out_dir: Path | None = None) -> list[Sink]:
     folder = out_dir if out_dir is not None else config.output.dir
-    return [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
+    sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
+    return sinks + translated_sinks(config, stem=stem, formats=formats, folder=folder)
 
 
 def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None) -> MqttSetup:
@@ -102,6 +106,8 @@ class Session:
     live: bool
     loader: CaptionerLoader = load_captioner
     captioner: CtcCaptioner | None = None
+    spotter: KeywordSpotter | None = None  # keyword model, when config.keywords.enabled
+    translator: SpeechTranslator | None = None  # when config.translation.languages
     engine: Engine | None = field(default=None, init=False)
 
     async def run(self) -> Engine:
@@ -112,9 +118,11 @@ class Session:
             captioner = await asyncio.to_thread(self.loader, c.captions.model,
                                                 c.compute.device_type, c.compute.dtype)
         async with InferenceWorker(name=str(captioner.device),
-                                   max_batch=self.config.compute.max_batch) as worker:
+                                   max_batch=self.config.compute.max_batch) as worker, \
+                task_stages(self.config, spotter=self.spotter,
+                            translator=self.translator) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
-                            stages=[caption_stages(self.config, captioner)],
+                            stages=[caption_stages(self.config, captioner), *tasks],
                             options=engine_options(self.config, live=self.live))
             self.engine = engine
             for sink in self.sinks:  # e.g. the MQTT control topic acts on this engine

@@ -56,6 +56,7 @@ from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError
 
 ERROR_NOTIFY_S = 10.0  # s an error notification stays up
+STOPPED_NOTIFY_S = 3600.0  # s: the engine stopped for good; keep saying why (click hides it)
 
 
 class Pausable(Protocol):
@@ -296,7 +297,7 @@ class HarkenApp(App[int]):
             return
         self._set_state("error")
         self.notify(message.error, title="Engine stopped", severity="error",
-                    timeout=ERROR_NOTIFY_S)
+                    timeout=STOPPED_NOTIFY_S)
 
     # ---- actions ------------------------------------------------------------------------
     def action_toggle_pause(self) -> None:

@@ -118,7 +118,30 @@ class StreamError(Event):
     fatal: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Keyword(Event):
+    """A spotted keyword; `start`/`end` span the audio every window that fired shares."""
+
+    type: ClassVar[str] = "keyword"
+    keyword: str
+    score: float
+    segment: int  # the VAD segment it was heard in
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Translation(Event):
+    """The translation of one final segment (`segment` is its caption's segment id)."""
+
+    type: ClassVar[str] = "translation"
+    segment: int
+    lang: str  # the requested code, e.g. "de"
+    text: str
+    model: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, Level, Stats, StreamError)
+    for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, Level, Stats, StreamError,
+                Keyword, Translation)
 }

@@ -61,7 +61,9 @@ class Stage(Protocol):
 
     The engine calls these in stream order from the stream's processing task; what they
     return is published in that order. Slow work that must not delay other stages (e.g.
-    translation) belongs in `background()`, which the engine runs as its own task.
+    translation) belongs in `background()`, which the engine runs as its own task; such a
+    stage also has `on_stream_end()`, called once the stream's last segment has ended, after
+    which its background iterator must finish (the engine waits for it).
     """
 
     name: str
@@ -168,12 +170,15 @@ class Engine:
         for stage in state.stages:
             events = stage.background()
             if events is not None:
-                self._tg.create_task(self._forward(events), name=f"{stage.name}-{stream_id}")
+                self._tg.create_task(self._forward(state, events),
+                                     name=f"{stage.name}-{stream_id}")
         return state
 
-    async def _forward(self, events: AsyncIterator[Event]) -> None:
+    async def _forward(self, state: StreamState, events: AsyncIterator[Event]) -> None:
         async for event in events:
             await self.bus.publish(event)
+        # A background task outlives the stream's last stats: count its late work too.
+        await self.bus.publish(self._stats(state))
 
     async def _read(self, source: OpenableSource) -> None:
         mine: list[StreamState] = []
@@ -217,6 +222,10 @@ class Engine:
             if state.last_end / SAMPLE_RATE >= next_stats or done:
                 await self.bus.publish(self._stats(state))
                 next_stats += self.options.stats_interval_s
+        for stage in state.stages:  # optional hook: lets background() iterators finish
+            on_stream_end = getattr(stage, "on_stream_end", None)
+            if callable(on_stream_end):
+                on_stream_end()
 
     def _admit(self, state: StreamState, block: AudioBlock) -> AudioBlock:
         state.audio_samples += len(block.samples)

@@ -15,8 +15,23 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from harken.engine.errors import SinkError
-from harken.engine.events import CaptionFinal, CaptionPartial, Event, Level, StreamError
-from harken.engine.subtitles import VTT_HEADER, cues_from_final, srt_block, vtt_block
+from harken.engine.events import (
+    CaptionFinal,
+    CaptionPartial,
+    Event,
+    Keyword,
+    Level,
+    StreamError,
+    Translation,
+)
+from harken.engine.subtitles import (
+    MAX_CUE_CHARS,
+    VTT_HEADER,
+    Cue,
+    cues_from_final,
+    srt_block,
+    vtt_block,
+)
 
 FILE_FORMATS = ("srt", "vtt", "jsonl", "txt")
 
@@ -120,6 +135,53 @@ class TxtSink:
             out.close()
 
 
+def translation_cues(event: Translation) -> list[Cue]:
+    """A translation has no word times: long text is cut at spaces into readable cues whose
+    times split the segment in proportion to their length."""
+    chunks: list[str] = []
+    for word in event.text.split():
+        if chunks and len(chunks[-1]) + 1 + len(word) <= MAX_CUE_CHARS:
+            chunks[-1] += " " + word
+        else:
+            chunks.append(word)
+    total = sum(len(c) for c in chunks)
+    cues: list[Cue] = []
+    at = event.start
+    for chunk in chunks:
+        end = at + (event.end - event.start) * len(chunk) / total
+        cues.append(Cue(at, end, chunk))
+        at = end
+    return cues
+
+
+class TranslatedSubtitleSink:
+    """SRT or WebVTT of the translations into one language (e.g. talk.de.srt)."""
+
+    def __init__(self, *, path: Path, lang: str, fmt: str, name: str | None = None) -> None:
+        if fmt not in ("srt", "vtt"):
+            raise ValueError(f"translated subtitles are srt or vtt, not {fmt!r}")
+        self.name = name or f"{fmt}-{lang}"
+        self.path = path
+        self.lang = lang
+        self.fmt = fmt
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        out = _open(self.path)
+        index = 0
+        try:
+            if self.fmt == "vtt":
+                out.write(VTT_HEADER)
+                out.flush()
+            async for event in events:
+                if isinstance(event, Translation) and event.lang == self.lang:
+                    for cue in translation_cues(event):
+                        index += 1
+                        out.write(srt_block(index, cue) if self.fmt == "srt" else vtt_block(cue))
+                    out.flush()
+        finally:
+            out.close()
+
+
 def file_sink(fmt: str, path: Path) -> Sink:
     if fmt == "srt":
         return SrtSink(path=path)
@@ -175,6 +237,15 @@ class PrinterSink:
                     speaker = f" {event.speaker}:" if event.speaker else ""
                     if event.text.strip():
                         self._out.write(f"{self._label(event)}{speaker} {event.text.strip()}\n")
+                    self._out.flush()
+                elif isinstance(event, Translation) and event.text.strip():
+                    self._clear_partial()
+                    self._out.write(f"{self._label(event)} [{event.lang}] {event.text.strip()}\n")
+                    self._out.flush()
+                elif isinstance(event, Keyword):
+                    self._clear_partial()
+                    self._out.write(f"{self._label(event)} keyword: {event.keyword} "
+                                    f"({event.score:.2f})\n")
                     self._out.flush()
                 elif isinstance(event, StreamError):
                     self._clear_partial()

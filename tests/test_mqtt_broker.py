@@ -395,7 +395,7 @@ async def test_broker_restart_mid_run_delivers_every_final_in_order(tmp_path: Pa
 
 async def test_full_outbox_drops_the_oldest_and_delivers_the_rest_in_order(
         tmp_path: Path) -> None:
-    with Mosquitto(tmp_path) as later:
+    with Mosquitto(tmp_path, persistence=True) as later:
         topic = "harken/ob/caption/final"
         listen = {"client_id": "ob-listener", "persistent": True}
         async with Listener(later.port, [topic], **listen):

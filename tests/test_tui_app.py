@@ -20,6 +20,7 @@ from tui_fakes import (
     Gate,
     KeywordEvent,
     ScriptedSession,
+    SpeakerTurnEvent,
     TranslationEvent,
     demo_script,
     fake_config,
@@ -118,11 +119,11 @@ async def test_speakers_keep_their_colour_and_get_timeline_rows(tmp_path: Path) 
             assert app.colours.colour(speaker) == PALETTE[i]
         # Every caption line of a speaker uses that speaker's colour (alice's two lines too).
         for line in app.captions.lines:
-            speaker = line.entry.speaker
-            assert speaker is not None
+            who = line.entry.speaker
+            assert who is not None
             content = line.content
             assert isinstance(content, Text)
-            assert style_colours(content, speaker) == {app.colours.colour(speaker)}
+            assert style_colours(content, who) == {app.colours.colour(who)}
         turns = [(e.start, e.end) for e in script
                  if e.type == "speaker_turn" and getattr(e, "speaker", "") == "alice"]
         assert app.timeline.spans("alice") == turns
@@ -169,7 +170,7 @@ async def test_export_writes_the_session_as_files(tmp_path: Path) -> None:
     assert [r["type"] for r in records] == [e.type for e in kept]
     assert {"keyword", "translation", "speaker_turn"} <= {r["type"] for r in records}
     rttm = [line.split() for line in paths[".rttm"].read_text().splitlines()]
-    turns = [e for e in script if e.type == "speaker_turn"]
+    turns = [e for e in script if isinstance(e, SpeakerTurnEvent)]
     assert [(r[7], float(r[3]), float(r[4])) for r in rttm] == \
         [(t.speaker, t.start, round(t.end - t.start, 3)) for t in turns]
 

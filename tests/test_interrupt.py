@@ -1,0 +1,62 @@
+"""Ctrl-C during a live run: the process stops cleanly and every output file is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from tiny_models import build_tiny_ctc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def long_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    audio, rate = sf.read(str(ROOT / "assets" / "sample.wav"), dtype="float32")
+    path = tmp_path_factory.mktemp("audio") / "long.wav"
+    sf.write(str(path), np.tile(audio, 4), rate)  # ~35 s, paced in real time
+    return path
+
+
+def test_sigint_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path) -> None:
+    model = build_tiny_ctc("hubert", tmp_path / "model")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
+    env.update(HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harken.app.cli", "run", "--input", str(long_sample),
+         "--captions-model", str(model), "--device-type", "cpu", "--out", str(out),
+         "--format", "srt,jsonl,txt"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    srt = out / "long.srt"
+    deadline = time.monotonic() + 120
+    try:
+        # Wait for the first final caption on disk: it proves files are flushed as we go.
+        while time.monotonic() < deadline and not (srt.exists() and srt.read_text().strip()):
+            if proc.poll() is not None:
+                pytest.fail(f"harken exited early: {proc.communicate()}")
+            time.sleep(0.2)
+        assert srt.read_text().strip(), "no final caption was written within 120 s"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopped" in stderr
+    lines = (out / "long.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # every line complete, none cut
+    finals = [e for e in events if e["type"] == "caption_final"]
+    assert finals
+    assert max(e["end"] for e in finals) < 34  # it really stopped before the end
+    assert srt.read_text().count(" --> ") >= 1
+    assert stdout.count("→") >= len([f for f in finals if f["text"]])
