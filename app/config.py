@@ -28,6 +28,7 @@ from harken.models.errors import HarkenError
 ENV_PREFIX = "HARKEN_"
 ENV_NESTED = "__"
 DEFAULT_CAPTIONS_MODEL = "facebook/hubert-large-ls960-ft"
+SECRET_KEYS = frozenset({"password"})
 DEFAULT_KEYWORDS_MODEL = "anton-l/sew-d-mid-400k-ft-keyword-spotting"
 DEFAULT_TRANSLATION_MODEL = "facebook/wav2vec2-xls-r-300m-en-to-15"
 
@@ -315,5 +316,7 @@ def describe(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
         value: Any = dumped
         for part in key.split("."):
             value = value[part]
+        if value is not None and key.rsplit(".", 1)[-1] in SECRET_KEYS:
+            value = "***"  # secrets are never printed
         rows.append((key, value, loaded.origins.get(key, "default")))
     return rows

@@ -14,7 +14,7 @@ from textual.widgets import Static
 #: (key, action) shown in the help; the bindings themselves live on the app.
 KEYS = (
     ("space", "pause / resume listening"),
-    ("c", "clear captions and keyword hits"),
+    ("c", "clear the logs on screen (an export still has everything)"),
     ("t", "translations under captions / in their own pane"),
     ("d", "diarization on / off"),
     ("e", "export the session (SRT, VTT, JSONL, TXT, RTTM)"),

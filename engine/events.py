@@ -140,8 +140,22 @@ class Translation(Event):
     model: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeakerTurn(Event):
+    """A closed speaker turn: `speaker` is an enrolled name or S1, S2, ... (docs/speakers.md).
+
+    `score` is the speaker's mean activity (0..1) over the turn's active frames; `enrolled`
+    tells whether `speaker` is an enrolled person.
+    """
+
+    type: ClassVar[str] = "speaker_turn"
+    speaker: str
+    score: float
+    enrolled: bool = False
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, Level, Stats, StreamError,
-                Keyword, Translation)
+                Keyword, Translation, SpeakerTurn)
 }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,14 +49,6 @@ def model_labels(config: Any) -> tuple[str, ...]:
             "choose a checkpoint fine-tuned for keyword spotting, whose config names its labels"
         )
     return labels
-
-
-@dataclass(frozen=True, slots=True)
-class KeywordChoice:
-    """The keywords to spot and their per-keyword thresholds (from `yes,no,stop:0.9`)."""
-
-    keywords: tuple[str, ...]
-    thresholds: dict[str, float]
 
 
 def resolve_keywords(requested: Sequence[str], labels: Sequence[str], *,
@@ -143,28 +134,3 @@ class KeywordSpotter:
             logits = self.model(values).logits
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return [np.ascontiguousarray(row, dtype=np.float32) for row in probs]
-
-
-def parse_keyword_list(text: str) -> KeywordChoice:
-    """`yes,no,stop:0.9` -> keywords (yes, no, stop) and thresholds {stop: 0.9}.
-
-    An empty text or `all` means every keyword of the model.
-    """
-    keywords: list[str] = []
-    thresholds: dict[str, float] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item or item.lower() == "all":
-            continue
-        word, sep, value = item.partition(":")
-        word = word.strip()
-        if not word:
-            raise KeywordError(f"empty keyword in {text!r}; write e.g. yes,no,stop:0.9")
-        if sep:
-            try:
-                thresholds[word] = float(value)
-            except ValueError as error:
-                raise KeywordError(f"bad threshold {value!r} for {word!r} in {text!r}; write "
-                                   "a probability such as stop:0.9") from error
-        keywords.append(word)
-    return KeywordChoice(keywords=tuple(keywords), thresholds=thresholds)

@@ -85,3 +85,11 @@ def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 def test_missing_explicit_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_MQTT__PASSWORD", "s3cret-value")
+    loaded = load_config()
+    shown = {k: v for k, v, _ in describe(loaded)}
+    assert shown["mqtt.password"] == "***"
+    assert "s3cret-value" not in repr(describe(loaded))
