@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -31,6 +39,8 @@ DEFAULT_CAPTIONS_MODEL = "facebook/hubert-large-ls960-ft"
 SECRET_KEYS = frozenset({"password"})
 DEFAULT_KEYWORDS_MODEL = "anton-l/sew-d-mid-400k-ft-keyword-spotting"
 DEFAULT_TRANSLATION_MODEL = "facebook/wav2vec2-xls-r-300m-en-to-15"
+DEFAULT_SPEAKER_MODEL = "microsoft/unispeech-sat-base-plus-sv"
+DEFAULT_DIARIZATION_MODEL = "microsoft/unispeech-sat-base-plus-sd"
 
 
 class ConfigError(HarkenError):
@@ -85,7 +95,7 @@ class OutputConfig(_Section):
     @field_validator("formats")
     @classmethod
     def _formats(cls, v: list[str]) -> list[str]:
-        allowed = ("srt", "vtt", "jsonl", "txt")
+        allowed = ("srt", "vtt", "jsonl", "txt", "rttm")
         bad = [f for f in v if f not in allowed]
         if bad:
             raise ValueError(f"unknown format(s) {bad}; choose from {', '.join(allowed)}")
@@ -188,6 +198,44 @@ class TranslationConfig(_Section):
                                             "mBART-50 style")
 
 
+class SpeakersConfig(_Section):
+    """Diarization, speaker identification and enrollment (docs/speakers.md)."""
+
+    enabled: bool = Field(False, description="label captions with speakers (--diarize)")
+    model: str = Field(DEFAULT_SPEAKER_MODEL, description="x-vector speaker model: hub id "
+                       "or local folder (--speaker-model)")
+    diarization_model: str = Field(DEFAULT_DIARIZATION_MODEL, description="frame-"
+                                   "classification segmentation model (--diarization-model)")
+    threshold: float = Field(0.7, ge=-1, le=1, description="cosine similarity to name an "
+                             "enrolled speaker / accept in verify; calibrate with "
+                             "`harken eval speakers`")
+    store: Path | None = Field(None, description="voiceprint database; empty: "
+                               "voiceprints.sqlite in the user data dir")
+    window_s: float = Field(5.0, ge=1, le=30, description="speech each analysis sees")
+    step_s: float = Field(0.5, ge=0.1, le=5, description="new speech between analyses")
+    latency_s: float | None = Field(None, description="when a frame becomes final, between "
+                                    "step_s and window_s; empty: step_s")
+    tau_active: float = Field(0.6, ge=0, le=1, description="peak activity of an active "
+                              "local speaker")
+    rho_update: float = Field(0.3, ge=0, le=1, description="mean activity to create or "
+                              "update a speaker")
+    delta_new: float = Field(1.0, gt=0, le=2, description="cosine distance beyond which a "
+                             "voice is a new speaker")
+    max_speakers: int = Field(20, ge=1, le=100, description="anonymous speakers at most")
+    min_turn_s: float = Field(0.1, ge=0, le=10, description="shorter turns are dropped")
+    merge_gap_s: float = Field(0.2, ge=0, le=10, description="shorter pauses stay in a turn")
+
+    @model_validator(mode="after")
+    def _latency(self) -> SpeakersConfig:
+        if self.step_s > self.window_s:
+            raise ValueError(f"step_s ({self.step_s}) must not exceed window_s "
+                             f"({self.window_s})")
+        if self.latency_s is not None and not self.step_s <= self.latency_s <= self.window_s:
+            raise ValueError(f"latency_s ({self.latency_s}) must lie between step_s "
+                             f"({self.step_s}) and window_s ({self.window_s})")
+        return self
+
+
 class HarkenConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
@@ -199,6 +247,7 @@ class HarkenConfig(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     keywords: KeywordsConfig = Field(default_factory=KeywordsConfig)
     translation: TranslationConfig = Field(default_factory=TranslationConfig)
+    speakers: SpeakersConfig = Field(default_factory=SpeakersConfig)
 
     @classmethod
     def settings_customise_sources(

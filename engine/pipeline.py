@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -75,6 +75,15 @@ class Stage(Protocol):
     def counters(self) -> dict[str, int]: ...
     def latencies(self) -> dict[str, float | None]: ...
     def background(self) -> AsyncIterator[Event] | None: ...
+
+
+@runtime_checkable
+class Annotator(Protocol):
+    """Optional for a stage: may return a copy of another stage's segment-end event with a
+    field filled in (dataclasses.replace), e.g. CaptionFinal.speaker from the speakers stage.
+    """
+
+    def annotate(self, event: Event) -> Event: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,9 +272,21 @@ class Engine:
                 await self.bus.publish(SpeechEnded(stream=state.id, start=start / SAMPLE_RATE,
                                                    end=out.end / SAMPLE_RATE,
                                                    segment=out.segment))
+                # Every stage closes the segment first, so an annotator (e.g. the speakers
+                # stage labelling caption finals) sees the whole segment before publishing.
+                ended: list[Event] = []
                 for stage in state.stages:
-                    for event in await stage.on_end(out):
-                        await self.bus.publish(event)
+                    ended += await stage.on_end(out)
+                for event in ended:
+                    await self.bus.publish(self._annotate(state, event))
+
+    @staticmethod
+    def _annotate(state: StreamState, event: Event) -> Event:
+        """Passes a segment-end event through the stages that annotate others' events."""
+        for stage in state.stages:
+            if isinstance(stage, Annotator):
+                event = stage.annotate(event)
+        return event
 
     def _stats(self, state: StreamState) -> Event:
         audio_s = state.audio_samples / SAMPLE_RATE

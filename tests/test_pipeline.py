@@ -1,0 +1,167 @@
+"""The engine with fake stages: routing of streams, event order, pause, stats, levels."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from harken.engine.audio import AudioBlock
+from harken.engine.events import CaptionFinal, Event, Level, SpeechEnded, SpeechStarted, Stats
+from harken.engine.pipeline import Engine, EngineOptions, StageContext
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.engine.worker import InferenceWorker
+from harken.models.audio import SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = SAMPLE_RATE // 10
+
+
+def sample() -> np.ndarray:
+    audio, rate = sf.read(str(ROOT / "assets" / "sample.wav"), dtype="float32")
+    assert rate == SAMPLE_RATE
+    return audio
+
+
+class ListSource:
+    """Yields pre-made blocks for one or more streams, interleaved like a satellite hub."""
+
+    def __init__(self, streams: dict[str, np.ndarray], *, pause_at: float | None = None,
+                 engine_ref: list[Engine] | None = None) -> None:
+        self.streams = streams
+        self.description = "test"
+        self._pause_at = pause_at
+        self._engine_ref = engine_ref
+
+    async def __aenter__(self) -> ListSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def blocks(self) -> AsyncIterator[AudioBlock]:
+        longest = max(len(a) for a in self.streams.values())
+        for start in range(0, longest, BLOCK):
+            if self._pause_at is not None and self._engine_ref and start >= self._pause_at * \
+                    SAMPLE_RATE:
+                self._engine_ref[0].pause()
+            for sid, audio in self.streams.items():
+                if start < len(audio):
+                    yield AudioBlock(stream=sid, start=start, samples=audio[start:start + BLOCK])
+            await asyncio.sleep(0)
+
+
+class SegmentEcho:
+    """A stage that emits one final per segment with the number of samples it received."""
+
+    name = "echo"
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.stream = ctx.stream
+        self.samples: dict[int, int] = {}
+        self.starts: dict[int, int] = {}
+
+    def on_start(self, start: SegmentStart) -> None:
+        self.samples[start.segment] = 0
+        self.starts[start.segment] = start.start
+
+    def on_audio(self, audio: SegmentAudio) -> None:
+        self.samples[audio.segment] += len(audio.samples)
+
+    async def step(self) -> list[Event]:
+        return []
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        start = self.starts[end.segment]
+        return [CaptionFinal(stream=self.stream, start=start / SAMPLE_RATE,
+                             end=end.end / SAMPLE_RATE, segment=end.segment,
+                             text=str(self.samples[end.segment]))]
+
+    def counters(self) -> dict[str, int]:
+        return {"echo_segments": len(self.samples)}
+
+    def latencies(self) -> dict[str, float | None]:
+        return {}
+
+    def background(self) -> AsyncIterator[Event] | None:
+        return None
+
+
+async def run_engine(source: Any, *, engine_ref: list[Engine] | None = None,
+                     levels: bool = False) -> list[Event]:
+    async with InferenceWorker(name="cpu") as worker:
+        engine = Engine(sources=[source], stages=[SegmentEcho], worker=worker,
+                        options=EngineOptions(levels=levels, stats_interval_s=2.0))
+        if engine_ref is not None:
+            engine_ref.append(engine)
+        sub = engine.subscribe("test", maxsize=10_000)
+        events: list[Event] = []
+
+        async def collect() -> None:
+            events.extend([e async for e in sub])
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(collect())
+            await engine.run()
+    return events
+
+
+async def test_two_streams_from_one_source_are_independent() -> None:
+    audio = sample()
+    other = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), audio])
+    events = await run_engine(ListSource({"kitchen": audio, "office": other}))
+    for sid, offset in (("kitchen", 0.0), ("office", 1.0)):
+        mine = [e for e in events if e.stream == sid]
+        starts = [e for e in mine if isinstance(e, SpeechStarted)]
+        finals = [e for e in mine if isinstance(e, CaptionFinal)]
+        assert len(starts) == len(finals) >= 2
+        assert [f.segment for f in finals] == list(range(len(finals)))
+        # The same speech, one second later on the office stream's clock.
+        assert finals[0].start == pytest.approx(0.21 + offset, abs=0.1)
+        # Each final follows its speech_ended; the echo stage saw contiguous audio.
+        for f in finals:
+            ended = next(e for e in mine if isinstance(e, SpeechEnded) and e.segment == f.segment)
+            assert mine.index(ended) < mine.index(f)
+            assert int(f.text) >= round((f.end - f.start) * SAMPLE_RATE)
+        assert isinstance(mine[-1], Stats)
+        assert mine[-1].counters["echo_segments"] == len(finals)
+
+
+async def test_pause_hears_silence_but_keeps_the_clock() -> None:
+    audio = np.tile(sample(), 2)
+    ref: list[Engine] = []
+    events = await run_engine(ListSource({"s": audio}, pause_at=3.0, engine_ref=ref),
+                              engine_ref=ref)
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    assert starts and all(e.start < 3.0 for e in starts)  # nothing new after the pause
+    stats = [e for e in events if isinstance(e, Stats)][-1]
+    assert stats.end == pytest.approx(len(audio) / SAMPLE_RATE, abs=0.01)
+    assert stats.counters["paused_samples"] == pytest.approx(len(audio) - 3 * SAMPLE_RATE,
+                                                             abs=BLOCK)
+
+
+async def test_levels_and_periodic_stats() -> None:
+    events = await run_engine(ListSource({"s": sample()}), levels=True)
+    levels = [e for e in events if isinstance(e, Level)]
+    assert len(levels) == int(np.ceil(len(sample()) / BLOCK))
+    assert any(lv.speech for lv in levels) and not all(lv.speech for lv in levels)
+    assert min(lv.dbfs for lv in levels) < -60 < max(lv.dbfs for lv in levels)
+    stats = [e for e in events if isinstance(e, Stats)]
+    assert len(stats) >= 4  # every 2 s of stream clock, plus the last one
+    assert [s.end for s in stats] == sorted(s.end for s in stats)
+
+
+async def test_a_failing_source_ends_the_run_with_its_error() -> None:
+    class Broken(ListSource):
+        async def blocks(self) -> AsyncIterator[AudioBlock]:
+            yield AudioBlock(stream="s", start=0, samples=np.zeros(BLOCK, np.float32))
+            raise OSError("device unplugged")
+
+    with pytest.raises(ExceptionGroup) as err:
+        await run_engine(Broken({"s": sample()}))
+    assert err.group_contains(OSError)

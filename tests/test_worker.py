@@ -1,0 +1,83 @@
+"""The inference worker: batching across requests, grouping rules, errors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from harken.engine.worker import InferenceError, InferenceWorker
+
+
+class FakeModel:
+    """Records each forward pass; returns the window's mean so results can be checked."""
+
+    def __init__(self, *, batchable: bool, delay: float = 0.0, fail: bool = False) -> None:
+        self.batchable = batchable
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+        self._delay = delay
+        self._fail = fail
+
+    def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import time
+
+        self.threads.add(threading.current_thread().name)
+        if self._fail:
+            raise RuntimeError("CUDA out of memory")
+        time.sleep(self._delay)
+        self.batches.append([len(w) for w in windows])
+        return [np.array([w.mean()]) for w in windows]
+
+
+async def test_concurrent_requests_share_a_forward_pass_off_the_loop() -> None:
+    model = FakeModel(batchable=True, delay=0.05)
+    async with InferenceWorker(name="cpu", max_batch=8) as worker:
+        # Requests made while the worker is busy (or before it wakes) share one forward pass.
+        windows = [np.full(100 + i, float(i), dtype=np.float32) for i in range(6)]
+        results = await asyncio.gather(*(worker.encode(model, w) for w in windows))
+    assert [float(r[0]) for r in results] == [float(i) for i in range(6)]
+    assert sum(len(b) for b in model.batches) == 6
+    assert len(model.batches) <= 2
+    assert worker.stats.windows == 6 and worker.stats.max_batch_seen >= 5
+    assert threading.main_thread().name not in model.threads
+
+
+async def test_unpaddable_models_batch_only_equal_lengths() -> None:
+    model = FakeModel(batchable=False, delay=0.05)
+    async with InferenceWorker(name="cpu") as worker:
+        first = asyncio.ensure_future(worker.encode(model, np.zeros(50, np.float32)))
+        await asyncio.sleep(0.01)
+        lengths = [100, 200, 100, 200, 300]
+        await asyncio.gather(first, *(worker.encode(model, np.zeros(n, np.float32))
+                                      for n in lengths))
+    for batch in model.batches:
+        assert len(set(batch)) == 1
+    assert sorted(map(tuple, model.batches)) == [(50,), (100, 100), (200, 200), (300,)]
+
+
+async def test_max_batch_is_respected() -> None:
+    model = FakeModel(batchable=True, delay=0.02)
+    async with InferenceWorker(name="cpu", max_batch=3) as worker:
+        await asyncio.gather(*(worker.encode(model, np.zeros(10, np.float32)) for _ in range(10)))
+    assert max(len(b) for b in model.batches) <= 3
+    assert sum(len(b) for b in model.batches) == 10
+
+
+async def test_a_failing_forward_pass_is_a_typed_error_and_the_worker_lives_on() -> None:
+    bad, good = FakeModel(batchable=True, fail=True), FakeModel(batchable=True)
+    async with InferenceWorker(name="cuda:0") as worker:
+        with pytest.raises(InferenceError, match="out of memory") as err:
+            await worker.encode(bad, np.zeros(10, np.float32))
+        assert isinstance(err.value.__cause__, RuntimeError)
+        out = await worker.encode(good, np.ones(10, np.float32))
+    assert float(out[0]) == 1.0
+
+
+async def test_use_outside_async_with_is_an_error() -> None:
+    worker = InferenceWorker(name="cpu")
+    with pytest.raises(RuntimeError, match="async with"):
+        await worker.encode(FakeModel(batchable=True), np.zeros(1, np.float32))
