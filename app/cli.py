@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harken.app import speaker_cli
 from harken.app.config import LoadedConfig, describe, load_config
+from harken.app.task_flags import (
+    TASK_FLAG_KEYS,
+    add_bench_parsers,
+    add_eval_keywords,
+    add_task_flags,
+    run_bench,
+    run_eval_keywords,
+)
 from harken.models.errors import HarkenError
 
 EXIT_USER_ERROR = 2
@@ -41,6 +50,8 @@ FLAG_KEYS = {
     "mqtt_key": ("mqtt.key_file", "--mqtt-key"),
     "mqtt_password_file": ("mqtt.password_file", "--mqtt-password-file"),
 }
+FLAG_KEYS.update(TASK_FLAG_KEYS)  # --keywords, --translate, ... (app/task_flags.py)
+FLAG_KEYS.update(speaker_cli.SPEAKER_FLAG_KEYS)  # --diarize, --speaker-model, ...
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -53,6 +64,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--right-context", type=float, metavar="S")
     p.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3])
     p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
+    add_task_flags(p)
+    speaker_cli.add_diarize_flags(p)
 
 
 def _input_arg(text: str) -> Path | str:
@@ -98,14 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="plain printed captions instead of the terminal app")
     run.add_argument("--out", type=Path, metavar="DIR", help="also write transcript files here")
     run.add_argument("--format", type=_formats, metavar="LIST",
-                     help="file formats with --out: srt,vtt,jsonl,txt")
+                     help="file formats with --out: srt,vtt,jsonl,txt,rttm")
     _add_mqtt(run)
 
     tr = sub.add_parser("transcribe", help="transcribe files offline (same engine, no pacing)")
     _add_common(tr)
     tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
     tr.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: .)")
-    tr.add_argument("--format", type=_formats, metavar="LIST", help="srt,vtt,jsonl,txt")
+    tr.add_argument("--format", type=_formats, metavar="LIST", help="srt,vtt,jsonl,txt,rttm")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("devices", help="list audio input devices")
@@ -117,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         mp = msub.add_parser(name, help=text)
         mp.add_argument("--config", type=Path)
         mp.add_argument("--captions-model", metavar="ID|DIR")
+        mp.add_argument("--keywords-model", metavar="ID|DIR")
+        mp.add_argument("--translation-model", metavar="ID|DIR")
 
     cfg = sub.add_parser("config", help="show the effective configuration")
     csub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -140,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--fast", action="store_true",
                     help="feed the engine unpaced (latencies then include queueing)")
     bc.add_argument("--json", action="store_true", help="print only the JSON object")
+    add_bench_parsers(bsub)
+    speaker_cli.add_bench(bsub)
+
+    ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
+    add_eval_keywords(esub, _add_common)
+    speaker_cli.add_eval_parsers(esub)
+    speaker_cli.add_speakers_parser(sub)
     return parser
 
 
@@ -194,6 +217,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     config = _load(args).config
     configured = [("captions", config.captions.model)]
+    if config.keywords.enabled or args.keywords_model:
+        configured.append(("keywords", config.keywords.model))
+    if config.translation.languages or args.translation_model:
+        configured.append(("translation", config.translation.model))
     if args.models_command == "list":
         for task, model in configured:
             state = "cached" if is_cached(model) else "not cached (run `harken models pull`)"
@@ -212,9 +239,11 @@ def use_tui(args: argparse.Namespace) -> bool:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args).config
+    if isinstance(args.input, Path):
+        _check_files([args.input])
     from harken.app import factory
 
-    config = _load(args).config
     mqtt_input = args.input if isinstance(args.input, str) else None
     mqtt = factory.mqtt_setup(config, input_url=mqtt_input)
     if mqtt_input is not None:
@@ -226,7 +255,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stream_id = args.input.stem or "file"
         source = factory.file_source(args.input, stream_id=stream_id,
                                      realtime=not args.fast, config=config)
-        asyncio.run(factory.check_source(source))  # fail before the model loads
     else:
         if args.fast:
             raise HarkenError("--fast needs --input FILE (a microphone runs in real time)")
@@ -252,10 +280,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_files(paths: Sequence[Path]) -> None:
+    """Opens each input before torch is even imported: a bad file fails in a blink."""
+    from harken.engine.sources import FileSource
+
+    async def check() -> None:
+        for path in paths:
+            async with FileSource(path=path, stream_id="check"):
+                pass
+
+    asyncio.run(check())
+
+
 def _cmd_transcribe(args: argparse.Namespace) -> int:
+    config = _load(args).config
+    _check_files(args.files)
     from harken.app.transcribe import transcribe_files
 
-    config = _load(args).config
+    speaker_cli.check_formats(config, config.output.formats)  # before any model loads
     show_progress = not args.no_progress and sys.stderr.isatty()
     written = asyncio.run(transcribe_files(config, args.files, progress=show_progress))
     for path in written:
@@ -266,12 +308,30 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from harken.app.bench import bench_captions
 
+    if args.bench_command == "speakers":
+        return speaker_cli.cmd_bench(args)
+    if args.bench_command in ("keywords", "translation"):
+        print(json.dumps(run_bench(args), indent=None if args.json else 2))
+        return 0
     result = bench_captions(model=args.model, seconds=args.seconds, audio=args.audio,
                             device_type=args.device_type, dtype=args.dtype, hop_s=args.hop,
                             left_context_s=args.left_context,
                             right_context_s=args.right_context, verbose=not args.json,
                             realtime=not args.fast)
     print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def _cmd_speakers(args: argparse.Namespace) -> int:
+    return speaker_cli.cmd_speakers(args, _load(args).config)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.eval_command in speaker_cli.EVAL_TASKS:
+        return speaker_cli.cmd_eval(args, _load(args).config)
+    result = run_eval_keywords(_load(args).config, args)
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 
@@ -282,6 +342,8 @@ COMMANDS = {
     "models": _cmd_models,
     "config": _cmd_config_show,
     "bench": _cmd_bench,
+    "eval": _cmd_eval,
+    "speakers": _cmd_speakers,
 }
 
 
@@ -305,15 +367,14 @@ def _first_user_error(exc: BaseException) -> HarkenError | None:
 
 
 def _quiet_transformers() -> None:
-    """The per-load "Loading weights" bar is noise in a live terminal; errors still show."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    """The per-load "Loading weights" bar is noise in a live terminal; errors still show.
+    transformers reads this (huggingface_hub's switch) when it is imported."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "transcribe", "bench"):
+    if args.command in ("run", "transcribe", "bench", "eval", "speakers"):
         _quiet_transformers()
     try:
         return COMMANDS[args.command](args)

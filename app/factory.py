@@ -10,6 +10,8 @@ from pathlib import Path
 
 from harken.app.config import HarkenConfig
 from harken.app.mqtt_setup import MqttSetup
+from harken.app.speaker_cli import check_formats
+from harken.app.speaker_stages import SpeakerModels, load_models, speaker_stages
 from harken.app.task_stages import task_stages, translated_sinks
 from harken.engine.captions import CaptionStage
 from harken.engine.mqtt_control import ControlledSink
@@ -82,6 +84,7 @@ def mic_source(config: HarkenConfig, *, stream_id: str = "mic") -> OpenableSourc
 
 def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
                  out_dir: Path | None = None) -> list[Sink]:
+    check_formats(config, formats)
     folder = out_dir if out_dir is not None else config.output.dir
     sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
     return sinks + translated_sinks(config, stem=stem, formats=formats, folder=folder)
@@ -108,6 +111,7 @@ class Session:
     captioner: CtcCaptioner | None = None
     spotter: KeywordSpotter | None = None  # keyword model, when config.keywords.enabled
     translator: SpeechTranslator | None = None  # when config.translation.languages
+    speakers: SpeakerModels | None = None  # when config.speakers.enabled
     engine: Engine | None = field(default=None, init=False)
 
     async def run(self) -> Engine:
@@ -117,12 +121,16 @@ class Session:
             # Loading blocks for seconds: keep the loop (and Ctrl-C) responsive meanwhile.
             captioner = await asyncio.to_thread(self.loader, c.captions.model,
                                                 c.compute.device_type, c.compute.dtype)
+        diarize: list[StageFactory] = []
+        if self.config.speakers.enabled:
+            speakers = self.speakers or await load_models(self.config)
+            diarize.append(speaker_stages(self.config, speakers))
         async with InferenceWorker(name=str(captioner.device),
                                    max_batch=self.config.compute.max_batch) as worker, \
                 task_stages(self.config, spotter=self.spotter,
                             translator=self.translator) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
-                            stages=[caption_stages(self.config, captioner), *tasks],
+                            stages=[caption_stages(self.config, captioner), *tasks, *diarize],
                             options=engine_options(self.config, live=self.live))
             self.engine = engine
             for sink in self.sinks:  # e.g. the MQTT control topic acts on this engine

@@ -41,21 +41,24 @@ from harken.app.tui_messages import (
     LevelUpdate,
     PartialCaption,
     SessionEnded,
-    SpeakerTurn,
     SpeechBoundary,
     StatsUpdate,
-    Translation,
+    TranslationArrived,
+    TurnClosed,
 )
 from harken.app.tui_sink import TuiSink
 from harken.app.tui_status import StatusBar, StatusInfo
 from harken.app.tui_timeline import SpeakerTimeline
 from harken.app.tui_translations import TranslationPane
+from harken.engine.events import SpeechStarted
+from harken.engine.mqtt_sink import MqttSink
 from harken.engine.pipeline import OpenableSource
 from harken.engine.sinks import Sink
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError
 
 ERROR_NOTIFY_S = 10.0  # s an error notification stays up
+MQTT_POLL_S = 1.0  # s between looks at the MQTT sink's connection state
 STOPPED_NOTIFY_S = 3600.0  # s: the engine stopped for good; keep saying why (click hides it)
 
 
@@ -96,7 +99,6 @@ class AppInfo:
     models: tuple[str, ...] = ()
     compute: str = ""
     outputs: tuple[str, ...] = ()  # files the run writes (--out)
-    mqtt: str | None = None  # MQTT state text; None when MQTT is off
 
 
 def user_error(exc: BaseException) -> HarkenError | None:
@@ -126,7 +128,8 @@ class HarkenApp(App[int]):
     ]
 
     def __init__(self, *, config: HarkenConfig, info: AppInfo, make_session: SessionFactory,
-                 sources: Sequence[OpenableSource] = ()) -> None:
+                 sources: Sequence[OpenableSource] = (),
+                 mqtt_sinks: Sequence[MqttSink] = ()) -> None:
         super().__init__()
         self.config = config
         self.info = info
@@ -138,6 +141,7 @@ class HarkenApp(App[int]):
         self.failure: BaseException | None = None
         self.last_export: list[Path] = []
         self._sources = list(sources)
+        self._mqtt = list(mqtt_sinks)
         self._session_task: asyncio.Task[None] | None = None
         self._state = "loading"
         self._diarization = False
@@ -155,7 +159,7 @@ class HarkenApp(App[int]):
                 yield KeywordLog(id="keywords")
         yield SpeakerTimeline(colours=self.colours, id="timeline")
         yield StatusBar(StatusInfo(models=self.info.models, device=self.info.compute,
-                                   outputs=self.info.outputs, mqtt=self.info.mqtt),
+                                   outputs=self.info.outputs, mqtt=self._mqtt_state()),
                         id="status")
         yield Footer()
 
@@ -200,6 +204,26 @@ class HarkenApp(App[int]):
     # ---- the engine task ----------------------------------------------------------------
     def on_mount(self) -> None:
         self._session_task = asyncio.create_task(self._run_session(), name="harken-session")
+        if self._mqtt:
+            self.set_interval(MQTT_POLL_S, self._show_mqtt, name="mqtt-state")
+
+    def _mqtt_state(self) -> str | None:
+        """'connected mqtt://host:1883', 'connecting …' or 'down …'; None without MQTT."""
+        if not self._mqtt:
+            return None
+        states = []
+        for sink in self._mqtt:
+            address = sink.settings.address
+            if sink.connected:
+                states.append(f"connected {address}")
+            elif sink.connects == 0 and sink.connect_failures == 0:
+                states.append(f"connecting {address}")
+            else:
+                states.append(f"down {address} (retrying)")
+        return ", ".join(states)
+
+    def _show_mqtt(self) -> None:
+        self.status.show(replace(self.status.info, mqtt=self._mqtt_state()))
 
     async def _run_session(self) -> None:
         error: str | None = None
@@ -265,31 +289,33 @@ class HarkenApp(App[int]):
     def on_speech_boundary(self, message: SpeechBoundary) -> None:
         self._recorded(message)
         e = message.event
-        if message.started:
+        if isinstance(e, SpeechStarted):
             self.timeline.speech_started(e.stream, e.start)
         else:
             self.timeline.speech_ended(e.stream, e.start, e.end)
 
-    def on_speaker_turn(self, message: SpeakerTurn) -> None:
+    def on_turn_closed(self, message: TurnClosed) -> None:
         self._recorded(message)
-        self.timeline.add_turn(message.speaker, message.event.start, message.event.end)
+        e = message.event
+        self.timeline.add_turn(e.speaker, e.start, e.end)
 
     def on_keyword_hit(self, message: KeywordHit) -> None:
         self._recorded(message)
-        self.keywords.add_hit(keyword=message.keyword, start=message.event.start,
-                              score=message.score)
+        e = message.event
+        self.keywords.add_hit(keyword=e.keyword, start=e.start, score=e.score)
 
-    def on_translation(self, message: Translation) -> None:
+    def on_translation_arrived(self, message: TranslationArrived) -> None:
         self._recorded(message)
         e = message.event
-        self.captions.add_translation(stream=e.stream, segment=message.segment,
-                                      lang=message.lang, text=message.text)
-        self.translations.add_translation(start=e.start, lang=message.lang, text=message.text)
+        self.captions.add_translation(stream=e.stream, segment=e.segment, lang=e.lang,
+                                      text=e.text)
+        self.translations.add_translation(start=e.start, lang=e.lang, text=e.text)
 
     def on_engine_problem(self, message: EngineProblem) -> None:
         self._recorded(message)
-        self.notify(message.message, title=f"{message.event.stream}: error",
-                    severity="error" if message.fatal else "warning", timeout=ERROR_NOTIFY_S)
+        e = message.event
+        self.notify(e.message, title=f"{e.stream}: error",
+                    severity="error" if e.fatal else "warning", timeout=ERROR_NOTIFY_S)
 
     def on_session_ended(self, message: SessionEnded) -> None:
         if message.error is None:
@@ -328,8 +354,11 @@ class HarkenApp(App[int]):
     def action_toggle_diarization(self) -> None:
         control = getattr(self.session, "set_diarization", None)
         if not callable(control):
-            self.notify("Diarization is not available in this session: no diarization model "
-                        "is configured.", title="Diarization", severity="warning")
+            why = ("it runs for the whole session (started with --diarize); switching it "
+                   "while running is not supported yet") if self.config.speakers.enabled else \
+                "start `harken run --diarize` to label speakers"
+            self.notify(f"Diarization cannot be switched here: {why}.", title="Diarization",
+                        severity="warning")
             return
         self._diarization = not self._diarization
         try:
@@ -393,6 +422,18 @@ def model_label(model: str) -> str:
     return Path(model.rstrip("/")).name or model
 
 
+def configured_models(config: HarkenConfig) -> tuple[str, ...]:
+    """Short names of the models this configuration runs, captions first."""
+    models = [config.captions.model]
+    if config.keywords.enabled:
+        models.append(config.keywords.model)
+    if config.translation.languages:
+        models.append(config.translation.model)
+    if config.speakers.enabled:
+        models += [config.speakers.diarization_model, config.speakers.model]
+    return tuple(model_label(m) for m in models)
+
+
 def outputs_label(paths: Sequence[Path]) -> tuple[str, ...]:
     """Files for the status bar, folded: out/mic.{srt,vtt} rather than two full paths."""
     groups: dict[Path, list[str]] = {}
@@ -405,9 +446,9 @@ def outputs_label(paths: Sequence[Path]) -> tuple[str, ...]:
 def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSource] = (),
               file_sinks: Sequence[Sink] = (), live: bool = True,
               loader: CaptionerLoader = load_captioner, session: SessionFactory | None = None,
-              device: str | None = None, mqtt: str | None = None) -> HarkenApp:
-    """The one way to make the app: the CLI passes sources and file sinks; tests pass
-    `session`, a factory of a fake session around the TUI sink."""
+              device: str | None = None) -> HarkenApp:
+    """The one way to make the app: the CLI passes sources and output sinks (files, MQTT);
+    tests pass `session`, a factory of a fake session around the TUI sink."""
     paths = [p for p in (getattr(s, "path", None) for s in file_sinks) if isinstance(p, Path)]
 
     def make_session(tui: Sink) -> RunnableSession:
@@ -421,12 +462,12 @@ def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSour
         device=device if device is not None else
         ", ".join(s.description for s in sources) or "no input",
         out_dir=config.output.dir,
-        models=(model_label(config.captions.model),),
+        models=configured_models(config),
         compute=config.compute.device_type,
         outputs=outputs_label(paths),
-        mqtt=mqtt,
     )
-    return HarkenApp(config=config, info=info, make_session=make_session, sources=sources)
+    return HarkenApp(config=config, info=info, make_session=make_session, sources=sources,
+                     mqtt_sinks=[s for s in file_sinks if isinstance(s, MqttSink)])
 
 
 def run_tui(config: HarkenConfig, *, stem: str, source: OpenableSource,

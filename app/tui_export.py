@@ -14,9 +14,9 @@ from pathlib import Path
 
 from harken.app.config import HarkenConfig
 from harken.app.factory import output_sinks
-from harken.engine.errors import SinkError
-from harken.engine.events import CaptionFinal, Event
-from harken.engine.sinks import FILE_FORMATS
+from harken.engine.events import Event, SpeakerTurn
+from harken.engine.rttm import RttmSink
+from harken.engine.sinks import FILE_FORMATS, Sink
 
 # About 20 hours of continuous speech at ~3 events per segment: far beyond a session.
 MAX_RECORD_EVENTS = 200_000
@@ -46,29 +46,6 @@ class SessionRecord:
         return len(self._events)
 
 
-def _speaker_spans(events: Sequence[Event]) -> list[tuple[str, float, float]]:
-    """Speaker turns when diarization ran, else the finals that carry a speaker."""
-    turns = []
-    for e in events:
-        speaker = getattr(e, "speaker", None)
-        if e.type == "speaker_turn" and isinstance(speaker, str) and speaker:
-            turns.append((speaker, e.start, e.end))
-    if turns:
-        return turns
-    return [(e.speaker, e.start, e.end) for e in events
-            if isinstance(e, CaptionFinal) and e.speaker]
-
-
-def rttm_text(events: Sequence[Event], *, file_id: str) -> str:
-    """NIST RTTM: one SPEAKER line per turn ('' when no speaker is known)."""
-    lines = []
-    for speaker, start, end in sorted(_speaker_spans(events), key=lambda s: s[1]):
-        name = "_".join(speaker.split())
-        lines.append(f"SPEAKER {file_id} 1 {start:.3f} {max(0.0, end - start):.3f} "
-                     f"<NA> <NA> {name} <NA> <NA>\n")
-    return "".join(lines)
-
-
 async def _replay(events: Sequence[Event]) -> AsyncIterator[Event]:
     for event in events:
         yield event
@@ -76,17 +53,16 @@ async def _replay(events: Sequence[Event]) -> AsyncIterator[Event]:
 
 async def export_session(events: Sequence[Event], *, config: HarkenConfig, folder: Path,
                          stem: str) -> list[Path]:
-    """Writes `stem`.srt/.vtt/.jsonl/.txt (and .rttm when speakers are known) into `folder`."""
-    for sink in output_sinks(config, stem=stem, formats=FILE_FORMATS, out_dir=folder):
+    """Writes `stem`.srt/.vtt/.jsonl/.txt (translated subtitles when translating, .rttm
+    when there are speaker turns) into `folder`; returns the paths written."""
+    formats = [f for f in FILE_FORMATS if f != "rttm"]
+    sinks: list[Sink] = output_sinks(config, stem=stem, formats=formats, out_dir=folder)
+    if any(isinstance(e, SpeakerTurn) for e in events):
+        sinks.append(RttmSink(path=folder / f"{stem}.rttm", uri=stem))
+    written: list[Path] = []
+    for sink in sinks:
         await sink.consume(_replay(events))
-    written = [folder / f"{stem}.{fmt}" for fmt in FILE_FORMATS]
-    rttm = rttm_text(events, file_id=stem)
-    if rttm:
-        path = folder / f"{stem}.rttm"
-        try:
-            path.write_text(rttm, encoding="utf-8")
-        except OSError as exc:
-            raise SinkError(f"cannot write {path}: {exc.strerror or exc}. "
-                            "Choose another folder with --out.") from exc
-        written.append(path)
+        path = getattr(sink, "path", None)
+        if isinstance(path, Path):
+            written.append(path)
     return written

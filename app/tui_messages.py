@@ -4,9 +4,6 @@ The TUI sink (tui_sink.py) turns each engine event into one of these and posts i
 High-rate kinds (partials, levels, stats) coalesce: when several of the same kind and stream
 wait in the app's queue, Textual hands only the newest to the handlers (`can_replace`).
 
-Events of tasks that may not exist yet (speaker turns, keywords, translations) are read by
-their `type` string and attributes, so the UI shows them whichever issue lands first.
-
 These are mutable dataclasses because Textual sets bookkeeping attributes on every message
 after construction; treat them as read-only.
 """
@@ -17,7 +14,19 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from harken.engine.events import CaptionFinal, CaptionPartial, Event, Level, Stats
+from harken.engine.events import (
+    CaptionFinal,
+    CaptionPartial,
+    Event,
+    Keyword,
+    Level,
+    SpeakerTurn,
+    SpeechEnded,
+    SpeechStarted,
+    Stats,
+    StreamError,
+    Translation,
+)
 
 
 @dataclass
@@ -62,37 +71,31 @@ class StatsUpdate(EngineMessage):
 
 @dataclass
 class SpeechBoundary(EngineMessage):
-    """speech_started (`started` True) or speech_ended."""
-
-    started: bool
-    segment: int
+    event: SpeechStarted | SpeechEnded
 
 
 @dataclass
-class SpeakerTurn(EngineMessage):
-    speaker: str
-    score: float | None
+class TurnClosed(EngineMessage):
+    """A diarization speaker turn."""
+
+    event: SpeakerTurn
 
 
 @dataclass
 class KeywordHit(EngineMessage):
-    keyword: str
-    score: float | None
+    event: Keyword
 
 
 @dataclass
-class Translation(EngineMessage):
-    text: str
-    lang: str
-    segment: int | None
+class TranslationArrived(EngineMessage):
+    event: Translation
 
 
 @dataclass
 class EngineProblem(EngineMessage):
     """A StreamError: shown as a notification."""
 
-    message: str
-    fatal: bool
+    event: StreamError
 
 
 @dataclass

@@ -20,20 +20,23 @@ from harken.app.tui_messages import (
     KeywordHit,
     LevelUpdate,
     PartialCaption,
-    SpeakerTurn,
     SpeechBoundary,
     StatsUpdate,
-    Translation,
+    TranslationArrived,
+    TurnClosed,
 )
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
     Event,
+    Keyword,
     Level,
+    SpeakerTurn,
     SpeechEnded,
     SpeechStarted,
     Stats,
     StreamError,
+    Translation,
 )
 
 
@@ -41,14 +44,6 @@ class MessageTarget(Protocol):
     """What the sink posts to: a Textual App (or any message pump)."""
 
     def post_message(self, message: Message) -> bool: ...
-
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) else None
 
 
 def to_message(event: Event) -> EngineMessage | None:
@@ -62,28 +57,15 @@ def to_message(event: Event) -> EngineMessage | None:
     if isinstance(event, Stats):
         return StatsUpdate(event=event)
     if isinstance(event, SpeechStarted | SpeechEnded):
-        return SpeechBoundary(event=event, started=isinstance(event, SpeechStarted),
-                              segment=event.segment)
+        return SpeechBoundary(event=event)
+    if isinstance(event, SpeakerTurn):
+        return TurnClosed(event=event)
+    if isinstance(event, Keyword):
+        return KeywordHit(event=event)
+    if isinstance(event, Translation):
+        return TranslationArrived(event=event)
     if isinstance(event, StreamError):
-        return EngineProblem(event=event, message=event.message, fatal=event.fatal)
-    # Events of the speaker, keyword and translation tasks, read by their schema.
-    kind = event.type
-    if kind == "speaker_turn":
-        speaker = getattr(event, "speaker", None)
-        if isinstance(speaker, str) and speaker:
-            return SpeakerTurn(event=event, speaker=speaker,
-                               score=_float(getattr(event, "score", None)))
-    elif kind == "keyword":
-        keyword = getattr(event, "keyword", None)
-        if isinstance(keyword, str) and keyword:
-            return KeywordHit(event=event, keyword=keyword,
-                              score=_float(getattr(event, "score", None)))
-    elif kind == "translation":
-        text = getattr(event, "text", None)
-        if isinstance(text, str):
-            lang = getattr(event, "lang", "")
-            return Translation(event=event, text=text, lang=lang if isinstance(lang, str) else "",
-                               segment=_int(getattr(event, "segment", None)))
+        return EngineProblem(event=event)
     return None
 
 

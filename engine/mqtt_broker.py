@@ -87,14 +87,21 @@ class EmbeddedBroker:
                                   "mosquitto binary (e.g. apt install mosquitto); or point "
                                   "--mqtt at an existing broker: mqtt://host:1883")
         self.backend = backend
-        if backend == "amqtt":
-            await self._start_amqtt()
-        else:
-            await self._start_mosquitto()
+        try:
+            if backend == "amqtt":
+                await self._start_amqtt()
+            else:
+                await self._start_mosquitto()
+        except BaseException:
+            await self._close()  # no half-started broker (or stray process) is left behind
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
         if self._amqtt is not None:
             broker, self._amqtt = self._amqtt, None
             await broker.shutdown()
@@ -109,7 +116,7 @@ class EmbeddedBroker:
                     await process.wait()
         if self._stack is not None:
             stack, self._stack = self._stack, None
-            await stack.__aexit__(exc_type, exc, tb)
+            await stack.aclose()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -145,7 +152,8 @@ class EmbeddedBroker:
         conf = Path(self._tmp.name) / "mosquitto.conf"
         conf.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\n"
                         "persistence false\nlog_dest stderr\nlog_type error\n"
-                        "log_type warning\nlog_type notice\n", encoding="utf-8")
+                        "log_type warning\nlog_type notice\nlog_type information\n",
+                        encoding="utf-8")
         process = await asyncio.create_subprocess_exec(
             binary, "-c", str(conf), stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)

@@ -230,7 +230,8 @@ class MqttSink:
                                     qos=QOS_AT_LEAST_ONCE, retain=True))
 
     def _route(self, event: Event) -> None:
-        if self._control is not None and self._control.paused != self._state_paused:
+        if self._control is not None and self._state_paused is not None and \
+                self._control.paused != self._state_paused:
             self._publish_state()  # paused from elsewhere (the TUI): keep `state` true
         site = self._site_of(event.stream)
         self._add_site(site)

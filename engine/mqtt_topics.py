@@ -260,7 +260,7 @@ def hermes_text_captured(data: dict[str, Any], *, site: str) -> dict[str, Any]:
     return {
         "text": text,
         "likelihood": likelihood,
-        "seconds": max(0.0, end - start),
+        "seconds": round(max(0.0, end - start), 3),
         "siteId": site,
         "sessionId": None,
         "wakewordId": None,

@@ -24,6 +24,7 @@ from harken.engine.events import (
     StreamError,
     Translation,
 )
+from harken.engine.rttm import RttmSink
 from harken.engine.subtitles import (
     MAX_CUE_CHARS,
     VTT_HEADER,
@@ -33,7 +34,7 @@ from harken.engine.subtitles import (
     vtt_block,
 )
 
-FILE_FORMATS = ("srt", "vtt", "jsonl", "txt")
+FILE_FORMATS = ("srt", "vtt", "jsonl", "txt", "rttm")
 
 
 class Sink(Protocol):
@@ -191,6 +192,8 @@ def file_sink(fmt: str, path: Path) -> Sink:
         return JsonlSink(path=path)
     if fmt == "txt":
         return TxtSink(path=path)
+    if fmt == "rttm":
+        return RttmSink(path=path)
     raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FILE_FORMATS)}")
 
 

@@ -325,9 +325,10 @@ class SpeakerStage:
             return
         samples = self._buffer.samples(start, end)
         started = time.perf_counter()
-        seg_out, emb_out = await asyncio.gather(
+        outs = await asyncio.gather(
             self._worker.encode(self.segmenter, samples),
             self._worker.encode(self.embedder, samples), return_exceptions=True)
+        seg_out, emb_out = outs
         self._done = max(self._done, end)
         for out in (seg_out, emb_out):
             if isinstance(out, BaseException):
@@ -395,6 +396,6 @@ class SpeakerStage:
     def _prune(self) -> None:
         released = self._aggregator.released * self._frame
         opened = [t.start * self._frame for t in self._tracker.open_turns()]
-        pieces_from = min([released, *opened])
-        audio_from = min(self._next_end - self._window, self._buffer.end - self._window)
-        self._buffer.prune(audio_from=max(0, audio_from), pieces_from=pieces_from)
+        audio_from = max(0, min(self._next_end - self._window, self._buffer.end - self._window))
+        pieces_from = min([released, audio_from, *opened])
+        self._buffer.prune(audio_from=audio_from, pieces_from=pieces_from)

@@ -114,7 +114,7 @@ def overlap_weights(activity: FloatArray, *, gamma: float = OVERLAP_GAMMA,
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
     weights = np.power(act, gamma) * np.power(probs, gamma)
-    return np.maximum(weights, MIN_WEIGHT).astype(np.float32)
+    return np.asarray(np.maximum(weights, MIN_WEIGHT), dtype=np.float32)
 
 
 class OnlineClustering:
@@ -176,7 +176,7 @@ class OnlineClustering:
         if act.shape[0] == 0:
             return Assignment(mapping={}, created=(), distances={})
         units = l2_normalize(emb)
-        usable = np.isfinite(units).all(axis=1)
+        usable = np.asarray(np.isfinite(units).all(axis=1), dtype=bool)
         peak, mean = act.max(axis=0), act.mean(axis=0)
         active = [k for k in range(act.shape[1]) if peak[k] >= opts.tau_active and usable[k]]
         long = {k for k in active if mean[k] >= opts.rho_update}

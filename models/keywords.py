@@ -16,7 +16,8 @@ import torch
 
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError, UnsupportedModelError
-from harken.models.loading import load_pretrained, load_processor, resolve_device, resolve_dtype
+from harken.models.loading import load_pretrained, resolve_device, resolve_dtype
+from harken.models.task_loading import load_part
 
 TASK = "keywords"
 WINDOW_S = 1.0  # s: Speech Commands clips, and so the models trained on them, are 1 s long
@@ -103,12 +104,12 @@ class KeywordSpotter:
     @classmethod
     def from_pretrained(cls, model_id: str, *, device: str = "auto",
                         dtype: str = "auto") -> KeywordSpotter:
-        from transformers import AutoModelForAudioClassification
+        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
-        processor = load_processor(model_id, task=TASK)
-        extractor = getattr(processor, "feature_extractor", processor)
+        extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
+                              task=TASK, flag="--keywords-model")
         model = load_pretrained(AutoModelForAudioClassification, model_id, device=torch_device,
                                 dtype=torch_dtype, task=TASK)
         return cls(model_id=model_id, model=model, feature_extractor=extractor,

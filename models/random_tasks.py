@@ -46,6 +46,9 @@ def sewd_mid_keyword_config() -> Any:
     from transformers import SEWDConfig
 
     labels = dict(enumerate(SPEECH_COMMANDS_LABELS))
+    # Generic PretrainedConfig fields (the typed config signature leaves them out).
+    head: dict[str, Any] = {"num_labels": len(labels), "id2label": labels,
+                            "label2id": {v: k for k, v in labels.items()}}
     return SEWDConfig(
         hidden_size=512, num_hidden_layers=24, num_attention_heads=8, intermediate_size=2048,
         conv_dim=SEW_CONV_DIM, conv_kernel=SEW_CONV_KERNEL, conv_stride=SEW_CONV_STRIDE,
@@ -53,8 +56,7 @@ def sewd_mid_keyword_config() -> Any:
         max_position_embeddings=512, position_buckets=256, share_att_key=True,
         relative_attention=True, pos_att_type=("p2c", "c2p"), norm_rel_ebd="layer_norm",
         num_conv_pos_embeddings=31, num_conv_pos_embedding_groups=16,
-        classifier_proj_size=256, use_weighted_layer_sum=False,
-        num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()},
+        classifier_proj_size=256, use_weighted_layer_sum=False, **head,
     )
 
 
@@ -95,12 +97,13 @@ def xlsr_en_to_15_config(vocab_size: int) -> Any:
         add_adapter=True, adapter_kernel_size=3, adapter_stride=2, num_adapter_layers=3,
         output_hidden_size=1024,
     )
+    decoder_role: dict[str, Any] = {"is_decoder": True, "add_cross_attention": True}
     decoder = MBartConfig(
         vocab_size=vocab_size, d_model=1024, encoder_layers=12, decoder_layers=12,
         encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
         decoder_ffn_dim=4096, max_position_embeddings=1024, scale_embedding=True,
-        activation_function="gelu", is_decoder=True, add_cross_attention=True,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        activation_function="gelu", pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        **decoder_role,
     )
     config = SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id = 2

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import HarkenError, ModelNotFoundError, UnsupportedModelError
+from harken.models.errors import HarkenError, UnsupportedModelError
 from harken.models.loading import load_pretrained, resolve_device, resolve_dtype
+from harken.models.task_loading import load_part
 
 TASK = "translation"
 MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv stack + adapter
@@ -105,23 +106,6 @@ def resolve_languages(codes: Sequence[str], tokenizer: Any, *, model_id: str,
     return tuple(out)
 
 
-def _load_part(loader: Any, model_id: str, what: str) -> Any:
-    try:
-        return loader.from_pretrained(model_id)
-    except OSError as error:
-        raise ModelNotFoundError(
-            f"could not load the {what} of the translation model {model_id!r} ({error}). "
-            f"Fix: run `harken models pull {model_id}` while online, or pass a complete local "
-            "folder with --translation-model (config.json, weights, preprocessor_config.json "
-            "and the tokenizer files)"
-        ) from error
-    except (ValueError, KeyError, ImportError) as error:
-        raise UnsupportedModelError(
-            f"the {what} of {model_id!r} cannot be loaded ({error}); a sentencepiece-only "
-            "tokenizer needs `pip install sentencepiece protobuf`"
-        ) from error
-
-
 class SpeechTranslator:
     """A speech encoder-decoder with its feature extractor and tokenizer."""
 
@@ -149,8 +133,10 @@ class SpeechTranslator:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
-        extractor = _load_part(AutoFeatureExtractor, model_id, "feature extractor")
-        tokenizer = _load_part(AutoTokenizer, model_id, "tokenizer")
+        flag = "--translation-model"
+        extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
+                              task=TASK, flag=flag)
+        tokenizer = load_part(AutoTokenizer, model_id, part="tokenizer", task=TASK, flag=flag)
         model = load_pretrained(AutoModelForSpeechSeq2Seq, model_id, device=torch_device,
                                 dtype=torch_dtype, task=TASK)
         return cls(model_id=model_id, model=model, feature_extractor=extractor,

@@ -55,13 +55,14 @@ async def test_slow_consumer_blocks_finals_never_drops_them() -> None:
 async def test_partials_coalesce_newest_wins_and_drops_are_counted() -> None:
     bus = EventBus()
     sub = bus.subscribe("ui", maxsize=3)
-    await bus.publish(final(0))
+    first = final(0)
+    await bus.publish(first)
     for i in range(10):
         await bus.publish(partial(i))  # never blocks, even with nobody reading
     await bus.publish(partial(0, stream="other"))
     await bus.close()
     got = await collect(sub)
-    assert got[0] == final(0)
+    assert got[0] is first
     partials = [e for e in got if isinstance(e, CaptionPartial)]
     assert partials[-1].stream == "other"
     assert any(p.text == "p9" for p in partials)  # the newest of stream s survived

@@ -6,16 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import ssl
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
+from mosquitto import (
+    MOSQUITTO,
+    SKIP_REASON,
+    WAIT_S,
+    Listener,
+    Mosquitto,
+    Pki,
+    free_port,
+    make_pki,
+    password_file,
+)
+from tui_fakes import KeywordEvent, SpeakerTurnEvent, TranslationEvent
 
 from harken.app.config import HarkenConfig, MqttConfig
 from harken.app.mqtt_setup import MqttSetup
@@ -35,22 +47,10 @@ from harken.engine.mqtt_broker import BrokerError, EmbeddedBroker, mosquitto_bin
 from harken.engine.mqtt_client import MqttConfigError, MqttSettings, TlsOptions
 from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt_topics import event_payload
-from mosquitto import (
-    MOSQUITTO,
-    SKIP_REASON,
-    WAIT_S,
-    Listener,
-    Mosquitto,
-    Pki,
-    free_port,
-    make_pki,
-    password_file,
-)
-from tui_fakes import KeywordEvent, SpeakerTurnEvent, TranslationEvent
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)]
 
-FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2}
+FAST: dict[str, Any] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,12 +62,22 @@ class SoundEvent(Event):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test CA and certificates")
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path_factory.mktemp("broker"), tls=pki) as b:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Mosquitto]:
+    """Two listeners: plain on `port`, TLS (server certificate from the test CA) on
+    `tls_port`."""
+    with Mosquitto(tmp_path_factory.mktemp("tls-broker"), tls=pki) as b:
         yield b
 
 
@@ -146,21 +156,22 @@ async def test_every_topic_round_trips_with_the_event_schema(broker: Mosquitto) 
         (status,) = await late.expect("harken/rt/status")
         assert (status.payload, status.retain) == (b"offline", True)
         (speaker,) = await late.expect("harken/rt/speaker/current")
-        assert speaker.retain and speaker.json()["speaker"] == "S1"
+        assert speaker.retain
+        assert speaker.json()["speaker"] == "S1"
         assert not late.on("harken/rt/caption/final")  # finals are events, not state
 
 
 async def test_partials_are_rate_limited_per_stream(broker: Mosquitto) -> None:
     sink = MqttSink(settings=plain(broker), options=MqttSinkOptions(
         site="rate", partial_interval_s=60.0, **FAST))
-    async with Listener(broker.port, ["harken/rate/caption/#"]) as listener:
-        async with running(sink) as bus:
-            for i in range(5):
-                for stream in ("a", "b"):
-                    await bus.publish(CaptionPartial(stream=stream, start=0.0, end=i,
-                                                     segment=0, text=f"{stream}{i}"))
-            await bus.publish(final(0))
-            await listener.expect("harken/rate/caption/final")
+    async with Listener(broker.port, ["harken/rate/caption/#"]) as listener, \
+            running(sink) as bus:
+        for i in range(5):
+            for stream in ("a", "b"):
+                await bus.publish(CaptionPartial(stream=stream, start=0.0, end=i, segment=0,
+                                                 text=f"{stream}{i}"))
+        await bus.publish(final(0))
+        await listener.expect("harken/rate/caption/final")
     assert sorted(m.json()["text"] for m in listener.on("harken/rate/caption/partial")) == \
         ["a0", "b0"]
     assert sink.partials_rate_limited == 8
@@ -189,16 +200,19 @@ asyncio.run(main())
 
 async def test_last_will_marks_a_killed_process_offline(broker: Mosquitto) -> None:
     async with Listener(broker.port, ["harken/will/status"]) as listener:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(broker.port), "will"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, str(broker.port), "will",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
             (online,) = await listener.expect("harken/will/status")
             assert online.payload == b"online"
             child.kill()  # SIGKILL: no goodbye, the broker must send the will
             await listener.expect("harken/will/status", 2)
         finally:
-            child.kill()
-            child.wait(WAIT_S)
+            if child.returncode is None:
+                child.kill()
+            async with asyncio.timeout(WAIT_S):
+                await child.wait()
     assert [m.payload for m in listener.on("harken/will/status")] == [b"online", b"offline"]
     async with Listener(broker.port, ["harken/will/status"]) as late:
         (status,) = await late.expect("harken/will/status")
@@ -213,24 +227,23 @@ async def test_ha_discovery_is_retained_dynamic_and_republished_on_ha_restart(
     sink = MqttSink(settings=plain(broker), options=MqttSinkOptions(
         site="ha", ha_discovery=True, keywords=("stop",), version="9.9", **FAST))
     configs = "homeassistant/+/harken_ha/+/config"
-    async with Listener(broker.port, [configs]) as listener:
-        async with running(sink) as bus:
-            first = await listener.expect(configs, 3)
-            by_topic = {m.topic: m.json() for m in first}
-            caption = by_topic["homeassistant/sensor/harken_ha/last_caption/config"]
-            speaker = by_topic["homeassistant/sensor/harken_ha/current_speaker/config"]
-            stop = by_topic["homeassistant/event/harken_ha/keyword_stop/config"]
-            assert caption["state_topic"] == "harken/ha/caption/final"
-            assert speaker["state_topic"] == "harken/ha/speaker/current"
-            assert stop["state_topic"] == "harken/ha/keyword/stop"
-            assert {c["availability_topic"] for c in by_topic.values()} == {"harken/ha/status"}
-            # A keyword nobody announced gets its entity before its first event.
-            await bus.publish(KeywordEvent(stream="mic", start=1.0, end=1.2, keyword="go",
-                                           score=0.5))
-            await listener.expect("homeassistant/event/harken_ha/keyword_go/config")
-            # Home Assistant restarts: everything is announced again.
-            await listener.client.publish("homeassistant/status", b"online", qos=1)
-            again = await listener.expect(configs, 8)
+    async with Listener(broker.port, [configs]) as listener, running(sink) as bus:
+        first = await listener.expect(configs, 3)
+        by_topic = {m.topic: m.json() for m in first}
+        caption = by_topic["homeassistant/sensor/harken_ha/last_caption/config"]
+        speaker = by_topic["homeassistant/sensor/harken_ha/current_speaker/config"]
+        stop = by_topic["homeassistant/event/harken_ha/keyword_stop/config"]
+        assert caption["state_topic"] == "harken/ha/caption/final"
+        assert speaker["state_topic"] == "harken/ha/speaker/current"
+        assert stop["state_topic"] == "harken/ha/keyword/stop"
+        assert {c["availability_topic"] for c in by_topic.values()} == {"harken/ha/status"}
+        # A keyword nobody announced gets its entity before its first event.
+        await bus.publish(KeywordEvent(stream="mic", start=1.0, end=1.2, keyword="go",
+                                       score=0.5))
+        await listener.expect("homeassistant/event/harken_ha/keyword_go/config")
+        # Home Assistant restarts: everything is announced again.
+        await listener.client.publish("homeassistant/status", b"online", qos=1)
+        again = await listener.expect(configs, 8)
     assert {m.topic for m in again[4:]} == {
         "homeassistant/sensor/harken_ha/last_caption/config",
         "homeassistant/sensor/harken_ha/current_speaker/config",
@@ -260,50 +273,52 @@ async def test_control_topic_applies_commands_and_answers_bad_ones_on_error(
     target = Target()
     sink = MqttSink(settings=plain(broker), options=MqttSinkOptions(site="ctl", **FAST),
                     control=target)
-    async with Listener(broker.port, ["harken/ctl/#"]) as listener:
-        async with running(sink) as bus:
-            send = listener.client.publish
-            await listener.expect("harken/ctl/state")  # published on connect
-            await send("harken/ctl/set", b'{"command": "pause", "id": "p1"}', qos=1)
-            (paused,) = await listener.expect(
-                "harken/ctl/state", where=lambda m: m.json()["paused"])
-            assert paused.json()["last_command"] == \
+    async with Listener(broker.port, ["harken/ctl/#"]) as listener, running(sink) as bus:
+        send = listener.client.publish
+        await listener.expect("harken/ctl/state")  # published on connect
+        await send("harken/ctl/set", b'{"command": "pause", "id": "p1"}', qos=1)
+        (paused,) = await listener.expect(
+            "harken/ctl/state", where=lambda m: m.json()["paused"])
+        assert paused.json()["last_command"] == \
                 {"command": "pause", "id": "p1"}
-            assert target.paused
-            await send("harken/ctl/set", b"{not json", qos=1)
-            await send("harken/ctl/set", b'{"command": "keywords", "keywords": ["stop"], '
-                                         b'"id": "k1"}', qos=1)
-            await send("harken/ctl/set", b'{"command": "self-destruct"}', qos=1)
-            errors = await listener.expect("harken/ctl/error", 3)
-            assert [(e.json()["code"], e.json()["id"]) for e in errors] == [
-                ("invalid_json", None), ("unsupported", "k1"), ("unknown_command", None)]
-            assert "keyword" in errors[1].json()["message"]
-            assert target.paused  # bad commands changed nothing
-            await send("harken/ctl/set", b"resume", qos=1)
-            await listener.expect("harken/ctl/state",
-                                  where=lambda m: m.json()["last_command"] is not None and
-                                  m.json()["last_command"]["command"] == "resume")
-            assert not target.paused
-            await bus.publish(final(1))  # and results still flow
-            await listener.expect("harken/ctl/caption/final")
+        assert target.paused
+        await send("harken/ctl/set", b"{not json", qos=1)
+        await send("harken/ctl/set", b'{"command": "keywords", "keywords": ["stop"], '
+                                     b'"id": "k1"}', qos=1)
+        await send("harken/ctl/set", b'{"command": "self-destruct"}', qos=1)
+        errors = await listener.expect("harken/ctl/error", 3)
+        assert [(e.json()["code"], e.json()["id"]) for e in errors] == [
+            ("invalid_json", None), ("unsupported", "k1"), ("unknown_command", None)]
+        assert "keyword" in errors[1].json()["message"]
+        assert target.paused  # bad commands changed nothing
+        await send("harken/ctl/set", b"resume", qos=1)
+        await listener.expect("harken/ctl/state",
+                              where=lambda m: m.json()["last_command"] is not None and
+                              m.json()["last_command"]["command"] == "resume")
+        assert not target.paused
+        await bus.publish(final(1))  # and results still flow
+        await listener.expect("harken/ctl/caption/final")
     assert (sink.commands_applied, sink.commands_rejected) == (2, 3)
     async with Listener(broker.port, ["harken/ctl/state"]) as late:  # state is retained
         (state,) = await late.expect("harken/ctl/state")
-        assert state.retain and state.json()["last_command"] == {"command": "resume", "id": None}
+        assert state.retain
+        assert state.json()["last_command"] == {"command": "resume", "id": None}
 
 
 # -------------------------------------------------------------------------- TLS
 
 
-async def test_tls_verifies_the_broker_against_the_test_ca(broker: Mosquitto, pki: Pki) -> None:
+async def test_tls_verifies_the_broker_against_the_test_ca(tls_broker: Mosquitto,
+                                                          pki: Pki) -> None:
+    broker = tls_broker
     assert broker.tls_port is not None
     good = MqttSettings(host="127.0.0.1", port=broker.tls_port,
                         tls=TlsOptions(ca_file=pki.ca_cert))
     sink = MqttSink(settings=good, options=MqttSinkOptions(site="tls", **FAST))
-    async with Listener(broker.port, ["harken/tls/caption/final"]) as listener:
-        async with running(sink) as bus:
-            await bus.publish(final(1, text="over tls"))
-            (got,) = await listener.expect("harken/tls/caption/final")
+    async with Listener(broker.port, ["harken/tls/caption/final"]) as listener, \
+            running(sink) as bus:
+        await bus.publish(final(1, text="over tls"))
+        (got,) = await listener.expect("harken/tls/caption/final")
     assert got.json()["text"] == "over tls"
     assert sink.settings.address.startswith("mqtts://")
 
@@ -325,10 +340,9 @@ async def test_tls_client_certificate(tmp_path: Path, pki: Pki) -> None:
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
         async with Listener(strict.tls_port, ["harken/mtls/caption/final"],
-                            tls=context) as listener:
-            async with running(sink) as bus:
-                await bus.publish(final(1))
-                await listener.expect("harken/mtls/caption/final")
+                            tls=context) as listener, running(sink) as bus:
+            await bus.publish(final(1))
+            await listener.expect("harken/mtls/caption/final")
 
 
 # -------------------------------------------------------------------- passwords
@@ -352,7 +366,8 @@ async def test_a_refused_password_is_a_clear_error_that_never_shows_it(
         sink = MqttSink(settings=right, options=MqttSinkOptions(site="pw", **FAST))
         async with running(sink):
             assert sink.connected
-    assert "wrong-pw-4711" not in caplog.text and "right-pw" not in caplog.text
+    assert "wrong-pw-4711" not in caplog.text
+    assert "right-pw" not in caplog.text
 
 
 # ---------------------------------------------------------- outages and the outbox
@@ -363,7 +378,7 @@ async def test_broker_restart_mid_run_delivers_every_final_in_order(tmp_path: Pa
     (a final whose PUBACK was lost in the outage may arrive twice; none is lost)."""
     with Mosquitto(tmp_path, persistence=True) as restarting:
         topic = "harken/restart/caption/final"
-        listen = {"client_id": "restart-listener", "persistent": True}
+        listen: dict[str, Any] = {"client_id": "restart-listener", "persistent": True}
         sink = MqttSink(settings=plain(restarting), options=MqttSinkOptions(
             site="restart", **FAST))
         async with Listener(restarting.port, [topic], **listen) as before:
@@ -403,7 +418,7 @@ async def test_full_outbox_drops_the_oldest_and_delivers_the_rest_in_order(
         tmp_path: Path) -> None:
     with Mosquitto(tmp_path, persistence=True) as later:
         topic = "harken/ob/caption/final"
-        listen = {"client_id": "ob-listener", "persistent": True}
+        listen: dict[str, Any] = {"client_id": "ob-listener", "persistent": True}
         async with Listener(later.port, [topic], **listen):
             pass  # subscribe once: the broker now queues for this session
         later.stop()
@@ -433,10 +448,9 @@ async def test_embedded_broker_serves_the_sink_and_subscribers(backend: str) -> 
     async with EmbeddedBroker(port=free_port(), backend=backend) as embedded:  # type: ignore[arg-type]
         sink = MqttSink(settings=embedded.settings, options=MqttSinkOptions(site="emb", **FAST))
         async with Listener(embedded.port, ["harken/emb/#"], persistent=True,
-                            client_id="emb-listener") as listener:
-            async with running(sink) as bus:
-                await bus.publish(final(1, text="one machine"))
-                (got,) = await listener.expect("harken/emb/caption/final")
+                            client_id="emb-listener") as listener, running(sink) as bus:
+            await bus.publish(final(1, text="one machine"))
+            (got,) = await listener.expect("harken/emb/caption/final")
         assert got.json()["text"] == "one machine"
         async with Listener(embedded.port, ["harken/emb/status"], persistent=True,
                             client_id="emb-late") as late:

@@ -2,8 +2,10 @@
 
 `ScriptedSession` publishes a script through a real EventBus to the app's sinks, so the TUI
 sink reads a real bounded Subscription. A script item may also be a `Gate`: the session waits
-there until the test opens it (to look at the screen mid-run). Speaker turns, keywords and
-translations are small local events with the schema their issues describe.
+there until the test opens it (to look at the screen mid-run).
+
+KeywordEvent, SpeakerTurnEvent and TranslationEvent are schema look-alikes (by `type`) that
+tests/test_mqtt_broker.py uses; the app's own scripts use the engine's event classes.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
     Event,
+    Keyword,
     Level,
+    SpeakerTurn,
     SpeechEnded,
     SpeechStarted,
     Stats,
     StreamError,
+    Translation,
     Word,
 )
 from harken.engine.sinks import Sink
@@ -153,8 +158,8 @@ def utterance(segment: int, start: float, end: float, text: str, speaker: str | 
                            segment=segment))
     out.append(final(segment, start, end, text, speaker))
     if speaker is not None:
-        out.append(SpeakerTurnEvent(stream=STREAM, start=start, end=end, wall_time=WALL,
-                                    speaker=speaker))
+        out.append(SpeakerTurn(stream=STREAM, start=start, end=end, wall_time=WALL,
+                               speaker=speaker, score=0.9))
     return out
 
 
@@ -162,15 +167,15 @@ def demo_script() -> list[Event]:
     """Three speakers' worth of captions with a keyword, a translation and an open partial."""
     script: list[Event] = []
     script += utterance(0, 0.5, 3.0, "the quick brown fox jumps", "alice")
-    script.append(TranslationEvent(stream=STREAM, start=0.5, end=3.0, wall_time=WALL,
-                                   text="el rápido zorro marrón salta", lang="es", segment=0))
+    script.append(Translation(stream=STREAM, start=0.5, end=3.0, wall_time=WALL,
+                              text="el rápido zorro marrón salta", lang="es", segment=0))
     script += utterance(1, 3.6, 6.2, "over the lazy dog", "bob")
-    script.append(KeywordEvent(stream=STREAM, start=6.6, end=7.1, wall_time=WALL,
-                               keyword="harken", score=0.91))
+    script.append(Keyword(stream=STREAM, start=6.6, end=7.1, wall_time=WALL,
+                          keyword="harken", score=0.91, segment=2))
     script += utterance(2, 6.6, 9.8, "harken turns speech into live captions", "alice")
     script += utterance(3, 10.4, 12.0, "can you hear me", "carol")
-    script.append(KeywordEvent(stream=STREAM, start=12.5, end=13.0, wall_time=WALL,
-                               keyword="stop", score=0.78))
+    script.append(Keyword(stream=STREAM, start=12.5, end=13.0, wall_time=WALL,
+                          keyword="stop", score=0.78, segment=4))
     script.append(SpeechStarted(stream=STREAM, start=12.5, end=12.5, wall_time=WALL,
                                 segment=4))
     script.append(partial(4, 12.5, 13.5, "and this is still"))

@@ -1,0 +1,104 @@
+"""The speech translator through the real loading path (tiny wav2vec2 + mBART, mBART-50 codes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import speechlike_audio
+from tiny_task_models import build_tiny_translation_model
+
+from harken.models.audio import SAMPLE_RATE
+from harken.models.errors import UnsupportedModelError
+from harken.models.random_tasks import mbart50_sized_tokenizer
+from harken.models.translation import (
+    GenerationOptions,
+    SpeechTranslator,
+    UnsupportedLanguageError,
+    language_tokens,
+    resolve_languages,
+)
+
+MAX_NEW = 6
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory: pytest.TempPathFactory) -> SpeechTranslator:
+    folder = build_tiny_translation_model(tmp_path_factory.mktemp("tr") / "s2t")
+    return SpeechTranslator.from_pretrained(str(folder), device="cpu",
+                                            options=GenerationOptions(max_new_tokens=MAX_NEW))
+
+
+def test_iso_codes_map_to_mbart50_language_tokens(translator: SpeechTranslator) -> None:
+    tok = translator.tokenizer
+    de, fr = translator.languages(["de", "fr"])
+    assert (de.code, de.token, de.token_id) == ("de", "de_DE", tok.convert_tokens_to_ids("de_DE"))
+    assert (fr.token, fr.token_id) == ("fr_XX", tok.convert_tokens_to_ids("fr_XX"))
+    # A token is accepted as is, and codes are case-insensitive.
+    assert translator.languages(["de_DE"])[0].token == "de_DE"
+    assert translator.languages(["ZH"])[0].token == "zh_CN"
+    assert len(translator.supported_languages()) == 52
+
+
+def test_an_unsupported_code_lists_the_supported_ones(translator: SpeechTranslator) -> None:
+    with pytest.raises(UnsupportedLanguageError, match=r"cannot translate into 'ca'.*de, en"):
+        translator.languages(["de", "ca"])
+    # A checkpoint-specific mapping in the config makes it usable.
+    (ca,) = translator.languages(["ca"], overrides={"ca": "es_XX"})
+    assert ca.token == "es_XX"
+    with pytest.raises(UnsupportedLanguageError, match="not in the vocabulary"):
+        translator.languages(["xx"], overrides={"xx": "xx_XX"})
+
+
+def test_the_forced_language_token_is_the_first_generated_token(
+        translator: SpeechTranslator) -> None:
+    audio = speechlike_audio(2.0, seed=4)
+    targets = translator.languages(["de", "fr"])
+    results = translator.translate(audio, targets)
+    assert [r.lang for r in results] == ["de", "fr"]
+    for result, target in zip(results, targets, strict=True):
+        assert result.token_ids[0] == target.token_id
+        assert 1 < len(result.token_ids) <= MAX_NEW
+        assert result.text == translator.tokenizer.decode(list(result.token_ids),
+                                                          skip_special_tokens=True).strip()
+    # Left alone, the model would start differently: the forcing is what picks the language.
+    inputs = translator.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    with torch.inference_mode():
+        free = translator.model.generate(inputs["input_values"],
+                                         attention_mask=inputs["attention_mask"],
+                                         max_new_tokens=2)
+    assert int(free[0, 1]) not in {t.token_id for t in targets}
+
+
+def test_reusing_the_encoder_equals_plain_generate(translator: SpeechTranslator) -> None:
+    audio = speechlike_audio(1.5, seed=9)
+    (target,) = translator.languages(["fr"])
+    ours = translator.translate(audio, [target])[0].token_ids
+    inputs = translator.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    with torch.inference_mode():
+        plain = translator.model.generate(inputs["input_values"],
+                                          attention_mask=inputs["attention_mask"],
+                                          forced_bos_token_id=target.token_id,
+                                          max_new_tokens=MAX_NEW)
+    assert list(ours) == [int(i) for i in plain[0, 1:]]
+
+
+def test_too_short_audio_gives_empty_translations(translator: SpeechTranslator) -> None:
+    out = translator.translate(speechlike_audio(0.1), translator.languages(["de"]))
+    assert out[0].text == "" and out[0].token_ids == ()
+
+
+def test_a_ctc_model_is_not_a_translation_model(tiny_ctc_dirs: dict[str, Path]) -> None:
+    with pytest.raises(UnsupportedModelError):
+        SpeechTranslator.from_pretrained(str(tiny_ctc_dirs["hubert"]), device="cpu")
+
+
+def test_real_mbart50_ids_in_the_full_size_tokenizer() -> None:
+    # The benchmark's tokenizer has the real vocabulary size, so tokens have their real ids.
+    tok = mbart50_sized_tokenizer()
+    assert len(tok) == 250054
+    table = language_tokens(tok)
+    assert table["de"] == "de_DE" and table["en"] == "en_XX"
+    (de,) = resolve_languages(["de"], tok, model_id="m")
+    assert de.token_id == 250003
