@@ -7,6 +7,7 @@ same webrtcvad segmentation as live runs) is embedded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +23,8 @@ from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError
 
 MIN_SPEECH_S = 1.0  # s of VAD speech a clip needs to enroll or verify
+CLIP_PRE_ROLL_S = 0.05  # s kept before and after speech in clips (live runs keep more)
+CLIP_HANGOVER_S = 0.15
 MAX_FILE_S = 600.0  # s: longer files are refused (they are read into memory)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 
@@ -30,12 +33,19 @@ class NotEnoughSpeechError(HarkenError):
     """A clip has no speech, or too little to describe a voice."""
 
 
+def clip_vad(vad: VadOptions) -> VadOptions:
+    """Tight trimming: a clip's speech time must count voice, not the pauses around it."""
+    return dataclasses.replace(vad, pre_roll_s=min(vad.pre_roll_s, CLIP_PRE_ROLL_S),
+                               hangover_s=min(vad.hangover_s, CLIP_HANGOVER_S))
+
+
 def vad_options(config: HarkenConfig) -> VadOptions:
+    """The configured VAD, trimming tightly (clip_vad)."""
     v = config.vad
-    return VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
-                      pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
-                      min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
-                      split_search_s=v.split_search_s)
+    return clip_vad(VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
+                               pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
+                               min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
+                               split_search_s=v.split_search_s))
 
 
 async def _read(path: Path, block_s: float) -> np.ndarray:

@@ -275,6 +275,10 @@ class HarkenApp(App[int]):
 
     def on_level_update(self, message: LevelUpdate) -> None:
         self._engine_running()
+        engine = self.session.engine
+        if engine is not None and self._state in ("live", "paused") and \
+                engine.paused != (self._state == "paused"):  # e.g. paused over MQTT
+            self._set_state("paused" if engine.paused else "live")
         self.meter.set_level(message.event.dbfs, speech=message.event.speech)
         self.timeline.advance(message.event.end)
 

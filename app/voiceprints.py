@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS voiceprints (
     name TEXT PRIMARY KEY,
     model_id TEXT NOT NULL,
     dim INTEGER NOT NULL,
-    embedding BLOB NOT NULL,   -- float32, L2-normalised
+    embedding BLOB NOT NULL,   -- float32: mean of the clips' L2-normalised embeddings
     clips INTEGER NOT NULL,
     speech_s REAL NOT NULL,
     created TEXT NOT NULL,
@@ -161,8 +161,9 @@ class VoiceprintStore:
                speech_s: float, replace: bool = False) -> tuple[StoredVoiceprint, str]:
         """Adds clips' embeddings [clips, dim] to NAME's voiceprint (or starts it).
 
-        The voiceprint is the normalised mean of all its clips' unit embeddings. A voiceprint
-        of another model (or `replace`) is started afresh. Returns it and what happened:
+        The voiceprint is the mean of all its clips' unit embeddings (kept unnormalised, so
+        later clips weigh the same as earlier ones; cosine similarity uses its direction). A
+        voiceprint of another model (or `replace`) is started afresh. Returns it and what happened:
         "created", "updated" or "replaced".
         """
         name = check_name(name)
@@ -178,12 +179,11 @@ class VoiceprintStore:
             action = "created" if old is None else "replaced"
             if old is not None and not replace and old.model_id == model_id \
                     and old.embedding.shape == units.shape[1:]:
-                # The stored print is the mean of `old.clips` unit vectors: weight it so.
                 total = total + old.embedding.astype(np.float64) * old.clips
                 clips += old.clips
                 speech_s += old.speech_s
                 action = "updated"
-            vector = l2_normalize(total)
+            vector = (total / clips).astype(np.float32)
             created = old.created if old is not None and action == "updated" else now
             conn.execute(
                 "INSERT OR REPLACE INTO voiceprints (name, model_id, dim, embedding, clips, "

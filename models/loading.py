@@ -6,8 +6,11 @@ HF_HUB_OFFLINE behave the same way everywhere.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +108,44 @@ def hub_offline() -> bool:
     )
 
 
+HUB_PROBE_TIMEOUT_S = 4.0  # s; an unreachable hub otherwise costs minutes of retries per file
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """One quick request to the hub (proxies from the environment apply). Cached per process."""
+    from huggingface_hub import constants
+
+    request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _source_kwargs(model_id: str, task: str) -> dict[str, Any]:
+    """from_pretrained options for where the files can come from.
+
+    A local folder or HF_HUB_OFFLINE needs nothing. Otherwise, when the hub cannot be reached,
+    a cached model loads from the cache alone, and an uncached one fails at once with the fix,
+    instead of huggingface_hub retrying every file for minutes.
+    """
+    if Path(model_id).expanduser().exists() or hub_offline() or hub_reachable():
+        return {}
+    if is_cached(model_id):
+        log.info("the Hugging Face Hub is unreachable; loading %s from the cache", model_id)
+        return {"local_files_only": True}
+    raise ModelNotFoundError(
+        f"could not load the {task} model {model_id!r}: the machine is offline (the Hugging "
+        "Face Hub is unreachable) and it is not in the HF cache. Fix: run `harken models pull "
+        f"{model_id}` while online, or pass a local folder with --{task}-model "
+        "/path/to/folder (containing config.json, the weights and the preprocessor files)"
+    )
+
+
 def _looks_unreachable(error: BaseException) -> bool:
     seen: set[int] = set()
     current: BaseException | None = error
@@ -156,7 +197,7 @@ def _load_config(model_id: str, task: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_id)
+        return AutoConfig.from_pretrained(model_id, **_source_kwargs(model_id, task))
     except OSError as error:
         raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
     except (ValueError, KeyError) as error:
@@ -198,7 +239,8 @@ def load_pretrained(
     attn = "sdpa" if getattr(concrete, "_supports_sdpa", False) else "eager"
     try:
         model, info = model_cls.from_pretrained(
-            model_id, dtype=dtype, attn_implementation=attn, output_loading_info=True, **kwargs
+            model_id, dtype=dtype, attn_implementation=attn, output_loading_info=True,
+            **_source_kwargs(model_id, task), **kwargs
         )
     except OSError as error:
         raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
@@ -221,13 +263,16 @@ def load_processor(model_id: str, *, task: str) -> Any:
     """AutoProcessor (tokenizer + feature extractor), or the feature extractor alone."""
     from transformers import AutoFeatureExtractor, AutoProcessor
 
+    source = _source_kwargs(model_id, task)
     try:
-        return AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
+        return AutoProcessor.from_pretrained(model_id, **source)  # type: ignore[no-untyped-call]
     except OSError as error:
         # Checkpoints without a tokenizer (speaker, keyword models) only have a feature
         # extractor; fall back to it before reporting a missing model.
         try:
-            return AutoFeatureExtractor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
+            return AutoFeatureExtractor.from_pretrained(  # type: ignore[no-untyped-call]
+                model_id, **source
+            )
         except (OSError, ValueError):
             raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
     except (ValueError, KeyError) as error:

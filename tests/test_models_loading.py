@@ -89,3 +89,36 @@ def test_is_cached_and_pull_offline(tiny_ctc_dirs: dict[str, Path]) -> None:
     assert not is_cached(UNKNOWN_ID)
     with pytest.raises(ModelNotFoundError, match="offline"):
         pull(UNKNOWN_ID)
+
+
+def test_unreachable_hub_fails_fast_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HF_HUB_OFFLINE, but no network either: one quick probe, then the fix, in seconds."""
+    import time
+
+    from harken.models import loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(ModelNotFoundError) as err:
+        CtcCaptioner.from_pretrained("nobody/no-such-model", device="cpu")
+    assert time.monotonic() - started < 5
+    message = str(err.value)
+    assert "nobody/no-such-model" in message and "unreachable" in message
+    assert "--captions-model /path/to/folder" in message
+
+
+def test_hub_probe_reports_unreachable_for_a_dead_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from huggingface_hub import constants
+
+    from harken.models import loading
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
+    loading.hub_reachable.cache_clear()
+    try:
+        assert loading.hub_reachable() is False
+    finally:
+        loading.hub_reachable.cache_clear()

@@ -219,6 +219,21 @@ async def test_last_will_marks_a_killed_process_offline(broker: Mosquitto) -> No
         assert (status.payload, status.retain) == (b"offline", True)
 
 
+async def test_a_cancelled_run_says_offline_itself(broker: Mosquitto) -> None:
+    """Ctrl-C cancels the sink: its clean disconnect suppresses the will, so it publishes
+    `offline` on its way out."""
+    sink = MqttSink(settings=plain(broker), options=MqttSinkOptions(site="cancel", **FAST))
+    async with Listener(broker.port, ["harken/cancel/status"]) as listener:
+        task = asyncio.create_task(sink.consume(EventBus().subscribe("mqtt")))
+        await listener.expect("harken/cancel/status")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await listener.expect("harken/cancel/status", 2)
+    assert [m.payload for m in listener.on("harken/cancel/status")] == [b"online", b"offline"]
+    assert not sink.connected
+
+
 # -------------------------------------------------------------- Home Assistant
 
 

@@ -29,10 +29,12 @@ from tui_fakes import (
     stream_error,
 )
 
+from harken.app.config import CaptionsConfig, KeywordsConfig
 from harken.app.tui_app import (
     HarkenApp,
     RunnableSession,
     build_app,
+    configured_models,
     outputs_label,
     user_error,
 )
@@ -50,6 +52,8 @@ from harken.engine.events import (
     SpeakerTurn,
     Translation,
 )
+from harken.engine.mqtt_client import MqttSettings
+from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
 from harken.engine.pipeline import Engine, EngineOptions, StageContext
 from harken.engine.sinks import Sink, SrtSink
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
@@ -537,3 +541,48 @@ async def test_pause_stops_captions_until_resume(tmp_path: Path) -> None:
         lines = app.captions.lines
         assert len(lines) == 3  # the second copy's two utterances
         assert all(line.entry.start >= second / SAMPLE_RATE for line in lines[1:])
+
+
+async def test_status_bar_shows_the_mqtt_connection_as_it_changes(tmp_path: Path) -> None:
+    mqtt = MqttSink(settings=MqttSettings(host="broker.local", port=1883),
+                    options=MqttSinkOptions(site="kitchen"))
+
+    def make(tui: Sink) -> RunnableSession:
+        return ScriptedSession(demo_script(), [tui])  # the MQTT sink is never started here
+
+    app = build_app(fake_config(tmp_path), stem=STREAM, session=make, device="test",
+                    file_sinks=[mqtt])
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.status.info.mqtt == "connecting mqtt://broker.local:1883"
+        mqtt.connected = True
+        await until(pilot, lambda: app.status.info.mqtt == "connected mqtt://broker.local:1883",
+                    "the connected state")
+        mqtt.connected = False
+        mqtt.connect_failures = 1
+        await until(pilot, lambda: (app.status.info.mqtt or "").startswith("down"),
+                    "the lost connection")
+    assert app.info.outputs == ()  # MQTT is not a file
+
+
+def test_status_lists_the_models_of_every_task_that_runs(tmp_path: Path) -> None:
+    config = fake_config(tmp_path).model_copy(update={
+        "captions": CaptionsConfig(model="/models/my-ctc/"),
+        "keywords": KeywordsConfig(enabled=True, model="org/kws-model"),
+    })
+    assert configured_models(config) == ("my-ctc", "kws-model")
+    assert configured_models(fake_config(tmp_path)) == ("hubert-large-ls960-ft",)
+
+
+async def test_a_pause_from_elsewhere_shows_in_the_status(tmp_path: Path) -> None:
+    gate, end = Gate(), Gate()
+    app, made = scripted_app([level(0.0, -30.0, False), gate, level(0.1, -30.0, False), end],
+                             out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: gate.reached.is_set() and app.state == "live", "live")
+        engine = made[0].engine
+        assert engine is not None
+        engine.pause()  # as the MQTT control topic does
+        gate.open()
+        await until(pilot, lambda: app.state == "paused", "the paused state")
+        assert app.meter.paused
+        end.open()

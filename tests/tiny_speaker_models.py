@@ -87,3 +87,19 @@ def voice(seconds: float, *, pitch_hz: float, seed: int = 0, amplitude: float = 
     envelope = 0.4 + 0.6 * np.clip(np.sin(2 * np.pi * syllable_hz * t), 0, None)
     noise = 0.01 * rng.standard_normal(n)
     return (amplitude * envelope * harmonics / 2 + noise).astype(np.float32)
+
+
+def espeak_voice(text: str, espeak_voice_name: str, workdir: Path, name: str) -> np.ndarray:
+    """`text` said by an espeak-ng voice (e.g. "en-us", "en-gb+f3"), 16 kHz float32, trimmed."""
+    import subprocess
+
+    import soundfile as sf
+    import soxr
+
+    wav = workdir / f"{name}.wav"
+    subprocess.run(["espeak-ng", "-v", espeak_voice_name, "-w", str(wav), text], check=True,
+                   timeout=60)
+    data, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    audio = np.asarray(soxr.resample(data.mean(axis=1), rate, SAMPLE_RATE), dtype=np.float32)
+    loud = np.flatnonzero(np.abs(audio) > 0.01)
+    return audio[loud[0]:loud[-1] + 1].copy()
