@@ -87,5 +87,5 @@ def test_config_show_reports_task_flags(capsys: pytest.CaptureFixture[str]) -> N
     shown = json.loads(capsys.readouterr().out)
     assert shown["keywords.enabled"] == {"value": True, "from": "flag --keywords"}
     assert shown["keywords.words"]["value"] == ["no", "stop"]
-    assert shown["keywords.thresholds"]["value"] == {"stop": 0.95}
+    assert shown["keywords.thresholds.stop"]["value"] == 0.95
     assert shown["translation.languages"] == {"value": ["de"], "from": "flag --translate"}
