@@ -155,7 +155,8 @@ def eval_diarization(args: argparse.Namespace, config: HarkenConfig) -> int:
           f"+ false alarm {100 * figures['false_alarm']:.1f}% "
           f"+ confusion {100 * figures['confusion']:.1f}%")
     overlap = "excluded" if args.skip_overlap else "scored"
-    print(f"collar {args.collar:.2f} s, overlapped speech {overlap}; "
+    print(f"collar {args.collar:.2f} s (pyannote: +-{args.collar / 2:.3f} s around each reference "
+          f"boundary not scored), overlapped speech {overlap}; "
           f"{figures['reference_speech_s']:.1f} s of reference speech in {duration_s:.1f} s")
     print(f"speakers: {result['speakers_hypothesis']} found, {result['speakers_reference']} in "
           f"the reference; {len(collect.turns)} turns")

@@ -109,6 +109,7 @@ class _Piece:
     speech: int  # speech-clock sample of the piece's first sample
     stream: int  # stream-clock sample of the same
     length: int
+    pad: bool = False  # zeros that align a gap to the frame grid: they map to `stream`
 
     @property
     def speech_end(self) -> int:
@@ -149,12 +150,24 @@ class SpeechBuffer:
         if n == 0:
             return
         last = self._pieces[-1] if self._pieces else None
-        if last is not None and last.stream_end == stream_start and last.speech_end == self.end:
+        if last is not None and not last.pad and last.stream_end == stream_start \
+                and last.speech_end == self.end:
             last.length += n
         else:
             self._pieces.append(_Piece(self.end, stream_start, n))
         self._audio = np.concatenate([self._audio, np.asarray(samples, dtype=np.float32)])
         self._stream_end = stream_start + n
+
+    def pad_to(self, multiple: int) -> None:
+        """Zeros up to the next multiple of `multiple` samples, at a gap in the stream.
+
+        So that frames never straddle two VAD segments; the padding maps to the stream
+        position where the speech ended.
+        """
+        n = -self.end % multiple
+        if n and self._pieces:
+            self._pieces.append(_Piece(self.end, self._pieces[-1].stream_end, n, pad=True))
+            self._audio = np.concatenate([self._audio, np.zeros(n, dtype=np.float32)])
 
     def samples(self, start: int, end: int) -> np.ndarray:
         if start < self._base or end > self.end:
@@ -167,6 +180,8 @@ class SpeechBuffer:
         probe = pos - 1 if end else pos
         for piece in reversed(self._pieces):
             if piece.speech <= probe < piece.speech_end:
+                if piece.pad:
+                    return piece.stream
                 return piece.stream + (probe - piece.speech) + (1 if end else 0)
         if self._pieces and probe >= self._pieces[-1].speech_end:
             last = self._pieces[-1]
@@ -284,6 +299,8 @@ class SpeakerStage:
         events: list[Event] = []
         if not self.live:
             events += await self.step()
+        if not end.split:  # a gap follows: the next segment starts on the frame grid
+            self._buffer.pad_to(self._frame)
         final = self._buffer.end // self._frame * self._frame
         if final > self._done:
             if self.live:

@@ -260,6 +260,9 @@ def test_speech_buffer_maps_the_speech_clock_and_takes_resent_audio_once() -> No
     assert buf.to_stream(699) == 1699
     assert buf.to_stream(700) == 5000
     assert buf.to_stream(700, end=True) == 1700  # an end stays in the piece before the gap
+    buf.pad_to(320)  # a gap follows: align to the frame grid; the padding maps to the end
+    assert buf.end == 960
+    assert buf.to_stream(900) == buf.to_stream(960, end=True) == 5100
     buf.prune(audio_from=700, pieces_from=700)
     assert buf.start == 700
     assert buf.to_stream(750) == 5050
