@@ -32,6 +32,8 @@ from harken.models.keywords import KeywordSpotter
 from harken.models.streaming import StreamingOptions
 from harken.models.translation import SpeechTranslator
 
+SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
+
 #: Loads a CTC captioner from (model id or folder, device type, dtype). Tests inject fakes.
 CaptionerLoader = Callable[[str, str, str], CtcCaptioner]
 
@@ -138,7 +140,13 @@ class Session:
                     sink.bind(engine)
             subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
             async with asyncio.TaskGroup() as tg:
-                for sink, sub in subs:
-                    tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
-                await engine.run()
+                sink_tasks = [tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
+                              for sink, sub in subs]
+                try:
+                    await engine.run()
+                except BaseException:
+                    # The bus is closed: let the sinks write what was queued before the
+                    # failure (e.g. the error event itself) before the group cancels them.
+                    await asyncio.wait(sink_tasks, timeout=SINK_DRAIN_S)
+                    raise
         return engine

@@ -120,6 +120,7 @@ class StreamState:
     segments: int = 0
     last_end: int = 0
     segment_starts: dict[int, int] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
 
 
 class Engine:
@@ -175,7 +176,7 @@ class Engine:
         state = StreamState(id=stream_id, stages=[make(ctx) for make in self._stage_factories],
                             arrivals=arrivals, queue=asyncio.Queue(maxsize=BLOCK_QUEUE_SIZE))
         self._streams[stream_id] = state
-        self._tg.create_task(self._process(state), name=f"stream-{stream_id}")
+        state.task = self._tg.create_task(self._process(state), name=f"stream-{stream_id}")
         for stage in state.stages:
             events = stage.background()
             if events is not None:
@@ -191,6 +192,7 @@ class Engine:
 
     async def _read(self, source: OpenableSource) -> None:
         mine: list[StreamState] = []
+        failure: Exception | None = None
         async with source:
             try:
                 async for block in source.blocks():
@@ -199,9 +201,18 @@ class Engine:
                         mine.append(state)
                     state.arrivals.record(block.end, time.monotonic())
                     await state.queue.put(block)
+            except Exception as exc:  # re-raised below, once the audio we have is processed
+                failure = exc
             finally:
                 for state in mine:
                     await state.queue.put(None)
+        if failure is not None:
+            # A lost device must not lose the speech already captured: let the streams
+            # finish (open segments end, finals are made), then fail the run.
+            tasks = [state.task for state in mine if state.task is not None]
+            if tasks:
+                await asyncio.wait(tasks)
+            raise failure
 
     async def _process(self, state: StreamState) -> None:
         vad = VadSegmenter(self.options.vad)

@@ -56,7 +56,8 @@ async def test_accuracy_and_confusion_are_counted_per_label(yes_model: Path, dat
                                           "compute": {"device_type": "cpu"}})
     result = await evaluate(config, dataset, negatives=[negatives])
     # The model says "yes" to everything: exactly the yes clips are right.
-    assert result["clips"] == 6 and result["ignored_folders"] == ["banana"]
+    assert result["clips"] == 6
+    assert result["ignored_folders"] == ["banana"]
     assert result["accuracy"] == pytest.approx(3 / 6)
     assert result["per_label"]["yes"] == {"clips": 3, "accuracy": 1.0}
     assert result["per_label"]["no"] == {"clips": 2, "accuracy": 0.0}
@@ -77,7 +78,9 @@ async def test_accuracy_and_confusion_are_counted_per_label(yes_model: Path, dat
 def test_clips_are_centred_in_the_window() -> None:
     short = np.ones(4000, np.float32)
     fitted = fit_window(short, 16000)
-    assert fitted.shape == (16000,) and fitted[6000:10000].all() and not fitted[:6000].any()
+    assert fitted.shape == (16000,)
+    assert fitted[6000:10000].all()
+    assert not fitted[:6000].any()
     long = np.arange(20000, dtype=np.float32)
     assert fit_window(long, 16000)[0] == 2000
 
@@ -87,7 +90,8 @@ def test_cli_prints_json_and_names_a_bad_folder(yes_model: Path, dataset: Path, 
     assert main(["eval", "keywords", str(dataset), "--keywords-model", str(yes_model),
                  "--device-type", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["clips"] == 6 and "negatives" not in result
+    assert result["clips"] == 6
+    assert "negatives" not in result
     assert main(["eval", "keywords", str(tmp_path / "missing"), "--keywords-model",
                  str(yes_model)]) == 2
     assert "is not a folder" in capsys.readouterr().err
@@ -101,7 +105,8 @@ async def test_real_speech_commands_clips(yes_model: Path) -> None:
                                           "compute": {"device_type": "cpu"}})
     result = await evaluate(config, folder)
     wavs = list(folder.glob("*/*.wav"))
-    assert result["clips"] == len(wavs) and result["ignored_folders"] == []
+    assert result["clips"] == len(wavs)
+    assert result["ignored_folders"] == []
     assert sum(map(sum, result["confusion"])) == len(wavs)
     yes_clips = len(list(folder.glob("yes/*.wav")))
     assert result["accuracy"] == pytest.approx(round(yes_clips / len(wavs), 4))

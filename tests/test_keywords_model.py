@@ -33,7 +33,8 @@ def test_one_batched_forward_pass_equals_window_by_window(spotter: KeywordSpotte
     single = [spotter.encode([w])[0] for w in windows]
     assert len(batched) == 4
     for b, s in zip(batched, single, strict=True):
-        assert b.shape == (len(SPEECH_COMMANDS_LABELS),) and b.dtype == np.float32
+        assert b.shape == (len(SPEECH_COMMANDS_LABELS),)
+        assert b.dtype == np.float32
         assert b.sum() == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(b, s, atol=1e-5)
     # Different audio, different scores: the model does look at the window.

@@ -120,8 +120,10 @@ async def test_each_spoken_burst_fires_once_and_silence_is_never_scored(
     # One hit per burst, in its own segment: patience and re-arming hold it to one.
     assert [h.segment for h in hits] == [0, 1, 2]
     for hit, (start, end) in zip(hits, segments, strict=True):
-        assert hit.keyword == "yes" and hit.score > 0.99
-        assert hit.start < end / SAMPLE_RATE and hit.end > start / SAMPLE_RATE
+        assert hit.keyword == "yes"
+        assert hit.score > 0.99
+        assert hit.start < end / SAMPLE_RATE
+        assert hit.end > start / SAMPLE_RATE
         assert hit.model == models["yes"].model_id
     # VAD gating: every window scored holds >= min_speech_s of segment audio; audio outside
     # segments reaches the model as zeros (the 7.5 s of near-silence is never scored).
@@ -133,7 +135,8 @@ async def test_each_spoken_burst_fires_once_and_silence_is_never_scored(
     stage = engine.streams["s"].stages[0]
     assert isinstance(stage, KeywordStage)
     assert stage.scored == len(recording.windows) == engine.worker.stats.windows
-    assert stage.hits == 3 and stage.skipped == 0
+    assert stage.hits == 3
+    assert stage.skipped == 0
     speech_s = sum(e - s for s, e in segments) / SAMPLE_RATE
     assert stage.scored <= (speech_s + 3 * 1.0) / 0.2 + 3
     # Windows due together (at a segment's end) shared forward passes.
@@ -186,5 +189,6 @@ def test_keyword_options_map_config_to_labels(models: dict[str, KeywordSpotter])
         config(words=["Yes"], thresholds={"STOP": 0.9}, patience=3, hop_s=0.1), labels,
         model_id="m")
     assert words == ("yes", "stop")  # a keyword with its own threshold is spotted too
-    assert trigger.thresholds == {"stop": 0.9} and trigger.patience == 3
+    assert trigger.thresholds == {"stop": 0.9}
+    assert trigger.patience == 3
     assert spotting.hop_samples == SAMPLE_RATE // 10

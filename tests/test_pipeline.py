@@ -165,3 +165,41 @@ async def test_a_failing_source_ends_the_run_with_its_error() -> None:
     with pytest.raises(ExceptionGroup) as err:
         await run_engine(Broken({"s": sample()}))
     assert err.group_contains(OSError)
+
+
+async def test_sinks_get_everything_queued_before_a_source_failure(
+    tiny_ctc_dirs: dict[str, Path],
+) -> None:
+    """A device lost mid-run: what the engine produced before still reaches every sink."""
+    from harken.app.config import HarkenConfig
+    from harken.app.factory import Session
+    from harken.engine.errors import AudioDeviceError
+    from harken.models.captions import CtcCaptioner
+
+    class Unplugged(ListSource):
+        async def blocks(self) -> AsyncIterator[AudioBlock]:
+            async for block in super().blocks():
+                yield block
+            raise AudioDeviceError("the input device went away")
+
+    class SlowSink:
+        name = "slow"
+
+        def __init__(self) -> None:
+            self.events: list[Event] = []
+
+        async def consume(self, events: Any) -> None:
+            async for event in events:
+                await asyncio.sleep(0.01)
+                self.events.append(event)
+
+    sink = SlowSink()
+    captioner = CtcCaptioner.from_pretrained(str(tiny_ctc_dirs["hubert"]), device="cpu")
+    session = Session(config=HarkenConfig(), sources=[Unplugged({"s": sample()})],
+                      sinks=[sink], live=False, captioner=captioner)
+    with pytest.raises(ExceptionGroup) as err:
+        await session.run()
+    assert err.group_contains(AudioDeviceError)
+    finals = [e for e in sink.events if isinstance(e, CaptionFinal)]
+    assert len(finals) == 2  # both sentences of the sample, the second closed by the flush
+    assert isinstance(sink.events[-1], Stats)

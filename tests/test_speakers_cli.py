@@ -134,7 +134,8 @@ def test_transcribe_diarize_gives_turns_speakers_and_an_rttm_pyannote_reads(
     assert txt
     assert all(line.split(": ", 1)[0] in labels for line in txt)
     cues = [b.splitlines()[2] for b in (out / "meeting.srt").read_text().split("\n\n") if b]
-    assert all(c.split(": ", 1)[0] in labels for c in cues)
+    assert cues
+    assert all(c.split(":", 1)[0] in labels for c in cues)
 
 
 def test_rttm_without_diarize_fails_before_loading_models(
@@ -274,3 +275,18 @@ def test_bench_speakers_reports_step_time_and_memory(capsys: pytest.CaptureFixtu
     assert result["rtf"] > 0
     assert result["rss_start_mb"] > 0
     assert result["rss_end_mb"] > 0
+
+
+def test_speakers_config_defaults_and_validation() -> None:
+    from harken.app.config import ConfigError, load_config
+    from harken.app.speaker_stages import diarization_options
+
+    config = load_config().config
+    assert (config.speakers.enabled, config.speakers.threshold) == (False, 0.7)
+    options = diarization_options(config)
+    assert (options.window_s, options.step_s, options.latency_s) == (5.0, 0.5, 0.5)
+    assert options.clustering.enrolled_threshold == 0.7
+    with pytest.raises(ConfigError, match="latency_s"):
+        load_config(flags={"speakers": {"latency_s": 9.0}})
+    with pytest.raises(ConfigError, match="delta_new"):
+        load_config(flags={"speakers": {"delta_new": 0}})

@@ -47,7 +47,8 @@ def test_run_emits_keywords_and_translations_and_writes_per_language_subtitles(
     finals = [e for e in events if e["type"] == "caption_final"]
     keywords = [e for e in events if e["type"] == "keyword"]
     translations = [e for e in events if e["type"] == "translation"]
-    assert finals and keywords
+    assert finals
+    assert keywords
     assert {k["keyword"] for k in keywords} == {"yes"}
     for k in keywords:
         assert set(k) >= {"keyword", "score", "start", "end", "segment", "stream", "model"}
@@ -70,7 +71,8 @@ def test_an_unsupported_language_lists_the_supported_ones(
                  *_model_flags(models)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "cannot translate into 'xx'" in err and "de, en, es" in err
+    assert "cannot translate into 'xx'" in err
+    assert "de, en, es" in err
 
 
 def test_an_unknown_keyword_lists_the_model_keywords(

@@ -86,7 +86,8 @@ def test_reusing_the_encoder_equals_plain_generate(translator: SpeechTranslator)
 
 def test_too_short_audio_gives_empty_translations(translator: SpeechTranslator) -> None:
     out = translator.translate(speechlike_audio(0.1), translator.languages(["de"]))
-    assert out[0].text == "" and out[0].token_ids == ()
+    assert out[0].text == ""
+    assert out[0].token_ids == ()
 
 
 def test_a_ctc_model_is_not_a_translation_model(tiny_ctc_dirs: dict[str, Path]) -> None:
@@ -99,6 +100,7 @@ def test_real_mbart50_ids_in_the_full_size_tokenizer() -> None:
     tok = mbart50_sized_tokenizer()
     assert len(tok) == 250054
     table = language_tokens(tok)
-    assert table["de"] == "de_DE" and table["en"] == "en_XX"
+    assert table["de"] == "de_DE"
+    assert table["en"] == "en_XX"
     (de,) = resolve_languages(["de"], tok, model_id="m")
     assert de.token_id == 250003

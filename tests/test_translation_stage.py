@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterable, Sequence
@@ -147,7 +148,8 @@ async def test_a_stuck_translator_does_not_delay_captions(
     for t in translations:
         caption = by_segment[t.segment]  # type: ignore[attr-defined]
         assert (t.start, t.end) == (caption.start, caption.end)
-        assert t.lang == "de" and t.model == "blocked"  # type: ignore[attr-defined]
+        assert t.lang == "de"
+        assert t.model == "blocked"
     order = [e for _, e in sink.events if isinstance(e, CaptionFinal | Translation)]
     assert all(isinstance(e, CaptionFinal) for e in order[:n])
     last = sink.events[-1][1]
@@ -217,9 +219,11 @@ def test_long_translations_become_several_timed_cues() -> None:
     assert len(cues) > 1
     assert all(len(c.text) <= 84 for c in cues)
     assert " ".join(c.text for c in cues) == words
-    assert cues[0].start == 10.0 and cues[-1].end == pytest.approx(18.0)
-    for a, b in zip(cues, cues[1:], strict=False):
-        assert a.end == pytest.approx(b.start) and a.start < a.end
+    assert cues[0].start == 10.0
+    assert cues[-1].end == pytest.approx(18.0)
+    for a, b in itertools.pairwise(cues):
+        assert a.end == pytest.approx(b.start)
+        assert a.start < a.end
 
 
 async def test_subtitle_sink_keeps_its_language_and_printer_shows_tasks(tmp_path: Path) -> None:
@@ -240,5 +244,6 @@ async def test_subtitle_sink_keeps_its_language_and_printer_shows_tasks(tmp_path
     out = io.StringIO()
     await PrinterSink(stream=out, tty=False).consume(feed())
     lines = out.getvalue().splitlines()
-    assert lines[0].endswith("[de] Guten Tag") and lines[1].endswith("[fr] Bonjour")
+    assert lines[0].endswith("[de] Guten Tag")
+    assert lines[1].endswith("[fr] Bonjour")
     assert lines[2].endswith("keyword: stop (0.97)")
