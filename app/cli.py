@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--captions-model", metavar="ID|DIR")
         mp.add_argument("--keywords-model", metavar="ID|DIR")
         mp.add_argument("--translation-model", metavar="ID|DIR")
+        mp.add_argument("--diarize", action="store_true", default=None,
+                        help="include the speaker and diarization models")
 
     cfg = sub.add_parser("config", help="show the effective configuration")
     csub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -221,6 +223,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         configured.append(("keywords", config.keywords.model))
     if config.translation.languages or args.translation_model:
         configured.append(("translation", config.translation.model))
+    if config.speakers.enabled:
+        configured += [("speaker", config.speakers.model),
+                       ("diarization", config.speakers.diarization_model)]
     if args.models_command == "list":
         for task, model in configured:
             state = "cached" if is_cached(model) else "not cached (run `harken models pull`)"

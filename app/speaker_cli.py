@@ -1,7 +1,7 @@
 """Command-line parts of the speakers task (used by app/cli.py). Kept light: no torch import.
 
     harken run|transcribe ... --diarize [--speaker-model ID|DIR] [--diarization-model ID|DIR]
-    harken speakers enroll NAME FILE... | --record SECONDS | --from S.jsonl --speaker S2 FILE
+    harken speakers enroll NAME FILE... | --record SECONDS | FILE --from S.jsonl --speaker S2
     harken speakers list | remove NAME | verify NAME FILE
     harken eval diarization AUDIO RTTM [--collar S] [--skip-overlap] [--out-rttm FILE]
     harken eval speakers DIR

@@ -37,8 +37,8 @@ def _clips(args: argparse.Namespace, config: HarkenConfig) -> list[tuple[str, np
     elif args.from_session is not None:
         if args.speaker is None or len(args.files) != 1:
             raise HarkenError("--from SESSION.jsonl needs --speaker LABEL and the session's "
-                              "audio FILE, e.g. `harken speakers enroll Ann --from talk.jsonl "
-                              "--speaker S2 talk.wav`")
+                              "audio FILE, e.g. `harken speakers enroll Ann talk.wav --from "
+                              "talk.jsonl --speaker S2`")
         spans = session_turns(args.from_session, args.speaker)
         raw = [(f"{args.speaker}'s turns in {args.files[0]}",
                 cut(read_audio(args.files[0]), spans))]

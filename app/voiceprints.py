@@ -85,7 +85,7 @@ class StoredVoiceprint:
     updated: str
 
     def voiceprint(self) -> Voiceprint:
-        return Voiceprint(self.name, self.embedding)
+        return Voiceprint(name=self.name, embedding=self.embedding)
 
 
 def _now() -> str:

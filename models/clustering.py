@@ -67,7 +67,7 @@ class ClusteringOptions:
             )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Voiceprint:
     """An enrolled person: a name and an embedding of the same model as the live ones."""
 
@@ -307,7 +307,7 @@ class ActivityAggregator:
         return max((w.activity.shape[1] for w in self._windows), default=0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Turn:
     """A speaker's turn in frames [start, end) and its mean activity while active."""
 
@@ -382,11 +382,13 @@ class TurnTracker:
 
     def open_turns(self) -> list[Turn]:
         """The turns still open, up to their last active frame (for labelling captions)."""
-        return [Turn(g, cur.start, cur.last_end, cur.total / max(cur.active, 1))
+        return [Turn(speaker=g, start=cur.start, end=cur.last_end,
+                     score=cur.total / max(cur.active, 1))
                 for g, cur in sorted(self._open.items())]
 
     def _close(self, speaker: int) -> list[Turn]:
         cur = self._open.pop(speaker)
         if cur.last_end - cur.start < max(self.min_turn, 1):
             return []
-        return [Turn(speaker, cur.start, cur.last_end, cur.total / max(cur.active, 1))]
+        return [Turn(speaker=speaker, start=cur.start, end=cur.last_end,
+                     score=cur.total / max(cur.active, 1))]

@@ -74,7 +74,8 @@ def test_two_local_speakers_never_share_a_global_speaker() -> None:
     # Both local speakers are within delta_new of S1; greedy matching would give S1 twice.
     near = l2_normalize(v[0] + 0.2 * v[1])
     out = clus.identify(window(0, 1), np.stack([v[0], near]))
-    assert out.distances[0] < 0.1 and float(1 - near @ clus.centroid(0)) < OPTS.delta_new
+    assert out.distances[0] < 0.1
+    assert float(1 - near @ clus.centroid(0)) < OPTS.delta_new
     assert [clus.labels[out.mapping[s]] for s in (0, 1)] == ["S1", "S2"]
 
 
@@ -157,7 +158,8 @@ def test_an_enrolled_voice_gets_its_name_and_a_stranger_does_not() -> None:
     v = voices(3)
     clus = OnlineClustering(options=ClusteringOptions(delta_new=0.6, max_speakers=1,
                                                       enrolled_threshold=0.7),
-                            voiceprints=[Voiceprint("Ann", v[0]), Voiceprint("Bob", v[1])])
+                            voiceprints=[Voiceprint(name="Ann", embedding=v[0]),
+                                         Voiceprint(name="Bob", embedding=v[1])])
     assert clus.labels == ("Ann", "Bob")
     assert step(clus, {1: v[1], 0: v[0]}, seed=1) == {1: "Bob", 0: "Ann"}
     assert clus.is_enrolled(0)
@@ -173,7 +175,7 @@ def test_an_enrolled_voice_gets_its_name_and_a_stranger_does_not() -> None:
 def test_a_voice_below_the_enrollment_threshold_is_not_named() -> None:
     v = voices(2)
     clus = OnlineClustering(options=ClusteringOptions(delta_new=1.0, enrolled_threshold=0.95),
-                            voiceprints=[Voiceprint("Ann", v[0])])
+                            voiceprints=[Voiceprint(name="Ann", embedding=v[0])])
     similar = l2_normalize(v[0] + 0.5 * v[1])  # cosine ~0.89 < 0.95
     out = clus.identify(window(0), np.stack([similar, np.full(DIM, np.nan)]))
     assert [clus.labels[g] for g in out.mapping.values()] == ["S1"]
@@ -215,4 +217,5 @@ def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="max_speakers"):
         ClusteringOptions(max_speakers=0)
     with pytest.raises(ValueError, match="unique"):
-        OnlineClustering(options=OPTS, voiceprints=[Voiceprint("A", voices(1)[0])] * 2)
+        OnlineClustering(options=OPTS,
+                         voiceprints=[Voiceprint(name="A", embedding=voices(1)[0])] * 2)

@@ -128,7 +128,8 @@ def test_transcribe_diarize_gives_turns_speakers_and_an_rttm_pyannote_reads(
     assert len(got) == len(want)
     for (gs, ge, gl), (ws, we, wl) in zip(got, want, strict=True):
         assert gl == wl
-        assert abs(gs - ws) <= 1e-3 and abs(ge - we) <= 2e-3
+        assert abs(gs - ws) <= 1e-3
+        assert abs(ge - we) <= 2e-3
     # Who said what: transcript lines and subtitle cues carry the speaker.
     txt = (out / "meeting.txt").read_text().splitlines()
     assert txt
@@ -200,6 +201,30 @@ def test_an_enrolled_voice_is_named_in_a_run(capsys: pytest.CaptureFixture[str],
     assert all(e["enrolled"] for e in named)
     assert not any(e["enrolled"] for e in events
                    if e["type"] == "speaker_turn" and e["speaker"] != "Ann")
+
+
+def test_enroll_a_voice_heard_in_a_recorded_session(capsys: pytest.CaptureFixture[str],
+                                                   models: dict[str, Path],
+                                                   meeting: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    # A --diarize run's JSONL names the second line's voice S2 (times from the reference).
+    lines = meeting["rttm"].read_text().splitlines()
+    start, duration = (float(x) for x in lines[1].split()[3:5])
+    session = tmp_path / "session.jsonl"
+    session.write_text(json.dumps({"type": "speaker_turn", "stream": "meeting", "start": start,
+                                   "end": start + duration, "speaker": "S2", "score": 0.9,
+                                   "enrolled": False}) + "\n")
+    base = ["--speaker-model", models["sv"], "--device-type", "cpu",
+            "--speaker-store", tmp_path / "vp.sqlite"]
+    code, out, err = run_main(capsys, "speakers", "enroll", "Bob", meeting["wav"], "--from",
+                              session, "--speaker", "S2", *base)
+    assert code == 0, err
+    spoken = float(re.search(r"([\d.]+) s of speech", out).group(1))  # type: ignore[union-attr]
+    assert duration - 0.5 <= spoken <= duration + 0.1  # the turn's speech, VAD-trimmed
+    code, _, err = run_main(capsys, "speakers", "enroll", "Bob", meeting["wav"], "--from",
+                            session, "--speaker", "S9", *base)
+    assert code == 2
+    assert "S2" in err  # names the speakers the session has
 
 
 def _der_json(capsys: pytest.CaptureFixture[str], models: dict[str, Path], audio: Path,

@@ -209,7 +209,8 @@ def test_files_give_the_same_result_every_time(talk: Path) -> None:
 
 def test_an_enrolled_voiceprint_names_its_speaker(talk: Path) -> None:
     high = band_levels(voice(2.0, pitch_hz=HIGH, seed=42)).mean(axis=0)
-    events = asyncio.run(run_engine(talk, voiceprints=[Voiceprint("Ann", high)]))
+    ann = Voiceprint(name="Ann", embedding=high)
+    events = asyncio.run(run_engine(talk, voiceprints=[ann]))
     finals = [e for e in events if isinstance(e, CaptionFinal)]
     assert [f.speaker for f in finals] == ["S1", "Ann", "S1"]
     named = [e for e in events if isinstance(e, SpeakerTurn) and e.speaker == "Ann"]

@@ -104,3 +104,19 @@ def test_real_mbart50_ids_in_the_full_size_tokenizer() -> None:
     assert table["en"] == "en_XX"
     (de,) = resolve_languages(["de"], tok, model_id="m")
     assert de.token_id == 250003
+
+
+def test_a_sentencepiece_only_tokenizer_loads_with_real_language_ids(tmp_path: Path) -> None:
+    pytest.importorskip("sentencepiece", reason="sentencepiece is a dependency; run make setup")
+    from tiny_task_models import save_sentencepiece_mbart50_tokenizer
+    from transformers import AutoTokenizer
+
+    from harken.models.task_loading import load_part
+
+    folder = save_sentencepiece_mbart50_tokenizer(tmp_path / "spm")
+    tok = load_part(AutoTokenizer, str(folder), part="tokenizer", task="translation",
+                    flag="--translation-model")
+    # fairseq layout: language codes follow the 60 pieces and the offset of 1 (ar_AR first).
+    de, fr = resolve_languages(["de", "fr"], tok, model_id="spm")
+    assert (de.token_id, fr.token_id) == (60 + 1 + 2, 60 + 1 + 7)
+    assert tok.decode(tok("guten morgen").input_ids, skip_special_tokens=True) == "guten morgen"

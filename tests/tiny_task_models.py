@@ -114,3 +114,23 @@ def build_tiny_translation_model(folder: Path) -> Path:
     _extractor(layer_norm=True).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_sentencepiece_mbart50_tokenizer(folder: Path) -> Path:
+    """The layout of 2021 mBART-50 checkpoints: a sentencepiece model, no tokenizer.json."""
+    import io
+
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES * 20), model_writer=model,
+                                   vocab_size=60, model_type="bpe", unk_id=0, bos_id=1,
+                                   eos_id=2, pad_id=-1, minloglevel=2)
+    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "MBart50Tokenizer", "src_lang": "en_XX"}), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+         "mask_token": "<mask>"}), encoding="utf-8")
+    return folder
