@@ -9,6 +9,7 @@ thread: one thread per device keeps the GPU's work ordered and the loop free.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,10 +85,8 @@ class InferenceWorker:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._dispatcher is not None:
             self._dispatcher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
-            except asyncio.CancelledError:
-                pass
         while not self._queue.empty():
             req = self._queue.get_nowait()
             if not req.future.done():

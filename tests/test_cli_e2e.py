@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -79,7 +80,7 @@ def test_transcribe_writes_valid_files(transcribed: Path) -> None:
     if any(f["text"].strip() for f in finals):
         assert spans, "finals with text must give SRT cues"
     assert all(0 <= a <= b <= SAMPLE_S + 1e-3 for a, b in spans)
-    assert all(b1 <= a2 + 1e-3 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
+    assert all(b1 <= a2 + 1e-3 for (_, b1), (a2, _) in itertools.pairwise(spans))
     vtt = (transcribed / "sample.vtt").read_text()
     assert vtt.startswith("WEBVTT\n")
     txt = (transcribed / "sample.txt").read_text().splitlines()
@@ -96,7 +97,8 @@ def test_live_fast_run_equals_offline(tiny_hubert: Path, transcribed: Path) -> N
         return [(e["segment"], e["start"], e["end"], e["text"], json.dumps(e["words"]))
                 for e in events if e["type"] == "caption_final"]
 
-    assert finals(live) and finals(live) == finals(offline)
+    assert finals(live)
+    assert finals(live) == finals(offline)
     assert any(e["type"] == "caption_partial" for e in live)
     partial_ends = [e["end"] for e in live if e["type"] == "caption_partial"]
     assert all(0 < t <= SAMPLE_S + 1e-6 for t in partial_ends)
@@ -106,7 +108,8 @@ def test_printer_prints_finals_on_a_pipe(tiny_hubert: Path) -> None:
     proc = harken("run", "--input", SAMPLE, "--fast", "--captions-model", tiny_hubert,
                   "--device-type", "cpu")
     lines = [x for x in proc.stdout.splitlines() if x.strip()]
-    assert lines and all(x.startswith("[") and "→" in x for x in lines)
+    assert lines
+    assert all(x.startswith("[") and "→" in x for x in lines)
     assert "\x1b[" not in proc.stdout  # no in-place redraws on a pipe
 
 
@@ -160,7 +163,8 @@ def test_bad_config_value(tmp_path: Path) -> None:
     cfg.write_text("[captions]\nhop_s = 'often'\n")
     proc = harken("config", "show", "--config", cfg, check=False)
     assert proc.returncode == 2
-    assert "captions.hop_s" in proc.stderr and str(cfg) in proc.stderr
+    assert "captions.hop_s" in proc.stderr
+    assert str(cfg) in proc.stderr
 
 
 def test_config_show_origins(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, "[captions]\nhop_s = 0.25\nleft_context_s = 3.0\n[vad]\nhangover_s = 0.7\n")
+    path = write(tmp_path,
+                 "[captions]\nhop_s = 0.25\nleft_context_s = 3.0\n[vad]\nhangover_s = 0.7\n")
     monkeypatch.setenv("HARKEN_CAPTIONS__LEFT_CONTEXT_S", "4.5")
     monkeypatch.setenv("HARKEN_VAD__HANGOVER_S", "0.9")
     loaded = load_config(path, flags={"vad": {"hangover_s": 1.1}},

@@ -32,7 +32,8 @@ def test_half_precision_matches_float32_on_cpu(tiny_ctc_dirs: dict[str, Path], d
     assert next(gpu.model.parameters()).is_cuda
     audio = speechlike_audio(4.0, seed=3)
     a, b = encode_whole(gpu, audio), encode_whole(cpu, audio)
-    assert a.dtype == np.float32 and a.shape == b.shape
+    assert a.dtype == np.float32
+    assert a.shape == b.shape
     assert argmax_agreement(a, b) > 0.95
     assert float(np.mean(np.abs(a - b))) < 0.05
 

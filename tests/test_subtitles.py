@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_long_final_splits_into_bounded_cues_in_order() -> None:
     assert len(cues) > 1
     assert all(len(c.text) <= MAX_CUE_CHARS for c in cues)
     assert all(c.end - c.start <= 7.0 for c in cues)
-    assert all(a.end <= b.start for a, b in zip(cues, cues[1:], strict=False))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(cues))
     assert " ".join(c.text for c in cues) == final_with_words(40).text
 
 

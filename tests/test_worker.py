@@ -42,7 +42,8 @@ async def test_concurrent_requests_share_a_forward_pass_off_the_loop() -> None:
     assert [float(r[0]) for r in results] == [float(i) for i in range(6)]
     assert sum(len(b) for b in model.batches) == 6
     assert len(model.batches) <= 2
-    assert worker.stats.windows == 6 and worker.stats.max_batch_seen >= 5
+    assert worker.stats.windows == 6
+    assert worker.stats.max_batch_seen >= 5
     assert threading.main_thread().name not in model.threads
 
 
