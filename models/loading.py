@@ -266,7 +266,7 @@ def load_processor(model_id: str, *, task: str) -> Any:
     source = _source_kwargs(model_id, task)
     try:
         return AutoProcessor.from_pretrained(model_id, **source)  # type: ignore[no-untyped-call]
-    except OSError as error:
+    except (OSError, TypeError) as error:  # TypeError: a processor class with no tokenizer
         # Checkpoints without a tokenizer (speaker, keyword models) only have a feature
         # extractor; fall back to it before reporting a missing model.
         try:
