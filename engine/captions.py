@@ -111,7 +111,7 @@ class CaptionStage:
         self.partial_latency = Percentiles()
         self.final_latency = Percentiles()
         self.encoded_samples = 0
-        self.skipped_steps = 0
+        self._skipped_closed = 0  # steps skipped in segments that have ended
         self.failed_windows = 0
         self._worker = worker
         self._arrivals = arrivals
@@ -120,6 +120,12 @@ class CaptionStage:
     @property
     def model_id(self) -> str:
         return self.captioner.model_id
+
+    @property
+    def skipped_steps(self) -> int:
+        """Partial steps skipped under load so far (live mode only), over all segments."""
+        current = self._segment.state.skipped_steps if self._segment is not None else 0
+        return self._skipped_closed + current
 
     def counters(self) -> dict[str, int]:
         return {"caption_encoded_samples": self.encoded_samples,
@@ -159,7 +165,6 @@ class CaptionStage:
                 break
             if self.live:
                 break
-        self.skipped_steps = seg.state.skipped_steps if self.live else 0
         if not events:
             return []
         # Only the newest partial matters to a reader; older ones of this call are stale.
@@ -170,6 +175,7 @@ class CaptionStage:
         if seg is None or seg.id != end.segment:
             return []
         self._segment = None
+        self._skipped_closed += seg.state.skipped_steps
         events: list[Event] = []
         seg.state.truncate(end.end - seg.start)
         # Finals never skip: bring every step up to date, then close the segment.

@@ -16,8 +16,7 @@ import torch
 
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError, UnsupportedModelError
-from harken.models.loading import load_pretrained, resolve_device, resolve_dtype
-from harken.models.task_loading import load_part
+from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
 
 TASK = "keywords"
 WINDOW_S = 1.0  # s: Speech Commands clips, and so the models trained on them, are 1 s long
@@ -109,7 +108,7 @@ class KeywordSpotter:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
         extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
-                              task=TASK, flag="--keywords-model")
+                              task=TASK)
         model = load_pretrained(AutoModelForAudioClassification, model_id, device=torch_device,
                                 dtype=torch_dtype, task=TASK)
         return cls(model_id=model_id, model=model, feature_extractor=extractor,

@@ -282,6 +282,25 @@ def load_processor(model_id: str, *, task: str) -> Any:
         ) from error
 
 
+def load_part(loader: Any, model_id: str, *, part: str, task: str) -> Any:
+    """One preprocessing part alone (`loader` = AutoFeatureExtractor, AutoTokenizer, ...),
+    from the same places and with the same errors as the model. For checkpoints with no
+    combined processor: speaker and keyword models have no tokenizer, and a speech
+    encoder-decoder's AutoProcessor is only its tokenizer."""
+    source = _source_kwargs(model_id, task)
+    try:
+        return loader.from_pretrained(model_id, **source)
+    except OSError as error:
+        raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
+    except (ValueError, KeyError, ImportError) as error:
+        raise UnsupportedModelError(
+            f"the {part} of {model_id!r} cannot be loaded for the {task} task ({error}); its "
+            "folder needs preprocessor_config.json (and the tokenizer files for captions and "
+            "translation); a tokenizer shipped only as a sentencepiece model needs "
+            "`pip install sentencepiece protobuf`"
+        ) from error
+
+
 def is_cached(model_id: str) -> bool:
     """True when `model_id` is a local folder with config.json or its config is in the HF cache."""
     folder = Path(model_id).expanduser()

@@ -27,9 +27,9 @@ import torch
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import PADDING_SENSITIVE_MODEL_TYPES, FrameGeometry
 from harken.models.clustering import FloatArray, l2_normalize
-from harken.models.errors import ModelNotFoundError, UnsupportedModelError
+from harken.models.errors import UnsupportedModelError
 from harken.models.loading import (
-    _not_found_message,
+    load_part,
     load_pretrained,
     resolve_device,
     resolve_dtype,
@@ -46,22 +46,10 @@ def feature_extractor_of(processor: Any) -> Any:
 
 
 def load_feature_extractor(model_id: str, *, task: str) -> Any:
-    """The checkpoint's feature extractor (speaker checkpoints have no tokenizer).
-
-    Not loading.load_processor: AutoProcessor maps wav2vec2-family configs to a processor
-    that needs a tokenizer, and fails on these checkpoints with a TypeError.
-    """
+    """The checkpoint's feature extractor (speaker checkpoints have no tokenizer)."""
     from transformers import AutoFeatureExtractor
 
-    try:
-        return AutoFeatureExtractor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
-    except OSError as error:
-        raise ModelNotFoundError(_not_found_message(model_id, task, error)) from error
-    except (ValueError, KeyError) as error:
-        raise UnsupportedModelError(
-            f"{model_id!r} has no usable feature extractor for the {task} task ({error}); its "
-            "folder needs preprocessor_config.json"
-        ) from error
+    return load_part(AutoFeatureExtractor, model_id, part="feature extractor", task=task)
 
 
 def batchable(extractor: Any, config: Any) -> bool:

@@ -19,8 +19,7 @@ import torch
 
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError, UnsupportedModelError
-from harken.models.loading import load_pretrained, resolve_device, resolve_dtype
-from harken.models.task_loading import load_part
+from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
 
 TASK = "translation"
 MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv stack + adapter
@@ -133,10 +132,9 @@ class SpeechTranslator:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
-        flag = "--translation-model"
         extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
-                              task=TASK, flag=flag)
-        tokenizer = load_part(AutoTokenizer, model_id, part="tokenizer", task=TASK, flag=flag)
+                              task=TASK)
+        tokenizer = load_part(AutoTokenizer, model_id, part="tokenizer", task=TASK)
         model = load_pretrained(AutoModelForSpeechSeq2Seq, model_id, device=torch_device,
                                 dtype=torch_dtype, task=TASK)
         return cls(model_id=model_id, model=model, feature_extractor=extractor,

@@ -111,11 +111,10 @@ def test_a_sentencepiece_only_tokenizer_loads_with_real_language_ids(tmp_path: P
     from tiny_task_models import save_sentencepiece_mbart50_tokenizer
     from transformers import AutoTokenizer
 
-    from harken.models.task_loading import load_part
+    from harken.models.loading import load_part
 
     folder = save_sentencepiece_mbart50_tokenizer(tmp_path / "spm")
-    tok = load_part(AutoTokenizer, str(folder), part="tokenizer", task="translation",
-                    flag="--translation-model")
+    tok = load_part(AutoTokenizer, str(folder), part="tokenizer", task="translation")
     # fairseq layout: language codes follow the 60 pieces and the offset of 1 (ar_AR first).
     de, fr = resolve_languages(["de", "fr"], tok, model_id="spm")
     assert (de.token_id, fr.token_id) == (60 + 1 + 2, 60 + 1 + 7)
