@@ -300,7 +300,8 @@ class Engine:
         return event
 
     def _stats(self, state: StreamState) -> Event:
-        audio_s = state.audio_samples / SAMPLE_RATE
+        # The worker serves every stream: its busy time is measured against all their audio.
+        audio_s = sum(s.audio_samples for s in self._streams.values()) / SAMPLE_RATE
         counters = {
             "audio_samples": state.audio_samples,
             "paused_samples": state.paused_samples,
