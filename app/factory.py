@@ -12,9 +12,14 @@ from harken.app.config import HarkenConfig
 from harken.app.mqtt_setup import MqttSetup
 from harken.app.speaker_cli import check_formats
 from harken.app.speaker_stages import SpeakerModels, load_models, speaker_stages
-from harken.app.task_stages import task_stages, translated_sinks
+from harken.app.task_stages import TaskStages, task_stages, translated_sinks
 from harken.engine.captions import CaptionStage
-from harken.engine.mqtt_control import ControlledSink
+from harken.engine.mqtt_control import (
+    KEYWORDS_NOT_RUNNING,
+    TRANSLATION_NOT_RUNNING,
+    ControlError,
+    ControlledSink,
+)
 from harken.engine.pipeline import (
     Engine,
     EngineOptions,
@@ -25,12 +30,13 @@ from harken.engine.pipeline import (
 )
 from harken.engine.sinks import JsonlSink, PrinterSink, Sink, file_sink
 from harken.engine.sources import FileSource, MicSource
+from harken.engine.speakers import DiarizationSwitch
 from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.captions import CtcCaptioner
-from harken.models.keywords import KeywordSpotter
+from harken.models.keywords import KeywordError, KeywordSpotter
 from harken.models.streaming import StreamingOptions
-from harken.models.translation import SpeechTranslator
+from harken.models.translation import SpeechTranslator, UnsupportedLanguageError
 
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 
@@ -101,9 +107,19 @@ def terminal_sink(*, jsonl: bool) -> Sink:
     return JsonlSink(stream=sys.stdout) if jsonl else PrinterSink()
 
 
+DIARIZATION_NOT_RUNNING = ("diarization is not running in this Harken session; start it with "
+                           "`harken run --diarize` to label speakers")
+
+
 @dataclass
 class Session:
-    """Everything one run needs; `run()` drives the engine and its sinks to the end."""
+    """Everything one run needs; `run()` drives the engine and its sinks to the end.
+
+    It is also what runtime controls act on (the MQTT control topic, the TUI): pause/resume
+    its engine, switch the keywords, the translation languages and diarization of every
+    stream, present and future. A control that cannot be applied raises ControlError and
+    changes nothing.
+    """
 
     config: HarkenConfig
     sources: list[OpenableSource]
@@ -115,6 +131,65 @@ class Session:
     translator: SpeechTranslator | None = None  # when config.translation.languages
     speakers: SpeakerModels | None = None  # when config.speakers.enabled
     engine: Engine | None = field(default=None, init=False)
+    _tasks: TaskStages | None = field(default=None, init=False, repr=False)  # while running
+    _diarization: DiarizationSwitch = field(default_factory=DiarizationSwitch, init=False,
+                                            repr=False)
+
+    # ------------------------------------------------------------------ controls
+
+    @property
+    def paused(self) -> bool:
+        return self.engine is not None and self.engine.paused
+
+    def pause(self) -> None:
+        self._running_engine().pause()
+
+    def resume(self) -> None:
+        self._running_engine().resume()
+
+    def _running_engine(self) -> Engine:
+        if self.engine is None:
+            raise ControlError("this Harken session has no engine to control yet; retry once "
+                               "it runs", code="unsupported")
+        return self.engine
+
+    def set_keywords(self, keywords: Sequence[str]) -> None:
+        """Spot `keywords` (labels of the keyword model) on every stream from now on."""
+        selection = self._tasks.keywords if self._tasks is not None else None
+        if selection is None:
+            raise ControlError(KEYWORDS_NOT_RUNNING, code="unsupported", command="keywords")
+        try:
+            selection.set(keywords)
+        except KeywordError as exc:
+            raise ControlError(str(exc), code="invalid_argument",
+                               command="keywords") from exc
+
+    def set_translation(self, language: str | None) -> None:
+        """Translate every stream into `language` from the next segment on; None stops."""
+        switch = self._tasks.languages if self._tasks is not None else None
+        if switch is None:
+            raise ControlError(TRANSLATION_NOT_RUNNING, code="unsupported",
+                               command="translation")
+        try:
+            switch.set([] if language is None else [language])
+        except UnsupportedLanguageError as exc:
+            raise ControlError(str(exc), code="invalid_argument",
+                               command="translation") from exc
+
+    @property
+    def diarization(self) -> bool:
+        """Whether speakers are being labelled (the session runs with --diarize and the
+        switch is on)."""
+        return self.config.speakers.enabled and self._diarization.on
+
+    def set_diarization(self, on: bool) -> None:
+        """Diarization off (new audio is not analysed, captions get no speaker) or on again
+        (known speakers are kept); only for a session started with --diarize."""
+        if not self.config.speakers.enabled:
+            raise ControlError(DIARIZATION_NOT_RUNNING, code="unsupported")
+        self._diarization.set(on)
+
+    # ------------------------------------------------------------------ run
 
     async def run(self) -> Engine:
         captioner = self.captioner
@@ -126,27 +201,36 @@ class Session:
         diarize: list[StageFactory] = []
         if self.config.speakers.enabled:
             speakers = self.speakers or await load_models(self.config)
-            diarize.append(speaker_stages(self.config, speakers))
+            diarize.append(speaker_stages(self.config, speakers, switch=self._diarization))
         async with InferenceWorker(name=str(captioner.device),
                                    max_batch=self.config.compute.max_batch) as worker, \
                 task_stages(self.config, spotter=self.spotter,
                             translator=self.translator) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
-                            stages=[caption_stages(self.config, captioner), *tasks, *diarize],
+                            stages=[caption_stages(self.config, captioner), *tasks.factories,
+                                    *diarize],
                             options=engine_options(self.config, live=self.live))
             self.engine = engine
-            for sink in self.sinks:  # e.g. the MQTT control topic acts on this engine
+            self._tasks = tasks
+            for sink in self.sinks:  # e.g. the MQTT control topic acts on this session
                 if isinstance(sink, ControlledSink):
-                    sink.bind(engine)
-            subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
-            async with asyncio.TaskGroup() as tg:
-                sink_tasks = [tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
-                              for sink, sub in subs]
-                try:
-                    await engine.run()
-                except BaseException:
-                    # The bus is closed: let the sinks write what was queued before the
-                    # failure (e.g. the error event itself) before the group cancels them.
-                    await asyncio.wait(sink_tasks, timeout=SINK_DRAIN_S)
-                    raise
+                    sink.bind(self)
+            try:
+                await self._drive(engine)
+            finally:
+                self._tasks = None  # the tasks' models and threads are gone after this
         return engine
+
+    async def _drive(self, engine: Engine) -> None:
+        """The engine and the sinks, to the end of every source."""
+        subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
+        async with asyncio.TaskGroup() as tg:
+            sink_tasks = [tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
+                          for sink, sub in subs]
+            try:
+                await engine.run()
+            except BaseException:
+                # The bus is closed: let the sinks write what was queued before the
+                # failure (e.g. the error event itself) before the group cancels them.
+                await asyncio.wait(sink_tasks, timeout=SINK_DRAIN_S)
+                raise

@@ -16,7 +16,7 @@ from pathlib import Path
 from harken.app.config import HarkenConfig
 from harken.app.voiceprints import VoiceprintStore
 from harken.engine.pipeline import Stage, StageContext, StageFactory
-from harken.engine.speakers import DiarizationOptions, SpeakerStage
+from harken.engine.speakers import DiarizationOptions, DiarizationSwitch, SpeakerStage
 from harken.models.clustering import ClusteringOptions, Voiceprint
 from harken.models.diarization import FrameSegmenter
 from harken.models.speakers import XVectorEmbedder
@@ -97,9 +97,10 @@ def enrolled(config: HarkenConfig, model_id: str) -> tuple[list[Voiceprint], str
     return [vp.voiceprint() for vp in usable], notice
 
 
-def speaker_stages(config: HarkenConfig, models: SpeakerModels, *,
-                   use_store: bool = True) -> StageFactory:
-    """One SpeakerStage per stream; `use_store`: seed with the enrolled voiceprints."""
+def speaker_stages(config: HarkenConfig, models: SpeakerModels, *, use_store: bool = True,
+                   switch: DiarizationSwitch | None = None) -> StageFactory:
+    """One SpeakerStage per stream; `use_store`: seed with the enrolled voiceprints;
+    `switch`: turns every stream's diarization off and on (default: always on)."""
     options = diarization_options(config)
     voiceprints, notice = enrolled(config, models.embedder.model_id) if use_store else ([], None)
 
@@ -107,6 +108,6 @@ def speaker_stages(config: HarkenConfig, models: SpeakerModels, *,
         return SpeakerStage(stream=ctx.stream, segmenter=models.segmenter,
                             embedder=models.embedder, worker=ctx.worker, options=options,
                             live=ctx.live, arrivals=ctx.arrivals, voiceprints=voiceprints,
-                            notice=notice)
+                            notice=notice, switch=switch)
 
     return make

@@ -1,9 +1,10 @@
 """The keyword and translation tasks, built from the configuration (used by app/factory.py).
 
-`async with task_stages(config) as factories:` loads the models of the enabled tasks (in a
+`async with task_stages(config) as tasks:` loads the models of the enabled tasks (in a
 thread, so the loop stays responsive), checks the requested keywords and languages against
 them (a bad one fails before any audio flows), owns the translation's generation thread and
-yields one StageFactory per enabled task.
+yields `TaskStages`: one StageFactory per enabled task, and the selections that switch the
+keywords and target languages of every stream at runtime (the MQTT control topic).
 """
 
 from __future__ import annotations
@@ -11,21 +12,58 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harken.app.config import HarkenConfig
-from harken.engine.keywords import KeywordStage, SpottingOptions
+from harken.engine.keywords import KeywordSelection, KeywordStage, SpottingOptions
 from harken.engine.pipeline import Stage, StageContext, StageFactory
 from harken.engine.sinks import Sink, TranslatedSubtitleSink
-from harken.engine.translation import GenerationWorker, TranslationStage
+from harken.engine.translation import GenerationWorker, TargetSelection, TranslationStage
 from harken.models.keywords import KeywordSpotter, resolve_keywords
-from harken.models.translation import GenerationOptions, SpeechTranslator, TargetLanguage
+from harken.models.translation import (
+    GenerationOptions,
+    SpeechTranslator,
+    TargetLanguage,
+    UnsupportedLanguageError,
+)
 from harken.models.triggers import TriggerOptions
 
 #: (model id or folder, device type, dtype) -> model. Tests may inject their own.
 SpotterLoader = Callable[[str, str, str], KeywordSpotter]
 TranslatorLoader = Callable[[str, str, str], SpeechTranslator]
 SUBTITLE_FORMATS = ("srt", "vtt")  # formats that get one translated file per language
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LanguageSwitch:
+    """The translation's shared target languages, and how codes become language tokens."""
+
+    translator: SpeechTranslator
+    selection: TargetSelection
+    overrides: dict[str, str] = field(default_factory=dict)  # translation.language_tokens
+
+    def set(self, codes: Sequence[str]) -> None:
+        """Translate into `codes` from the next segment on (none: stop translating);
+        UnsupportedLanguageError lists the supported codes, and then nothing changes."""
+        try:
+            targets = self.translator.languages(codes, overrides=self.overrides)
+        except UnsupportedLanguageError as exc:
+            supported = ", ".join(sorted({*self.translator.supported_languages(),
+                                          *self.overrides}))
+            raise UnsupportedLanguageError(
+                f"{self.translator.model_id!r} cannot translate into {', '.join(codes)}; "
+                f"choose one of: {supported}") from exc
+        self.selection.set(targets)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStages:
+    """What `task_stages` yields."""
+
+    factories: list[StageFactory]
+    keywords: KeywordSelection | None = None  # None: keyword spotting is off
+    languages: LanguageSwitch | None = None  # None: translation is off
 
 
 def load_spotter(model: str, device_type: str, dtype: str) -> KeywordSpotter:
@@ -53,22 +91,34 @@ def keyword_options(config: HarkenConfig, labels: Sequence[str], *,
     return keywords, trigger, spotting
 
 
-def keyword_stages(config: HarkenConfig, spotter: KeywordSpotter) -> StageFactory:
-    keywords, trigger, spotting = keyword_options(config, spotter.labels,
-                                                  model_id=spotter.model_id)
+def keyword_selection(config: HarkenConfig, spotter: KeywordSpotter) -> KeywordSelection:
+    keywords, _, _ = keyword_options(config, spotter.labels, model_id=spotter.model_id)
+    return KeywordSelection(labels=spotter.labels, keywords=keywords, model_id=spotter.model_id)
+
+
+def keyword_stages(config: HarkenConfig, spotter: KeywordSpotter, *,
+                   selection: KeywordSelection | None = None) -> StageFactory:
+    """One KeywordStage per stream, all following `selection` (default: the configured
+    keywords, fixed)."""
+    _, trigger, spotting = keyword_options(config, spotter.labels, model_id=spotter.model_id)
+    shared = selection if selection is not None else keyword_selection(config, spotter)
 
     def make(ctx: StageContext) -> Stage:
         return KeywordStage(stream=ctx.stream, spotter=spotter, worker=ctx.worker,
-                            keywords=keywords, trigger=trigger, options=spotting, live=ctx.live,
-                            arrivals=ctx.arrivals)
+                            selection=shared, trigger=trigger, options=spotting,
+                            live=ctx.live, arrivals=ctx.arrivals)
 
     return make
 
 
 def translation_stages(translator: SpeechTranslator, targets: Sequence[TargetLanguage],
-                       generator: GenerationWorker) -> StageFactory:
+                       generator: GenerationWorker, *,
+                       selection: TargetSelection | None = None) -> StageFactory:
+    """One TranslationStage per stream, all following `selection` (default: `targets`)."""
+    shared = selection if selection is not None else TargetSelection(targets=targets)
+
     def make(ctx: StageContext) -> Stage:
-        return TranslationStage(stream=ctx.stream, translator=translator, targets=targets,
+        return TranslationStage(stream=ctx.stream, translator=translator, selection=shared,
                                 generator=generator, live=ctx.live, arrivals=ctx.arrivals)
 
     return make
@@ -79,17 +129,19 @@ async def task_stages(config: HarkenConfig, *, spotter: KeywordSpotter | None = 
                       translator: SpeechTranslator | None = None,
                       spotter_loader: SpotterLoader = load_spotter,
                       translator_loader: TranslatorLoader = load_translator,
-                      ) -> AsyncIterator[list[StageFactory]]:
+                      ) -> AsyncIterator[TaskStages]:
     """Stage factories of the enabled keyword and translation tasks (none when both are off)."""
     c = config
     factories: list[StageFactory] = []
+    keywords: KeywordSelection | None = None
     if c.keywords.enabled:
         if spotter is None:
             spotter = await asyncio.to_thread(spotter_loader, c.keywords.model,
                                               c.compute.device_type, c.compute.dtype)
-        factories.append(keyword_stages(config, spotter))
+        keywords = keyword_selection(config, spotter)
+        factories.append(keyword_stages(config, spotter, selection=keywords))
     if not c.translation.languages:
-        yield factories
+        yield TaskStages(factories=factories, keywords=keywords)
         return
     if translator is None:
         translator = await asyncio.to_thread(translator_loader, c.translation.model,
@@ -98,9 +150,13 @@ async def task_stages(config: HarkenConfig, *, spotter: KeywordSpotter | None = 
                                            max_new_tokens=c.translation.max_new_tokens)
     targets = translator.languages(c.translation.languages,
                                    overrides=c.translation.language_tokens)
+    languages = LanguageSwitch(translator=translator,
+                               selection=TargetSelection(targets=targets),
+                               overrides=dict(c.translation.language_tokens))
     async with GenerationWorker(name=str(translator.device)) as generator:
-        factories.append(translation_stages(translator, targets, generator))
-        yield factories
+        factories.append(translation_stages(translator, targets, generator,
+                                            selection=languages.selection))
+        yield TaskStages(factories=factories, keywords=keywords, languages=languages)
 
 
 def translated_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],

@@ -77,7 +77,8 @@ class RunnableSession(Protocol):
     """What the app runs: factory.Session, or a scripted fake in tests.
 
     `engine` is None until the engine runs (the model loads first). A session that can
-    switch diarization also has `set_diarization(on: bool)`; without it, `d` says so.
+    switch diarization also has `set_diarization(on: bool)` (factory.Session has; it works
+    when the session was started with --diarize); otherwise `d` says how to get it.
     """
 
     @property
@@ -144,7 +145,7 @@ class HarkenApp(App[int]):
         self._mqtt = list(mqtt_sinks)
         self._session_task: asyncio.Task[None] | None = None
         self._state = "loading"
-        self._diarization = False
+        self._diarization = config.speakers.enabled  # --diarize starts it on; `d` switches
         self._device_known = False
 
     # ---- layout -------------------------------------------------------------------------
@@ -357,10 +358,10 @@ class HarkenApp(App[int]):
 
     def action_toggle_diarization(self) -> None:
         control = getattr(self.session, "set_diarization", None)
-        if not callable(control):
-            why = ("it runs for the whole session (started with --diarize); switching it "
-                   "while running is not supported yet") if self.config.speakers.enabled else \
-                "start `harken run --diarize` to label speakers"
+        if not self.config.speakers.enabled or not callable(control):
+            why = ("this session cannot switch it while running" if
+                   self.config.speakers.enabled else
+                   "start `harken run --diarize` to label speakers")
             self.notify(f"Diarization cannot be switched here: {why}.", title="Diarization",
                         severity="warning")
             return

@@ -10,6 +10,9 @@ together, so they share one forward pass.
 Files and `--fast` (`live=False`) score every window in order, so hits never depend on timing.
 Live runs score at most `max_windows_per_step` windows per step, the newest, and count the
 skipped ones; a skip breaks the trigger's runs (see models/triggers.py).
+
+The keyword list is a `KeywordSelection` that every stream of a session shares: switching it
+(the MQTT control topic) takes effect from the next window each stream scores.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from harken.engine.events import Event, Keyword, StreamError
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceError, InferenceWorker
 from harken.models.audio import SAMPLE_RATE
-from harken.models.keywords import WINDOW_S
+from harken.models.keywords import WINDOW_S, KeywordError, is_background_label
 from harken.models.triggers import KeywordTrigger, ScoredWindow, TriggerOptions
 
 DEFAULT_HOP_S = 0.2  # s between window starts
@@ -83,22 +86,72 @@ class Spotter(Protocol):
     def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
+class KeywordSelection:
+    """The keywords a session spots, shared by the stages of all its streams.
+
+    `set` replaces the list in one assignment of an immutable tuple, so a stage sees the old
+    list or the new one, never a mix; streams created later start with the current one.
+    """
+
+    def __init__(self, *, labels: Sequence[str], keywords: Sequence[str],
+                 model_id: str) -> None:
+        unknown = [k for k in keywords if k not in labels]
+        if unknown:
+            raise ValueError(f"keywords {unknown} are not labels of {model_id!r}")
+        if not keywords:
+            raise ValueError("keyword spotting needs at least one keyword")
+        self.model_id = model_id
+        self.labels = tuple(labels)
+        self.spottable = tuple(label for label in labels if not is_background_label(label))
+        self._keywords = tuple(keywords)
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        return self._keywords
+
+    def set(self, requested: Sequence[str]) -> tuple[str, ...]:
+        """Switch to `requested` (labels of the model, any case); KeywordError names the
+        valid ones if any is not, and then nothing changes."""
+        choose = f"choose from {', '.join(self.spottable)}"
+        if not requested:
+            raise KeywordError(f"an empty keyword list would spot nothing; {choose}")
+        by_lower = {label.lower(): label for label in self.spottable}
+        chosen: list[str] = []
+        bad: list[str] = []
+        for word in requested:
+            label = by_lower.get(word.strip().lower())
+            if label is None:
+                bad.append(word)
+            elif label not in chosen:
+                chosen.append(label)
+        if bad:
+            background = [w for w in bad if w.strip() in self.labels]
+            why = (f"{background} are background classes that never fire"
+                   if background == bad else f"{self.model_id!r} cannot spot {bad}")
+            raise KeywordError(f"{why}; {choose}")
+        self._keywords = tuple(chosen)
+        return self._keywords
+
+
 class KeywordStage:
     """The keyword task on one stream (a `Stage` of engine/pipeline.py)."""
 
     name = "keywords"
 
     def __init__(self, *, stream: str, spotter: Spotter, worker: InferenceWorker,
-                 keywords: Sequence[str], trigger: TriggerOptions, options: SpottingOptions,
-                 live: bool, arrivals: ArrivalLog) -> None:
-        unknown = [k for k in keywords if k not in spotter.labels]
-        if unknown:
-            raise ValueError(f"keywords {unknown} are not labels of {spotter.model_id!r}")
+                 trigger: TriggerOptions, options: SpottingOptions, live: bool,
+                 arrivals: ArrivalLog, keywords: Sequence[str] = (),
+                 selection: KeywordSelection | None = None) -> None:
+        """`selection`: the session's shared, switchable list; else a fixed `keywords`."""
+        if selection is None:
+            selection = KeywordSelection(labels=spotter.labels, keywords=keywords,
+                                         model_id=spotter.model_id)
         self.stream = stream
         self.spotter = spotter
         self.options = options
         self.live = live
-        self.keywords = tuple(keywords)
+        self.selection = selection
+        self.keywords = selection.keywords
         self.latency = Percentiles()
         self.scored = 0
         self.skipped = 0
@@ -244,7 +297,14 @@ class KeywordStage:
         out[max(0, -offset): max(0, -offset) + len(piece)] = piece
         return out
 
+    def _follow_selection(self) -> None:
+        if self.selection.keywords != self.keywords:
+            self.keywords = self.selection.keywords
+            self._trigger.set_keywords(self.keywords)
+            self._index = {k: self.spotter.labels.index(k) for k in self.keywords}
+
     async def _score(self, starts: list[int]) -> list[Event]:
+        self._follow_selection()
         if not starts:
             self._trim()
             return []

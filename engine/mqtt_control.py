@@ -28,6 +28,10 @@ MAX_KEYWORDS = 64
 MAX_KEYWORD_CHARS = 64
 COMMANDS = ("pause", "resume", "keywords", "translation")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
+KEYWORDS_NOT_RUNNING = ("keyword spotting is not running in this Harken session, so there is "
+                        "no keyword list to change; start Harken with the keyword task enabled")
+TRANSLATION_NOT_RUNNING = ("live translation is not running in this Harken session; start "
+                           "Harken with the translation task enabled")
 
 
 class ControlError(HarkenError):
@@ -78,21 +82,26 @@ class Pausable(Protocol):
 
 @runtime_checkable
 class KeywordControl(Protocol):
-    """A target whose keyword spotter can take a new keyword list."""
+    """A target whose keyword spotter can take a new keyword list.
+
+    It raises ControlError for a list it cannot apply (code `invalid_argument`, or
+    `unsupported` while the task is not running) and then changes nothing.
+    """
 
     def set_keywords(self, keywords: Sequence[str]) -> None: ...
 
 
 @runtime_checkable
 class TranslationControl(Protocol):
-    """A target whose translator can switch (or stop, with None) its target language."""
+    """A target whose translator can switch (or stop, with None) its target language;
+    raises ControlError like KeywordControl."""
 
     def set_translation(self, language: str | None) -> None: ...
 
 
 @runtime_checkable
 class ControlledSink(Protocol):
-    """A sink with a control topic (MqttSink): the session binds it to its engine."""
+    """A sink with a control topic (MqttSink): the session binds it to itself."""
 
     def bind(self, control: Pausable) -> None: ...
 
@@ -189,24 +198,27 @@ def command_name(command: Command) -> str:
 
 
 def apply(command: Command, target: Pausable) -> None:
-    """Apply a parsed command; ControlError (code `unsupported`) if the task is not running."""
+    """Apply a parsed command; ControlError (code `unsupported`) if the task is not running,
+    or the target's own ControlError, with the command's name and id filled in."""
+    try:
+        _apply(command, target)
+    except ControlError as err:
+        raise ControlError(str(err), code=err.code, command=command_name(command),
+                           request_id=command.id) from err
+
+
+def _apply(command: Command, target: Pausable) -> None:
     if isinstance(command, Pause):
         target.pause()
     elif isinstance(command, Resume):
         target.resume()
     elif isinstance(command, SetKeywords):
         if not isinstance(target, KeywordControl):
-            raise ControlError("keyword spotting is not running in this Harken session, so "
-                               "there is no keyword list to change; start Harken with the "
-                               "keyword task enabled", code="unsupported",
-                               command="keywords", request_id=command.id)
+            raise ControlError(KEYWORDS_NOT_RUNNING, code="unsupported")
         target.set_keywords(command.keywords)
     else:
         if not isinstance(target, TranslationControl):
-            raise ControlError("live translation is not running in this Harken session; "
-                               "start Harken with the translation task enabled",
-                               code="unsupported", command="translation",
-                               request_id=command.id)
+            raise ControlError(TRANSLATION_NOT_RUNNING, code="unsupported")
         target.set_translation(command.language)
 
 

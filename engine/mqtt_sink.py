@@ -183,7 +183,8 @@ class MqttSink:
         }
 
     def bind(self, control: Pausable) -> None:
-        """The object control commands act on (usually the Engine)."""
+        """The object control commands act on: factory.Session (pause/resume, keywords,
+        translation), or a bare Engine (pause/resume only)."""
         self._control = control
 
     async def wait_connected(self, connected: bool = True) -> None:

@@ -12,6 +12,10 @@ binarised into turns; a turn closes at a pause (or a gap between VAD segments) a
 released, so a caption final of that segment can be labelled with its speaker
 (`annotate`, called by the engine for the events a segment end produces).
 
+A `DiarizationSwitch` shared by the session's streams turns the task off and on while it
+runs (the TUI's `d`): off, the stage releases the turns heard so far, then ignores new audio
+and labels no caption; on again, it goes on with the speakers it already knows.
+
 Files and --fast runs (`live=False`) analyse every step in order; live runs jump to the
 newest step when inference falls behind and count the steps skipped (the skipped windows'
 frames are still covered by the overlapping windows that ran).
@@ -216,6 +220,20 @@ def _fit_frames(activity: np.ndarray, n: int, width: int) -> np.ndarray:
     return np.concatenate([act, pad])
 
 
+class DiarizationSwitch:
+    """Diarization on or off for every stream of a session (one shared flag)."""
+
+    def __init__(self, *, on: bool = True) -> None:
+        self._on = on
+
+    @property
+    def on(self) -> bool:
+        return self._on
+
+    def set(self, on: bool) -> None:
+        self._on = on
+
+
 class SpeakerStage:
     """Diarization + identification on one stream (a `Stage` and an annotator)."""
 
@@ -224,8 +242,9 @@ class SpeakerStage:
     def __init__(self, *, stream: str, segmenter: Segmenter, embedder: Embedder,
                  worker: InferenceWorker, options: DiarizationOptions, live: bool,
                  arrivals: ArrivalLog, voiceprints: Sequence[Voiceprint] = (),
-                 notice: str | None = None) -> None:
+                 notice: str | None = None, switch: DiarizationSwitch | None = None) -> None:
         self.stream = stream
+        self.switch = switch if switch is not None else DiarizationSwitch()
         self.segmenter = segmenter
         self.embedder = embedder
         self.options = options
@@ -252,6 +271,8 @@ class SpeakerStage:
         self._done = 0  # speech-clock end of the last window analysed
         self._next_end = self._step
         self._history: collections.deque[_TurnSpan] = collections.deque(maxlen=TURNS_KEPT)
+        self._active = self.switch.on  # what the stage last acted on
+        self._flush_due = False  # switched off: release what was heard before
 
     # ------------------------------------------------------------------ Stage protocol
 
@@ -274,7 +295,8 @@ class SpeakerStage:
         pass  # the speech clock runs across segments: nothing to reset
 
     def on_audio(self, audio: SegmentAudio) -> None:
-        self._buffer.push(audio.start, audio.samples)
+        if self._switched_on():
+            self._buffer.push(audio.start, audio.samples)
 
     async def step(self) -> list[Event]:
         events: list[Event] = []
@@ -282,6 +304,12 @@ class SpeakerStage:
             events.append(StreamError(stream=self.stream, start=0.0, end=0.0,
                                       message=self._notice))
             self._notice = None
+        on = self._switched_on()
+        if self._flush_due:
+            self._flush_due = False
+            await self._finish(events, close=True)
+        if not on:
+            return events
         while self._buffer.end >= self._next_end:
             if self.live:
                 behind = (self._buffer.end - self._next_end) // self._step
@@ -297,28 +325,45 @@ class SpeakerStage:
     async def on_end(self, end: SegmentEnd) -> list[Event]:
         """Analyse the rest of the segment and release every frame heard so far."""
         events: list[Event] = []
-        if not self.live:
+        on = self._switched_on()
+        if not self.live or self._flush_due:
             events += await self.step()
+        if not on:
+            return events
         if not end.split:  # a gap follows: the next segment starts on the frame grid
             self._buffer.pad_to(self._frame)
+        await self._finish(events, close=not end.split)
+        return events
+
+    def _switched_on(self) -> bool:
+        """Whether diarization is on; notes a switch-off, whose flush the next step does."""
+        on = self.switch.on
+        if not on and self._active:
+            self._buffer.pad_to(self._frame)  # the audio ignored from here on is a gap
+            self._flush_due = True
+        self._active = on
+        return on
+
+    async def _finish(self, events: list[Event], *, close: bool) -> None:
+        """Analyse the buffered rest and release every frame heard so far; `close`: a gap
+        follows, so the open turns end too."""
         final = self._buffer.end // self._frame * self._frame
         if final > self._done:
             if self.live:
                 self.skipped_steps += max(0, (final - self._done - 1) // self._step)
             await self._analyse(final, events)
         events += self._release(self._done // self._frame)
-        if not end.split:  # a gap in the stream follows: no turn runs across it
+        if close:  # a gap in the stream follows: no turn runs across it
             events += self._turn_events(self._tracker.close())
         self._next_end = self._done + self._step
         self._prune()
-        return events
 
     # ------------------------------------------------------------------ annotation
 
     def annotate(self, event: Event) -> Event:
         """A caption final of this stream gets the speaker who talked most during it."""
         if not isinstance(event, CaptionFinal) or event.stream != self.stream \
-                or event.speaker is not None:
+                or event.speaker is not None or not self.switch.on:
             return event
         spans = list(self._history) + [self._span(t) for t in self._tracker.open_turns()]
         talk: dict[str, float] = {}

@@ -9,6 +9,10 @@ Files and `--fast` (`live=False`) translate every segment in order; a full backl
 stream wait (bounded memory, results independent of timing). Live runs keep only the newest
 waiting segment: when a new one ends while an older one still waits, the older one is
 skipped and counted (`translation_segments_skipped` in stats).
+
+The target languages are a `TargetSelection` that every stream of a session shares:
+switching them (the MQTT control topic) applies to the next segment translated; with none
+selected, segments are not translated at all.
 """
 
 from __future__ import annotations
@@ -87,6 +91,24 @@ class Translator(Protocol):
                   targets: Sequence[TargetLanguage]) -> list[TranslatedText]: ...
 
 
+class TargetSelection:
+    """The target languages of a session, shared by the stages of all its streams.
+
+    `set` replaces them in one assignment of an immutable tuple (empty: translation off);
+    checking codes against the model is the caller's job (SpeechTranslator.languages).
+    """
+
+    def __init__(self, *, targets: Sequence[TargetLanguage]) -> None:
+        self._targets = tuple(targets)
+
+    @property
+    def targets(self) -> tuple[TargetLanguage, ...]:
+        return self._targets
+
+    def set(self, targets: Sequence[TargetLanguage]) -> None:
+        self._targets = tuple(targets)
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     segment: int
@@ -100,13 +122,17 @@ class TranslationStage:
 
     name = "translation"
 
-    def __init__(self, *, stream: str, translator: Translator, targets: Sequence[TargetLanguage],
-                 generator: GenerationWorker, live: bool, arrivals: ArrivalLog) -> None:
-        if not targets:
-            raise ValueError("translation needs at least one target language")
+    def __init__(self, *, stream: str, translator: Translator, generator: GenerationWorker,
+                 live: bool, arrivals: ArrivalLog, targets: Sequence[TargetLanguage] = (),
+                 selection: TargetSelection | None = None) -> None:
+        """`selection`: the session's shared, switchable languages; else fixed `targets`."""
+        if selection is None:
+            if not targets:
+                raise ValueError("translation needs at least one target language")
+            selection = TargetSelection(targets=targets)
         self.stream = stream
         self.translator = translator
-        self.targets = tuple(targets)
+        self.selection = selection
         self.live = live
         self.latency = Percentiles()
         self.translated = 0
@@ -157,6 +183,8 @@ class TranslationStage:
         samples = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
         samples = samples[: max(0, end.end - self._seg_start)]
         self._pieces = []
+        if not self.selection.targets:
+            return []  # translation is switched off
         job = _Job(segment=end.segment, start=self._seg_start, end=end.end, samples=samples)
         if self.live:
             while len(self._jobs) >= self._backlog:
@@ -193,9 +221,12 @@ class TranslationStage:
 
     async def _translate(self, job: _Job) -> list[Event]:
         start_s, end_s = job.start / SAMPLE_RATE, job.end / SAMPLE_RATE
+        targets = self.selection.targets  # the languages chosen now, not at the segment's end
+        if not targets:
+            return []
         try:
             results = await self._generator.run(self.translator.translate, job.samples,
-                                                self.targets)
+                                                targets)
         except GenerationError as exc:
             self.failed += 1
             return [StreamError(stream=self.stream, start=start_s, end=end_s, message=str(exc))]

@@ -92,6 +92,14 @@ class KeywordTrigger:
         self._states = {k: _State() for k in self.keywords}
         self._last_start: int | None = None
 
+    def set_keywords(self, keywords: Sequence[str]) -> None:
+        """Spot `keywords` from the next window on; kept keywords keep their run and
+        refractory state, so switching the list never makes one fire twice for one word."""
+        if not keywords:
+            raise ValueError("a keyword trigger needs at least one keyword")
+        self.keywords = tuple(keywords)
+        self._states = {k: self._states.get(k) or _State() for k in self.keywords}
+
     def reset(self) -> None:
         """A gap in the windows: every run restarts (refractory times still hold)."""
         self._last_start = None

@@ -29,7 +29,7 @@ from tui_fakes import (
     stream_error,
 )
 
-from harken.app.config import CaptionsConfig, KeywordsConfig
+from harken.app.config import CaptionsConfig, KeywordsConfig, SpeakersConfig
 from harken.app.tui_app import (
     HarkenApp,
     RunnableSession,
@@ -255,7 +255,9 @@ async def test_diarization_key_says_when_unavailable(
     assert "--diarize" in shown[0]
 
 
-async def test_diarization_key_switches_a_session_that_can(tmp_path: Path) -> None:
+@pytest.mark.parametrize("diarize", [True, False])
+async def test_diarization_key_switches_a_session_started_with_diarize(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, diarize: bool) -> None:
     switched: list[bool] = []
 
     class DiarizingSession(ScriptedSession):
@@ -265,11 +267,21 @@ async def test_diarization_key_switches_a_session_that_can(tmp_path: Path) -> No
     def make(tui: Sink) -> RunnableSession:
         return DiarizingSession(demo_script(), [tui])
 
-    app = build_app(fake_config(tmp_path), stem=STREAM, session=make, device="test")
+    config = fake_config(tmp_path).model_copy(
+        update={"speakers": SpeakersConfig(enabled=diarize)})
+    app = build_app(config, stem=STREAM, session=make, device="test")
+    shown: list[str] = []
+    monkeypatch.setattr(app, "notify", lambda message, **kw: shown.append(message))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("d", "d")
         await pilot.pause()
-    assert switched == [True, False]
+    if diarize:  # --diarize starts it on: the first `d` turns it off
+        assert switched == [False, True]
+        assert shown == ["Diarization off.", "Diarization on."]
+    else:  # no speaker models were loaded: nothing to switch, say how to get them
+        assert switched == []
+        assert len(shown) == 2
+        assert all("--diarize" in m for m in shown)
 
 
 async def test_help_opens_and_closes(tmp_path: Path) -> None:
