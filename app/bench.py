@@ -28,12 +28,11 @@ import torch
 
 from harken.app import factory
 from harken.app.config import CaptionsConfig, HarkenConfig
-from harken.engine.audio import AudioBlock
 from harken.engine.captions import CaptionStage
 from harken.engine.errors import AudioFileError
 from harken.engine.events import Event
 from harken.engine.sources import FileSource
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions, VadSegmenter
+from harken.engine.vad import VadOptions, clip_segments
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
 from harken.models.compare import (
@@ -75,30 +74,9 @@ def load_bench_model(model: str, *, device_type: str, dtype: str) -> CtcCaptione
 
 
 def _segments(audio: np.ndarray, vad: VadOptions) -> list[np.ndarray]:
-    seg = VadSegmenter(vad)
-    pieces: dict[int, list[np.ndarray]] = {}
-    bounds: dict[int, tuple[int, int]] = {}
-    block = SAMPLE_RATE // 10
-    outputs = []
-    for start in range(0, len(audio), block):
-        outputs += seg.feed(AudioBlock(stream="b", start=start,
-                                       samples=audio[start:start + block]))
-    outputs += seg.flush()
-    for out in outputs:
-        if isinstance(out, SegmentStart):
-            pieces[out.segment] = []
-            bounds[out.segment] = (out.start, out.start)
-        elif isinstance(out, SegmentAudio):
-            pieces[out.segment].append(out.samples)
-        elif isinstance(out, SegmentEnd):
-            bounds[out.segment] = (bounds[out.segment][0], out.end)
-    result = []
-    for sid, parts in pieces.items():
-        start, end = bounds[sid]
-        samples = np.concatenate(parts)[: end - start] if parts else np.zeros(0, np.float32)
-        if len(samples) >= MIN_SEGMENT_S * SAMPLE_RATE:
-            result.append(samples)
-    return result
+    """The clip's VAD segments long enough for the quality comparison."""
+    return [seg for _, seg in clip_segments(audio, vad)
+            if len(seg) >= MIN_SEGMENT_S * SAMPLE_RATE]
 
 
 def _stream_segment(captioner: CtcCaptioner, samples: np.ndarray,

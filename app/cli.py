@@ -21,7 +21,7 @@ from harken.app.task_flags import (
     run_bench,
     run_eval_keywords,
 )
-from harken.models.errors import HarkenError
+from harken.models.errors import HarkenError, first_user_error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -360,15 +360,6 @@ def _find(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _first_user_error(exc: BaseException) -> HarkenError | None:
-    if isinstance(exc, HarkenError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_user_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _quiet_transformers() -> None:
@@ -391,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The reader went away (`harken run --jsonl | head`): stop quietly, like cat does.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_BROKEN_PIPE
-        error = _first_user_error(exc)
+        error = first_user_error(exc)
         if error is None or os.environ.get("HARKEN_DEBUG"):
             raise
         print(f"harken: error: {error}", file=sys.stderr)

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from harken.app.config import HarkenConfig
-from harken.engine.audio import AudioBlock
 from harken.engine.errors import AudioFileError
 from harken.engine.sources import FileSource, MicSource
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions, VadSegmenter
+from harken.engine.vad import VadOptions, clip_segments
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError
 
@@ -88,27 +87,7 @@ def record(config: HarkenConfig, seconds: float) -> np.ndarray:
 
 def speech_only(samples: np.ndarray, vad: VadOptions) -> np.ndarray:
     """The VAD speech segments of a clip, concatenated (each segment cut at its end)."""
-    segmenter = VadSegmenter(vad)
-    block = SAMPLE_RATE // 10
-    outputs = []
-    for start in range(0, len(samples), block):
-        outputs += segmenter.feed(AudioBlock(stream="clip", start=start,
-                                             samples=samples[start:start + block]))
-    outputs += segmenter.flush()
-    pieces: list[np.ndarray] = []
-    taken = 0  # stream position up to which speech was kept (splits re-send audio)
-    spans: dict[int, list[SegmentAudio]] = {}
-    for out in outputs:
-        if isinstance(out, SegmentStart):
-            spans[out.segment] = []
-        elif isinstance(out, SegmentAudio):
-            spans.setdefault(out.segment, []).append(out)
-        elif isinstance(out, SegmentEnd):
-            for audio in spans.pop(out.segment, []):
-                lo, hi = max(audio.start, taken), min(audio.end, out.end)
-                if hi > lo:
-                    pieces.append(audio.samples[lo - audio.start:hi - audio.start])
-                    taken = hi
+    pieces = [audio for _, audio in clip_segments(samples, vad)]
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
 

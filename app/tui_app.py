@@ -55,7 +55,7 @@ from harken.engine.mqtt_sink import MqttSink
 from harken.engine.pipeline import OpenableSource
 from harken.engine.sinks import Sink
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import HarkenError
+from harken.models.errors import HarkenError, first_user_error
 
 ERROR_NOTIFY_S = 10.0  # s an error notification stays up
 MQTT_POLL_S = 1.0  # s between looks at the MQTT sink's connection state
@@ -102,16 +102,6 @@ class AppInfo:
     outputs: tuple[str, ...] = ()  # files the run writes (--out)
 
 
-def user_error(exc: BaseException) -> HarkenError | None:
-    """The first HarkenError in `exc` (looking inside TaskGroup exception groups)."""
-    if isinstance(exc, HarkenError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = user_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 class HarkenApp(App[int]):
@@ -232,7 +222,7 @@ class HarkenApp(App[int]):
             await self.session.run()
         except Exception as exc:  # reported in the UI and, after exit, by the CLI
             self.failure = exc
-            found = user_error(exc)
+            found = first_user_error(exc)
             error = str(found) if found is not None else \
                 f"unexpected {type(exc).__name__}: {exc} (rerun with HARKEN_DEBUG=1 for details)"
         self.post_message(SessionEnded(error=error))

@@ -274,3 +274,32 @@ class VadSegmenter:
         self._in_speech = False
         self._prev_end = end
         self._voiced_window.clear()
+
+
+def clip_segments(samples: Float32Array, options: VadOptions | None = None, *,
+                  block_samples: int = SAMPLE_RATE // 10) -> list[tuple[int, Float32Array]]:
+    """The speech segments of a whole clip as (start sample, audio), each cut at its end.
+
+    For offline uses (benchmarks, enrollment, evaluation): the same segmenter as a live
+    stream, fed in blocks. Audio a split re-sends is kept once, in the later segment.
+    """
+    segmenter = VadSegmenter(options)
+    outputs: list[VadOutput] = []
+    for start in range(0, len(samples), block_samples):
+        outputs += segmenter.feed(AudioBlock(stream="clip", start=start,
+                                             samples=samples[start:start + block_samples]))
+    outputs += segmenter.flush()
+    pieces: dict[int, list[SegmentAudio]] = {}
+    starts: dict[int, int] = {}
+    result: list[tuple[int, Float32Array]] = []
+    for out in outputs:
+        if isinstance(out, SegmentStart):
+            pieces[out.segment], starts[out.segment] = [], out.start
+        elif isinstance(out, SegmentAudio):
+            pieces[out.segment].append(out)
+        else:
+            start = starts.pop(out.segment)
+            audio = np.concatenate([p.samples for p in pieces.pop(out.segment)] or
+                                   [np.zeros(0, np.float32)])
+            result.append((start, audio[: out.end - start]))
+    return result

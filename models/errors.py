@@ -21,3 +21,15 @@ class UnsupportedModelError(ModelError):
 
 class DeviceError(HarkenError):
     """The requested compute device (e.g. CUDA) is not available."""
+
+
+def first_user_error(exc: BaseException) -> HarkenError | None:
+    """The first HarkenError in `exc`, looking inside (TaskGroup) exception groups."""
+    if isinstance(exc, HarkenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_user_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -36,7 +36,6 @@ from harken.app.tui_app import (
     build_app,
     configured_models,
     outputs_label,
-    user_error,
 )
 from harken.app.tui_colours import PALETTE
 from harken.app.tui_help import HelpScreen
@@ -59,7 +58,7 @@ from harken.engine.sinks import Sink, SrtSink
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import HarkenError
+from harken.models.errors import HarkenError, first_user_error
 
 SIZE = (100, 30)
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample.wav"
@@ -240,7 +239,7 @@ async def test_engine_errors_are_notifications_not_crashes(
         await pilot.press("q")
     # The CLI re-raises the failure after the app closes (and prints the HarkenError in it).
     assert app.failure is not None
-    assert user_error(app.failure) is failure
+    assert first_user_error(app.failure) is failure
 
 
 async def test_diarization_key_says_when_unavailable(

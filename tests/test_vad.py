@@ -257,3 +257,35 @@ def test_gap_between_blocks_is_silence_and_overlap_is_rejected(speech: list[Audi
 def test_options_are_validated(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         VadOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_clip_segments_of_the_sample_match_its_two_sentences() -> None:
+    import soundfile as sf
+
+    from harken.engine.vad import clip_segments
+
+    root = Path(__file__).resolve().parent.parent
+    audio, rate = sf.read(str(root / "assets" / "sample.wav"), dtype="float32")
+    segments = clip_segments(audio)
+    assert rate == SR
+    assert len(segments) == 2
+    (s0, a0), (s1, a1) = segments
+    assert s0 < 0.5 * SR < s0 + len(a0) <= s1  # in order, not overlapping
+    np.testing.assert_array_equal(a1, audio[s1:s1 + len(a1)])  # the clip's own samples
+    assert len(a0) > 2 * SR
+    assert len(a1) > 2 * SR
+
+
+def test_clip_segments_keep_split_audio_once(speech: list[Audio]) -> None:
+    from harken.engine.vad import clip_segments
+
+    parts: list[Audio] = [silence(0.5)]
+    for i, clip in enumerate(speech):
+        parts += [clip, noise(0.2, 0.0005 * (i + 1), seed=i)]
+    x = np.concatenate([*parts, silence(1.0)])
+    segments = clip_segments(x, VadOptions(max_segment_s=8.0, split_search_s=2.0))
+    assert len(segments) >= 2
+    for (a_start, a), (b_start, _) in itertools.pairwise(segments):
+        assert a_start + len(a) == b_start  # split pieces abut: nothing doubled or lost
+    for start, audio in segments:
+        np.testing.assert_array_equal(audio, x[start:start + len(audio)])
