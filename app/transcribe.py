@@ -10,6 +10,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from harken.app import factory
 from harken.app.config import HarkenConfig
+from harken.app.speaker_stages import load_models
+from harken.app.task_stages import load_spotter, load_translator
 from harken.engine.events import Event
 from harken.engine.sinks import Sink
 from harken.engine.sources import FileSource
@@ -46,7 +48,15 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
     for path in files:  # a bad file fails now, not after a model load
         async with FileSource(path=path, stream_id="probe", realtime=False) as probe:
             durations[path] = probe.duration_s
+    c = config
+    # Every model loads once for all the files.
     captioner = await _load(config)
+    spotter = await asyncio.to_thread(load_spotter, c.keywords.model, c.compute.device_type,
+                                      c.compute.dtype) if c.keywords.enabled else None
+    translator = await asyncio.to_thread(load_translator, c.translation.model,
+                                         c.compute.device_type, c.compute.dtype) \
+        if c.translation.languages else None
+    speakers = await load_models(config) if c.speakers.enabled else None
     written: list[Path] = []
     used: set[str] = set()
     with Progress(TextColumn("{task.description}"), BarColumn(),
@@ -56,15 +66,17 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
             stem = _stem(path, used)
             source = FileSource(path=path, stream_id=stem, block_s=config.audio.block_s,
                                 realtime=False)
-            sinks: list[Sink] = factory.output_sinks(config, stem=stem,
-                                                     formats=config.output.formats)
+            outputs = factory.output_sinks(config, stem=stem, formats=config.output.formats)
+            sinks: list[Sink] = list(outputs)
             if progress:
                 task = bar.add_task(path.name, total=durations[path])
                 sinks.append(ProgressSink(progress=bar, task=task))
             session = factory.Session(config=config, sources=[source], sinks=sinks,
-                                      live=False, captioner=captioner)
+                                      live=False, captioner=captioner, spotter=spotter,
+                                      translator=translator, speakers=speakers)
             await session.run()
-            written += [config.output.dir / f"{stem}.{fmt}" for fmt in config.output.formats]
+            written += [out for sink in outputs
+                        if isinstance(out := getattr(sink, "path", None), Path)]
     return written
 
 

@@ -91,3 +91,30 @@ def test_config_show_reports_task_flags(capsys: pytest.CaptureFixture[str]) -> N
     assert shown["keywords.words"]["value"] == ["no", "stop"]
     assert shown["keywords.thresholds.stop"]["value"] == 0.95
     assert shown["translation.languages"] == {"value": ["de"], "from": "flag --translate"}
+
+
+def test_transcribe_loads_task_models_once_and_lists_every_file_written(
+        models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from harken.app import task_stages
+
+    loads: list[str] = []
+    real = task_stages.load_translator
+
+    def counting(model: str, device_type: str, dtype: str) -> object:
+        loads.append(model)
+        return real(model, device_type, dtype)
+
+    monkeypatch.setattr("harken.app.transcribe.load_translator", counting)
+    monkeypatch.setenv("HARKEN_TRANSLATION__MAX_NEW_TOKENS", "4")
+    second = tmp_path / "again.wav"
+    second.write_bytes(SAMPLE.read_bytes())
+    out = tmp_path / "out"
+    code = main(["transcribe", str(SAMPLE), str(second), "--out", str(out), "--format",
+                 "srt,jsonl", "--translate", "de", "--no-progress", *_model_flags(models)])
+    assert code == 0
+    assert loads == [str(models["translation"])]  # once, for both files
+    listed = sorted(Path(line).name for line in capsys.readouterr().out.split())
+    assert listed == sorted(p.name for p in out.iterdir()) == [
+        "again.de.srt", "again.jsonl", "again.srt", "sample.de.srt", "sample.jsonl",
+        "sample.srt"]
