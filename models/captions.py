@@ -94,6 +94,17 @@ def segment_stats(samples: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(np.sqrt(x.var() + NORM_EPSILON))
 
 
+def batchable(extractor: Any, config: Any) -> bool:
+    """Whether windows of different lengths may share one padded forward pass.
+
+    With an attention mask the (layer-norm) feature encoder ignores zero padding; group-norm
+    encoders normalise over time, so padding would change every frame. Data2VecAudio has a
+    mask but its positional convolutions leak padding into the last frames.
+    """
+    return (bool(getattr(extractor, "return_attention_mask", False))
+            and config.model_type not in PADDING_SENSITIVE_MODEL_TYPES)
+
+
 class CtcCaptioner:
     """A CTC speech encoder (HuBERT, Data2VecAudio, SEW-D, ...) with its tokenizer."""
 
@@ -121,13 +132,7 @@ class CtcCaptioner:
         self.device = device
         self.dtype = dtype
         self.geometry = FrameGeometry.from_config(model.config)
-        # With an attention mask the (layer-norm) feature encoder ignores zero padding, so
-        # different-length windows can share one forward pass; group-norm encoders normalise
-        # over time and padding would change every frame.
-        self.batchable = (
-            bool(getattr(extractor, "return_attention_mask", False))
-            and model.config.model_type not in PADDING_SENSITIVE_MODEL_TYPES
-        )
+        self.batchable = batchable(extractor, model.config)
         self.normalize = bool(getattr(extractor, "do_normalize", True))
         self.vocab_size = int(model.config.vocab_size)
         # Special tokens other than the word delimiter (<s>, </s>, <unk>) are never text: greedy

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from harken.models.captions import FrameGeometry
+from harken.models.captions import FrameGeometry, batchable
 from harken.models.loading import load_pretrained, resolve_device, resolve_dtype
 from harken.models.speakers import (
     audio_batch,
-    batchable,
     feature_extractor_of,
     load_feature_extractor,
 )

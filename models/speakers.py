@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.captions import PADDING_SENSITIVE_MODEL_TYPES, FrameGeometry
+from harken.models.captions import FrameGeometry, batchable
 from harken.models.clustering import FloatArray, l2_normalize
 from harken.models.errors import UnsupportedModelError
 from harken.models.loading import (
@@ -50,12 +50,6 @@ def load_feature_extractor(model_id: str, *, task: str) -> Any:
     from transformers import AutoFeatureExtractor
 
     return load_part(AutoFeatureExtractor, model_id, part="feature extractor", task=task)
-
-
-def batchable(extractor: Any, config: Any) -> bool:
-    """Whether windows of different lengths may share a forward pass (see models/captions)."""
-    return (bool(getattr(extractor, "return_attention_mask", False))
-            and config.model_type not in PADDING_SENSITIVE_MODEL_TYPES)
 
 
 def audio_batch(extractor: Any, windows: Sequence[np.ndarray], *, device: torch.device,

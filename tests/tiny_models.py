@@ -7,7 +7,6 @@ Wav2Vec2Processor, save them with save_pretrained and load them through the prod
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,10 @@ from transformers import (
     HubertModel,
     SEWDConfig,
     SEWDForCTC,
-    Wav2Vec2CTCTokenizer,
-    Wav2Vec2FeatureExtractor,
-    Wav2Vec2Processor,
 )
 
 from harken.models.audio import SAMPLE_RATE
+from harken.models.random_init import LIBRISPEECH_VOCAB, ctc_processor
 
 CTC_ARCHS = ("hubert", "data2vec-audio", "sew-d")
 
@@ -37,13 +34,11 @@ CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
 CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 CONV_DIM = (16,) * len(CONV_KERNEL)
 
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "|")
-LETTERS = tuple("ETAONIHSRDLUMWCFGYPBVK'XJQZ")
 SEED = 1234
 
 
 def _vocab() -> dict[str, int]:
-    return {token: index for index, token in enumerate(SPECIAL_TOKENS + LETTERS)}
+    return {token: index for index, token in enumerate(LIBRISPEECH_VOCAB)}
 
 
 def _common(layer_norm: bool) -> dict[str, Any]:
@@ -94,27 +89,8 @@ def _config(arch: str) -> tuple[Any, type[Any], bool]:
 
 
 def save_processor(folder: Path, *, layer_norm: bool) -> None:
-    """A real Wav2Vec2Processor (feature extractor + CTC tokenizer from a letter vocab)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder / "vocab.json"
-    vocab_file.write_text(json.dumps(_vocab()), encoding="utf-8")
-    tokenizer = Wav2Vec2CTCTokenizer(
-        str(vocab_file),
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        word_delimiter_token="|",
-    )
-    extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=SAMPLE_RATE,
-        padding_value=0.0,
-        do_normalize=True,
-        # Checkpoints with a layer-norm feature encoder accept padding + attention mask.
-        return_attention_mask=layer_norm,
-    )
-    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    """A real Wav2Vec2Processor (feature extractor + CTC tokenizer, LibriSpeech letters)."""
+    ctc_processor(layer_norm=layer_norm).save_pretrained(folder)
 
 
 def build_tiny_ctc(arch: str, folder: Path) -> Path:
