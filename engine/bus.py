@@ -50,17 +50,15 @@ class Subscription:
     def _replace(self, event: Event) -> None:
         """Queue full and `event` may be lost: keep the newest of its kind, count the loss."""
         self.dropped += 1
-        for i in range(len(self._items) - 1, -1, -1):
-            old = self._items[i]
-            if type(old) is type(event) and old.stream == event.stream:
-                self._items[i] = event
-                return
-        for i, old in enumerate(self._items):
-            if old.replaceable:
-                del self._items[i]
-                self._items.append(event)
-                return
-        # Only non-replaceable events queued: the new partial is the one that goes.
+        # The older one of its kind goes, else the oldest replaceable one; the newest always
+        # joins at the tail, so a consumer never sees it before events published earlier.
+        same = [i for i, old in enumerate(self._items)
+                if type(old) is type(event) and old.stream == event.stream]
+        victims = same or [i for i, old in enumerate(self._items) if old.replaceable]
+        if not victims:
+            return  # only non-replaceable events queued: the new one is what goes
+        del self._items[victims[0]]
+        self._items.append(event)
 
     async def _close(self) -> None:
         async with self._changed:

@@ -58,8 +58,8 @@ class ArrivalLog:
 
     def time_of(self, sample: int) -> float | None:
         """Arrival time of the block that carried `sample` (None if forgotten)."""
-        ends = list(self._ends)
-        i = bisect.bisect_left(ends, sample)
+        ends = self._ends
+        i = bisect.bisect_left(ends, sample)  # deques index in O(1) at the ends, O(n/64) inside
         if i >= len(ends):
             return self._times[-1] if self._times else None
         if i == 0 and sample < ends[0] - SAMPLE_RATE * 10:

@@ -203,9 +203,10 @@ class Engine:
                     await state.queue.put(block)
             except Exception as exc:  # re-raised below, once the audio we have is processed
                 failure = exc
-            finally:
-                for state in mine:
-                    await state.queue.put(None)
+        # Not in a `finally`: when the run is cancelled the processors are cancelled too, and
+        # a put into a full queue that nobody drains would hang the shutdown.
+        for state in mine:
+            await state.queue.put(None)
         if failure is not None:
             # A lost device must not lose the speech already captured: let the streams
             # finish (open segments end, finals are made), then fail the run.
@@ -241,7 +242,8 @@ class Engine:
                 await self._step(state)
             if state.last_end / SAMPLE_RATE >= next_stats or done:
                 await self.bus.publish(self._stats(state))
-                next_stats += self.options.stats_interval_s
+                interval = self.options.stats_interval_s
+                next_stats = (state.last_end / SAMPLE_RATE // interval + 1) * interval
         for stage in state.stages:  # optional hook: lets background() iterators finish
             on_stream_end = getattr(stage, "on_stream_end", None)
             if callable(on_stream_end):
@@ -317,7 +319,7 @@ class Engine:
             for attr in ("dropped_blocks", "overflows", "nonfinite_samples", "malformed_frames"):
                 value = getattr(source, attr, None)
                 if isinstance(value, int):
-                    counters[attr] = value
+                    counters[attr] = counters.get(attr, 0) + value
         arrived = state.arrivals.time_of(state.last_end)
         return Stats(
             stream=state.id, start=0.0, end=state.last_end / SAMPLE_RATE,

@@ -64,8 +64,9 @@ class GenerationWorker:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._executor is not None:
-            # Waits for a generation in flight: the thread cannot be interrupted safely.
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # Waits for a generation in flight (a thread cannot be interrupted safely), off
+            # the loop so that the UI and the other sinks keep running meanwhile.
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
             self._executor = None
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
@@ -74,7 +75,7 @@ class GenerationWorker:
         started = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except (RuntimeError, ValueError, MemoryError) as exc:
+        except Exception as exc:  # any model failure fails this segment, not the run
             raise GenerationError(f"translation failed on {self.name}: {exc}") from exc
         finally:
             self.busy_s += time.perf_counter() - started

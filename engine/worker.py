@@ -92,8 +92,9 @@ class InferenceWorker:
             if not req.future.done():
                 req.future.cancel()
         if self._executor is not None:
-            # Waits for a forward pass in flight: the thread cannot be interrupted safely.
-            self._executor.shutdown(wait=True)
+            # Waits for a forward pass in flight (a thread cannot be interrupted safely), off
+            # the loop so that the UI and the other sinks keep running meanwhile.
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def encode(self, model: BatchEncoder, samples: np.ndarray) -> np.ndarray:
         if self._dispatcher is None:
@@ -106,18 +107,25 @@ class InferenceWorker:
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            requests = [await self._queue.get()]
-            while not self._queue.empty():
-                requests.append(self._queue.get_nowait())
-            groups: dict[Hashable, list[_Request]] = {}
+        requests: list[_Request] = []
+        try:
+            while True:
+                requests = [await self._queue.get()]
+                while not self._queue.empty():
+                    requests.append(self._queue.get_nowait())
+                groups: dict[Hashable, list[_Request]] = {}
+                for req in requests:
+                    if not req.future.cancelled():
+                        groups.setdefault(req.batch_key(), []).append(req)
+                for group in groups.values():
+                    for start in range(0, len(group), self.max_batch):
+                        await self._run(loop, group[start:start + self.max_batch])
+        finally:
+            # Nobody may wait forever on a request this loop took but will never run.
+            stopped = InferenceError(f"the {self.name} inference worker has stopped")
             for req in requests:
-                if not req.future.cancelled():
-                    groups.setdefault(req.batch_key(), []).append(req)
-            for group in groups.values():
-                for start in range(0, len(group), self.max_batch):
-                    batch = group[start:start + self.max_batch]
-                    await self._run(loop, batch)
+                if not req.future.done():
+                    req.future.set_exception(stopped)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         model = batch[0].model
@@ -125,7 +133,10 @@ class InferenceWorker:
         started = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, model.encode, windows)
-        except (RuntimeError, ValueError, MemoryError) as exc:
+            if len(outputs) != len(batch):
+                raise ValueError(f"the model returned {len(outputs)} results for "
+                                 f"{len(batch)} windows")
+        except Exception as exc:  # any model failure fails its windows, never the worker
             error = InferenceError(f"inference failed on {self.name}: {exc}")
             error.__cause__ = exc
             for req in batch:

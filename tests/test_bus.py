@@ -76,3 +76,16 @@ async def test_close_ends_iteration_after_draining() -> None:
     await bus.publish(final(1))
     await bus.close()
     assert len(await collect(sub)) == 1
+
+
+async def test_a_replacing_partial_never_overtakes_earlier_events() -> None:
+    bus = EventBus()
+    sub = bus.subscribe("slow", maxsize=3)
+    await bus.publish(partial(1))
+    await bus.publish(final(1))
+    await bus.publish(CaptionPartial(stream="s", start=0.0, end=9.0, segment=2, text="seg2"))
+    await bus.publish(CaptionPartial(stream="s", start=0.0, end=9.5, segment=2, text="seg2+"))
+    await bus.close()
+    got = await collect(sub)
+    # The newest partial replaced the oldest one of its kind but joined at the tail.
+    assert [e.text for e in got] == ["f1", "seg2", "seg2+"]  # type: ignore[attr-defined]

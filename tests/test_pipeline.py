@@ -205,3 +205,43 @@ async def test_sinks_get_everything_queued_before_a_source_failure(
     finals = [e for e in sink.events if isinstance(e, CaptionFinal)]
     assert len(finals) == 2  # both sentences of the sample, the second closed by the flush
     assert isinstance(sink.events[-1], Stats)
+
+
+async def test_a_failing_stage_ends_a_fast_run_instead_of_hanging() -> None:
+    """Reading outpaces a slow stage, so the block queue is full when the stage fails."""
+
+    class SlowThenBroken(SegmentEcho):
+        steps = 0
+
+        async def step(self) -> list[Event]:
+            await asyncio.sleep(0.005)
+            SlowThenBroken.steps += 1
+            if SlowThenBroken.steps == 150:
+                raise KeyError("a bug in a stage")
+            return []
+
+    audio = np.tile(sample(), 8)  # 70 s: far more blocks than the queue holds
+    async with InferenceWorker(name="cpu") as worker:
+        engine = Engine(sources=[ListSource({"s": audio})], stages=[SlowThenBroken],
+                        worker=worker, options=EngineOptions(levels=False))
+        engine.subscribe("unread", maxsize=10_000)
+        with pytest.raises(ExceptionGroup) as err:
+            await asyncio.wait_for(engine.run(), timeout=30)
+    assert err.group_contains(KeyError)
+
+
+async def test_cancelling_a_fast_run_returns_promptly() -> None:
+    class Slow(SegmentEcho):
+        async def step(self) -> list[Event]:
+            await asyncio.sleep(0.005)
+            return []
+
+    async with InferenceWorker(name="cpu") as worker:
+        engine = Engine(sources=[ListSource({"s": np.tile(sample(), 8)})], stages=[Slow],
+                        worker=worker, options=EngineOptions(levels=False))
+        engine.subscribe("unread", maxsize=10_000)
+        task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.5)
+        task.cancel()  # what Ctrl-C does
+        done, _ = await asyncio.wait({task}, timeout=10)
+    assert task in done and task.cancelled()

@@ -82,3 +82,21 @@ async def test_use_outside_async_with_is_an_error() -> None:
     worker = InferenceWorker(name="cpu")
     with pytest.raises(RuntimeError, match="async with"):
         await worker.encode(FakeModel(batchable=True), np.zeros(1, np.float32))
+
+
+async def test_any_model_exception_fails_only_its_windows() -> None:
+    class Buggy(FakeModel):
+        def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+            raise KeyError("input_values")
+
+    class Short(FakeModel):
+        def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+            return []  # fewer results than windows
+
+    good = FakeModel(batchable=True)
+    async with InferenceWorker(name="cpu") as worker:
+        for model in (Buggy(batchable=True), Short(batchable=True)):
+            with pytest.raises(InferenceError):
+                await asyncio.wait_for(worker.encode(model, np.zeros(4, np.float32)), 5)
+        out = await asyncio.wait_for(worker.encode(good, np.ones(4, np.float32)), 5)
+    assert float(out[0]) == 1.0
