@@ -254,13 +254,14 @@ class StreamingCtc:
             n_newly_final = fresh.shape[0]
         else:
             # Frame j is final when it has R of right context (its audio end + R fits in the
-            # window) and L + hop + R of context in all. Inside a segment the left context is L by
-            # construction; at the segment start there is less, so frames wait for a window of
-            # L + hop + R and get the extra right context instead, as chunked inference does.
-            context = window.end - window.start - self.geometry.receptive_samples
+            # window). Inside a segment (window.start > 0) the window starts L before the first
+            # open frame, so the left context is there by construction. At the segment start
+            # there is less, so frames wait for a window of L + hop + R and get the extra right
+            # context instead, as chunked inference does.
             limit = window.end - self.options.right_samples - self.geometry.receptive_samples
             opts = self.options
-            enough = context >= opts.left_samples + opts.right_samples + opts.hop_samples
+            enough = window.start > 0 or window.end - window.start >= (
+                opts.left_samples + opts.right_samples + opts.hop_samples)
             n_final_total = 0 if limit < 0 or not enough else limit // frame + 1
             n_newly_final = max(0, min(fresh.shape[0], n_final_total - self.n_final_frames))
         self._finalize(fresh[:n_newly_final])
