@@ -11,8 +11,8 @@ import re
 from collections.abc import AsyncIterable
 from pathlib import Path
 
-from harken.engine.errors import SinkError
 from harken.engine.events import Event, SpeakerTurn
+from harken.engine.textfile import TextFile
 
 _SPACE = re.compile(r"\s+")
 
@@ -38,12 +38,7 @@ class RttmSink:
         self.uri = uri
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            out = self.path.open("w", encoding="utf-8", newline="\n")
-        except OSError as exc:
-            raise SinkError(f"cannot write {self.path}: {exc.strerror or exc}. Choose another "
-                            "folder with --out.") from exc
+        out = TextFile(self.path)
         try:
             async for event in events:
                 if isinstance(event, SpeakerTurn):

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import IO, Protocol
 
-from harken.engine.errors import SinkError
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
@@ -33,6 +32,7 @@ from harken.engine.subtitles import (
     srt_block,
     vtt_block,
 )
+from harken.engine.textfile import TextFile
 
 FILE_FORMATS = ("srt", "vtt", "jsonl", "txt", "rttm")
 
@@ -43,14 +43,8 @@ class Sink(Protocol):
     async def consume(self, events: AsyncIterable[Event]) -> None: ...
 
 
-def _open(path: Path) -> IO[str]:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("w", encoding="utf-8", newline="\n")
-    except OSError as exc:
-        raise SinkError(
-            f"cannot write {path}: {exc.strerror or exc}. Choose another folder with --out."
-        ) from exc
+def _open(path: Path) -> TextFile:
+    return TextFile(path)
 
 
 class JsonlSink:

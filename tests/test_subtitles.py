@@ -74,3 +74,26 @@ async def test_file_is_closed_and_flushed_on_cancel(tmp_path: Path) -> None:
     task.cancel()  # what Ctrl-C does to the sink tasks
     await asyncio.gather(task, return_exceptions=True)
     assert "word0 word1" in (tmp_path / "c.srt").read_text()
+
+
+async def test_a_full_disk_is_a_clear_error_not_a_traceback() -> None:
+    import asyncio
+    import os
+
+    import pytest
+
+    from harken.engine.errors import SinkError
+    from harken.engine.textfile import TextFile
+
+    full = Path("/dev/full")  # every write fails with ENOSPC, like a full disk
+    if not os.path.exists(full):
+        pytest.skip("/dev/full is Linux-only")
+    bus = EventBus()
+    sub = bus.subscribe("srt")
+    task = asyncio.create_task(SrtSink(path=full).consume(sub))
+    await bus.publish(final_with_words(2))
+    await bus.close()
+    with pytest.raises(SinkError, match=r"/dev/full.*space"):
+        await task
+    with pytest.raises(SinkError, match="cannot create"):
+        TextFile(Path("/proc/no-such-dir/x.srt"))
