@@ -78,7 +78,7 @@ async def test_file_is_closed_and_flushed_on_cancel(tmp_path: Path) -> None:
 
 async def test_a_full_disk_is_a_clear_error_not_a_traceback() -> None:
     import asyncio
-    import os
+    import sys
 
     import pytest
 
@@ -86,7 +86,7 @@ async def test_a_full_disk_is_a_clear_error_not_a_traceback() -> None:
     from harken.engine.textfile import TextFile
 
     full = Path("/dev/full")  # every write fails with ENOSPC, like a full disk
-    if not os.path.exists(full):
+    if sys.platform != "linux":
         pytest.skip("/dev/full is Linux-only")
     bus = EventBus()
     sub = bus.subscribe("srt")
