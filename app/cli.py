@@ -285,26 +285,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_files(paths: Sequence[Path]) -> None:
-    """Opens each input before torch is even imported: a bad file fails in a blink."""
+def _check_files(paths: Sequence[Path]) -> dict[Path, float]:
+    """Opens each input before torch is even imported: a bad file fails in a blink.
+    Returns each file's duration in seconds (from its header)."""
     from harken.engine.sources import FileSource
+
+    durations: dict[Path, float] = {}
 
     async def check() -> None:
         for path in paths:
-            async with FileSource(path=path, stream_id="check"):
-                pass
+            async with FileSource(path=path, stream_id="check") as source:
+                durations[path] = source.duration_s
 
     asyncio.run(check())
+    return durations
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     config = _load(args).config
-    _check_files(args.files)
+    durations = _check_files(args.files)
     from harken.app.transcribe import transcribe_files
 
     speaker_cli.check_formats(config, config.output.formats)  # before any model loads
     show_progress = not args.no_progress and sys.stderr.isatty()
-    written = asyncio.run(transcribe_files(config, args.files, progress=show_progress))
+    written = asyncio.run(transcribe_files(config, args.files, progress=show_progress,
+                                           durations=durations))
     for path in written:
         print(path)
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -41,13 +41,18 @@ def _stem(path: Path, used: set[str]) -> str:
     return candidate
 
 
-async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *,
-                           progress: bool) -> list[Path]:
-    """Transcribes each file in turn (the model is loaded once); returns the files written."""
-    durations = {}
-    for path in files:  # a bad file fails now, not after a model load
-        async with FileSource(path=path, stream_id="probe", realtime=False) as probe:
-            durations[path] = probe.duration_s
+async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progress: bool,
+                           durations: Mapping[Path, float] | None = None) -> list[Path]:
+    """Transcribes each file in turn (the models load once); returns the files written.
+
+    `durations`: each file's length from an earlier check; without it every file is opened
+    here first, so that a bad file fails before any model loads."""
+    if durations is None:
+        found = {}
+        for path in files:
+            async with FileSource(path=path, stream_id="probe", realtime=False) as probe:
+                found[path] = probe.duration_s
+        durations = found
     c = config
     # Every model loads once for all the files.
     captioner = await _load(config)

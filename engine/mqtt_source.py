@@ -266,10 +266,14 @@ class SatelliteSource:
         if site is None:
             site = _Site(id=site_id, rate=rate, resampler=StreamResampler(in_rate=rate))
             self._sites[site_id] = site
-        elif site.rate != rate:  # the satellite changed its format: start a new filter
+        elif site.rate != rate:
+            # The satellite changed its format: finish the old filter's tail, then a new one.
+            self._flush(site, silence=0)
             site.rate, site.resampler = rate, StreamResampler(in_rate=rate)
-        clean, bad = sanitize(site.resampler.process(samples))
+        # Clean before the filter: one NaN would smear over every output sample it touches.
+        clean_in, bad = sanitize(samples)
         self.nonfinite_samples += bad
+        clean = site.resampler.process(clean_in)
         site.last_frame = time.monotonic()
         site.needs_flush = True
         if clean.size:
@@ -284,11 +288,9 @@ class SatelliteSource:
     def _flush(self, site: _Site, *, silence: int) -> None:
         """Emit the site's open audio (the resampler's tail too), then `silence` samples."""
         tail = site.resampler.process(np.zeros(0, dtype=np.float32), last=True)
-        if tail.size:
-            clean, bad = sanitize(tail)
-            self.nonfinite_samples += bad
-            site.pending.append(clean)
-            site.pending_len += int(clean.size)
+        if tail.size:  # its input was sanitized already
+            site.pending.append(tail)
+            site.pending_len += int(tail.size)
         site.resampler = StreamResampler(in_rate=site.rate)  # the old one has ended
         if site.pending_len:
             self._emit(site, np.concatenate(site.pending))
