@@ -244,4 +244,5 @@ async def test_cancelling_a_fast_run_returns_promptly() -> None:
         await asyncio.sleep(0.5)
         task.cancel()  # what Ctrl-C does
         done, _ = await asyncio.wait({task}, timeout=10)
-    assert task in done and task.cancelled()
+    assert task in done
+    assert task.cancelled()
