@@ -30,7 +30,7 @@ from harken.app import factory
 from harken.app.config import CaptionsConfig, HarkenConfig
 from harken.engine.captions import CaptionStage
 from harken.engine.errors import AudioFileError
-from harken.engine.events import Event
+from harken.engine.events import CaptionFinal, Event
 from harken.engine.sources import FileSource
 from harken.engine.vad import VadOptions, clip_segments
 from harken.models.audio import SAMPLE_RATE
@@ -142,21 +142,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Collect:
+class EventCounter:
+    """A sink that counts the events of one type (benchmarks report them)."""
+
     name = "bench"
 
-    def __init__(self) -> None:
-        self.finals = 0
+    def __init__(self, *, kind: type[Event]) -> None:
+        self.kind = kind
+        self.count = 0
 
     async def consume(self, events: Any) -> None:
         async for event in events:
-            if isinstance(event, Event) and event.type == "caption_final":
-                self.finals += 1
+            if isinstance(event, self.kind):
+                self.count += 1
 
 
 async def _run_engine(captioner: CtcCaptioner, path: Path, *, realtime: bool,
                       config: HarkenConfig) -> dict[str, Any]:
-    collect = _Collect()
+    collect = EventCounter(kind=CaptionFinal)
     source = FileSource(path=path, stream_id="bench", realtime=realtime)
     session = factory.Session(config=config, sources=[source], sinks=[collect],
                               live=realtime, captioner=captioner)
@@ -178,7 +181,7 @@ async def _run_engine(captioner: CtcCaptioner, path: Path, *, realtime: bool,
         "final_latency_p50_s": _r(lat["final_latency_p50_s"]),
         "final_latency_p95_s": _r(lat["final_latency_p95_s"]),
         "segments": state.segments,
-        "finals": collect.finals,
+        "finals": collect.count,
         "steps_skipped": stage.skipped_steps,
         "windows": engine.worker.stats.windows,
     }

@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from harken.app.bench import _segments, _sync, bench_audio
+from harken.app.bench import EventCounter, _segments, _sync, bench_audio
 from harken.app.config import HarkenConfig, KeywordsConfig
 from harken.app.task_stages import keyword_stages
 from harken.engine.events import Keyword
@@ -68,21 +68,9 @@ def _pct(values: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if values else None
 
 
-class _CountHits:
-    name = "bench"
-
-    def __init__(self) -> None:
-        self.hits = 0
-
-    async def consume(self, events: Any) -> None:
-        async for event in events:
-            if isinstance(event, Keyword):
-                self.hits += 1
-
-
 async def _keyword_engine(spotter: KeywordSpotter, path: Path, config: HarkenConfig,
                           max_batch: int) -> dict[str, Any]:
-    sink = _CountHits()
+    sink = EventCounter(kind=Keyword)
     async with InferenceWorker(name=str(spotter.device), max_batch=max_batch) as worker:
         engine = Engine(sources=[FileSource(path=path, stream_id="bench", realtime=False)],
                         worker=worker, stages=[keyword_stages(config, spotter)],
@@ -107,7 +95,7 @@ async def _keyword_engine(spotter: KeywordSpotter, path: Path, config: HarkenCon
         "rtf": round(busy / audio_s, 4),
         "wall_s": round(wall, 2),
         "segments": state.segments,
-        "hits": sink.hits,
+        "hits": sink.count,
         "batch_sizes": dict(sorted(worker.stats.batch_sizes.items())),
     }
 
