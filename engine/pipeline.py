@@ -26,8 +26,8 @@ import numpy as np
 
 from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
-from harken.engine.captions import ArrivalLog
 from harken.engine.events import Event, Level, SpeechEnded, SpeechStarted, Stats
+from harken.engine.metrics import ArrivalLog
 from harken.engine.vad import (
     SegmentAudio,
     SegmentEnd,
@@ -44,7 +44,7 @@ STATS_INTERVAL_S = 5.0  # stream-clock seconds between stats events
 
 
 class AudioSource(Protocol):
-    """An opened-by-`async with` producer of 16 kHz mono blocks (engine/sources.py)."""
+    """An opened-by-`async with` producer of 16 kHz mono blocks (engine/sources/file.py)."""
 
     @property
     def description(self) -> str: ...

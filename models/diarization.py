@@ -15,13 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from harken.models.captions import FrameGeometry, batchable
+from harken.models.geometry import FrameGeometry, audio_batch, batchable
 from harken.models.loading import load_pretrained, resolve_device, resolve_dtype
-from harken.models.speakers import (
-    audio_batch,
-    feature_extractor_of,
-    load_feature_extractor,
-)
+from harken.models.speakers import feature_extractor_of, load_feature_extractor
 
 TASK = "diarization"  # names the --diarization-model flag in loading errors
 

@@ -1,4 +1,4 @@
-"""Typed errors shared by every layer. Each message names the fix."""
+"""Every typed error of Harken, one hierarchy under HarkenError. Each message names the fix."""
 
 from __future__ import annotations
 
@@ -21,6 +21,26 @@ class UnsupportedModelError(ModelError):
 
 class DeviceError(HarkenError):
     """The requested compute device (e.g. CUDA) is not available."""
+
+
+class KeywordError(HarkenError):
+    """A requested keyword is not one the model can spot."""
+
+
+class SourceError(HarkenError):
+    """Audio input could not be opened or read."""
+
+
+class AudioFileError(SourceError):
+    """A file is missing, empty, not audio, truncated or unreadable."""
+
+
+class AudioDeviceError(SourceError):
+    """No PortAudio, no such input device, or the device went away."""
+
+
+class SinkError(HarkenError):
+    """An output could not be written."""
 
 
 def first_user_error(exc: BaseException) -> HarkenError | None:

@@ -15,21 +15,12 @@ import numpy as np
 import torch
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import HarkenError, UnsupportedModelError
+from harken.models.errors import KeywordError, UnsupportedModelError
 from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
+from harken.models.triggers import is_background_label
 
 TASK = "keywords"
-WINDOW_S = 1.0  # s: Speech Commands clips, and so the models trained on them, are 1 s long
 _PLACEHOLDER_LABEL = re.compile(r"^LABEL_\d+$")  # what transformers writes when none were given
-
-
-class KeywordError(HarkenError):
-    """A requested keyword is not one the model can spot."""
-
-
-def is_background_label(label: str) -> bool:
-    """`_silence_`, `_unknown_` and the like: classes that mean "no keyword"."""
-    return len(label) > 2 and label.startswith("_") and label.endswith("_")
 
 
 def model_labels(config: Any) -> tuple[str, ...]:

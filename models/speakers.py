@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.captions import FrameGeometry, batchable
 from harken.models.clustering import FloatArray, l2_normalize
 from harken.models.errors import UnsupportedModelError
+from harken.models.geometry import FrameGeometry, audio_batch, batchable
 from harken.models.loading import (
     load_part,
     load_pretrained,
@@ -50,24 +50,6 @@ def load_feature_extractor(model_id: str, *, task: str) -> Any:
     from transformers import AutoFeatureExtractor
 
     return load_part(AutoFeatureExtractor, model_id, part="feature extractor", task=task)
-
-
-def audio_batch(extractor: Any, windows: Sequence[np.ndarray], *, device: torch.device,
-                dtype: torch.dtype, batched: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """input_values (and attention_mask where the model takes padding) for a batch."""
-    lengths = {len(w) for w in windows}
-    if len(lengths) > 1 and not batched:
-        raise ValueError(
-            f"this model's feature encoder normalises over time, so zero padding would change "
-            f"its output: batch only windows of equal length (got {sorted(lengths)})"
-        )
-    inputs = extractor([np.asarray(w, dtype=np.float32) for w in windows],
-                       sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="pt")
-    values = inputs["input_values"].to(device, dtype=dtype)
-    kwargs: dict[str, torch.Tensor] = {}
-    if batched and "attention_mask" in inputs:
-        kwargs["attention_mask"] = inputs["attention_mask"].to(device)
-    return values, kwargs
 
 
 class XVectorEmbedder:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.captions import NORM_EPSILON, FrameGeometry
+from harken.models.geometry import FrameGeometry, normalization_std, normalize_window
 
 HOP_S = 0.5  # seconds between successive windows (caption update rate)
 LEFT_CONTEXT_S = 2.0  # seconds of already-final audio re-encoded as left context
@@ -202,8 +202,7 @@ class StreamingCtc:
             self._move_stats(end)
             mean = self._sum / end if end else 0.0
             var = max(0.0, self._sum_sq / end - mean * mean) if end else 0.0
-            std = np.sqrt(var + NORM_EPSILON)
-            samples = ((samples.astype(np.float64) - mean) / std).astype(np.float32)
+            samples = normalize_window(samples, mean=mean, std=normalization_std(var))
         else:
             samples = samples.copy()
         return Window(step=step, start=start, end=end, samples=samples, final=final)

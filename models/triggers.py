@@ -18,6 +18,14 @@ from dataclasses import dataclass, field
 
 from harken.models.audio import SAMPLE_RATE
 
+WINDOW_S = 1.0  # s: Speech Commands clips, and so the models trained on them, are 1 s long
+
+
+def is_background_label(label: str) -> bool:
+    """`_silence_`, `_unknown_` and the like: classes that mean "no keyword"."""
+    return len(label) > 2 and label.startswith("_") and label.endswith("_")
+
+
 DEFAULT_THRESHOLD = 0.8  # softmax probability
 DEFAULT_PATIENCE = 2  # consecutive windows
 DEFAULT_REFRACTORY_S = 1.0  # s after a hit window's end before the keyword may fire again

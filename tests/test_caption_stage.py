@@ -6,13 +6,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harken.engine.captions import ArrivalLog, CaptionStage
 from harken.engine.events import CaptionFinal, CaptionPartial
+from harken.engine.metrics import ArrivalLog
+from harken.engine.stages.captions import CaptionStage
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
-from harken.models.captions import FrameGeometry, Transcript
+from harken.models.geometry import FrameGeometry
 from harken.models.streaming import StreamingOptions
+from harken.models.transcript import Transcript
 
 VOCAB = 4
 

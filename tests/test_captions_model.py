@@ -10,7 +10,8 @@ import torch
 from tiny_models import speechlike_audio
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.captions import CtcCaptioner, FrameGeometry, normalize_window, segment_stats
+from harken.models.captions import CtcCaptioner
+from harken.models.geometry import FrameGeometry, normalize_window, segment_stats
 
 
 @pytest.fixture(scope="module")

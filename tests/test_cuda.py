@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny_models import speechlike_audio
 
+from harken.app.bench.compare import argmax_agreement, encode_whole
 from harken.models.captions import CtcCaptioner
-from harken.models.compare import argmax_agreement, encode_whole
 from harken.models.loading import resolve_device, resolve_dtype
 from harken.models.streaming import StreamingCtc, StreamingOptions
 

@@ -13,7 +13,7 @@ from tiny_task_models import build_tiny_keyword_model
 
 from harken.app.cli import main
 from harken.app.config import HarkenConfig
-from harken.app.eval_keywords import evaluate, fit_window
+from harken.app.eval.keywords import evaluate, fit_window
 from harken.models.audio import SAMPLE_RATE
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "audio" / "keywords"

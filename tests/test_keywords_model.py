@@ -9,9 +9,9 @@ import pytest
 from tiny_models import speechlike_audio
 from tiny_task_models import build_tiny_keyword_model
 
-from harken.models.errors import ModelNotFoundError, UnsupportedModelError
-from harken.models.keywords import KeywordError, KeywordSpotter, resolve_keywords
-from harken.models.random_tasks import SPEECH_COMMANDS_LABELS
+from harken.app.bench.architectures import SPEECH_COMMANDS_LABELS
+from harken.models.errors import KeywordError, ModelNotFoundError, UnsupportedModelError
+from harken.models.keywords import KeywordSpotter, resolve_keywords
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from tiny_models import speechlike_audio
 from tiny_task_models import build_tiny_keyword_model
 
 from harken.app.config import HarkenConfig, KeywordsConfig
-from harken.app.task_stages import keyword_options, keyword_stages
+from harken.app.tasks.keywords import keyword_options, keyword_stages
 from harken.engine.audio import AudioBlock
-from harken.engine.captions import ArrivalLog
 from harken.engine.events import Event, Keyword
-from harken.engine.keywords import KeywordStage, SpottingOptions
+from harken.engine.metrics import ArrivalLog
 from harken.engine.pipeline import Engine, EngineOptions
-from harken.engine.sources import FileSource
+from harken.engine.sources.file import FileSource
+from harken.engine.stages.keywords import KeywordStage, SpottingOptions
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions, VadSegmenter
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE

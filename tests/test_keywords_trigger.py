@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from harken.app.task_flags import parse_keywords
+from harken.app.flags import parse_keywords
 from harken.models.audio import SAMPLE_RATE
 from harken.models.triggers import KeywordHit, KeywordTrigger, ScoredWindow, TriggerOptions
 

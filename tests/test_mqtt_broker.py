@@ -30,7 +30,7 @@ from mosquitto import (
 from tui_fakes import KeywordEvent, SpeakerTurnEvent, TranslationEvent
 
 from harken.app.config import HarkenConfig, MqttConfig
-from harken.app.mqtt_setup import MqttSetup
+from harken.app.mqtt import MqttSetup
 from harken.engine.bus import EventBus
 from harken.engine.events import (
     CaptionFinal,
@@ -43,10 +43,10 @@ from harken.engine.events import (
     StreamError,
     Word,
 )
-from harken.engine.mqtt_broker import BrokerError, EmbeddedBroker, mosquitto_binary
-from harken.engine.mqtt_client import MqttConfigError, MqttSettings, TlsOptions
-from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
-from harken.engine.mqtt_topics import event_payload
+from harken.engine.mqtt.broker import BrokerError, EmbeddedBroker, mosquitto_binary
+from harken.engine.mqtt.client import MqttConfigError, MqttSettings, TlsOptions
+from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
+from harken.engine.mqtt.topics import event_payload
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)]
 
@@ -183,8 +183,8 @@ async def test_partials_are_rate_limited_per_stream(broker: Mosquitto) -> None:
 CHILD = """
 import asyncio, sys
 from harken.engine.bus import EventBus
-from harken.engine.mqtt_client import MqttSettings
-from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
+from harken.engine.mqtt.client import MqttSettings
+from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 
 async def main():
     sink = MqttSink(settings=MqttSettings(host="127.0.0.1", port=int(sys.argv[1])),

@@ -18,9 +18,9 @@ from audio_gen import HAVE_ESPEAK, espeak, silence, trim
 from mosquitto import MOSQUITTO, SKIP_REASON, WAIT_S, Listener, Mosquitto
 
 from harken.engine.events import CaptionFinal, Event, Stats
-from harken.engine.mqtt_client import MqttSettings
-from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
-from harken.engine.mqtt_source import SatelliteSource
+from harken.engine.mqtt.client import MqttSettings
+from harken.engine.mqtt.satellites import SatelliteSource
+from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker

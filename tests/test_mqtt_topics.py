@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from mosquitto import free_port
 
-from harken.app.cli import _load, build_parser
 from harken.app.config import ConfigError, HarkenConfig, MqttConfig
-from harken.app.mqtt_setup import MqttSetup, resolve_password, settings_from_url
+from harken.app.flags import build_parser
+from harken.app.flags import load as _load
+from harken.app.mqtt import MqttSetup, resolve_password, settings_from_url
 from harken.engine.bus import EventBus
 from harken.engine.events import (
     SCHEMA_VERSION,
@@ -25,8 +26,8 @@ from harken.engine.events import (
     Event,
     Word,
 )
-from harken.engine.mqtt_client import Backoff, MqttConfigError, MqttSettings, parse_url
-from harken.engine.mqtt_control import (
+from harken.engine.mqtt.client import Backoff, MqttConfigError, MqttSettings, parse_url
+from harken.engine.mqtt.control import (
     ControlError,
     Pause,
     Resume,
@@ -35,9 +36,9 @@ from harken.engine.mqtt_control import (
     apply,
     parse_command,
 )
-from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
-from harken.engine.mqtt_source import MalformedFrame, SatelliteSource, decode_wav
-from harken.engine.mqtt_topics import (
+from harken.engine.mqtt.satellites import MalformedFrame, SatelliteSource, decode_wav
+from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
+from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
     SiteTopics,
     TopicError,

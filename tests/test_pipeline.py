@@ -174,9 +174,10 @@ async def test_sinks_get_everything_queued_before_a_source_failure(
 ) -> None:
     """A device lost mid-run: what the engine produced before still reaches every sink."""
     from harken.app.config import HarkenConfig
-    from harken.app.factory import Session
-    from harken.engine.errors import AudioDeviceError
+    from harken.app.session import Session
+    from harken.app.tasks.loader import ModelLoader
     from harken.models.captions import CtcCaptioner
+    from harken.models.errors import AudioDeviceError
 
     class Unplugged(ListSource):
         async def blocks(self) -> AsyncIterator[AudioBlock]:
@@ -198,7 +199,8 @@ async def test_sinks_get_everything_queued_before_a_source_failure(
     sink = SlowSink()
     captioner = CtcCaptioner.from_pretrained(str(tiny_ctc_dirs["hubert"]), device="cpu")
     session = Session(config=HarkenConfig(), sources=[Unplugged({"s": sample()})],
-                      sinks=[sink], live=False, captioner=captioner)
+                      sinks=[sink], live=False,
+                      models=ModelLoader(captioner=captioner))
     with pytest.raises(ExceptionGroup) as err:
         await session.run()
     assert err.group_contains(AudioDeviceError)

@@ -18,23 +18,24 @@ from test_speakers_stage import script_audio as voices
 from tiny_models import speechlike_audio
 from tiny_task_models import build_tiny_translation_model
 
-from harken.app import factory
+from harken.app import session as factory
+from harken.app.bench.architectures import SPEECH_COMMANDS_LABELS
 from harken.app.config import HarkenConfig, KeywordsConfig, TranslationConfig
+from harken.app.tasks.loader import ModelLoader
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn
-from harken.engine.keywords import KeywordSelection
-from harken.engine.mqtt_client import MqttSettings
-from harken.engine.mqtt_control import ControlError, SetKeywords, SetTranslation, apply
-from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
+from harken.engine.mqtt.client import MqttSettings
+from harken.engine.mqtt.control import ControlError, SetKeywords, SetTranslation, apply
+from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
-from harken.engine.sources import FileSource
-from harken.engine.speakers import DiarizationSwitch, SpeakerStage
+from harken.engine.sources.file import FileSource
+from harken.engine.stages.keywords import KeywordSelection
+from harken.engine.stages.speakers import DiarizationSwitch, SpeakerStage
 from harken.engine.vad import SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
-from harken.models.keywords import KeywordError
-from harken.models.random_tasks import SPEECH_COMMANDS_LABELS
+from harken.models.errors import KeywordError
 from harken.models.translation import SpeechTranslator
 from harken.models.triggers import KeywordTrigger, ScoredWindow, TriggerOptions
 
@@ -103,8 +104,9 @@ async def test_mqtt_commands_switch_keywords_and_translation_of_a_running_sessio
                         options=MqttSinkOptions(site=SITE, backoff_initial_s=0.05,
                                                 backoff_max_s=0.2))
         session = factory.Session(config=config, sources=[source], sinks=[sink], live=False,
-                                  captioner=captioner, spotter=HearsEverything(),  # type: ignore[arg-type]
-                                  translator=translator)
+                                  models=ModelLoader(captioner=captioner,
+                                                     spotter=HearsEverything(),  # type: ignore[arg-type]
+                                                     translator=translator))
         base = f"harken/{SITE}"
 
         async def command(payload: bytes, request_id: str) -> None:

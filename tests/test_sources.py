@@ -21,8 +21,9 @@ import soundfile as sf
 from audio_gen import SR, peak_frequency, tone
 
 from harken.engine.audio import AudioBlock
-from harken.engine.errors import AudioDeviceError, AudioFileError
-from harken.engine.sources import FileSource, InputDevice, MicSource, list_input_devices
+from harken.engine.sources.file import FileSource
+from harken.engine.sources.mic import InputDevice, MicSource, list_input_devices
+from harken.models.errors import AudioDeviceError, AudioFileError
 
 BLOCK = 1600  # samples: 0.1 s at 16 kHz
 GUARD_S = 30.0  # s: no test may hang
@@ -457,7 +458,7 @@ def test_missing_portaudio_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_importing_sources_does_not_import_sounddevice() -> None:
-    code = "import sys, harken.engine.sources; print('sounddevice' in sys.modules)"
+    code = "import sys, harken.engine.sources.mic; print('sounddevice' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )

@@ -23,7 +23,7 @@ from audio_gen import HAVE_ESPEAK
 from tiny_speaker_models import build_tiny_segmenter, build_tiny_xvector, espeak_voice
 
 from harken.app.cli import main
-from harken.engine.rttm import rttm_line
+from harken.engine.sinks.rttm import rttm_line
 from harken.models.audio import SAMPLE_RATE
 
 pytestmark = pytest.mark.skipif(not HAVE_ESPEAK, reason="espeak-ng is not installed")
@@ -304,7 +304,7 @@ def test_bench_speakers_reports_step_time_and_memory(capsys: pytest.CaptureFixtu
 
 def test_speakers_config_defaults_and_validation() -> None:
     from harken.app.config import ConfigError, load_config
-    from harken.app.speaker_stages import diarization_options
+    from harken.app.tasks.speakers import diarization_options
 
     config = load_config().config
     assert (config.speakers.enabled, config.speakers.threshold) == (False, 0.7)

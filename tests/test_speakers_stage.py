@@ -18,16 +18,16 @@ import pytest
 import soundfile as sf
 from tiny_speaker_models import voice
 
-from harken.engine.captions import ArrivalLog
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn, StreamError
+from harken.engine.metrics import ArrivalLog
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
-from harken.engine.sources import FileSource
-from harken.engine.speakers import DiarizationOptions, SpeakerStage, SpeechBuffer
+from harken.engine.sources.file import FileSource
+from harken.engine.stages.speakers import DiarizationOptions, SpeakerStage, SpeechBuffer
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
-from harken.models.captions import FrameGeometry
 from harken.models.clustering import ClusteringOptions, Voiceprint
+from harken.models.geometry import FrameGeometry
 
 GEOMETRY = FrameGeometry(frame_samples=320, receptive_samples=400)
 SPLIT_HZ = 800.0  # the low voice lies below, the high one above

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from tiny_models import CTC_ARCHS, speechlike_audio
 
-from harken.models.audio import SAMPLE_RATE
-from harken.models.captions import CtcCaptioner, FrameGeometry, normalize_window, segment_stats
-from harken.models.compare import (
+from harken.app.bench.compare import (
     argmax_agreement,
     encode_whole,
     mean_abs_logprob_diff,
     pipeline_chunked_logprobs,
 )
+from harken.models.audio import SAMPLE_RATE
+from harken.models.captions import CtcCaptioner
+from harken.models.geometry import FrameGeometry, normalize_window, segment_stats
 from harken.models.streaming import StreamingCtc, StreamingOptions, Window
 
 GEOMETRY = FrameGeometry.from_conv([10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2])

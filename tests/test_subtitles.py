@@ -8,8 +8,8 @@ from pathlib import Path
 
 from harken.engine.bus import EventBus
 from harken.engine.events import CaptionFinal, CaptionPartial, Word
-from harken.engine.sinks import JsonlSink, SrtSink, TxtSink, VttSink
-from harken.engine.subtitles import MAX_CUE_CHARS, cues_from_final, timestamp, wrap_lines
+from harken.engine.sinks.files import JsonlSink, SrtSink, TxtSink, VttSink
+from harken.engine.sinks.subtitles import MAX_CUE_CHARS, cues_from_final, timestamp, wrap_lines
 
 
 def final_with_words(n: int, *, start: float = 1.0, speaker: str | None = None) -> CaptionFinal:
@@ -82,8 +82,8 @@ async def test_a_full_disk_is_a_clear_error_not_a_traceback() -> None:
 
     import pytest
 
-    from harken.engine.errors import SinkError
-    from harken.engine.textfile import TextFile
+    from harken.engine.sinks.textfile import TextFile
+    from harken.models.errors import SinkError
 
     full = Path("/dev/full")  # every write fails with ENOSPC, like a full disk
     if sys.platform != "linux":

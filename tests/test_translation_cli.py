@@ -96,16 +96,16 @@ def test_config_show_reports_task_flags(capsys: pytest.CaptureFixture[str]) -> N
 def test_transcribe_loads_task_models_once_and_lists_every_file_written(
         models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from harken.app import task_stages
+    from harken.app.tasks import translation
 
     loads: list[str] = []
-    real = task_stages.load_translator
+    real = translation.load_translator
 
     def counting(model: str, device_type: str, dtype: str) -> object:
         loads.append(model)
         return real(model, device_type, dtype)
 
-    monkeypatch.setattr("harken.app.transcribe.load_translator", counting)
+    monkeypatch.setattr("harken.app.tasks.translation.load_translator", counting)
     monkeypatch.setenv("HARKEN_TRANSLATION__MAX_NEW_TOKENS", "4")
     second = tmp_path / "again.wav"
     second.write_bytes(SAMPLE.read_bytes())

@@ -9,9 +9,9 @@ import torch
 from tiny_models import speechlike_audio
 from tiny_task_models import build_tiny_translation_model
 
+from harken.app.bench.architectures import mbart50_sized_tokenizer
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import UnsupportedModelError
-from harken.models.random_tasks import mbart50_sized_tokenizer
 from harken.models.translation import (
     GenerationOptions,
     SpeechTranslator,

@@ -17,15 +17,18 @@ import soundfile as sf
 from tiny_models import build_tiny_ctc, speechlike_audio
 from tiny_task_models import build_tiny_translation_model
 
-from harken.app import factory
+from harken.app import session as factory
 from harken.app.config import HarkenConfig, OutputConfig, TranslationConfig
-from harken.app.task_stages import translation_stages
+from harken.app.tasks.captions import caption_stages
+from harken.app.tasks.loader import ModelLoader
+from harken.app.tasks.translation import translation_stages
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, Keyword, Stats, StreamError, Translation
 from harken.engine.pipeline import Engine, EngineOptions
-from harken.engine.sinks import PrinterSink, TranslatedSubtitleSink, translation_cues
-from harken.engine.sources import FileSource
-from harken.engine.translation import GenerationWorker
+from harken.engine.sinks.files import TranslatedSubtitleSink, translation_cues
+from harken.engine.sinks.printer import PrinterSink
+from harken.engine.sources.file import FileSource
+from harken.engine.stages.translation import GenerationWorker
 from harken.engine.vad import SegmentEnd, VadOptions, VadSegmenter
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
@@ -112,7 +115,7 @@ async def run_engine(path: Path, captioner: CtcCaptioner, translator: object, *,
     async with InferenceWorker(name="cpu") as worker, GenerationWorker(name="cpu") as gen:
         engine = Engine(sources=[FileSource(path=path, stream_id="talk", realtime=False)],
                         worker=worker,
-                        stages=[factory.caption_stages(HarkenConfig(), captioner),
+                        stages=[caption_stages(HarkenConfig(), captioner),
                                 translation_stages(translator, [TARGET], gen)],  # type: ignore[arg-type]
                         options=EngineOptions(live=live, levels=False))
         sub = engine.subscribe(sink.name)
@@ -193,7 +196,8 @@ async def test_session_writes_one_subtitle_file_per_language(
     sinks = [*factory.output_sinks(config, stem="talk", formats=config.output.formats), sink]
     session = factory.Session(config=config, sources=[FileSource(path=path, stream_id="talk",
                                                                  realtime=False)],
-                              sinks=sinks, live=False, captioner=captioner, translator=translator)
+                              sinks=sinks, live=False,
+                              models=ModelLoader(captioner=captioner, translator=translator))
     await session.run()
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [

@@ -30,17 +30,17 @@ from tui_fakes import (
 )
 
 from harken.app.config import CaptionsConfig, KeywordsConfig, SpeakersConfig
-from harken.app.tui_app import (
+from harken.app.tui.app import (
     HarkenApp,
     RunnableSession,
     build_app,
     configured_models,
     outputs_label,
 )
-from harken.app.tui_colours import PALETTE
-from harken.app.tui_help import HelpScreen
-from harken.app.tui_messages import FinalCaption, LevelUpdate
-from harken.app.tui_sink import TuiSink
+from harken.app.tui.colours import PALETTE
+from harken.app.tui.help import HelpScreen
+from harken.app.tui.messages import FinalCaption, LevelUpdate
+from harken.app.tui.sink import TuiSink
 from harken.engine.audio import AudioBlock
 from harken.engine.bus import EventBus
 from harken.engine.events import (
@@ -51,10 +51,11 @@ from harken.engine.events import (
     SpeakerTurn,
     Translation,
 )
-from harken.engine.mqtt_client import MqttSettings
-from harken.engine.mqtt_sink import MqttSink, MqttSinkOptions
+from harken.engine.mqtt.client import MqttSettings
+from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.pipeline import Engine, EngineOptions, StageContext
-from harken.engine.sinks import Sink, SrtSink
+from harken.engine.sinks.base import Sink
+from harken.engine.sinks.files import SrtSink
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harken.app.cli import build_parser, use_tui
+from harken.app.commands.run import use_tui
+from harken.app.flags import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "sample.wav"

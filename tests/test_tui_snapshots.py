@@ -14,7 +14,7 @@ from typing import Any
 from textual.pilot import Pilot
 from tui_fakes import demo_script, scripted_app
 
-from harken.app.tui_app import HarkenApp
+from harken.app.tui.app import HarkenApp
 
 WAIT_S = 20.0
 SnapCompare = Callable[..., bool]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tiny_speaker_models import voice
 
-from harken.app.speaker_audio import NotEnoughSpeechError, clip_vad, require_speech, speech_only
+from harken.app.clips import NotEnoughSpeechError, clip_vad, require_speech, speech_only
 from harken.app.voiceprints import (
     ModelMismatchError,
     UnknownSpeakerError,

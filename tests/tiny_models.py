@@ -23,8 +23,8 @@ from transformers import (
     SEWDForCTC,
 )
 
+from harken.app.bench.architectures import LIBRISPEECH_VOCAB, ctc_processor
 from harken.models.audio import SAMPLE_RATE
-from harken.models.random_init import LIBRISPEECH_VOCAB, ctc_processor
 
 CTC_ARCHS = ("hubert", "data2vec-audio", "sew-d")
 

@@ -20,10 +20,9 @@ from transformers import (
     UniSpeechSatConfig,
     UniSpeechSatForAudioFrameClassification,
     UniSpeechSatForXVector,
-    Wav2Vec2FeatureExtractor,
 )
 
-from harken.models.audio import SAMPLE_RATE
+from harken.models.audio import SAMPLE_RATE, feature_extractor
 
 SEED = 4321
 SEGMENTATION_SLOT_BIAS = (2.0, 0.0)  # logit bias per local slot, see build_tiny_segmenter
@@ -43,9 +42,7 @@ def _config(**extra: Any) -> UniSpeechSatConfig:
 
 
 def _save_extractor(folder: Path) -> None:
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
-                             do_normalize=True, return_attention_mask=False,
-                             ).save_pretrained(folder)
+    feature_extractor(layer_norm=False).save_pretrained(folder)
 
 
 def build_tiny_xvector(folder: Path) -> Path:

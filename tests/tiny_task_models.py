@@ -30,11 +30,10 @@ from transformers import (
     SpeechEncoderDecoderConfig,
     SpeechEncoderDecoderModel,
     Wav2Vec2Config,
-    Wav2Vec2FeatureExtractor,
 )
 
-from harken.models.audio import SAMPLE_RATE
-from harken.models.random_tasks import SPEECH_COMMANDS_LABELS
+from harken.app.bench.architectures import SPEECH_COMMANDS_LABELS
+from harken.models.audio import feature_extractor
 
 SENTENCES = (
     "yes no up down left right on off stop go",
@@ -44,12 +43,6 @@ SENTENCES = (
     "hallo welt das ist ein kleiner test",
 )
 FAVOUR_LOGIT = 12.0  # added to the favoured label's logit: softmax ~1.0 for it
-
-
-def _extractor(*, layer_norm: bool) -> Wav2Vec2FeatureExtractor:
-    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE,
-                                    padding_value=0.0, do_normalize=True,
-                                    return_attention_mask=layer_norm)
 
 
 def build_tiny_keyword_model(folder: Path, *, favour: str | None = None) -> Path:
@@ -69,7 +62,7 @@ def build_tiny_keyword_model(folder: Path, *, favour: str | None = None) -> Path
         with torch.no_grad():
             model.classifier.bias[config.label2id[favour]] += FAVOUR_LOGIT
     model.save_pretrained(folder)
-    _extractor(layer_norm=False).save_pretrained(folder)
+    feature_extractor(layer_norm=False).save_pretrained(folder)
     return folder
 
 
@@ -111,7 +104,7 @@ def build_tiny_translation_model(folder: Path) -> Path:
     torch.manual_seed(SEED)
     model = SpeechEncoderDecoderModel(config=config).eval()
     model.save_pretrained(folder)
-    _extractor(layer_norm=True).save_pretrained(folder)
+    feature_extractor(layer_norm=True).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

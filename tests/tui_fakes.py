@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from harken.app.config import HarkenConfig, OutputConfig
-from harken.app.tui_app import HarkenApp, RunnableSession, build_app
+from harken.app.tui.app import HarkenApp, RunnableSession, build_app
 from harken.engine.bus import EventBus
 from harken.engine.events import (
     CaptionFinal,
@@ -33,7 +33,7 @@ from harken.engine.events import (
     Translation,
     Word,
 )
-from harken.engine.sinks import Sink
+from harken.engine.sinks.base import Sink
 from harken.models.errors import HarkenError
 
 WALL = "2024-05-01T12:00:00.000Z"  # fixed, so screens and exports are deterministic

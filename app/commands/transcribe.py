@@ -1,0 +1,90 @@
+"""`harken transcribe`: files through the same engine as `harken run --input FILE --fast`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterable, Mapping, Sequence
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from harken.app import flags
+from harken.app import session as factory
+from harken.app.commands.files import check_files
+from harken.app.config import HarkenConfig
+from harken.app.tasks.loader import ModelLoader
+from harken.engine.events import Event
+from harken.engine.sinks.base import Sink
+from harken.engine.sources.file import FileSource
+
+
+class ProgressSink:
+    """Advances a progress bar to the stream-clock end of each event."""
+
+    def __init__(self, *, progress: Progress, task: TaskID, name: str = "progress") -> None:
+        self.name = name
+        self._progress = progress
+        self._task = task
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        async for event in events:
+            self._progress.update(self._task, completed=event.end)
+
+
+def _stem(path: Path, used: set[str]) -> str:
+    stem = path.stem or "audio"
+    candidate, n = stem, 1
+    while candidate in used:  # two inputs named alike must not overwrite each other
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progress: bool,
+                           durations: Mapping[Path, float] | None = None) -> list[Path]:
+    """Transcribes each file in turn (the models load once); returns the files written.
+
+    `durations`: each file's length from an earlier check; without it every file is opened
+    here first, so that a bad file fails before any model loads."""
+    if durations is None:
+        found = {}
+        for path in files:
+            async with FileSource(path=path, stream_id="probe", realtime=False) as probe:
+                found[path] = probe.duration_s
+        durations = found
+    models = ModelLoader()  # every model loads once, for all the files
+    written: list[Path] = []
+    used: set[str] = set()
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed:>6.1f}/{task.total:.1f} s"), TimeRemainingColumn(),
+                  disable=not progress, transient=False) as bar:
+        for path in files:
+            stem = _stem(path, used)
+            source = FileSource(path=path, stream_id=stem, block_s=config.audio.block_s,
+                                realtime=False)
+            outputs = factory.output_sinks(config, stem=stem, formats=config.output.formats)
+            sinks: list[Sink] = list(outputs)
+            if progress:
+                task = bar.add_task(path.name, total=durations[path])
+                sinks.append(ProgressSink(progress=bar, task=task))
+            session = factory.Session(config=config, sources=[source], sinks=sinks,
+                                      live=False, models=models)
+            await session.run()
+            written += [out for sink in outputs
+                        if isinstance(out := getattr(sink, "path", None), Path)]
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    config = flags.load(args).config
+    durations = check_files(args.files)
+    factory.check_formats(config, config.output.formats)  # before any model loads
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    written = asyncio.run(transcribe_files(config, args.files, progress=show_progress,
+                                           durations=durations))
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,371 @@
+"""Every command-line flag, in one table: the parser of each command and, for the flags
+that set configuration, the config key each one overrides (FLAG_KEYS).
+
+Kept light (no torch import): the CLI parses flags before anything heavy loads, so a bad
+flag fails in a blink.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harken.app.config import LoadedConfig, load_config
+
+DTYPES = ["auto", "float32", "float16", "bfloat16"]
+
+#: flag dest -> (dotted config key, flag spelling): flags override the file and environment
+FLAG_KEYS: dict[str, tuple[str, str]] = {
+    "captions_model": ("captions.model", "--captions-model"),
+    "device_type": ("compute.device_type", "--device-type"),
+    "dtype": ("compute.dtype", "--dtype"),
+    "device": ("audio.device", "--device"),
+    "hop": ("captions.hop_s", "--hop"),
+    "left_context": ("captions.left_context_s", "--left-context"),
+    "right_context": ("captions.right_context_s", "--right-context"),
+    "vad_aggressiveness": ("vad.aggressiveness", "--vad-aggressiveness"),
+    "max_segment": ("vad.max_segment_s", "--max-segment"),
+    "out": ("output.dir", "--out"),
+    "format": ("output.formats", "--format"),
+    "mqtt": ("mqtt.url", "--mqtt"),
+    "mqtt_prefix": ("mqtt.prefix", "--mqtt-prefix"),
+    "site": ("mqtt.site", "--site"),
+    "hermes": ("mqtt.hermes", "--hermes"),
+    "ha_discovery": ("mqtt.ha_discovery", "--ha-discovery"),
+    "mqtt_ca": ("mqtt.ca_file", "--mqtt-ca"),
+    "mqtt_cert": ("mqtt.cert_file", "--mqtt-cert"),
+    "mqtt_key": ("mqtt.key_file", "--mqtt-key"),
+    "mqtt_password_file": ("mqtt.password_file", "--mqtt-password-file"),
+    # keywords and translation
+    "keywords_enabled": ("keywords.enabled", "--keywords"),
+    "keywords_words": ("keywords.words", "--keywords"),
+    "keywords_thresholds": ("keywords.thresholds", "--keywords"),
+    "keywords_model": ("keywords.model", "--keywords-model"),
+    "translate": ("translation.languages", "--translate"),
+    "translation_model": ("translation.model", "--translation-model"),
+    # speakers
+    "diarize": ("speakers.enabled", "--diarize"),
+    "speaker_model": ("speakers.model", "--speaker-model"),
+    "diarization_model": ("speakers.diarization_model", "--diarization-model"),
+    "speaker_store": ("speakers.store", "--speaker-store"),
+    "speaker_threshold": ("speakers.threshold", "--speaker-threshold"),
+}
+
+
+def config_overrides(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Flag values -> (nested config overrides, dotted key -> flag spelling); unset flags
+    (None) are left out."""
+    nested: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for dest, value in flags.items():
+        if dest not in FLAG_KEYS or value is None:
+            continue
+        key, flag = FLAG_KEYS[dest]
+        section, leaf = key.split(".")
+        nested.setdefault(section, {})[leaf] = value
+        names[key] = flag
+    return nested, names
+
+
+def load(args: argparse.Namespace) -> LoadedConfig:
+    """The effective configuration: defaults < file < environment < these flags."""
+    flags, names = config_overrides(vars(args))
+    return load_config(getattr(args, "config", None), flags=flags, flag_names=names)
+
+
+def parse_keywords(text: str) -> tuple[list[str], dict[str, float]]:
+    """`yes,no,stop:0.9` -> ([yes, no, stop], {stop: 0.9}); "" or "all" -> ([], {})."""
+    words: list[str] = []
+    thresholds: dict[str, float] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item or item.lower() == "all":
+            continue
+        word, sep, value = item.partition(":")
+        word = word.strip()
+        if not word:
+            raise argparse.ArgumentTypeError(f"empty keyword in {text!r}; write e.g. "
+                                             "yes,no,stop:0.9")
+        if sep:
+            try:
+                thresholds[word] = float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"bad threshold {value!r} for {word!r}; write a probability such as "
+                    "stop:0.9") from None
+        if word not in words:
+            words.append(word)
+    return words, thresholds
+
+
+class _KeywordsAction(argparse.Action):
+    """--keywords turns the task on and fills the words and thresholds."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        text = values if isinstance(values, str) else ""
+        try:
+            words, thresholds = parse_keywords(text)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument --keywords: {exc}")
+        namespace.keywords_enabled = True
+        namespace.keywords_words = words
+        namespace.keywords_thresholds = thresholds or None
+
+
+def _languages(text: str) -> list[str]:
+    codes = [c.strip() for c in text.split(",") if c.strip()]
+    if not codes:
+        raise argparse.ArgumentTypeError("give at least one language code, e.g. --translate de")
+    return codes
+
+
+def add_task_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("keywords and translation (docs/keywords.md, docs/translation.md)")
+    g.add_argument("--keywords", nargs="?", const="", metavar="LIST", action=_KeywordsAction,
+                   dest="keywords_words",
+                   help="spot keywords: yes,no,stop (word:0.9 sets its threshold); "
+                        "no list: every keyword of the model")
+    g.add_argument("--keywords-model", metavar="ID|DIR",
+                   help="keyword model (audio classification): hub id or folder")
+    g.add_argument("--translate", type=_languages, metavar="LANGS",
+                   help="translate each final segment into these languages, e.g. de,fr")
+    g.add_argument("--translation-model", metavar="ID|DIR",
+                   help="translation model (speech encoder-decoder): hub id or folder")
+
+
+def add_bench_parsers(bsub: Any) -> None:
+    """`harken bench keywords` and `harken bench translation` (app/bench/tasks.py)."""
+    bk = bsub.add_parser("keywords", help="keyword windows scored per second vs real time")
+    bk.add_argument("--model", default="sew-d-mid", metavar="ID|DIR|sew-d-mid",
+                    help="a checkpoint, or full-size SEW-D mid with random weights")
+    bk.add_argument("--hop", type=float, default=0.2, help="seconds between windows")
+    bk.add_argument("--batch", type=int, default=16, help="windows per forward pass at most")
+    bk.add_argument("--repeats", type=int, default=3, help="raw-throughput repetitions")
+    bt = bsub.add_parser("translation", help="translation latency per segment and RTF")
+    bt.add_argument("--model", default="xls-r-300m-en-to-15",
+                    metavar="ID|DIR|xls-r-300m-en-to-15",
+                    help="a checkpoint, or the full-size architecture with random weights")
+    bt.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
+    bt.add_argument("--beams", type=int, default=1, help="beam search width")
+    bt.add_argument("--max-new-tokens", type=int, default=48,
+                    help="tokens per segment at most (random weights always reach it)")
+    bt.add_argument("--max-segments", type=int, default=8, help="segments translated at most")
+    for p, seconds in ((bk, 60.0), (bt, 30.0)):
+        p.add_argument("--seconds", type=float, default=seconds, help="audio length")
+        p.add_argument("--audio", type=Path, help="speech file (default: assets sample)")
+        p.add_argument("--device-type", default="auto")
+        p.add_argument("--dtype", default="auto",
+                       choices=["auto", "float32", "float16", "bfloat16"])
+        p.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
+def _model_flags(p: argparse.ArgumentParser | Any, *, diarization: bool = True) -> None:
+    p.add_argument("--speaker-model", metavar="ID|DIR",
+                   help="x-vector speaker model (default microsoft/unispeech-sat-base-plus-sv)")
+    if diarization:
+        p.add_argument("--diarization-model", metavar="ID|DIR",
+                       help="segmentation model (default microsoft/unispeech-sat-base-plus-sd)")
+    p.add_argument("--speaker-store", type=Path, metavar="FILE",
+                   help="voiceprint database (default: voiceprints.sqlite in the user data dir)")
+    p.add_argument("--speaker-threshold", type=float, metavar="SIM",
+                   help="cosine similarity to name/accept an enrolled speaker (default 0.7)")
+
+
+def add_diarize_flags(p: argparse.ArgumentParser) -> None:
+    """--diarize and the speaker model flags, for run, transcribe and config show."""
+    g = p.add_argument_group("speakers (docs/speakers.md)")
+    g.add_argument("--diarize", action="store_true", default=None,
+                   help="who is speaking: speaker_turn events, speakers on captions, RTTM")
+    _model_flags(g)
+
+
+def _compute_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
+    p.add_argument("--device-type", metavar="auto|cpu|cuda[:N]", help="compute device")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+
+
+def add_speakers_parser(sub: Any) -> None:
+    """The `speakers` subcommand."""
+    sp = sub.add_parser("speakers", help="enroll, list, remove and verify known speakers")
+    ssub = sp.add_subparsers(dest="speakers_command", required=True, metavar="ACTION")
+    en = ssub.add_parser("enroll", help="add a person's voiceprint from speech clips")
+    en.add_argument("name", metavar="NAME")
+    en.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    en.add_argument("--record", type=float, metavar="SECONDS",
+                    help="record from the microphone instead of files")
+    en.add_argument("--from", dest="from_session", type=Path, metavar="SESSION.jsonl",
+                    help="take the turns of --speaker from a --diarize run's JSONL (give "
+                         "the run's audio FILE)")
+    en.add_argument("--speaker", metavar="LABEL", help="with --from: the label, e.g. S2")
+    en.add_argument("--replace", action="store_true",
+                    help="start the voiceprint afresh instead of adding to it")
+    ssub.add_parser("list", help="enrolled people")
+    rm = ssub.add_parser("remove", help="delete a person's voiceprint")
+    rm.add_argument("name", metavar="NAME")
+    vf = ssub.add_parser("verify", help="is FILE's voice NAME's? (exit 0 yes, 1 no)")
+    vf.add_argument("name", metavar="NAME")
+    vf.add_argument("file", type=Path, metavar="FILE")
+    for p in (en, ssub.choices["list"], rm, vf):
+        _compute_flags(p)
+        _model_flags(p, diarization=False)
+
+
+def add_eval_parsers(esub: Any) -> None:
+    """`eval diarization` and `eval speakers`, under the `eval` subcommand."""
+    ed = esub.add_parser("diarization", help="DER of the live diarization against an RTTM")
+    ed.add_argument("audio", type=Path, metavar="AUDIO")
+    ed.add_argument("rttm", type=Path, metavar="RTTM")
+    ed.add_argument("--collar", type=float, default=0.0, metavar="S",
+                    help="forgiveness around reference boundaries (default 0: strict)")
+    ed.add_argument("--skip-overlap", action="store_true", help="do not score overlapped speech")
+    ed.add_argument("--out-rttm", type=Path, metavar="FILE", help="also write the hypothesis")
+    ed.add_argument("--json", action="store_true", help="print one JSON object")
+    es = esub.add_parser("speakers", help="EER over all pairs of DIR/<speaker>/<clip>")
+    es.add_argument("dir", type=Path, metavar="DIR")
+    es.add_argument("--json", action="store_true", help="print one JSON object")
+    for p in (ed, es):
+        _compute_flags(p)
+        _model_flags(p)
+
+
+def add_bench(bsub: Any) -> None:
+    bs = bsub.add_parser("speakers", help="live diarization step time, RTF and memory")
+    bs.add_argument("--architecture", default="base", metavar="base|large|SV,SD",
+                    help="full-size random UniSpeech-SAT, or two checkpoints")
+    bs.add_argument("--minutes", type=float, default=1.0, help="audio length")
+    bs.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
+    bs.add_argument("--device-type", default="auto")
+    bs.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    bs.add_argument("--window", type=float, default=5.0, metavar="S")
+    bs.add_argument("--step", type=float, default=0.5, metavar="S")
+    bs.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
+def add_eval_keywords(esub: Any, add_common: Any) -> None:
+    """`harken eval keywords DIR [--negatives FILE]...` (app/eval/keywords.py)."""
+    ek = esub.add_parser("keywords", help="keyword accuracy per label, confusion matrix, "
+                                          "false accepts per hour")
+    add_common(ek)
+    ek.add_argument("folder", type=Path, metavar="DIR",
+                    help="one folder per label (Speech Commands layout)")
+    ek.add_argument("--negatives", type=Path, action="append", default=[], metavar="FILE",
+                    help="speech without keywords (repeatable): false accepts per hour")
+    ek.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
+    p.add_argument("--captions-model", metavar="ID|DIR", help="CTC model: hub id or folder")
+    p.add_argument("--device-type", metavar="auto|cpu|cuda[:N]", help="compute device")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--hop", type=float, metavar="S", help="seconds between partial updates")
+    p.add_argument("--left-context", type=float, metavar="S")
+    p.add_argument("--right-context", type=float, metavar="S")
+    p.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3])
+    p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
+    add_task_flags(p)
+    add_diarize_flags(p)
+
+
+def input_arg(text: str) -> Path | str:
+    """A file path, or an mqtt[s]:// URL kept as text (a Path would fold its '//')."""
+    return text if text.startswith(("mqtt://", "mqtts://")) else Path(text)
+
+
+def add_mqtt(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MQTT (docs/mqtt.md)")
+    g.add_argument("--mqtt", metavar="URL|embedded",
+                   help="publish results: mqtt://[user@]host[:port], mqtts://... or embedded")
+    g.add_argument("--mqtt-prefix", metavar="PREFIX", help="topic prefix (default harken)")
+    g.add_argument("--site", metavar="ID", help="site id in topics (default: host name)")
+    g.add_argument("--hermes", action="store_true", default=None,
+                   help="also publish Hermes topics (Rhasspy)")
+    g.add_argument("--ha-discovery", action="store_true", default=None,
+                   help="announce Home Assistant entities")
+    g.add_argument("--mqtt-ca", type=Path, metavar="FILE", help="CA of the broker (mqtts://)")
+    g.add_argument("--mqtt-cert", type=Path, metavar="FILE", help="TLS client certificate")
+    g.add_argument("--mqtt-key", type=Path, metavar="FILE", help="TLS client key")
+    g.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
+                   help="file holding the broker password (or HARKEN_MQTT_PASSWORD)")
+
+
+def formats(text: str) -> list[str]:
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harken", description="Real-time listening engine: live captions from speech.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="live captions from the microphone or a file")
+    add_common(run)
+    run.add_argument("--input", metavar="FILE|URL", type=input_arg,
+                     help="read a file instead of the mic, or satellite audio: "
+                          "mqtt://host/hermes/audioServer/+/audioFrame")
+    run.add_argument("--fast", action="store_true", help="process the file as fast as possible")
+    run.add_argument("--device", metavar="N|NAME", help="input device (see `harken devices`)")
+    run.add_argument("--jsonl", action="store_true", help="print one JSON event per line")
+    run.add_argument("--no-tui", action="store_true",
+                     help="plain printed captions instead of the terminal app")
+    run.add_argument("--out", type=Path, metavar="DIR", help="also write transcript files here")
+    run.add_argument("--format", type=formats, metavar="LIST",
+                     help="file formats with --out: srt,vtt,jsonl,txt,rttm")
+    add_mqtt(run)
+
+    tr = sub.add_parser("transcribe", help="transcribe files offline (same engine, no pacing)")
+    add_common(tr)
+    tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    tr.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: .)")
+    tr.add_argument("--format", type=formats, metavar="LIST", help="srt,vtt,jsonl,txt,rttm")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("devices", help="list audio input devices")
+
+    models = sub.add_parser("models", help="list or download the configured models")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    for name, text in (("list", "configured models and whether they are cached"),
+                       ("pull", "download the configured models into the HF cache")):
+        mp = msub.add_parser(name, help=text)
+        mp.add_argument("--config", type=Path)
+        mp.add_argument("--captions-model", metavar="ID|DIR")
+        mp.add_argument("--keywords-model", metavar="ID|DIR")
+        mp.add_argument("--translation-model", metavar="ID|DIR")
+        mp.add_argument("--diarize", action="store_true", default=None,
+                        help="include the speaker and diarization models")
+
+    cfg = sub.add_parser("config", help="show the effective configuration")
+    csub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="every setting, its value and where it came from")
+    add_common(show)
+    show.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="TASK")
+    bc = bsub.add_parser("captions", help="streaming engine vs the transformers ASR pipeline")
+    bc.add_argument("--model", default="hubert-base",
+                    metavar="ID|DIR|hubert-base|hubert-large",
+                    help="a checkpoint, or a full-size architecture with random weights")
+    bc.add_argument("--seconds", type=float, default=60.0, help="audio length")
+    bc.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
+    bc.add_argument("--device-type", default="auto")
+    bc.add_argument("--dtype", default="auto", choices=DTYPES)
+    bc.add_argument("--hop", type=float, default=0.5)
+    bc.add_argument("--left-context", type=float, default=2.0)
+    bc.add_argument("--right-context", type=float, default=0.5)
+    bc.add_argument("--fast", action="store_true",
+                    help="feed the engine unpaced (latencies then include queueing)")
+    bc.add_argument("--json", action="store_true", help="print only the JSON object")
+    add_bench_parsers(bsub)
+    add_bench(bsub)
+
+    ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
+    add_eval_keywords(esub, add_common)
+    add_eval_parsers(esub)
+    add_speakers_parser(sub)
+    return parser

@@ -1,0 +1,211 @@
+"""MQTT wiring for `harken run`: settings from the configuration, the sink, the satellite
+source and the embedded broker. Everything is validated when MqttSetup is built, so a bad
+URL, password file or certificate path fails before any model loads.
+
+Password precedence: mqtt.password_file, then HARKEN_MQTT_PASSWORD, then mqtt.password in
+the config file. It goes to the client only; it is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Self
+
+from harken.app.config import ConfigError, HarkenConfig, MqttConfig
+from harken.engine.mqtt.broker import Backend, BrokerError, EmbeddedBroker, mosquitto_binary
+from harken.engine.mqtt.client import MqttConfigError, MqttSettings, TlsOptions, parse_url
+from harken.engine.mqtt.satellites import SatelliteSource
+from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
+from harken.engine.mqtt.topics import (
+    HERMES_AUDIO_FILTER,
+    TopicError,
+    check_filter,
+    default_site,
+)
+from harken.engine.pipeline import OpenableSource
+
+PASSWORD_ENV = "HARKEN_MQTT_PASSWORD"
+EMBEDDED = "embedded"
+BROKER_START_TIMEOUT_S = 15.0
+BROKER_STOP_TIMEOUT_S = 10.0
+
+
+def is_mqtt_url(text: str) -> bool:
+    return text.startswith(("mqtt://", "mqtts://"))
+
+
+def resolve_password(mqtt: MqttConfig) -> str | None:
+    if mqtt.password_file is not None:
+        try:
+            text = mqtt.password_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the MQTT password file {mqtt.password_file}: "
+                              f"{exc.strerror or exc}; fix mqtt.password_file "
+                              "(--mqtt-password-file)") from exc
+        lines = text.splitlines()
+        password = lines[0].strip() if lines else ""
+        if not password:
+            raise ConfigError(f"the MQTT password file {mqtt.password_file} is empty; put the "
+                              "password on its first line")
+        return password
+    env = os.environ.get(PASSWORD_ENV)
+    if env:
+        return env
+    return mqtt.password.get_secret_value() if mqtt.password is not None else None
+
+
+def settings_from_url(url: str, mqtt: MqttConfig) -> tuple[MqttSettings, str]:
+    """(connection settings, topic filter from the URL path) for an mqtt[s]:// URL."""
+    try:
+        parsed = parse_url(url)
+    except MqttConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not parsed.tls and (mqtt.ca_file or mqtt.cert_file or mqtt.key_file):
+        raise ConfigError(f"TLS files are set but {url!r} is not a TLS URL; use "
+                          "mqtts://host[:8883] or drop --mqtt-ca/--mqtt-cert/--mqtt-key")
+    password = resolve_password(mqtt)
+    if password is not None and not parsed.username:
+        raise ConfigError("an MQTT password is set but the URL names no user; use "
+                          "mqtt://USER@host (or unset HARKEN_MQTT_PASSWORD/mqtt.password)")
+    tls = TlsOptions(ca_file=mqtt.ca_file, cert_file=mqtt.cert_file, key_file=mqtt.key_file,
+                     insecure=mqtt.tls_insecure) if parsed.tls else None
+    return MqttSettings(host=parsed.host, port=parsed.port, username=parsed.username,
+                        password=password, tls=tls, keepalive_s=mqtt.keepalive_s), parsed.path
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("harken")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+class BrokerThread:
+    """The embedded broker on its own event loop in a thread.
+
+    It then serves whichever loop runs the engine (the terminal app's or asyncio.run's),
+    starts before the session and stops after it. The thread owns the broker through
+    `async with`; stopping sets an event on that loop.
+    """
+
+    def __init__(self, broker: EmbeddedBroker) -> None:
+        self.broker = broker
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="mqtt-broker", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except Exception as exc:  # not swallowed: __enter__ re-raises it in the caller
+            self._error = exc
+        finally:
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with self.broker:
+            self._started.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._started.wait(BROKER_START_TIMEOUT_S):
+            raise BrokerError(f"the embedded MQTT broker did not start within "
+                              f"{BROKER_START_TIMEOUT_S} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # its loop already closed
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(BROKER_STOP_TIMEOUT_S)
+
+
+class MqttSetup:
+    """What `harken run` needs for MQTT, from the configuration and the --input URL."""
+
+    def __init__(self, config: HarkenConfig, *, input_url: str | None = None) -> None:
+        mqtt = config.mqtt
+        self.config = config
+        self.site = mqtt.site or default_site()
+        self.embedded: EmbeddedBroker | None = None
+        self.results: MqttSettings | None = None
+        self.input: MqttSettings | None = None
+        self.topic_filter = HERMES_AUDIO_FILTER
+        if mqtt.url == EMBEDDED:
+            backend: Backend | None = "amqtt" if _has_amqtt() else \
+                "mosquitto" if mosquitto_binary() else None
+            if backend is None:
+                raise ConfigError("--mqtt embedded needs amqtt (pip install amqtt) or a "
+                                  "mosquitto binary (apt install mosquitto); or point --mqtt at "
+                                  "a running broker: mqtt://host:1883")
+            self.embedded = EmbeddedBroker(host=mqtt.embedded_host, port=mqtt.embedded_port,
+                                           backend=backend)
+            self.results = self.embedded.settings
+        elif mqtt.url:
+            self.results, _ = settings_from_url(mqtt.url, mqtt)
+        if input_url is not None:
+            self.input, path = settings_from_url(input_url, mqtt)
+            try:
+                self.topic_filter = check_filter(path or HERMES_AUDIO_FILTER)
+            except TopicError as exc:
+                raise ConfigError(str(exc)) from exc
+            if self.results is None:  # results go back to the satellites' broker
+                self.results = self.input
+        try:
+            self.sink_options = MqttSinkOptions(
+                prefix=mqtt.prefix, site=self.site, sites_from_streams=input_url is not None,
+                hermes=mqtt.hermes, ha_discovery=mqtt.ha_discovery, ha_prefix=mqtt.ha_prefix,
+                outbox_size=mqtt.outbox_size, partial_interval_s=mqtt.partial_interval_s,
+                version=_version())
+        except ValueError as exc:
+            raise ConfigError(f"bad MQTT settings: {exc}") from exc
+
+    @property
+    def enabled(self) -> bool:
+        return self.results is not None
+
+    def sinks(self) -> list[MqttSink]:
+        """The MQTT sink (bound to the engine by the session), or none without MQTT."""
+        if self.results is None:
+            return []
+        return [MqttSink(settings=self.results, options=self.sink_options)]
+
+    def source(self) -> OpenableSource:
+        """The satellite source (a SatelliteSource) for --input mqtt://..."""
+        if self.input is None:
+            raise ConfigError("no MQTT input: use --input mqtt://host/hermes/audioServer/+/"
+                              "audioFrame")
+        return SatelliteSource(settings=self.input, client_id=f"harken-{self.site}-audio",
+                               topic_filter=self.topic_filter,
+                               block_s=self.config.audio.block_s)
+
+    @contextlib.contextmanager
+    def broker(self) -> Iterator[None]:
+        """Runs the embedded broker around the session (nothing without `--mqtt embedded`)."""
+        if self.embedded is None:
+            yield
+            return
+        with BrokerThread(self.embedded):
+            yield
+
+
+def _has_amqtt() -> bool:
+    try:
+        import amqtt.broker  # noqa: F401
+    except ImportError:
+        return False
+    return True

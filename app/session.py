@@ -1,0 +1,253 @@
+"""The one place that turns a configuration into running parts (used by the CLI and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harken.app.config import ConfigError, HarkenConfig
+from harken.app.mqtt import MqttSetup
+from harken.app.tasks.captions import caption_stages
+from harken.app.tasks.keywords import keyword_selection, keyword_stages
+from harken.app.tasks.loader import ModelLoader
+from harken.app.tasks.speakers import speaker_stages
+from harken.app.tasks.translation import (
+    LanguageSwitch,
+    generation_options,
+    language_switch,
+    translated_sinks,
+    translation_stages,
+)
+from harken.engine.mqtt.control import (
+    KEYWORDS_NOT_RUNNING,
+    TRANSLATION_NOT_RUNNING,
+    ControlError,
+    ControlledSink,
+)
+from harken.engine.pipeline import (
+    Engine,
+    EngineOptions,
+    OpenableSource,
+    StageFactory,
+)
+from harken.engine.sinks.base import Sink
+from harken.engine.sinks.files import JsonlSink, file_sink
+from harken.engine.sinks.printer import PrinterSink
+from harken.engine.sources.file import FileSource
+from harken.engine.sources.mic import MicSource
+from harken.engine.stages.keywords import KeywordSelection
+from harken.engine.stages.speakers import DiarizationSwitch
+from harken.engine.stages.translation import GenerationWorker
+from harken.engine.vad import VadOptions
+from harken.engine.worker import InferenceWorker
+from harken.models.errors import KeywordError
+from harken.models.translation import UnsupportedLanguageError
+
+SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
+
+def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
+    v = config.vad
+    return EngineOptions(
+        vad=VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
+                       pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
+                       min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
+                       split_search_s=v.split_search_s),
+        live=live,
+    )
+
+
+def file_source(path: Path, *, stream_id: str, realtime: bool,
+                config: HarkenConfig) -> OpenableSource:
+    return FileSource(path=path, stream_id=stream_id, block_s=config.audio.block_s,
+                      realtime=realtime)
+
+
+async def check_source(source: OpenableSource) -> None:
+    """Opens and closes a source: a bad file or device fails before any model is loaded."""
+    async with source:
+        pass
+
+
+def mic_source(config: HarkenConfig, *, stream_id: str = "mic") -> OpenableSource:
+    device: int | str | None = config.audio.device or None
+    if isinstance(device, str) and device.isdigit():
+        device = int(device)
+    return MicSource(device=device, stream_id=stream_id, block_s=config.audio.block_s)
+
+
+def check_formats(config: HarkenConfig, formats: Sequence[str]) -> None:
+    """RTTM holds speaker turns: asking for it without diarization is a mistake."""
+    if "rttm" in formats and not config.speakers.enabled:
+        raise ConfigError("--format rttm writes speaker turns: add --diarize (or set "
+                          "speakers.enabled = true)")
+
+
+def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
+                 out_dir: Path | None = None) -> list[Sink]:
+    check_formats(config, formats)
+    folder = out_dir if out_dir is not None else config.output.dir
+    sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
+    return sinks + translated_sinks(config, stem=stem, formats=formats, folder=folder)
+
+
+def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None) -> MqttSetup:
+    """MQTT sink, satellite source and embedded broker as configured (docs/mqtt.md)."""
+    return MqttSetup(config, input_url=input_url)
+
+
+def terminal_sink(*, jsonl: bool) -> Sink:
+    return JsonlSink(stream=sys.stdout) if jsonl else PrinterSink()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStages:
+    """What `task_stages` yields."""
+
+    factories: list[StageFactory]
+    keywords: KeywordSelection | None = None  # None: keyword spotting is off
+    languages: LanguageSwitch | None = None  # None: translation is off
+
+
+@asynccontextmanager
+async def task_stages(config: HarkenConfig, models: ModelLoader) -> AsyncIterator[TaskStages]:
+    """Stage factories of the enabled keyword and translation tasks (none when both are off)."""
+    c = config
+    factories: list[StageFactory] = []
+    keywords: KeywordSelection | None = None
+    if c.keywords.enabled:
+        spotter = await models.keywords(config)
+        keywords = keyword_selection(config, spotter)
+        factories.append(keyword_stages(config, spotter, selection=keywords))
+    if not c.translation.languages:
+        yield TaskStages(factories=factories, keywords=keywords)
+        return
+    translator = await models.translation(config)
+    translator.options = generation_options(config)
+    languages = language_switch(config, translator)
+    async with GenerationWorker(name=str(translator.device)) as generator:
+        factories.append(translation_stages(translator, languages.selection.targets,
+                                            generator, selection=languages.selection))
+        yield TaskStages(factories=factories, keywords=keywords, languages=languages)
+
+
+DIARIZATION_NOT_RUNNING = ("diarization is not running in this Harken session; start it with "
+                           "`harken run --diarize` to label speakers")
+
+
+@dataclass
+class Session:
+    """Everything one run needs; `run()` drives the engine and its sinks to the end.
+
+    It is also what runtime controls act on (the MQTT control topic, the TUI): pause/resume
+    its engine, switch the keywords, the translation languages and diarization of every
+    stream, present and future. A control that cannot be applied raises ControlError and
+    changes nothing.
+    """
+
+    config: HarkenConfig
+    sources: list[OpenableSource]
+    sinks: list[Sink]
+    live: bool
+    models: ModelLoader = field(default_factory=ModelLoader)  # the enabled tasks' models
+    engine: Engine | None = field(default=None, init=False)
+    _tasks: TaskStages | None = field(default=None, init=False, repr=False)  # while running
+    _diarization: DiarizationSwitch = field(default_factory=DiarizationSwitch, init=False,
+                                            repr=False)
+
+    # ------------------------------------------------------------------ controls
+
+    @property
+    def paused(self) -> bool:
+        return self.engine is not None and self.engine.paused
+
+    def pause(self) -> None:
+        self._running_engine().pause()
+
+    def resume(self) -> None:
+        self._running_engine().resume()
+
+    def _running_engine(self) -> Engine:
+        if self.engine is None:
+            raise ControlError("this Harken session has no engine to control yet; retry once "
+                               "it runs", code="unsupported")
+        return self.engine
+
+    def set_keywords(self, keywords: Sequence[str]) -> None:
+        """Spot `keywords` (labels of the keyword model) on every stream from now on."""
+        selection = self._tasks.keywords if self._tasks is not None else None
+        if selection is None:
+            raise ControlError(KEYWORDS_NOT_RUNNING, code="unsupported", command="keywords")
+        try:
+            selection.set(keywords)
+        except KeywordError as exc:
+            raise ControlError(str(exc), code="invalid_argument",
+                               command="keywords") from exc
+
+    def set_translation(self, language: str | None) -> None:
+        """Translate every stream into `language` from the next segment on; None stops."""
+        switch = self._tasks.languages if self._tasks is not None else None
+        if switch is None:
+            raise ControlError(TRANSLATION_NOT_RUNNING, code="unsupported",
+                               command="translation")
+        try:
+            switch.set([] if language is None else [language])
+        except UnsupportedLanguageError as exc:
+            raise ControlError(str(exc), code="invalid_argument",
+                               command="translation") from exc
+
+    @property
+    def diarization(self) -> bool:
+        """Whether speakers are being labelled (the session runs with --diarize and the
+        switch is on)."""
+        return self.config.speakers.enabled and self._diarization.on
+
+    def set_diarization(self, on: bool) -> None:
+        """Diarization off (new audio is not analysed, captions get no speaker) or on again
+        (known speakers are kept); only for a session started with --diarize."""
+        if not self.config.speakers.enabled:
+            raise ControlError(DIARIZATION_NOT_RUNNING, code="unsupported")
+        self._diarization.set(on)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> Engine:
+        captioner = await self.models.captions(self.config)
+        diarize: list[StageFactory] = []
+        if self.config.speakers.enabled:
+            speakers = await self.models.diarization(self.config)
+            diarize.append(speaker_stages(self.config, speakers, switch=self._diarization))
+        async with InferenceWorker(name=str(captioner.device),
+                                   max_batch=self.config.compute.max_batch) as worker, \
+                task_stages(self.config, self.models) as tasks:
+            engine = Engine(sources=self.sources, worker=worker,
+                            stages=[caption_stages(self.config, captioner), *tasks.factories,
+                                    *diarize],
+                            options=engine_options(self.config, live=self.live))
+            self.engine = engine
+            self._tasks = tasks
+            for sink in self.sinks:  # e.g. the MQTT control topic acts on this session
+                if isinstance(sink, ControlledSink):
+                    sink.bind(self)
+            try:
+                await self._drive(engine)
+            finally:
+                self._tasks = None  # the tasks' models and threads are gone after this
+        return engine
+
+    async def _drive(self, engine: Engine) -> None:
+        """The engine and the sinks, to the end of every source."""
+        subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
+        async with asyncio.TaskGroup() as tg:
+            sink_tasks = [tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
+                          for sink, sub in subs]
+            try:
+                await engine.run()
+            except BaseException:
+                # The bus is closed: let the sinks write what was queued before the
+                # failure (e.g. the error event itself) before the group cancels them.
+                await asyncio.wait(sink_tasks, timeout=SINK_DRAIN_S)
+                raise

@@ -1,0 +1,55 @@
+"""The one way the app gets its models: `ModelLoader`.
+
+A session asks it for each enabled task's model; it loads each from the configuration once
+(in a thread, so the event loop and Ctrl-C stay responsive) and keeps it, so `harken
+transcribe` loads once for all its files. Tests and benchmarks hand in ready models (tiny,
+random or fake) instead: `ModelLoader(captioner=..., spotter=...)` then loads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from harken.app.config import HarkenConfig
+from harken.app.tasks import captions, keywords, speakers, translation
+from harken.app.tasks.speakers import SpeakerModels
+from harken.models.captions import CtcCaptioner
+from harken.models.keywords import KeywordSpotter
+from harken.models.translation import SpeechTranslator
+
+
+@dataclass(kw_only=True)
+class ModelLoader:
+    captioner: CtcCaptioner | None = None
+    spotter: KeywordSpotter | None = None
+    translator: SpeechTranslator | None = None
+    speakers: SpeakerModels | None = None
+
+    async def captions(self, config: HarkenConfig) -> CtcCaptioner:
+        if self.captioner is None:
+            c = config
+            self.captioner = await asyncio.to_thread(
+                captions.load_captioner, c.captions.model, c.compute.device_type,
+                c.compute.dtype)
+        return self.captioner
+
+    async def keywords(self, config: HarkenConfig) -> KeywordSpotter:
+        if self.spotter is None:
+            c = config
+            self.spotter = await asyncio.to_thread(
+                keywords.load_spotter, c.keywords.model, c.compute.device_type, c.compute.dtype)
+        return self.spotter
+
+    async def translation(self, config: HarkenConfig) -> SpeechTranslator:
+        if self.translator is None:
+            c = config
+            self.translator = await asyncio.to_thread(
+                translation.load_translator, c.translation.model, c.compute.device_type,
+                c.compute.dtype)
+        return self.translator
+
+    async def diarization(self, config: HarkenConfig) -> SpeakerModels:
+        if self.speakers is None:
+            self.speakers = await speakers.load_models(config)
+        return self.speakers

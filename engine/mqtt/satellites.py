@@ -1,0 +1,299 @@
+"""Audio from satellites over MQTT: Hermes `audioFrame` WAV chunks, one stream per site.
+
+    async with SatelliteSource(settings=MqttSettings(host="hub"), client_id="harken-hub-audio")
+            as source:
+        async for block in source.blocks():   # block.stream is the satellite's site id
+            ...
+
+A satellite (Rhasspy, or anything speaking Hermes) publishes small WAV files on
+`hermes/audioServer/<siteId>/audioFrame`. The site is what the filter's `+` matched. Each
+site gets its own resampler and stream clock (samples received, at 16 kHz), so the engine
+runs one VAD and one set of task stages per site. Malformed frames are counted
+(`malformed_frames`) and skipped; blocks the engine cannot take in time are dropped and
+counted (`dropped_blocks`), leaving a gap in that site's clock.
+
+A satellite that stops sending mid-utterance would leave its segment open forever, so after
+`idle_flush_s` without frames the site's last partial block and `flush_silence_s` of
+silence are fed to the engine (counted in `idle_flushes`; the clock advances by that much).
+The connection is retried with backoff if the broker goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import io
+import logging
+import random
+import time
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import numpy as np
+
+from harken.engine.audio import (
+    AudioBlock,
+    Float32Array,
+    StreamResampler,
+    sanitize,
+    to_mono_float32,
+)
+from harken.engine.mqtt.client import (
+    BACKOFF_INITIAL_S,
+    BACKOFF_MAX_S,
+    Backoff,
+    MqttSettings,
+    open_client,
+)
+from harken.engine.mqtt.topics import (
+    HERMES_AUDIO_FILTER,
+    QOS_AT_MOST_ONCE,
+    check_filter,
+    sanitize_level,
+    site_from_topic,
+)
+from harken.engine.sources.blocks import Blocker
+from harken.models.audio import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_S = 0.1  # s of audio per block handed to the engine
+MAX_QUEUED_BLOCKS = 300  # blocks waiting for the engine, all sites together (30 s at 0.1 s)
+IDLE_FLUSH_S = 1.0  # s without frames from a site before its open audio is flushed
+FLUSH_SILENCE_S = 1.0  # s of silence appended then, longer than the VAD hangover
+MIN_RATE_HZ, MAX_RATE_HZ = 4_000, 192_000
+MAX_CHANNELS = 8
+_PCM_DTYPES: dict[int, np.dtype[np.integer]] = {
+    1: np.dtype(np.uint8), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
+
+
+class MalformedFrame(ValueError):
+    """An audio frame that is not a usable PCM WAV chunk."""
+
+
+def decode_wav(payload: bytes) -> tuple[Float32Array, int]:
+    """(mono float32 samples, sample rate) of one WAV chunk; raises MalformedFrame."""
+    try:
+        with wave.open(io.BytesIO(payload), "rb") as w:
+            rate, channels = w.getframerate(), w.getnchannels()
+            width, frames = w.getsampwidth(), w.getnframes()
+            data = w.readframes(frames)
+    except (wave.Error, EOFError) as exc:
+        raise MalformedFrame(f"not a PCM WAV chunk ({exc or 'truncated header'})") from exc
+    if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+        raise MalformedFrame(f"sample rate {rate} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ}")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise MalformedFrame(f"{channels} channels; 1-{MAX_CHANNELS} are supported")
+    if width not in (1, 2, 3, 4):
+        raise MalformedFrame(f"{width * 8}-bit samples are not supported")
+    if frames == 0:
+        raise MalformedFrame("the chunk holds no samples")
+    if len(data) != frames * channels * width:
+        raise MalformedFrame(f"truncated: the header says {frames} frames, the chunk holds "
+                             f"{len(data) // (channels * width)}")
+    if width == 3:  # 24-bit: widen to int32, keeping the sign in the top byte
+        raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3)
+        wide = np.zeros((raw.shape[0], 4), dtype=np.uint8)
+        wide[:, 1:] = raw
+        samples = wide.view("<i4").reshape(-1, channels)
+    else:
+        samples = np.frombuffer(data, dtype=_PCM_DTYPES[width]).reshape(-1, channels)
+    return to_mono_float32(samples), rate
+
+
+@dataclass
+class _Site:
+    id: str
+    rate: int
+    resampler: StreamResampler
+    blocker: Blocker  # cuts the site's audio into blocks on its own stream clock
+    last_frame: float = 0.0
+    needs_flush: bool = False
+
+
+class SatelliteSource:
+    """An engine source (async context manager with `blocks()`) fed by MQTT audio frames."""
+
+    def __init__(self, *, settings: MqttSettings, client_id: str,
+                 topic_filter: str = HERMES_AUDIO_FILTER, block_s: float = DEFAULT_BLOCK_S,
+                 max_queued_blocks: int = MAX_QUEUED_BLOCKS, idle_flush_s: float = IDLE_FLUSH_S,
+                 flush_silence_s: float = FLUSH_SILENCE_S,
+                 backoff_initial_s: float = BACKOFF_INITIAL_S,
+                 backoff_max_s: float = BACKOFF_MAX_S,
+                 rng: random.Random | None = None) -> None:
+        if not 0.01 <= block_s <= 2.0:
+            raise ValueError(f"block_s must be between 0.01 and 2.0 seconds, got {block_s}")
+        if max_queued_blocks < 1 or idle_flush_s <= 0 or flush_silence_s < 0:
+            raise ValueError("max_queued_blocks >= 1, idle_flush_s > 0 and "
+                             "flush_silence_s >= 0 are required")
+        self.settings = settings
+        self.client_id = client_id
+        self.topic_filter = check_filter(topic_filter)
+        self._block = round(block_s * SAMPLE_RATE)
+        self._max_queued = max_queued_blocks
+        self._idle_flush_s = idle_flush_s
+        self._flush_silence = round(flush_silence_s * SAMPLE_RATE)
+        self._backoff = Backoff(initial_s=backoff_initial_s, max_s=backoff_max_s, rng=rng)
+        # Counters.
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0
+        self.frames = 0
+        self.malformed_frames = 0
+        self.dropped_blocks = 0
+        self.nonfinite_samples = 0
+        self.idle_flushes = 0
+        self.last_malformed: str | None = None
+        self._sites: dict[str, _Site] = {}
+        self._queue: collections.deque[AudioBlock] = collections.deque()
+        self._ready = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._stopped = False
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def description(self) -> str:
+        return f"MQTT audio frames {self.topic_filter} from {self.settings.address}"
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self._sites)
+
+    async def wait_connected(self) -> None:
+        """Returns once subscribed: frames published from now on are received."""
+        await self._subscribed.wait()
+
+    def stop(self) -> None:
+        """Ends `blocks()` after what is queued, with every site's last partial block."""
+        if self._stopped:
+            return
+        for site in self._sites.values():
+            self._flush(site, silence=0)
+        self._stopped = True
+        self._ready.set()
+
+    async def __aenter__(self) -> Self:
+        stack = contextlib.AsyncExitStack()
+        tg = await stack.enter_async_context(asyncio.TaskGroup())
+        self._tasks = [tg.create_task(self._link(), name="mqtt-audio-link"),
+                       tg.create_task(self._watch_idle(), name="mqtt-audio-idle")]
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        for task in self._tasks:  # both run until cancelled
+            task.cancel()
+        await stack.__aexit__(exc_type, exc, tb)
+
+    async def blocks(self) -> AsyncIterator[AudioBlock]:
+        while True:
+            while not self._queue and not self._stopped:
+                self._ready.clear()
+                await self._ready.wait()
+            if not self._queue:
+                return
+            yield self._queue.popleft()
+
+    # ---------------------------------------------------------------- network
+
+    async def _link(self) -> None:
+        while not self._stopped:
+            try:
+                async with open_client(self.settings, client_id=self.client_id) as client:
+                    await client.subscribe(self.topic_filter, qos=QOS_AT_MOST_ONCE)
+                    self._backoff.reset()
+                    self.connects += 1
+                    self.reconnects = self.connects - 1
+                    self.connected = True
+                    self._subscribed.set()
+                    async for message in client.messages:
+                        raw = message.payload
+                        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+                        self.on_frame(message.topic.value, payload)
+            except aiomqtt.MqttError as exc:
+                if self.connected:
+                    log.warning("MQTT audio connection to %s lost (%s); reconnecting",
+                                self.settings.address, exc)
+                elif self.connects == 0 and self._backoff.attempt == 0:
+                    log.warning("cannot connect to the MQTT broker at %s for audio (%s); "
+                                "retrying with backoff", self.settings.address, exc)
+            finally:
+                self.connected = False
+                self._subscribed.clear()
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _watch_idle(self) -> None:
+        tick = self._idle_flush_s / 4
+        while True:
+            await asyncio.sleep(tick)  # a timer, not synchronisation: sites idle in wall time
+            now = time.monotonic()
+            for site in self._sites.values():
+                if site.needs_flush and now - site.last_frame >= self._idle_flush_s:
+                    self._flush(site, silence=self._flush_silence)
+                    self.idle_flushes += 1
+
+    # ------------------------------------------------------------------ frames
+
+    def on_frame(self, topic: str, payload: bytes) -> None:
+        """Decode one frame into its site's stream (public for replaying captured frames)."""
+        if self._stopped:
+            return
+        self.frames += 1
+        raw_site = site_from_topic(self.topic_filter, topic)
+        if raw_site is None:
+            return
+        try:
+            samples, rate = decode_wav(payload)
+        except MalformedFrame as exc:
+            self.malformed_frames += 1
+            self.last_malformed = f"{topic}: {exc}"
+            log.debug("skipped malformed audio frame on %s: %s", topic, exc)
+            return
+        site_id = sanitize_level(raw_site, fallback="satellite")
+        site = self._sites.get(site_id)
+        if site is None:
+            site = _Site(id=site_id, rate=rate, resampler=StreamResampler(in_rate=rate),
+                         blocker=Blocker(stream_id=site_id, block_samples=self._block))
+            self._sites[site_id] = site
+        elif site.rate != rate:
+            # The satellite changed its format: finish the old filter's tail, then a new one.
+            self._flush(site, silence=0)
+            site.rate, site.resampler = rate, StreamResampler(in_rate=rate)
+        # Clean before the filter: one NaN would smear over every output sample it touches.
+        clean_in, bad = sanitize(samples)
+        self.nonfinite_samples += bad
+        clean = site.resampler.process(clean_in)
+        site.last_frame = time.monotonic()
+        site.needs_flush = True
+        self._enqueue(site.blocker.push(clean))
+
+    def _flush(self, site: _Site, *, silence: int) -> None:
+        """Emit the site's open audio (the resampler's tail too), then `silence` samples."""
+        tail = site.resampler.process(np.zeros(0, dtype=np.float32), last=True)
+        site.resampler = StreamResampler(in_rate=site.rate)  # the old one has ended
+        # The tail's input was sanitized already; the open block ends short, then silence.
+        self._enqueue([*site.blocker.push(tail), *site.blocker.flush()])
+        if silence:
+            silent = np.zeros(silence, dtype=np.float32)
+            self._enqueue([*site.blocker.push(silent), *site.blocker.flush()])
+        site.needs_flush = False
+
+    def _enqueue(self, blocks: list[AudioBlock]) -> None:
+        for block in blocks:
+            if len(self._queue) >= self._max_queued:
+                self.dropped_blocks += 1  # the clock still advanced: a gap, not a time shift
+                continue
+            self._queue.append(block)
+        if blocks:
+            self._ready.set()

@@ -1,0 +1,461 @@
+"""The MQTT sink: engine events to MQTT topics, surviving broker outages.
+
+    sink = MqttSink(settings=MqttSettings(host="localhost"), options=MqttSinkOptions(site="den"),
+                    control=engine)
+    await sink.consume(engine.subscribe(sink.name))
+
+How it never stalls the engine: `consume` only routes events into an in-memory outbox and
+returns to its subscription at once; one connection task owns the network. That task
+connects (MQTT 5, else 3.1.1), publishes `online` (retained; `offline` is the last will),
+subscribes to the control topic, then sends the outbox head-first, one QoS 1 message at a
+time, removing a message only once the broker acknowledged it. When the connection drops,
+the unacknowledged message stays at the head and is sent again after reconnecting
+(exponential backoff with jitter): finals arrive in order, at least once (a message whose
+PUBACK was lost is delivered twice; nothing is lost unless the outbox overflows).
+
+Bounds: the outbox holds `outbox_size` messages; beyond that the oldest is dropped and
+counted (`outbox_dropped`). QoS 0 messages (partials, stats, levels) are never kept for
+later: dropped and counted (`qos0_dropped`) while disconnected or behind a backlog.
+Counters are plain attributes so the stats topic, the TUI or a test can read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from harken.engine.events import SCHEMA_VERSION, Event
+from harken.engine.mqtt.client import (
+    BACKOFF_INITIAL_S,
+    BACKOFF_MAX_S,
+    Backoff,
+    MqttSettings,
+    Will,
+    open_client,
+)
+from harken.engine.mqtt.control import (
+    ControlError,
+    Pausable,
+    apply,
+    command_name,
+    error_payload,
+    parse_command,
+)
+from harken.engine.mqtt.topics import (
+    DEFAULT_HA_PREFIX,
+    DEFAULT_PREFIX,
+    HERMES_TEXT_CAPTURED,
+    KEYWORD_FIELDS,
+    QOS_AT_LEAST_ONCE,
+    QOS_AT_MOST_ONCE,
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    SiteTopics,
+    check_prefix,
+    default_site,
+    dumps,
+    event_payload,
+    first_field,
+    ha_discovery,
+    ha_keyword_discovery,
+    hermes_hotword_detected,
+    hermes_hotword_topic,
+    hermes_text_captured,
+    routes,
+    sanitize_level,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTBOX_SIZE = 1000  # messages waiting for the broker
+PARTIAL_INTERVAL_S = 0.25  # s: at most one partial per stream this often
+QOS0_MAX_BACKLOG = 16  # messages: a QoS 0 message behind more than this is stale, dropped
+DRAIN_TIMEOUT_S = 5.0  # s: at the end of a run, how long to try delivering what is left
+PUBLISH_TIMEOUT_S = 10.0  # s: a PUBACK slower than this counts as a lost connection
+OFFLINE_ON_CANCEL_S = 1.0  # s: on Ctrl-C, time allowed to publish `offline`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttSinkOptions:
+    prefix: str = DEFAULT_PREFIX
+    site: str = field(default_factory=default_site)
+    #: Satellite input: each stream id is a site, with its own result topics.
+    sites_from_streams: bool = False
+    hermes: bool = False
+    ha_discovery: bool = False
+    ha_prefix: str = DEFAULT_HA_PREFIX
+    keywords: tuple[str, ...] = ()  # keyword entities announced before any is spotted
+    outbox_size: int = DEFAULT_OUTBOX_SIZE
+    partial_interval_s: float = PARTIAL_INTERVAL_S
+    levels: bool = False
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+    publish_timeout_s: float = PUBLISH_TIMEOUT_S
+    backoff_initial_s: float = BACKOFF_INITIAL_S
+    backoff_max_s: float = BACKOFF_MAX_S
+    version: str = ""  # software version shown in Home Assistant
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+        check_prefix(self.ha_prefix)
+        if sanitize_level(self.site, fallback="") != self.site:
+            raise ValueError(f"site id {self.site!r} cannot be an MQTT topic level; use "
+                             f"e.g. {sanitize_level(self.site, fallback='harken')!r}")
+        if self.outbox_size < 1:
+            raise ValueError(f"outbox_size must be >= 1, got {self.outbox_size}")
+        if self.partial_interval_s < 0 or self.drain_timeout_s < 0:
+            raise ValueError("partial_interval_s and drain_timeout_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+
+
+class MqttSink:
+    """Publishes engine events to MQTT; see the module docstring for the delivery rules."""
+
+    def __init__(self, *, settings: MqttSettings, options: MqttSinkOptions,
+                 control: Pausable | None = None, name: str = "mqtt",
+                 rng: random.Random | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.options = options
+        self.topics = SiteTopics(prefix=options.prefix, site=options.site)
+        self.client_id = f"harken-{options.site}"
+        self._control = control
+        self._rng = rng
+        # Counters (cumulative).
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        self.published = 0
+        self.outbox_dropped = 0
+        self.qos0_dropped = 0
+        self.partials_rate_limited = 0
+        self.commands_applied = 0
+        self.commands_rejected = 0
+        self.undelivered = 0
+        self.last_error: str | None = None
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
+        self._inflight: _Outgoing | None = None
+        self._wake = asyncio.Event()
+        self._up = asyncio.Event()
+        self._down = asyncio.Event()
+        self._down.set()
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._outage_logged = False
+        self._deadline = 0.0
+        self._sites: list[str] = []
+        self._site_keywords: dict[str, set[str]] = {}
+        self._last_partial: dict[str, float] = {}
+        self._last_command: dict[str, Any] | None = None
+        self._state_paused: bool | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def outbox_depth(self) -> int:
+        return len(self._outbox) + (self._inflight is not None)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "connected": int(self.connected), "connects": self.connects,
+            "reconnects": self.reconnects, "connect_failures": self.connect_failures,
+            "published": self.published, "outbox_depth": self.outbox_depth,
+            "outbox_dropped": self.outbox_dropped, "qos0_dropped": self.qos0_dropped,
+            "partials_rate_limited": self.partials_rate_limited,
+            "commands_applied": self.commands_applied,
+            "commands_rejected": self.commands_rejected,
+        }
+
+    def bind(self, control: Pausable) -> None:
+        """The object control commands act on: factory.Session (pause/resume, keywords,
+        translation), or a bare Engine (pause/resume only)."""
+        self._control = control
+
+    async def wait_connected(self, connected: bool = True) -> None:
+        """Returns once the sink is connected (or, with False, disconnected)."""
+        await (self._up if connected else self._down).wait()
+
+    async def consume(self, events: AsyncIterable[Event]) -> None:
+        if self.options.ha_discovery and not self.options.sites_from_streams:
+            self._add_site(self.options.site)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._link(), name=f"mqtt-link-{self.options.site}")
+            try:
+                async for event in events:
+                    self._route(event)
+            finally:
+                self._closing = True
+                self._deadline = time.monotonic() + self.options.drain_timeout_s
+                self._closed.set()
+                self._wake.set()
+
+    # ----------------------------------------------------------------- routing
+
+    def _site_of(self, stream: str) -> str:
+        if self.options.sites_from_streams:
+            return sanitize_level(stream, fallback=self.options.site)
+        return self.options.site
+
+    def _add_site(self, site: str) -> None:
+        if site in self._sites:
+            return
+        self._sites.append(site)
+        self._site_keywords[site] = set(self.options.keywords)
+        if self.options.ha_discovery and self.connected:  # else: announced on connect
+            self._announce(site)
+
+    def _announce(self, site: str) -> None:
+        """Queue the retained Home Assistant configs of one site."""
+        topics = SiteTopics(prefix=self.options.prefix, site=site)
+        for item in ha_discovery(topics, availability=self.topics.status,
+                                 keywords=tuple(sorted(self._site_keywords[site])),
+                                 ha_prefix=self.options.ha_prefix,
+                                 version=self.options.version):
+            self._enqueue(_Outgoing(topic=item.topic, payload=dumps(item.config),
+                                    qos=QOS_AT_LEAST_ONCE, retain=True))
+
+    def _route(self, event: Event) -> None:
+        if self._control is not None and self._state_paused is not None and \
+                self._control.paused != self._state_paused:
+            self._publish_state()  # paused from elsewhere (the TUI): keep `state` true
+        site = self._site_of(event.stream)
+        self._add_site(site)
+        if event.type == "caption_partial":
+            now = time.monotonic()
+            last = self._last_partial.get(event.stream)
+            if last is not None and now - last < self.options.partial_interval_s:
+                self.partials_rate_limited += 1
+                return
+            self._last_partial[event.stream] = now
+        topics = SiteTopics(prefix=self.options.prefix, site=site)
+        extra = {"mqtt": self.counters()} if event.type == "stats" else None
+        data = event_payload(event, site=site, extra=extra)
+        if event.type == "keyword":
+            name = str(first_field(data, KEYWORD_FIELDS) or "keyword")
+            known = self._site_keywords[site]
+            if name not in known:
+                known.add(name)
+                if self.options.ha_discovery:
+                    item = ha_keyword_discovery(topics, name, availability=self.topics.status,
+                                                ha_prefix=self.options.ha_prefix,
+                                                version=self.options.version)
+                    self._enqueue(_Outgoing(topic=item.topic, payload=dumps(item.config),
+                                            qos=QOS_AT_LEAST_ONCE, retain=True))
+        payload = dumps(data)
+        for route in routes(topics, data, levels=self.options.levels):
+            self._enqueue(_Outgoing(topic=route.topic, payload=payload, qos=route.qos,
+                                    retain=route.retain))
+        if self.options.hermes:
+            if event.type == "caption_final" and str(data.get("text", "")).strip():
+                self._enqueue(_Outgoing(topic=HERMES_TEXT_CAPTURED,
+                                        payload=dumps(hermes_text_captured(data, site=site)),
+                                        qos=QOS_AT_LEAST_ONCE))
+            elif event.type == "keyword":
+                name = str(first_field(data, KEYWORD_FIELDS) or "default")
+                self._enqueue(_Outgoing(topic=hermes_hotword_topic(name),
+                                        payload=dumps(hermes_hotword_detected(data, site=site)),
+                                        qos=QOS_AT_LEAST_ONCE))
+
+    def _enqueue(self, item: _Outgoing) -> None:
+        if item.qos == QOS_AT_MOST_ONCE:
+            if not self.connected or len(self._outbox) >= min(QOS0_MAX_BACKLOG,
+                                                              self.options.outbox_size):
+                self.qos0_dropped += 1
+                return
+        elif len(self._outbox) >= self.options.outbox_size:
+            # Make room: a stale QoS 0 message if there is one, else the oldest message.
+            for i, old in enumerate(self._outbox):
+                if old.qos == QOS_AT_MOST_ONCE:
+                    del self._outbox[i]
+                    self.qos0_dropped += 1
+                    break
+            else:
+                self._outbox.popleft()
+                self.outbox_dropped += 1
+        self._outbox.append(item)
+        self._wake.set()
+
+    # -------------------------------------------------------------- connection
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        (self._up if up else self._down).set()
+        (self._down if up else self._up).clear()
+
+    def _lost(self) -> None:
+        """Connection gone: QoS 0 messages are never kept for later."""
+        self._set_connected(False)
+        if self._inflight is not None and self._inflight.qos == QOS_AT_MOST_ONCE:
+            self._inflight = None
+            self.qos0_dropped += 1
+        kept = [m for m in self._outbox if m.qos != QOS_AT_MOST_ONCE]
+        self.qos0_dropped += len(self._outbox) - len(kept)
+        self._outbox = collections.deque(kept)
+
+    def _pending(self) -> bool:
+        return bool(self._outbox) or self._inflight is not None
+
+    async def _link(self) -> None:
+        backoff = Backoff(initial_s=self.options.backoff_initial_s,
+                          max_s=self.options.backoff_max_s, rng=self._rng)
+        will = Will(topic=self.topics.status, payload=STATUS_OFFLINE.encode())
+        while True:
+            if self._closing and (not self._pending() or time.monotonic() >= self._deadline):
+                break
+            try:
+                async with open_client(self.settings, client_id=self.client_id,
+                                       will=will) as client:
+                    backoff.reset()
+                    await self._session(client)
+                return
+            except aiomqtt.MqttError as exc:
+                self._on_failure(exc)
+            delay = backoff.next_delay()
+            if self._closing:
+                await asyncio.sleep(min(delay, max(0.0, self._deadline - time.monotonic())))
+            else:
+                # Wake at once when the run ends: what is left then gets its own deadline.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), timeout=delay)
+        self.undelivered = self.outbox_depth
+
+    def _on_failure(self, exc: aiomqtt.MqttError) -> None:
+        was_up = self.connected
+        self._lost()
+        self.last_error = str(exc) or type(exc).__name__
+        if was_up:
+            log.warning("MQTT connection to %s lost (%s); reconnecting, results wait in the "
+                        "outbox", self.settings.address, self.last_error)
+        else:
+            self.connect_failures += 1
+            if not self._outage_logged:  # once per outage, not once per retry
+                log.warning("cannot connect to the MQTT broker at %s (%s); retrying with "
+                            "backoff", self.settings.address, self.last_error)
+        self._outage_logged = True
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """One connection's life; returns after a clean close, raises MqttError if lost."""
+        timeout = self.options.publish_timeout_s
+        try:
+            await client.publish(self.topics.status, STATUS_ONLINE.encode(),
+                                 qos=QOS_AT_LEAST_ONCE, retain=True, timeout=timeout)
+            await client.subscribe(self.topics.control, qos=QOS_AT_LEAST_ONCE, timeout=timeout)
+            if self.options.ha_discovery:
+                await client.subscribe(f"{self.options.ha_prefix}/status",
+                                       qos=QOS_AT_LEAST_ONCE, timeout=timeout)
+            self.connects += 1
+            self._outage_logged = False
+            if self.connects > 1:
+                self.reconnects += 1
+                log.warning("MQTT connection to %s is back; sending %d waiting message(s)",
+                            self.settings.address, self.outbox_depth)
+            self._set_connected(True)
+            if self.options.ha_discovery:
+                for site in self._sites:
+                    self._announce(site)
+            self._publish_state()
+            lost: aiomqtt.MqttError | None = None
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    receiver = tg.create_task(self._receive(client), name="mqtt-receive")
+                    await self._send(client)
+                    receiver.cancel()
+            except* aiomqtt.MqttError as group:
+                first = group.exceptions[0]
+                lost = first if isinstance(first, aiomqtt.MqttError) else None
+            if lost is not None:
+                raise lost
+        except asyncio.CancelledError:
+            # Stopped from outside (Ctrl-C): a clean disconnect suppresses the last will,
+            # so say `offline` ourselves, briefly.
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await asyncio.wait_for(
+                    client.publish(self.topics.status, STATUS_OFFLINE.encode(),
+                                   qos=QOS_AT_LEAST_ONCE, retain=True),
+                    timeout=OFFLINE_ON_CANCEL_S)
+            raise
+        finally:
+            self._set_connected(False)
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        """The only writer: outbox head first; returns after `offline` when closing."""
+        while True:
+            while not self._pending() and not self._closing:
+                self._wake.clear()
+                await self._wake.wait()
+            if not self._pending() or (self._closing and time.monotonic() >= self._deadline):
+                break
+            if self._inflight is None:
+                self._inflight = self._outbox.popleft()
+            item = self._inflight
+            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain,
+                                 timeout=self.options.publish_timeout_s)
+            self._inflight = None
+            self.published += 1
+        self.undelivered = self.outbox_depth
+        await client.publish(self.topics.status, STATUS_OFFLINE.encode(),
+                             qos=QOS_AT_LEAST_ONCE, retain=True,
+                             timeout=self.options.publish_timeout_s)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        ha_status = f"{self.options.ha_prefix}/status"
+        async for message in client.messages:
+            raw = message.payload
+            payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else \
+                str(raw if raw is not None else "").encode()
+            if message.topic.matches(self.topics.control):
+                if not message.retain:  # a retained command would re-run on every connect
+                    self._command(payload)
+            elif message.topic.matches(ha_status) and not message.retain and \
+                    payload.strip() == STATUS_ONLINE.encode():
+                # Home Assistant restarted: it forgot non-retained state, announce again.
+                for site in self._sites:
+                    self._announce(site)
+
+    # ----------------------------------------------------------------- control
+
+    def _command(self, payload: bytes) -> None:
+        try:
+            command = parse_command(payload)
+            if self._control is None:
+                raise ControlError("this Harken session has no engine to control yet; retry "
+                                   "once it runs", code="unsupported",
+                                   command=command_name(command), request_id=command.id)
+            apply(command, self._control)
+        except ControlError as err:
+            self.commands_rejected += 1
+            log.warning("rejected MQTT command on %s: %s", self.topics.control, err)
+            self._enqueue(_Outgoing(
+                topic=self.topics.error, qos=QOS_AT_LEAST_ONCE,
+                payload=dumps(error_payload(err, site=self.options.site,
+                                            schema_version=SCHEMA_VERSION))))
+            return
+        self.commands_applied += 1
+        self._last_command = {"command": command_name(command), "id": command.id}
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        """Retained `<prefix>/<site>/state`: what the control topic last set."""
+        if self._control is None:
+            return
+        self._state_paused = bool(self._control.paused)
+        state = {"schema_version": SCHEMA_VERSION, "site": self.options.site, "type": "state",
+                 "paused": self._state_paused, "last_command": self._last_command}
+        self._enqueue(_Outgoing(topic=self.topics.state, payload=dumps(state),
+                                qos=QOS_AT_LEAST_ONCE, retain=True))

@@ -1,0 +1,44 @@
+"""Output text files whose failures name the file and the fix (for every file sink)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from harken.models.errors import SinkError
+
+
+class TextFile:
+    """A text file whose failing writes (disk full, a lost mount) name the file and the fix."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._errors("cannot create"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("w", encoding="utf-8", newline="\n")
+
+    @contextlib.contextmanager
+    def _errors(self, what: str = "cannot write") -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise SinkError(f"{what} {self.path}: {exc.strerror or exc}. Free some space or "
+                            "choose another folder with --out; what was written before is "
+                            "kept") from exc
+
+    def write(self, text: str) -> None:
+        with self._errors():
+            self._file.write(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        with self._errors():
+            self._file.writelines(lines)
+
+    def flush(self) -> None:
+        with self._errors():
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._errors():
+            self._file.close()

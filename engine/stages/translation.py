@@ -1,0 +1,242 @@
+"""Live translation of one stream: final VAD segments in, translation events out.
+
+Translation is autoregressive generation, many times slower than a caption window, so it
+never runs on the inference worker (whose single thread the captions need). It runs on its
+own `GenerationWorker` thread, and its results come out of the stage's `background()`
+iterator, which the engine drains as a task of its own: captions never wait for it.
+
+Files and `--fast` (`live=False`) translate every segment in order; a full backlog makes the
+stream wait (bounded memory, results independent of timing). Live runs keep only the newest
+waiting segment: when a new one ends while an older one still waits, the older one is
+skipped and counted (`translation_segments_skipped` in stats).
+
+The target languages are a `TargetSelection` that every stream of a session shares:
+switching them (the MQTT control topic) applies to the next segment translated; with none
+selected, segments are not translated at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+
+import numpy as np
+
+from harken.engine.events import Event, StreamError, Translation
+from harken.engine.metrics import ArrivalLog, Percentiles
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.models.audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from harken.models.translation import TargetLanguage, TranslatedText
+
+ORDERED_BACKLOG = 8  # segments waiting at most in files/--fast before the stream waits
+LIVE_BACKLOG = 1  # segments waiting at most live: the newest wins
+MAX_SEGMENT_S = 120.0  # s of one segment kept at most (the VAD splits long speech sooner)
+
+T = TypeVar("T")
+
+
+class GenerationError(RuntimeError):
+    """Generation failed (out of memory, bad input)."""
+
+
+class GenerationWorker:
+    """One thread for generation, beside the inference worker; calls run one at a time.
+
+    `async with GenerationWorker(name="cpu") as gen: out = await gen.run(fn, arg)`.
+    """
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+        self.busy_s = 0.0
+        self.calls = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def __aenter__(self) -> Self:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{self.name}")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._executor is not None:
+            # Waits for a generation in flight (a thread cannot be interrupted safely), off
+            # the loop so that the UI and the other sinks keep running meanwhile.
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+            self._executor = None
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._executor is None:
+            raise RuntimeError("GenerationWorker used outside `async with`")
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except Exception as exc:  # any model failure fails this segment, not the run
+            raise GenerationError(f"translation failed on {self.name}: {exc}") from exc
+        finally:
+            self.busy_s += time.perf_counter() - started
+            self.calls += 1
+
+
+class Translator(Protocol):
+    """What the stage needs (models/translation.SpeechTranslator has it)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def translate(self, samples: np.ndarray,
+                  targets: Sequence[TargetLanguage]) -> list[TranslatedText]: ...
+
+
+class TargetSelection:
+    """The target languages of a session, shared by the stages of all its streams.
+
+    `set` replaces them in one assignment of an immutable tuple (empty: translation off);
+    checking codes against the model is the caller's job (SpeechTranslator.languages).
+    """
+
+    def __init__(self, *, targets: Sequence[TargetLanguage]) -> None:
+        self._targets = tuple(targets)
+
+    @property
+    def targets(self) -> tuple[TargetLanguage, ...]:
+        return self._targets
+
+    def set(self, targets: Sequence[TargetLanguage]) -> None:
+        self._targets = tuple(targets)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    segment: int
+    start: int  # stream samples
+    end: int
+    samples: np.ndarray
+
+
+class TranslationStage:
+    """The translation task on one stream (a `Stage` of engine/pipeline.py)."""
+
+    name = "translation"
+
+    def __init__(self, *, stream: str, translator: Translator, generator: GenerationWorker,
+                 live: bool, arrivals: ArrivalLog, targets: Sequence[TargetLanguage] = (),
+                 selection: TargetSelection | None = None) -> None:
+        """`selection`: the session's shared, switchable languages; else fixed `targets`."""
+        if selection is None:
+            if not targets:
+                raise ValueError("translation needs at least one target language")
+            selection = TargetSelection(targets=targets)
+        self.stream = stream
+        self.translator = translator
+        self.selection = selection
+        self.live = live
+        self.latency = Percentiles()
+        self.translated = 0
+        self.skipped = 0
+        self.failed = 0
+        self._generator = generator
+        self._arrivals = arrivals
+        self._backlog = LIVE_BACKLOG if live else ORDERED_BACKLOG
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._ready = asyncio.Event()  # a job was queued, or the stream ended
+        self._space = asyncio.Event()  # a job was taken
+        self._ended = False
+        self._segment: int | None = None
+        self._seg_start = 0
+        self._pieces: list[np.ndarray] = []
+        self._kept = 0
+        self._max_samples = round(MAX_SEGMENT_S * SAMPLE_RATE)
+
+    def counters(self) -> dict[str, int]:
+        return {"translation_segments": self.translated,
+                "translation_segments_skipped": self.skipped,
+                "translation_failed": self.failed}
+
+    def latencies(self) -> dict[str, float | None]:
+        return {"translation_latency_p50_s": self.latency.get(50),
+                "translation_latency_p95_s": self.latency.get(95)}
+
+    def on_start(self, start: SegmentStart) -> None:
+        self._segment = start.segment
+        self._seg_start = start.start
+        self._pieces = []
+        self._kept = 0
+
+    def on_audio(self, audio: SegmentAudio) -> None:
+        if audio.segment != self._segment or self._kept >= self._max_samples:
+            return
+        piece = audio.samples[: self._max_samples - self._kept]
+        self._pieces.append(piece)
+        self._kept += len(piece)
+
+    async def step(self) -> list[Event]:
+        return []
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        if end.segment != self._segment:
+            return []
+        self._segment = None
+        samples = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
+        samples = samples[: max(0, end.end - self._seg_start)]
+        self._pieces = []
+        if not self.selection.targets:
+            return []  # translation is switched off
+        job = _Job(segment=end.segment, start=self._seg_start, end=end.end, samples=samples)
+        if self.live:
+            while len(self._jobs) >= self._backlog:
+                self._jobs.popleft()  # the newest segment wins; the older one is skipped
+                self.skipped += 1
+        else:
+            while len(self._jobs) >= self._backlog:
+                self._space.clear()
+                await self._space.wait()
+        self._jobs.append(job)
+        self._ready.set()
+        return []
+
+    def on_stream_end(self) -> None:
+        """No more segments: background() ends once the queued ones are translated."""
+        self._ended = True
+        self._ready.set()
+
+    def background(self) -> AsyncIterator[Event]:
+        return self._translate_jobs()
+
+    async def _translate_jobs(self) -> AsyncIterator[Event]:
+        while True:
+            if not self._jobs:
+                if self._ended:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            job = self._jobs.popleft()
+            self._space.set()
+            for event in await self._translate(job):
+                yield event
+
+    async def _translate(self, job: _Job) -> list[Event]:
+        start_s, end_s = job.start / SAMPLE_RATE, job.end / SAMPLE_RATE
+        targets = self.selection.targets  # the languages chosen now, not at the segment's end
+        if not targets:
+            return []
+        try:
+            results = await self._generator.run(self.translator.translate, job.samples,
+                                                targets)
+        except GenerationError as exc:
+            self.failed += 1
+            return [StreamError(stream=self.stream, start=start_s, end=end_s, message=str(exc))]
+        self.translated += 1
+        arrived = self._arrivals.time_of(job.end)
+        if arrived is not None:
+            self.latency.add(time.monotonic() - arrived)
+        return [Translation(stream=self.stream, start=start_s, end=end_s, segment=job.segment,
+                            lang=r.lang, text=r.text, model=self.translator.model_id)
+                for r in results]
