@@ -56,6 +56,14 @@ class ComputeConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on CUDA, float32 on CPU")
     max_batch: int = Field(16, ge=1, le=256, description="windows per forward pass")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="auto: int8 (dynamic, Linear layers) on CPU, fp32 on CUDA; "
+        "fp32: no quantisation")
+    inference_threads: int = Field(
+        0, ge=0, le=256, description="torch threads of the inference worker; 0: auto "
+        "(docs/cpu.md)")
+    generation_threads: int = Field(
+        0, ge=0, le=256, description="torch threads of the translation thread; 0: auto")
 
     @field_validator("device_type")
     @classmethod

@@ -15,12 +15,27 @@ from typing import Any
 from harken.app.config import LoadedConfig, load_config
 
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
+PRECISIONS = ["auto", "fp32", "int8"]
+PRECISION_HELP = "int8: dynamic int8 Linear layers (CPU only); auto: int8 on CPU, fp32 on CUDA"
+
+
+def add_precision_flags(p: argparse.ArgumentParser | Any, *, threads: bool = True) -> None:
+    """--precision (and the thread budgets) of the compute section (docs/cpu.md)."""
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    if threads:
+        p.add_argument("--inference-threads", type=int, metavar="N",
+                       help="torch threads of the inference worker (0: auto)")
+        p.add_argument("--generation-threads", type=int, metavar="N",
+                       help="torch threads of translation generation (0: auto)")
 
 #: flag dest -> (dotted config key, flag spelling): flags override the file and environment
 FLAG_KEYS: dict[str, tuple[str, str]] = {
     "captions_model": ("captions.model", "--captions-model"),
     "device_type": ("compute.device_type", "--device-type"),
     "dtype": ("compute.dtype", "--dtype"),
+    "precision": ("compute.precision", "--precision"),
+    "inference_threads": ("compute.inference_threads", "--inference-threads"),
+    "generation_threads": ("compute.generation_threads", "--generation-threads"),
     "device": ("audio.device", "--device"),
     "hop": ("captions.hop_s", "--hop"),
     "left_context": ("captions.left_context_s", "--left-context"),
@@ -186,6 +201,7 @@ def _compute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
     p.add_argument("--device-type", metavar="auto|cpu|cuda[:N]", help="compute device")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    add_precision_flags(p, threads=False)
 
 
 def add_speakers_parser(sub: Any) -> None:
@@ -245,6 +261,43 @@ def add_bench(bsub: Any) -> None:
     bs.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
+def add_load_bench_parsers(bsub: Any) -> None:
+    """`bench all` and `bench streams` (app/bench/all.py, app/bench/streams.py, docs/cpu.md)."""
+    ba = bsub.add_parser("all", help="the five tasks together on one real-time speech stream")
+    ba.add_argument("--seconds", type=float, default=60.0, help="audio length")
+    ba.add_argument("--captions-arch", default="hubert-base",
+                    choices=["hubert-base", "hubert-large"],
+                    help="captions architecture (random weights)")
+    ba.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
+    ba.add_argument("--max-new-tokens", type=int, default=48,
+                    help="tokens per translated segment (random weights always reach it)")
+    ba.add_argument("--inference-threads", type=int, default=0, metavar="N",
+                    help="torch threads of the inference worker (0: auto)")
+    ba.add_argument("--generation-threads", type=int, default=0, metavar="N",
+                    help="torch threads of translation generation (0: auto)")
+    bst = bsub.add_parser("streams", help="N concurrent streams through the batching worker")
+    bst.add_argument("--streams", type=int, default=1, metavar="N",
+                     help="concurrent streams (with --find-capacity: the first N tried)")
+    bst.add_argument("--find-capacity", action="store_true",
+                     help="largest N with final p95 < 0.5 s and no skipped finals")
+    bst.add_argument("--max-streams", type=int, default=512, metavar="N",
+                     help="--find-capacity tries no more streams than this")
+    bst.add_argument("--tasks", default="captions", metavar="captions[,speakers,keywords]")
+    bst.add_argument("--model", default="hubert-large",
+                     metavar="ID|DIR|hubert-base|hubert-large",
+                     help="captions checkpoint, or a full-size architecture, random weights")
+    bst.add_argument("--seconds", type=float, default=30.0, help="audio per stream")
+    bst.add_argument("--max-batch", type=int, default=64, help="windows per forward pass")
+    for p in (ba, bst):
+        p.add_argument("--audio", type=Path,
+                       help="speech file (default: ../shared/audio conversation, else the "
+                            "assets sample)")
+        p.add_argument("--device-type", default="auto")
+        p.add_argument("--dtype", default="auto", choices=DTYPES)
+        p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+        p.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
 def add_eval_keywords(esub: Any, add_common: Any) -> None:
     """`harken eval keywords DIR [--negatives FILE]...` (app/eval/keywords.py)."""
     ek = esub.add_parser("keywords", help="keyword accuracy per label, confusion matrix, "
@@ -267,6 +320,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--right-context", type=float, metavar="S")
     p.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3])
     p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
+    add_precision_flags(p)
     add_task_flags(p)
     add_diarize_flags(p)
 
@@ -362,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--json", action="store_true", help="print only the JSON object")
     add_bench_parsers(bsub)
     add_bench(bsub)
+    add_load_bench_parsers(bsub)
 
     ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")

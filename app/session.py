@@ -42,6 +42,7 @@ from harken.engine.sources.mic import MicSource
 from harken.engine.stages.keywords import KeywordSelection
 from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker
+from harken.engine.threads import ThreadBudget, available_cores, plan_threads
 from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.errors import KeywordError
@@ -58,6 +59,15 @@ def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
                        split_search_s=v.split_search_s),
         live=live,
     )
+
+
+def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
+    """The torch threads of the inference worker and the generation thread (engine/threads.py):
+    the configured counts, or a split of this machine's cores that never oversubscribes."""
+    c = config.compute
+    return plan_threads(cores=available_cores(), device_type=device_type,
+                        translation=bool(config.translation.languages),
+                        inference=c.inference_threads, generation=c.generation_threads)
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,
@@ -128,7 +138,9 @@ async def task_stages(config: HarkenConfig, models: ModelLoader) -> AsyncIterato
     translator = await models.translation(config)
     translator.options = generation_options(config)
     languages = language_switch(config, translator)
-    async with GenerationWorker(name=str(translator.device)) as generator:
+    budget = thread_budget(config, device_type=translator.device.type)
+    async with GenerationWorker(name=str(translator.device), threads=budget.generation,
+                                nice=budget.generation_nice) as generator:
         factories.append(translation_stages(translator, languages.selection.targets,
                                             generator, selection=languages.selection))
         yield TaskStages(factories=factories, keywords=keywords, languages=languages)
@@ -220,8 +232,10 @@ class Session:
         if self.config.speakers.enabled:
             speakers = await self.models.diarization(self.config)
             diarize.append(speaker_stages(self.config, speakers, switch=self._diarization))
+        budget = thread_budget(self.config, device_type=captioner.device.type)
         async with InferenceWorker(name=str(captioner.device),
-                                   max_batch=self.config.compute.max_batch) as worker, \
+                                   max_batch=self.config.compute.max_batch,
+                                   threads=budget.inference) as worker, \
                 task_stages(self.config, self.models) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
                             stages=[caption_stages(self.config, captioner), *tasks.factories,

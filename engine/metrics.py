@@ -47,6 +47,10 @@ class Percentiles:
     def __len__(self) -> int:
         return len(self._values)
 
+    def values(self) -> tuple[float, ...]:
+        """The samples kept (benchmarks pool them across streams)."""
+        return tuple(self._values)
+
     def get(self, q: float) -> float | None:
         if not self._values:
             return None

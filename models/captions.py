@@ -58,7 +58,8 @@ class CtcCaptioner:
 
     @classmethod
     def from_pretrained(
-        cls, model_id: str, *, device: str = "auto", dtype: str = "auto"
+        cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
+        precision: str = "auto",
     ) -> CtcCaptioner:
         from transformers import AutoModelForCTC
 
@@ -66,7 +67,8 @@ class CtcCaptioner:
         torch_dtype = resolve_dtype(torch_device, dtype)
         processor = load_processor(model_id, task=TASK)
         model = load_pretrained(
-            AutoModelForCTC, model_id, device=torch_device, dtype=torch_dtype, task=TASK
+            AutoModelForCTC, model_id, device=torch_device, dtype=torch_dtype, task=TASK,
+            precision=precision,
         )
         return cls(
             model_id=model_id,

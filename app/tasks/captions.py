@@ -10,8 +10,10 @@ from harken.models.captions import CtcCaptioner
 from harken.models.streaming import StreamingOptions
 
 
-def load_captioner(model: str, device_type: str, dtype: str) -> CtcCaptioner:
-    return CtcCaptioner.from_pretrained(model, device=device_type, dtype=dtype)
+def load_captioner(model: str, device_type: str, dtype: str,
+                   precision: str = "auto") -> CtcCaptioner:
+    return CtcCaptioner.from_pretrained(model, device=device_type, dtype=dtype,
+                                        precision=precision)
 
 
 def streaming_options(config: HarkenConfig) -> StreamingOptions:

@@ -31,14 +31,15 @@ class ModelLoader:
             c = config
             self.captioner = await asyncio.to_thread(
                 captions.load_captioner, c.captions.model, c.compute.device_type,
-                c.compute.dtype)
+                c.compute.dtype, c.compute.precision)
         return self.captioner
 
     async def keywords(self, config: HarkenConfig) -> KeywordSpotter:
         if self.spotter is None:
             c = config
             self.spotter = await asyncio.to_thread(
-                keywords.load_spotter, c.keywords.model, c.compute.device_type, c.compute.dtype)
+                keywords.load_spotter, c.keywords.model, c.compute.device_type, c.compute.dtype,
+                c.compute.precision)
         return self.spotter
 
     async def translation(self, config: HarkenConfig) -> SpeechTranslator:
@@ -46,7 +47,7 @@ class ModelLoader:
             c = config
             self.translator = await asyncio.to_thread(
                 translation.load_translator, c.translation.model, c.compute.device_type,
-                c.compute.dtype)
+                c.compute.dtype, c.compute.precision)
         return self.translator
 
     async def diarization(self, config: HarkenConfig) -> SpeakerModels:

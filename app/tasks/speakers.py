@@ -28,16 +28,18 @@ class SpeakerModels:
     embedder: XVectorEmbedder
 
 
-#: (speaker model, diarization model, device type, dtype) -> models. Tests may inject fakes.
-SpeakerModelsLoader = Callable[[str, str, str, str], SpeakerModels]
+#: (speaker model, diarization model, device type, dtype, precision) -> models. Tests may
+#: inject fakes.
+SpeakerModelsLoader = Callable[[str, str, str, str, str], SpeakerModels]
 
 
 @functools.lru_cache(maxsize=2)
 def load_speaker_models(speaker_model: str, diarization_model: str, device_type: str,
-                        dtype: str) -> SpeakerModels:
-    embedder = XVectorEmbedder.from_pretrained(speaker_model, device=device_type, dtype=dtype)
+                        dtype: str, precision: str = "auto") -> SpeakerModels:
+    embedder = XVectorEmbedder.from_pretrained(speaker_model, device=device_type, dtype=dtype,
+                                               precision=precision)
     segmenter = FrameSegmenter.from_pretrained(diarization_model, device=device_type,
-                                               dtype=dtype)
+                                               dtype=dtype, precision=precision)
     return SpeakerModels(segmenter=segmenter, embedder=embedder)
 
 
@@ -55,7 +57,8 @@ def speaker_model_id(config: HarkenConfig) -> str:
 def load_embedder(config: HarkenConfig) -> XVectorEmbedder:
     c = config
     return XVectorEmbedder.from_pretrained(speaker_model_id(c), device=c.compute.device_type,
-                                           dtype=c.compute.dtype)
+                                           dtype=c.compute.dtype,
+                                           precision=c.compute.precision)
 
 
 async def load_models(config: HarkenConfig,
@@ -63,7 +66,8 @@ async def load_models(config: HarkenConfig,
     c = config
     return await asyncio.to_thread(loader, speaker_model_id(c),
                                    model_key(c.speakers.diarization_model),
-                                   c.compute.device_type, c.compute.dtype)
+                                   c.compute.device_type, c.compute.dtype,
+                                   c.compute.precision)
 
 
 def store_of(config: HarkenConfig) -> VoiceprintStore:

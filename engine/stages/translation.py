@@ -30,6 +30,7 @@ import numpy as np
 
 from harken.engine.events import Event, StreamError, Translation
 from harken.engine.metrics import ArrivalLog, Percentiles
+from harken.engine.threads import start_thread
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.models.audio import SAMPLE_RATE
 
@@ -53,14 +54,27 @@ class GenerationWorker:
     `async with GenerationWorker(name="cpu") as gen: out = await gen.run(fn, arg)`.
     """
 
-    def __init__(self, *, name: str) -> None:
+    def __init__(self, *, name: str, threads: int | None = None, nice: int = 0) -> None:
+        """`threads`: torch intra-op threads of the generation thread, `nice`: niceness
+        added to it (engine/threads.py); None and 0 leave them alone."""
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self.name = name
+        self.threads = threads
+        self.nice = nice
         self.busy_s = 0.0
         self.calls = 0
         self._executor: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> Self:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{self.name}")
+        if self.threads is None:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix=f"gen-{self.name}")
+        else:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix=f"gen-{self.name}",
+                                                initializer=start_thread,
+                                                initargs=(self.threads, self.nice))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -138,6 +152,8 @@ class TranslationStage:
         self.selection = selection
         self.live = live
         self.latency = Percentiles()
+        self.latency_ratio = Percentiles()  # latency after the segment ended / its length
+        self.generation_s = 0.0  # seconds this stream's segments spent generating
         self.translated = 0
         self.skipped = 0
         self.failed = 0
@@ -161,7 +177,8 @@ class TranslationStage:
 
     def latencies(self) -> dict[str, float | None]:
         return {"translation_latency_p50_s": self.latency.get(50),
-                "translation_latency_p95_s": self.latency.get(95)}
+                "translation_latency_p95_s": self.latency.get(95),
+                "translation_latency_per_audio_s_p95": self.latency_ratio.get(95)}
 
     def on_start(self, start: SegmentStart) -> None:
         self._segment = start.segment
@@ -227,16 +244,22 @@ class TranslationStage:
         targets = self.selection.targets  # the languages chosen now, not at the segment's end
         if not targets:
             return []
+        started = time.perf_counter()
         try:
             results = await self._generator.run(self.translator.translate, job.samples,
                                                 targets)
         except GenerationError as exc:
             self.failed += 1
             return [StreamError(stream=self.stream, start=start_s, end=end_s, message=str(exc))]
+        finally:
+            self.generation_s += time.perf_counter() - started
         self.translated += 1
         arrived = self._arrivals.time_of(job.end)
         if arrived is not None:
-            self.latency.add(time.monotonic() - arrived)
+            latency = time.monotonic() - arrived
+            self.latency.add(latency)
+            if job.end > job.start:
+                self.latency_ratio.add(latency * SAMPLE_RATE / (job.end - job.start))
         return [Translation(stream=self.stream, start=start_s, end=end_s, segment=job.segment,
                             lang=r.lang, text=r.text, model=self.translator.model_id)
                 for r in results]

@@ -1,0 +1,86 @@
+"""Thread budgets: torch intra-op threads for the inference worker and the generation thread.
+
+Both run torch on a thread of their own, and torch's intra-op thread count can be set per
+thread (OpenMP and MKL keep it per thread), so each gets its own budget, set once when its
+thread starts. Left to torch, each would use every core: with translation on, caption
+windows and generation would then ask for twice as many threads as there are cores and slow
+each other down (oversubscription). The automatic budget splits the cores instead
+(docs/cpu.md):
+
+- CPU, translation on: generation gets a quarter of the cores (at least 1) and a lower
+  scheduling priority; the inference worker gets the rest (at least 1). On 2 cores: 1 + 1.
+- CPU, translation off: the inference worker gets every core.
+- CUDA: the GPU does the work; the threads only prepare inputs and launch kernels, so two
+  each are enough and leave the cores to the sources, the VAD and the sinks.
+
+Values set in the configuration (compute.inference_threads, compute.generation_threads) are
+kept as given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from harken.models.loading import use_threads
+
+log = logging.getLogger(__name__)
+
+CUDA_HOST_THREADS = 2  # threads per worker when a GPU does the compute
+GENERATION_SHARE = 4  # on CPU, generation gets 1/GENERATION_SHARE of the cores (at least 1)
+GENERATION_NICE = 10  # niceness added to the generation thread on CPU: captions come first
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers may narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity masks on this OS
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadBudget:
+    inference: int  # torch intra-op threads of the inference worker
+    generation: int  # torch intra-op threads of the generation thread
+    generation_nice: int = 0  # niceness added to the generation thread (0: none)
+
+    def __post_init__(self) -> None:
+        if self.inference < 1 or self.generation < 1 or self.generation_nice < 0:
+            raise ValueError(f"thread budgets must be at least 1, got {self}")
+
+
+def plan_threads(*, cores: int, device_type: str, translation: bool, inference: int = 0,
+                 generation: int = 0) -> ThreadBudget:
+    """The budget for `cores` cores; `inference` or `generation` above 0 is kept as given."""
+    if inference < 0 or generation < 0:
+        raise ValueError("thread counts must be 0 (auto) or more")
+    cores = max(1, cores)
+    if device_type != "cpu":
+        auto_inf = auto_gen = min(cores, CUDA_HOST_THREADS)
+        nice = 0
+    elif translation:
+        auto_gen = max(1, cores // GENERATION_SHARE)
+        auto_inf = max(1, cores - auto_gen)
+        nice = GENERATION_NICE
+    else:
+        auto_inf = auto_gen = cores
+        nice = 0
+    return ThreadBudget(inference=inference or auto_inf, generation=generation or auto_gen,
+                        generation_nice=nice)
+
+
+def start_thread(threads: int, nice: int = 0) -> None:
+    """Executor initializer: the calling thread's torch threads, and its niceness."""
+    use_threads(threads)
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        # On Linux a thread id names one thread: only this one yields the CPU.
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:
+        log.info("could not lower the priority of %s: %s", threading.current_thread().name,
+                 exc)
