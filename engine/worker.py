@@ -54,6 +54,13 @@ class _Request:
         return (id(self.model), length)
 
 
+def _encode_timed(model: BatchEncoder,
+                  windows: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    started = time.thread_time()
+    outputs = model.encode(windows)
+    return outputs, time.thread_time() - started
+
+
 def buckets(group: list[_Request], *, max_batch: int) -> list[list[_Request]]:
     """`group` (one model) cut into batches of at most `max_batch` windows; windows of
     different lengths sorted by length, a batch closed before padding would exceed
@@ -84,6 +91,10 @@ class WorkerStats:
     max_batch_seen: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)
     busy_by_model: dict[str, float] = field(default_factory=dict)  # model_id -> seconds
+    # CPU seconds of the worker thread itself: unlike busy_s, not inflated when other
+    # processes share the cores (all of the compute when it runs one torch thread).
+    cpu_s: float = 0.0
+    cpu_by_model: dict[str, float] = field(default_factory=dict)
     samples: int = 0  # audio samples encoded
     padded_samples: int = 0  # zeros added to batch windows of different lengths
 
@@ -174,7 +185,11 @@ class InferenceWorker:
         windows = [r.samples for r in batch]
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, model.encode, windows)
+            outputs, cpu_s = await loop.run_in_executor(self._executor, _encode_timed, model,
+                                                        windows)
+            self.stats.cpu_s += cpu_s
+            key = str(getattr(model, "model_id", type(model).__name__))
+            self.stats.cpu_by_model[key] = self.stats.cpu_by_model.get(key, 0.0) + cpu_s
             if len(outputs) != len(batch):
                 raise ValueError(f"the model returned {len(outputs)} results for "
                                  f"{len(batch)} windows")

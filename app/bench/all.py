@@ -125,7 +125,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
     """Per task: RTF (its model's share of compute / audio), latencies and degradations."""
     state = engine.streams[STREAM]
     tasks: dict[str, Any] = {}
-    busy = worker.busy_by_model
+    busy, cpu = worker.busy_by_model, worker.cpu_by_model
     for stage in state.stages:
         lat = stage.latencies()
         counters = stage.counters()
@@ -133,6 +133,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
             tasks["captions"] = {
                 "model": stage.captioner.model_id,
                 "rtf": _r(busy.get(stage.captioner.model_id, 0.0) / audio_s),
+                "cpu_rtf": _r(cpu.get(stage.captioner.model_id, 0.0) / audio_s),
                 "partial_latency_p50_s": _r(lat["caption_latency_p50_s"]),
                 "partial_latency_p95_s": _r(lat["caption_latency_p95_s"]),
                 "final_latency_p50_s": _r(lat["final_latency_p50_s"]),
@@ -144,6 +145,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
             tasks["speakers"] = {
                 "models": list(ids),
                 "rtf": _r(sum(busy.get(i, 0.0) for i in ids) / audio_s),
+                "cpu_rtf": _r(sum(cpu.get(i, 0.0) for i in ids) / audio_s),
                 "turn_latency_p50_s": _r(lat["speaker_turn_latency_p50_s"]),
                 "turn_latency_p95_s": _r(lat["speaker_turn_latency_p95_s"]),
                 "step_p95_s": _r(lat["speaker_step_p95_s"]),
@@ -156,6 +158,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
             tasks["keywords"] = {
                 "model": stage.spotter.model_id,
                 "rtf": _r(busy.get(stage.spotter.model_id, 0.0) / audio_s),
+                "cpu_rtf": _r(cpu.get(stage.spotter.model_id, 0.0) / audio_s),
                 "latency_p50_s": _r(lat["keyword_latency_p50_s"]),
                 "latency_p95_s": _r(lat["keyword_latency_p95_s"]),
                 "windows_scored": stage.scored,
@@ -165,6 +168,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
             tasks["translation"] = {
                 "model": stage.translator.model_id,
                 "rtf": _r(stage.generation_s / audio_s),
+                "cpu_rtf": _r(stage.generation_cpu_s / audio_s),
                 "latency_p50_s": _r(lat["translation_latency_p50_s"]),
                 "latency_p95_s": _r(lat["translation_latency_p95_s"]),
                 "latency_per_audio_s_p95": _r(lat["translation_latency_per_audio_s_p95"]),
@@ -232,7 +236,8 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
         "cores": cores,
         "threads": {"inference": budget.inference, "generation": budget.generation},
         "tasks": stage_figures(engine, audio_s, worker),
-        "worker": {"rtf": _r(worker.busy_s / audio_s), "batches": worker.batches,
+        "worker": {"rtf": _r(worker.busy_s / audio_s),
+                   "cpu_rtf": _r(worker.cpu_s / audio_s), "batches": worker.batches,
                    "windows": worker.windows,
                    "batch_sizes": dict(sorted(worker.batch_sizes.items()))},
         "cpu_share": round(cpu_s / (wall * cores), 3),

@@ -169,6 +169,7 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         "finals_missing": missing_finals,
         "skipped": skipped,
         "compute_s_per_stream_s": _r(stats.busy_s / audio_s) if audio_s else None,
+        "worker_cpu_s_per_stream_s": _r(stats.cpu_s / audio_s) if audio_s else None,
         "batches": stats.batches,
         "mean_batch": _r(stats.windows / stats.batches, 2) if stats.batches else None,
         "batch_sizes": dict(sorted(stats.batch_sizes.items())),

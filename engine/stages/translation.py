@@ -63,6 +63,7 @@ class GenerationWorker:
         self.threads = threads
         self.nice = nice
         self.busy_s = 0.0
+        self.cpu_s = 0.0  # CPU seconds of the generation thread (see WorkerStats.cpu_s)
         self.calls = 0
         self._executor: ThreadPoolExecutor | None = None
 
@@ -85,12 +86,20 @@ class GenerationWorker:
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
             self._executor = None
 
+    def _timed(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cpu_s += time.thread_time() - started  # one thread writes it
+
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         if self._executor is None:
             raise RuntimeError("GenerationWorker used outside `async with`")
         started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._timed, fn, args)
         except Exception as exc:  # any model failure fails this segment, not the run
             raise GenerationError(f"translation failed on {self.name}: {exc}") from exc
         finally:
@@ -154,6 +163,7 @@ class TranslationStage:
         self.latency = Percentiles()
         self.latency_ratio = Percentiles()  # latency after the segment ended / its length
         self.generation_s = 0.0  # seconds this stream's segments spent generating
+        self.generation_cpu_s = 0.0  # CPU seconds of the generation thread for them
         self.translated = 0
         self.skipped = 0
         self.failed = 0
@@ -245,6 +255,7 @@ class TranslationStage:
         if not targets:
             return []
         started = time.perf_counter()
+        cpu_before = self._generator.cpu_s
         try:
             results = await self._generator.run(self.translator.translate, job.samples,
                                                 targets)
@@ -253,6 +264,7 @@ class TranslationStage:
             return [StreamError(stream=self.stream, start=start_s, end=end_s, message=str(exc))]
         finally:
             self.generation_s += time.perf_counter() - started
+            self.generation_cpu_s += self._generator.cpu_s - cpu_before
         self.translated += 1
         arrived = self._arrivals.time_of(job.end)
         if arrived is not None:
