@@ -24,8 +24,6 @@ import os
 import threading
 from dataclasses import dataclass
 
-from harken.models.loading import use_threads
-
 log = logging.getLogger(__name__)
 
 CUDA_HOST_THREADS = 2  # threads per worker when a GPU does the compute
@@ -74,6 +72,9 @@ def plan_threads(*, cores: int, device_type: str, translation: bool, inference: 
 
 def start_thread(threads: int, nice: int = 0) -> None:
     """Executor initializer: the calling thread's torch threads, and its niceness."""
+    # Imported here: the engine's modules load without torch until a worker thread starts.
+    from harken.models.loading import use_threads
+
     use_threads(threads)
     if nice <= 0 or not hasattr(os, "setpriority"):
         return
