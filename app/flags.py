@@ -288,6 +288,17 @@ def add_load_bench_parsers(bsub: Any) -> None:
                      help="captions checkpoint, or a full-size architecture, random weights")
     bst.add_argument("--seconds", type=float, default=30.0, help="audio per stream")
     bst.add_argument("--max-batch", type=int, default=64, help="windows per forward pass")
+    bp = bsub.add_parser("precision", help="int8 vs fp32 per task on real speech: fidelity "
+                                           "and speed-up")
+    bp.add_argument("--tasks", default="captions,speakers,diarization,keywords,translation",
+                    metavar="LIST", help="captions,speakers,diarization,keywords,translation")
+    bp.add_argument("--audio-root", type=Path, default=Path("../shared/audio"), metavar="DIR",
+                    help="the shared real-speech folder")
+    bp.add_argument("--threads", type=int, default=0, metavar="N",
+                    help="torch threads (0: torch's default)")
+    bp.add_argument("--max-new-tokens", type=int, default=24,
+                    help="tokens per translated segment")
+    bp.add_argument("--json", action="store_true", help="print only the JSON object")
     for p in (ba, bst):
         p.add_argument("--audio", type=Path,
                        help="speech file (default: ../shared/audio conversation, else the "

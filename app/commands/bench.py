@@ -21,6 +21,12 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
                          languages=tuple(args.translate), max_new_tokens=args.max_new_tokens,
                          inference_threads=args.inference_threads,
                          generation_threads=args.generation_threads, verbose=verbose)
+    if args.bench_command == "precision":
+        from harken.app.bench.precision import bench_precision
+
+        return bench_precision(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+                               audio_root=args.audio_root, threads=args.threads,
+                               max_new_tokens=args.max_new_tokens)
     if args.bench_command == "streams":
         return bench_streams(streams=args.streams, find=args.find_capacity,
                              tasks=parse_tasks(args.tasks), model=args.model,
