@@ -271,8 +271,8 @@ def add_load_bench_parsers(bsub: Any) -> None:
     ba.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
     ba.add_argument("--max-new-tokens", type=int, default=48,
                     help="tokens per translated segment (random weights always reach it)")
-    ba.add_argument("--inference-threads", type=int, default=0, metavar="N",
-                    help="torch threads of the inference worker (0: auto)")
+    ba.add_argument("--fast", action="store_true",
+                    help="unpaced, nothing skipped: cpu_rtf is each task's full demand")
     ba.add_argument("--generation-threads", type=int, default=0, metavar="N",
                     help="torch threads of translation generation (0: auto)")
     bst = bsub.add_parser("streams", help="N concurrent streams through the batching worker")
@@ -288,6 +288,9 @@ def add_load_bench_parsers(bsub: Any) -> None:
                      help="captions checkpoint, or a full-size architecture, random weights")
     bst.add_argument("--seconds", type=float, default=30.0, help="audio per stream")
     bst.add_argument("--max-batch", type=int, default=64, help="windows per forward pass")
+    for p in (ba, bst):
+        p.add_argument("--inference-threads", type=int, default=0, metavar="N",
+                       help="torch threads of the inference worker (0: auto)")
     bp = bsub.add_parser("precision", help="int8 vs fp32 per task on real speech: fidelity "
                                            "and speed-up")
     bp.add_argument("--tasks", default="captions,speakers,diarization,keywords,translation",

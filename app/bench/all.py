@@ -181,8 +181,11 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
 def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: str,
               precision: str, captions: str = "hubert-base", languages: tuple[str, ...] = ("de",),
               max_new_tokens: int = 48, inference_threads: int = 0, generation_threads: int = 0,
-              verbose: bool = False, models: ModelLoader | None = None) -> dict[str, Any]:
-    """`models`: ready models (tests pass tiny ones); default: the random base set."""
+              verbose: bool = False, models: ModelLoader | None = None,
+              realtime: bool = True) -> dict[str, Any]:
+    """`models`: ready models (tests pass tiny ones); default: the random base set.
+    `realtime=False` (--fast): unpaced and in order, nothing skipped, so each task's
+    `cpu_rtf` is the compute it needs per second of speech."""
     if not 1 <= seconds <= 3600:
         raise ValueError(f"--seconds must be between 1 and 3600, got {seconds}")
     speech = audio if audio is not None else default_audio()
@@ -209,8 +212,8 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
         from harken.app.session import file_source
 
         monitor = _Monitor()
-        session = Session(config=config, live=True, models=models, sinks=[monitor],
-                          sources=[file_source(wav, stream_id=STREAM, realtime=True,
+        session = Session(config=config, live=realtime, models=models, sinks=[monitor],
+                          sources=[file_source(wav, stream_id=STREAM, realtime=realtime,
                                                config=config)])
         _log(verbose, f"engine: {seconds:g} s of speech in real time ...")
         rss_start = rss_mb()
@@ -226,6 +229,7 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
     result: dict[str, Any] = {
         "audio": str(speech) if speech is not None else "assets/sample.wav",
         "audio_s": round(audio_s, 1),
+        "paced": realtime,
         "wall_s": round(wall, 1),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"

@@ -212,6 +212,7 @@ def find_capacity(trial: Any, *, start: int, limit: int) -> tuple[int, list[dict
 def bench_streams(*, streams: int, find: bool, tasks: Sequence[str], model: str,
                   seconds: float, audio: Path | None, device_type: str, dtype: str,
                   precision: str, max_batch: int = 64, max_streams: int = 512,
+                  inference_threads: int = 0,
                   verbose: bool = False, models: ModelLoader | None = None) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: `model` and the random base
     speaker and keyword architectures."""
@@ -229,7 +230,7 @@ def bench_streams(*, streams: int, find: bool, tasks: Sequence[str], model: str,
                              precision=precision)
     config = HarkenConfig(
         compute=ComputeConfig(device_type=device_type, dtype=dtype, precision=precision,
-                              max_batch=max_batch),
+                              max_batch=max_batch, inference_threads=inference_threads),
         captions=CaptionsConfig(model=model),
         speakers=SpeakersConfig(enabled="speakers" in tasks),
         keywords=KeywordsConfig(enabled="keywords" in tasks))
