@@ -42,7 +42,7 @@ from harken.engine.sources.mic import MicSource
 from harken.engine.stages.keywords import KeywordSelection
 from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker
-from harken.engine.threads import ThreadBudget, available_cores, plan_threads
+from harken.engine.threads import CoreShare, ThreadBudget, available_cores, plan_threads
 from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.errors import KeywordError
@@ -123,7 +123,8 @@ class TaskStages:
 
 
 @asynccontextmanager
-async def task_stages(config: HarkenConfig, models: ModelLoader) -> AsyncIterator[TaskStages]:
+async def task_stages(config: HarkenConfig, models: ModelLoader,
+                      share: CoreShare | None = None) -> AsyncIterator[TaskStages]:
     """Stage factories of the enabled keyword and translation tasks (none when both are off)."""
     c = config
     factories: list[StageFactory] = []
@@ -138,9 +139,10 @@ async def task_stages(config: HarkenConfig, models: ModelLoader) -> AsyncIterato
     translator = await models.translation(config)
     translator.options = generation_options(config)
     languages = language_switch(config, translator)
-    budget = thread_budget(config, device_type=translator.device.type)
+    budget = share.budget if share is not None else \
+        thread_budget(config, device_type=translator.device.type)
     async with GenerationWorker(name=str(translator.device), threads=budget.generation,
-                                nice=budget.generation_nice) as generator:
+                                nice=budget.generation_nice, share=share) as generator:
         factories.append(translation_stages(translator, languages.selection.targets,
                                             generator, selection=languages.selection))
         yield TaskStages(factories=factories, keywords=keywords, languages=languages)
@@ -233,10 +235,11 @@ class Session:
             speakers = await self.models.diarization(self.config)
             diarize.append(speaker_stages(self.config, speakers, switch=self._diarization))
         budget = thread_budget(self.config, device_type=captioner.device.type)
+        share = CoreShare(budget=budget) if budget.lend else None
         async with InferenceWorker(name=str(captioner.device),
                                    max_batch=self.config.compute.max_batch,
-                                   threads=budget.inference) as worker, \
-                task_stages(self.config, self.models) as tasks:
+                                   threads=budget.inference, share=share) as worker, \
+                task_stages(self.config, self.models, share) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
                             stages=[caption_stages(self.config, captioner), *tasks.factories,
                                     *diarize],

@@ -8,7 +8,12 @@ each other down (oversubscription). The automatic budget splits the cores instea
 (docs/cpu.md):
 
 - CPU, translation on: generation gets a quarter of the cores (at least 1) and a lower
-  scheduling priority; the inference worker gets the rest (at least 1). On 2 cores: 1 + 1.
+  scheduling priority. The inference worker gets every core while nothing is being
+  translated, and lends generation its threads while a segment is (`CoreShare`: the worker
+  sets its count before each forward pass). On 2 cores: 2 threads for the worker, 1 + 1
+  while translating. Measured demand on 2 cores (docs/cpu.md): captions, speakers and
+  keywords need more than one core between them, translation much less, so a fixed 1 + 1
+  split would starve the worker.
 - CPU, translation off: the inference worker gets every core.
 - CUDA: the GPU does the work; the threads only prepare inputs and launch kernels, so two
   each are enough and leave the cores to the sources, the VAD and the sinks.
@@ -19,9 +24,11 @@ kept as given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -44,9 +51,11 @@ class ThreadBudget:
     inference: int  # torch intra-op threads of the inference worker
     generation: int  # torch intra-op threads of the generation thread
     generation_nice: int = 0  # niceness added to the generation thread (0: none)
+    lend: int = 0  # threads the worker gives up while a generation runs
 
     def __post_init__(self) -> None:
-        if self.inference < 1 or self.generation < 1 or self.generation_nice < 0:
+        if self.inference < 1 or self.generation < 1 or self.generation_nice < 0 \
+                or not 0 <= self.lend < self.inference:
             raise ValueError(f"thread budgets must be at least 1, got {self}")
 
 
@@ -61,13 +70,51 @@ def plan_threads(*, cores: int, device_type: str, translation: bool, inference: 
         nice = 0
     elif translation:
         auto_gen = max(1, cores // GENERATION_SHARE)
-        auto_inf = max(1, cores - auto_gen)
+        auto_inf = cores
         nice = GENERATION_NICE
     else:
         auto_inf = auto_gen = cores
         nice = 0
-    return ThreadBudget(inference=inference or auto_inf, generation=generation or auto_gen,
-                        generation_nice=nice)
+    inf, gen = inference or auto_inf, generation or auto_gen
+    lend = 0
+    if device_type == "cpu" and translation and not inference:
+        # Only what the automatic budget takes from the cores is lent back.
+        lend = max(0, min(inf - 1, inf + gen - cores))
+    return ThreadBudget(inference=inf, generation=gen, generation_nice=nice, lend=lend)
+
+
+class CoreShare:
+    """The cores the inference worker and the generation thread share.
+
+    The worker asks `inference_threads()` before each forward pass: its whole budget while no
+    generation runs, `lend` fewer while one does, so that together they never ask for more
+    threads than the budget allows, and captions use every core when nothing is translated.
+    Counted on the event loop's thread only.
+    """
+
+    def __init__(self, *, budget: ThreadBudget) -> None:
+        self.budget = budget
+        self._generating = 0
+
+    def inference_threads(self) -> int:
+        lent = self.budget.lend if self._generating else 0
+        return self.budget.inference - lent
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        self._generating += 1
+        try:
+            yield
+        finally:
+            self._generating -= 1
+
+
+def set_thread_count(threads: int) -> None:
+    """The calling thread's torch threads, when they differ (a cheap check per batch)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def start_thread(threads: int, nice: int = 0) -> None:

@@ -22,7 +22,7 @@ from typing import Protocol, Self
 
 import numpy as np
 
-from harken.engine.threads import start_thread
+from harken.engine.threads import CoreShare, set_thread_count, start_thread
 from harken.models.errors import HarkenError
 
 MAX_BATCH = 16  # windows per forward pass
@@ -54,8 +54,10 @@ class _Request:
         return (id(self.model), length)
 
 
-def _encode_timed(model: BatchEncoder,
-                  windows: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+def _encode_timed(model: BatchEncoder, windows: list[np.ndarray],
+                  threads: int | None) -> tuple[list[np.ndarray], float]:
+    if threads is not None:
+        set_thread_count(threads)
     started = time.thread_time()
     outputs = model.encode(windows)
     return outputs, time.thread_time() - started
@@ -103,9 +105,11 @@ class InferenceWorker:
     """`async with InferenceWorker(name="cpu") as worker: out = await worker.encode(m, x)`."""
 
     def __init__(self, *, name: str, max_batch: int = MAX_BATCH,
-                 max_pending: int = MAX_PENDING, threads: int | None = None) -> None:
+                 max_pending: int = MAX_PENDING, threads: int | None = None,
+                 share: CoreShare | None = None) -> None:
         """`threads`: torch intra-op threads of the worker's thread (engine/threads.py);
-        None leaves torch's setting alone."""
+        None leaves torch's setting alone. `share`: re-read before each forward pass, while
+        the generation thread borrows some of them."""
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
         if threads is not None and threads < 1:
@@ -113,6 +117,7 @@ class InferenceWorker:
         self.name = name
         self.max_batch = max_batch
         self.threads = threads
+        self.share = share
         self.stats = WorkerStats()
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=max_pending)
         self._executor: ThreadPoolExecutor | None = None
@@ -185,8 +190,9 @@ class InferenceWorker:
         windows = [r.samples for r in batch]
         started = time.perf_counter()
         try:
+            threads = self.share.inference_threads() if self.share is not None else None
             outputs, cpu_s = await loop.run_in_executor(self._executor, _encode_timed, model,
-                                                        windows)
+                                                        windows, threads)
             self.stats.cpu_s += cpu_s
             key = str(getattr(model, "model_id", type(model).__name__))
             self.stats.cpu_by_model[key] = self.stats.cpu_by_model.get(key, 0.0) + cpu_s

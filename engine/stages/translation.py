@@ -22,6 +22,7 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
@@ -30,7 +31,7 @@ import numpy as np
 
 from harken.engine.events import Event, StreamError, Translation
 from harken.engine.metrics import ArrivalLog, Percentiles
-from harken.engine.threads import start_thread
+from harken.engine.threads import CoreShare, start_thread
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.models.audio import SAMPLE_RATE
 
@@ -54,7 +55,8 @@ class GenerationWorker:
     `async with GenerationWorker(name="cpu") as gen: out = await gen.run(fn, arg)`.
     """
 
-    def __init__(self, *, name: str, threads: int | None = None, nice: int = 0) -> None:
+    def __init__(self, *, name: str, threads: int | None = None, nice: int = 0,
+                 share: CoreShare | None = None) -> None:
         """`threads`: torch intra-op threads of the generation thread, `nice`: niceness
         added to it (engine/threads.py); None and 0 leave them alone."""
         if threads is not None and threads < 1:
@@ -62,6 +64,7 @@ class GenerationWorker:
         self.name = name
         self.threads = threads
         self.nice = nice
+        self.share = share  # tells the inference worker while a generation runs
         self.busy_s = 0.0
         self.cpu_s = 0.0  # CPU seconds of the generation thread (see WorkerStats.cpu_s)
         self.calls = 0
@@ -98,8 +101,9 @@ class GenerationWorker:
             raise RuntimeError("GenerationWorker used outside `async with`")
         started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._timed, fn, args)
+            with self.share.generating() if self.share is not None else nullcontext():
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._timed, fn, args)
         except Exception as exc:  # any model failure fails this segment, not the run
             raise GenerationError(f"translation failed on {self.name}: {exc}") from exc
         finally:
