@@ -165,8 +165,12 @@ class SpeechTranslator:
             # The encoder is the same for every language: run it once.
             encoder_outputs = self.model.encoder(values, **kwargs)
             for target in targets:
+                # A fresh container each time: with beams, generate() replaces its hidden
+                # states by their beam-expanded copy in place, which the next language
+                # would then expand again.
+                fresh = type(encoder_outputs)(**encoder_outputs)
                 generated = self.model.generate(
-                    values, encoder_outputs=encoder_outputs, forced_bos_token_id=target.token_id,
+                    values, encoder_outputs=fresh, forced_bos_token_id=target.token_id,
                     num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
                     **kwargs,
                 )
