@@ -19,7 +19,13 @@ import torch
 
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError, UnsupportedModelError
-from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
+from harken.models.loading import (
+    check_head,
+    load_part,
+    load_pretrained,
+    resolve_device,
+    resolve_dtype,
+)
 
 TASK = "translation"
 MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv stack + adapter
@@ -132,6 +138,9 @@ class SpeechTranslator:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
+        # The head first: a checkpoint of another task is named as such, not as a
+        # checkpoint with a missing tokenizer.
+        check_head(AutoModelForSpeechSeq2Seq, model_id, task=TASK)
         extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
                               task=TASK)
         tokenizer = load_part(AutoTokenizer, model_id, part="tokenizer", task=TASK)
