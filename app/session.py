@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harken.app.config import ConfigError, HarkenConfig
+from harken.app.config import HarkenConfig
 from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
@@ -25,7 +25,6 @@ from harken.app.tasks.translation import (
 from harken.engine.mqtt.control import (
     KEYWORDS_NOT_RUNNING,
     TRANSLATION_NOT_RUNNING,
-    ControlError,
     ControlledSink,
 )
 from harken.engine.pipeline import (
@@ -44,8 +43,7 @@ from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker
 from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
-from harken.models.errors import KeywordError
-from harken.models.translation import UnsupportedLanguageError
+from harken.models.errors import ConfigError, ControlError, KeywordError, UnsupportedLanguageError
 
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 

@@ -25,7 +25,7 @@ from harken.app.tasks.loader import ModelLoader
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn
 from harken.engine.mqtt.client import MqttSettings
-from harken.engine.mqtt.control import ControlError, SetKeywords, SetTranslation, apply
+from harken.engine.mqtt.control import SetKeywords, SetTranslation, apply
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
 from harken.engine.sources.file import FileSource
@@ -35,7 +35,7 @@ from harken.engine.vad import SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
-from harken.models.errors import KeywordError
+from harken.models.errors import ControlError, KeywordError
 from harken.models.translation import SpeechTranslator
 from harken.models.triggers import KeywordTrigger, ScoredWindow, TriggerOptions
 

@@ -19,7 +19,6 @@ import numpy as np
 from harken.app import session as factory
 from harken.app.clips import (
     MIN_SPEECH_S,
-    NotEnoughSpeechError,
     audio_files,
     read_audio,
     require_speech,
@@ -34,11 +33,7 @@ from harken.engine.sinks.base import Sink
 from harken.engine.sinks.rttm import RttmSink
 from harken.engine.sources.file import FileSource
 from harken.engine.worker import InferenceWorker
-from harken.models.errors import HarkenError
-
-
-class EvalError(HarkenError):
-    """The evaluation data is missing or unusable."""
+from harken.models.errors import EvalError, NotEnoughSpeechError
 
 
 class TurnCollector:
