@@ -1,4 +1,6 @@
-"""The one place that turns a configuration into running parts (used by the CLI and tests)."""
+"""The one factory: a configuration becomes a running session (sources, the enabled tasks'
+stages from app/tasks/, sinks, MQTT from app/mqtt.py), for the CLI, the TUI and the tests;
+the session is also what runtime controls act on."""
 
 from __future__ import annotations
 

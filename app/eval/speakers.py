@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from harken.app import session as factory
 from harken.app.clips import (
     MIN_SPEECH_S,
     audio_files,
@@ -26,6 +25,7 @@ from harken.app.clips import (
     vad_options,
 )
 from harken.app.config import HarkenConfig
+from harken.app.session import engine_options
 from harken.app.tasks.speakers import SpeakerModels, load_embedder, load_models, speaker_stages
 from harken.engine.events import Event, SpeakerTurn, StreamError
 from harken.engine.pipeline import Engine
@@ -64,7 +64,7 @@ async def diarize_file(config: HarkenConfig, path: Path, models: SpeakerModels, 
                                max_batch=config.compute.max_batch) as worker:
         engine = Engine(sources=[source], worker=worker,
                         stages=[speaker_stages(config, models, use_store=use_store)],
-                        options=factory.engine_options(config, live=realtime))
+                        options=engine_options(config, live=realtime))
         subs = [(sink, engine.subscribe(sink.name)) for sink in (collect, *sinks)]
         async with asyncio.TaskGroup() as tg:
             for sink, sub in subs:

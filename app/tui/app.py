@@ -64,10 +64,10 @@ STOPPED_NOTIFY_S = 3600.0  # s: the engine stopped for good; keep saying why (cl
 
 
 class RunnableSession(Protocol):
-    """What the app runs: factory.Session, or a scripted fake in tests.
+    """What the app runs: app/session.py's Session, or a scripted fake in tests.
 
     `engine` is None until the engine runs (the model loads first). A session that can
-    switch diarization also has `set_diarization(on: bool)` (factory.Session has; it works
+    switch diarization also has `set_diarization(on: bool)` (app/session.py's Session has; it works
     when the session was started with --diarize); otherwise `d` says how to get it.
     """
 

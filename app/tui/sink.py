@@ -3,7 +3,7 @@
 Posting never waits (Textual's queue takes the message at once), so the sink drains its
 subscription as fast as the engine fills it and never holds the engine back. The bursts that
 could pile up in the app's queue are the high-rate kinds, and those coalesce there
-(`can_replace` in tui_messages.py). Events the UI has no view for are counted and skipped.
+(`can_replace` in messages.py). Events the UI has no view for are counted and skipped.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class MqttSink:
         }
 
     def bind(self, control: Pausable) -> None:
-        """The object control commands act on: factory.Session (pause/resume, keywords,
+        """The object control commands act on: the app's session (pause/resume, keywords,
         translation), or a bare Engine (pause/resume only)."""
         self._control = control
 
