@@ -92,6 +92,8 @@ class OutputConfig(_Section):
     @classmethod
     def _formats(cls, v: list[str]) -> list[str]:
         allowed = ("srt", "vtt", "jsonl", "txt", "rttm")
+        if not v:  # would write nothing, in silence
+            raise ValueError(f"give at least one format from {', '.join(allowed)}")
         bad = [f for f in v if f not in allowed]
         if bad:
             raise ValueError(f"unknown format(s) {bad}; choose from {', '.join(allowed)}")
