@@ -261,3 +261,19 @@ async def test_a_blocked_stdout_does_not_block_the_loop_or_other_sinks() -> None
     non_replaceable = [e for e in collect.events if not e.replaceable]
     assert len([w for w in written if w["type"] not in ("stats", "caption_partial")]) \
         == len(non_replaceable) - lost
+
+
+async def test_printer_on_a_tty_redraws_partials_and_ends_clean() -> None:
+    out = io.StringIO()
+    printer = PrinterSink(stream=out, tty=True)
+    bus = EventBus(lossless=True)
+    task = asyncio.create_task(printer.consume(bus.subscribe(printer.name)))
+    for event in (partial(0), final(0), partial(1)):
+        await bus.publish(event)
+    await bus.close()
+    await asyncio.wait_for(task, timeout=10)
+    text = out.getvalue()
+    assert text.startswith("\r\x1b[2K\x1b[2m[00:00.00 → 00:00.50] p0\x1b[0m")
+    assert "\r\x1b[2K[00:00.00 → 00:01.00] f0\n" in text
+    assert text.endswith("p1\x1b[0m\r\x1b[2K")  # the last partial is cleared at the end
+    assert printer._out is out  # the stream is the printer's again after the run

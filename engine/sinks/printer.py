@@ -1,14 +1,15 @@
 """Captions, translations and keywords printed to a terminal or a pipe.
 
-Written through a ThreadedWriter (engine/sinks/writer.py): a terminal nobody reads blocks
-only this sink, never the event loop (and with it MQTT and the other sinks).
+The text goes out through a ThreadedWriter (engine/sinks/writer.py): a terminal nobody reads
+(`harken run --jsonl | less`, paused) blocks only this sink, never the event loop, and with
+it MQTT, the UI and the other sinks.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import IO
 
 from harken.engine.events import (
@@ -19,7 +20,7 @@ from harken.engine.events import (
     StreamError,
     Translation,
 )
-from harken.engine.sinks.writer import ThreadedWriter
+from harken.engine.sinks.writer import Handover, ThreadedWriter
 
 
 def _clock(seconds: float) -> str:
@@ -30,6 +31,8 @@ def _clock(seconds: float) -> str:
 class PrinterSink:
     """Terminal output: on a TTY the current partial is redrawn in place and finals get
     their own lines; on a pipe only finals are printed."""
+
+    _out: IO[str] | Handover  # the stream; while consuming, the hand-over to its writer thread
 
     def __init__(self, *, stream: IO[str] | None = None, tty: bool | None = None,
                  show_stream: bool = False, name: str = "printer") -> None:
@@ -43,46 +46,61 @@ class PrinterSink:
         span = f"[{_clock(event.start)} → {_clock(event.end)}]"
         return f"{event.stream} {span}" if self._show_stream else span
 
-    def _clear_partial(self) -> str:
-        if not self._partial_shown:
-            return ""
-        self._partial_shown = False
-        return "\r\x1b[2K"
-
-    def _render(self, event: Event) -> str:
-        """What to write for `event` ("" for nothing)."""
-        if isinstance(event, CaptionPartial) and self._tty:
-            width = shutil.get_terminal_size((80, 24)).columns
-            line = f"{self._label(event)} {event.text}"
-            # Keep the last part: that is where the words change.
-            if len(line) > width - 1:
-                line = "…" + line[-(width - 2):]
-            self._partial_shown = True
-            return f"\r\x1b[2K\x1b[2m{line}\x1b[0m"
-        if isinstance(event, CaptionFinal):
-            speaker = f" {event.speaker}:" if event.speaker else ""
-            text = event.text.strip()
-            return self._clear_partial() + (f"{self._label(event)}{speaker} {text}\n"
-                                             if text else "")
-        if isinstance(event, Translation) and event.text.strip():
-            return (self._clear_partial()
-                    + f"{self._label(event)} [{event.lang}] {event.text.strip()}\n")
-        if isinstance(event, Keyword):
-            return (self._clear_partial() + f"{self._label(event)} keyword: {event.keyword} "
-                    f"({event.score:.2f})\n")
-        return ""
+    def _clear_partial(self) -> None:
+        if self._partial_shown:
+            self._out.write("\r\x1b[2K")
+            self._partial_shown = False
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        out = self._out
-        async with ThreadedWriter(name=self.name, open=lambda: out, close_target=False) as w:
+        stream = self._out
+        if isinstance(stream, Handover):
+            raise RuntimeError("PrinterSink.consume() is already running")
+        async with ThreadedWriter(name=self.name, open=lambda: stream,
+                                  close_target=False) as writer:
+            self._out = Handover(writer, isatty=stream.isatty())
             try:
-                async for event in events:
-                    if isinstance(event, StreamError):
-                        if clear := self._clear_partial():
-                            await w.write(clear)
-                        print(f"harken: {event.stream}: {event.message}", file=sys.stderr)
-                    elif text := self._render(event):
-                        await w.write(text)
+                await self._print(self._paced(events, writer))
             finally:
-                if clear := self._clear_partial():
-                    w.put(clear)  # never waits: this may run while cancelled
+                self._out = stream
+
+    @staticmethod
+    async def _paced(events: AsyncIterable[Event],
+                     writer: ThreadedWriter) -> AsyncIterator[Event]:
+        """Takes the next event only once the writer thread has room (back-pressure)."""
+        async for event in events:
+            await writer.room()
+            yield event
+
+    async def _print(self, events: AsyncIterable[Event]) -> None:
+        try:
+            async for event in events:
+                if isinstance(event, CaptionPartial) and self._tty:
+                    width = shutil.get_terminal_size((80, 24)).columns
+                    line = f"{self._label(event)} {event.text}"
+                    # Keep the last part: that is where the words change.
+                    if len(line) > width - 1:
+                        line = "…" + line[-(width - 2):]
+                    self._out.write(f"\r\x1b[2K\x1b[2m{line}\x1b[0m")
+                    self._partial_shown = True
+                    self._out.flush()
+                elif isinstance(event, CaptionFinal):
+                    self._clear_partial()
+                    speaker = f" {event.speaker}:" if event.speaker else ""
+                    if event.text.strip():
+                        self._out.write(f"{self._label(event)}{speaker} {event.text.strip()}\n")
+                    self._out.flush()
+                elif isinstance(event, Translation) and event.text.strip():
+                    self._clear_partial()
+                    self._out.write(f"{self._label(event)} [{event.lang}] {event.text.strip()}\n")
+                    self._out.flush()
+                elif isinstance(event, Keyword):
+                    self._clear_partial()
+                    self._out.write(f"{self._label(event)} keyword: {event.keyword} "
+                                    f"({event.score:.2f})\n")
+                    self._out.flush()
+                elif isinstance(event, StreamError):
+                    self._clear_partial()
+                    print(f"harken: {event.stream}: {event.message}", file=sys.stderr)
+        finally:
+            self._clear_partial()
+            self._out.flush()

@@ -89,6 +89,11 @@ class ThreadedWriter:
     async def write(self, text: str) -> None:
         """Queue `text`; waits only while max_pending writes are unfinished."""
         self.put(text)
+        await self.room()
+
+    async def room(self) -> None:
+        """Waits while max_pending writes are unfinished (a sink's back-pressure)."""
+        self._reap()
         while len(self._pending) > self.max_pending:
             await asyncio.shield(self._pending[0])  # a cancelled sink leaves the write queued
             self._reap()
@@ -144,3 +149,27 @@ class ThreadedWriter:
             self._target.close()
         else:
             self._target.flush()
+
+
+class Handover:
+    """A text stream for code that writes synchronously (`.write()`, `.flush()`, `print`):
+    what is written is collected and handed to a ThreadedWriter at each `flush()`, which
+    never blocks. The sink calls `await writer.room()` between events for back-pressure."""
+
+    def __init__(self, writer: ThreadedWriter, *, isatty: bool) -> None:
+        self._writer = writer
+        self._isatty = isatty
+        self._parts: list[str] = []
+
+    def write(self, text: str, /) -> int:
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._parts:
+            self._writer.put("".join(self._parts))
+            self._parts.clear()
+
+    def isatty(self) -> bool:
+        """The stream's own answer: the text ends up there."""
+        return self._isatty
