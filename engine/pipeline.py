@@ -46,7 +46,7 @@ from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 
 BLOCK_QUEUE_SIZE = 100  # blocks (~10 s of 0.1 s blocks) between a reader and its processor
-MAX_HELD_EVENTS = 64  # annotations per stream waiting for their segment's final, at most
+MAX_HELD_EVENTS = 64  # annotations per stream waiting for their segments' finals, at most
 STATS_INTERVAL_S = 5.0  # stream-clock seconds between stats events
 
 
@@ -143,7 +143,8 @@ class StreamState:
     #: Segments started whose end events are not all published yet, with the annotations
     #: of each held until then (see the module docstring).
     held: dict[int, list[Event]] = field(default_factory=dict)
-    held_overflow: int = 0  # annotations published early because too many were held
+    held_overflow: int = 0  # annotations published before their final: too many were held
+    releasing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one release at a time
     task: asyncio.Task[None] | None = None
 
 
@@ -335,20 +336,25 @@ class Engine:
             else None
         if held is None:
             await self.bus.publish(event)
-        elif sum(len(h) for h in state.held.values()) >= MAX_HELD_EVENTS:
-            state.held_overflow += 1  # bounded: order gives way before memory does
-            await self.bus.publish(event)
-        else:
-            held.append(event)
+            return
+        held.append(event)
+        if sum(len(h) for h in state.held.values()) > MAX_HELD_EVENTS:
+            # Bounded: the order against the final gives way before memory does (counted);
+            # the annotations keep their own order.
+            state.held_overflow += len(held)
+            await self._release(state, segment, close=False)
 
-    async def _release(self, state: StreamState, segment: int) -> None:
-        """The segment's end events are out: publish what waited for them, in order. The
-        segment stays held until none is left, so one arriving meanwhile queues behind."""
-        while held := state.held.get(segment):
-            state.held[segment] = []
-            for event in held:
-                await self.bus.publish(event)
-        state.held.pop(segment, None)
+    async def _release(self, state: StreamState, segment: int, *, close: bool = True) -> None:
+        """Publishes what waited for the segment's end events, in order; `close`: they are
+        out, so later annotations of it go straight through. Until then one that arrives
+        meanwhile queues behind the others."""
+        async with state.releasing:
+            while held := state.held.get(segment):
+                state.held[segment] = []
+                for event in held:
+                    await self.bus.publish(event)
+            if close:
+                state.held.pop(segment, None)
 
     @staticmethod
     def _annotate(state: StreamState, event: Event) -> Event:

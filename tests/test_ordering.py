@@ -4,7 +4,7 @@ caption_final < that segment's annotations (translations...), whatever the timin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,11 +17,12 @@ from harken.engine.events import (
     Event,
     SpeechEnded,
     SpeechStarted,
+    Stats,
     Translation,
 )
-from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
+from harken.engine.pipeline import MAX_HELD_EVENTS, Engine, EngineOptions, Stage, StageContext
 from harken.engine.stages.translation import GenerationWorker, TranslationStage
-from harken.engine.vad import SegmentAudio, SegmentEnd
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.translation import TargetLanguage, TranslatedText
 
@@ -151,3 +152,66 @@ async def test_annotations_are_released_without_a_caption_stage() -> None:
     assert not any(isinstance(e, CaptionFinal) for e in events)
     assert len([e for e in events if isinstance(e, Translation)]) == 12
     assert check_contract(events) == 6
+
+
+class Chatty:
+    """Emits many annotations of each segment while it is still open."""
+
+    name = "chatty"
+    per_segment = MAX_HELD_EVENTS + 6
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.stream = ctx.stream
+        self._started: asyncio.Queue[int | None] = asyncio.Queue()
+
+    def on_start(self, start: SegmentStart) -> None:
+        self._started.put_nowait(start.segment)
+
+    def on_audio(self, audio: object) -> None: ...
+
+    async def step(self) -> list[Event]:
+        return []
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        return []
+
+    def on_stream_end(self) -> None:
+        self._started.put_nowait(None)
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def latencies(self) -> dict[str, float | None]:
+        return {}
+
+    def background(self) -> AsyncIterator[Event]:
+        return self._chat()
+
+    async def _chat(self) -> AsyncIterator[Event]:
+        while (segment := await self._started.get()) is not None:
+            for i in range(self.per_segment):
+                yield Translation(stream=self.stream, start=0.0, end=0.0, segment=segment,
+                                  lang="de", text=str(i))
+
+
+async def test_held_annotations_are_bounded_and_none_is_lost() -> None:
+    collect = Collect()
+    async with InferenceWorker(name="cpu") as worker:
+        engine = Engine(sources=[ListSource({"s": sample()})], stages=[SegmentEcho, Chatty],
+                        worker=worker, options=EngineOptions(live=True, levels=False))
+        sub = engine.subscribe(collect.name, maxsize=10_000)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(collect.consume(sub))
+            await engine.run()
+    finals = [e for e in collect.events if isinstance(e, CaptionFinal)]
+    assert len(finals) == 2
+    for final in finals:
+        mine = [e for e in collect.events
+                if isinstance(e, Translation) and e.segment == final.segment]
+        assert [int(t.text) for t in mine] == list(range(Chatty.per_segment))
+        # One more than MAX_HELD_EVENTS waiting sent them all out early (counted, in order);
+        # the rest waited for the final again.
+        after = collect.events[collect.events.index(final):]
+        assert sum(1 for e in after if e in mine) == Chatty.per_segment - MAX_HELD_EVENTS - 1
+    stats = [e for e in collect.events if isinstance(e, Stats)][-1]
+    assert stats.counters["order_held_overflow"] == 2 * (MAX_HELD_EVENTS + 1)
