@@ -332,9 +332,8 @@ class Engine:
     async def _publish(self, state: StreamState, event: Event) -> None:
         """Publishes `event`, or holds it if it annotates a segment whose final is not out."""
         segment = getattr(event, "segment", None)
-        held = state.held.get(segment) if event.follows_final and isinstance(segment, int) \
-            else None
-        if held is None:
+        held = state.held.get(segment) if isinstance(segment, int) else None
+        if held is None or not event.follows_final or not isinstance(segment, int):
             await self.bus.publish(event)
             return
         held.append(event)
