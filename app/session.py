@@ -49,15 +49,18 @@ from harken.models.translation import UnsupportedLanguageError
 
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 
-def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
+def vad_options(config: HarkenConfig) -> VadOptions:
+    """The configured VAD (live runs, evaluation; clips trim tighter, app/clips.py)."""
     v = config.vad
-    return EngineOptions(
-        vad=VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
-                       pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
-                       min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
-                       split_search_s=v.split_search_s),
-        live=live,
-    )
+    return VadOptions(engine=v.engine, frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
+                      pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
+                      min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
+                      split_search_s=v.split_search_s, speech_threshold=v.speech_threshold,
+                      release_threshold=v.release_threshold)
+
+
+def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
+    return EngineOptions(vad=vad_options(config), live=live)
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,
