@@ -279,3 +279,18 @@ def test_segments_carry_their_audio_with_silero_in_the_loop() -> None:
     end = next(o.end for o in out if isinstance(o, SegmentEnd))
     audio = np.concatenate([o.samples for o in out if isinstance(o, SegmentAudio)])
     np.testing.assert_array_equal(audio[: end - start], x[start:end])
+
+
+def test_a_missing_or_broken_silero_install_names_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from harken.models.errors import ModelError, ModelNotFoundError
+
+    broken = tmp_path / "silero_vad.onnx"
+    broken.write_bytes(b"not a network")
+    with pytest.raises(ModelError, match="cannot load the silero-vad model"):
+        load_silero_vad(broken)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelNotFoundError, match="pip install silero-vad onnxruntime"):
+        silero_model_path()
