@@ -161,9 +161,7 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, config: HarkenConfig) -> int:
-    vad = session.vad_options(config)
-    if args.vad_engine is not None:  # --engine (also set through the config override)
-        vad = dataclasses.replace(vad, engine=args.vad_engine)
+    vad = session.vad_options(config)  # --engine reached the config as vad.engine
     result = evaluate(args.audio, args.rttm, vad=vad, collar=args.collar)
     if args.json:
         print(json.dumps(result))
