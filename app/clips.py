@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from harken.app import session
 from harken.app.config import HarkenConfig
 from harken.engine.sources.file import FileSource
 from harken.engine.sources.mic import MicSource
@@ -35,9 +34,19 @@ def clip_vad(vad: VadOptions) -> VadOptions:
                                hangover_s=min(vad.hangover_s, CLIP_HANGOVER_S))
 
 
+def live_vad_options(config: HarkenConfig) -> VadOptions:
+    """The configured VAD as live runs use it (and `harken eval vad` scores it)."""
+    v = config.vad
+    return VadOptions(engine=v.engine, frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
+                      pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
+                      min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
+                      split_search_s=v.split_search_s, speech_threshold=v.speech_threshold,
+                      release_threshold=v.release_threshold)
+
+
 def vad_options(config: HarkenConfig) -> VadOptions:
     """The configured VAD, trimming tightly (clip_vad)."""
-    return clip_vad(session.vad_options(config))
+    return clip_vad(live_vad_options(config))
 
 
 async def _read(path: Path, block_s: float) -> np.ndarray:

@@ -209,3 +209,14 @@ def test_two_stage_vad_meets_the_targets_on_real_speech(clip: str, audio: str,
     both = score("both", x)
     assert both["detection_error_rate"] <= min(der.values()) + 0.03
     assert score("both", with_tone)["false_alarm"] - both["false_alarm"] < 0.05
+
+
+def test_eval_vad_loads_no_model_stack() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, harken.app.commands.eval, harken.app.eval.vad\n"
+             "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"]

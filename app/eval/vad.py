@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from harken.app import session
+from harken.app.clips import live_vad_options
 from harken.app.config import HarkenConfig
 from harken.app.eval.rttm import RttmError, Turn, recording_turns
 from harken.engine.audio import AudioBlock
@@ -161,7 +161,7 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, config: HarkenConfig) -> int:
-    vad = session.vad_options(config)  # --engine reached the config as vad.engine
+    vad = live_vad_options(config)  # --engine reached the config as vad.engine
     result = evaluate(args.audio, args.rttm, vad=vad, collar=args.collar)
     if args.json:
         print(json.dumps(result))
