@@ -17,6 +17,7 @@ from typing import Any
 from harken.app.config import LoadedConfig, load_config
 
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
+VAD_ENGINES = ["webrtc", "silero", "both"]  # engine/vad.py VadEngine
 
 #: flag dest -> (dotted config key, flag spelling): flags override the file and environment
 FLAG_KEYS: dict[str, tuple[str, str]] = {
@@ -28,6 +29,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "left_context": ("captions.left_context_s", "--left-context"),
     "right_context": ("captions.right_context_s", "--right-context"),
     "vad_aggressiveness": ("vad.aggressiveness", "--vad-aggressiveness"),
+    "vad_engine": ("vad.engine", "--vad-engine"),
     "max_segment": ("vad.max_segment_s", "--max-segment"),
     "out": ("output.dir", "--out"),
     "format": ("output.formats", "--format"),
@@ -234,6 +236,29 @@ def add_eval_parsers(esub: Any) -> None:
         _model_flags(p)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10 seconds, got {text}")
+    return value
+
+
+def add_eval_vad(esub: Any) -> None:
+    """`harken eval vad AUDIO RTTM` (app/eval/vad.py)."""
+    ev = esub.add_parser("vad", help="speech detection error of the VAD against an RTTM")
+    ev.add_argument("audio", type=Path, metavar="AUDIO")
+    ev.add_argument("rttm", type=Path, metavar="RTTM")
+    ev.add_argument("--collar", type=_seconds, default=0.0, metavar="S",
+                    help="forgiveness around reference boundaries (default 0: strict)")
+    ev.add_argument("--engine", dest="vad_engine", choices=VAD_ENGINES,
+                    help="VAD engine to score (default: the configured one, both)")
+    ev.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def add_bench(bsub: Any) -> None:
     bs = bsub.add_parser("speakers", help="live diarization step time, RTF and memory")
     bs.add_argument("--architecture", default="base", metavar="base|large|SV,SD",
@@ -268,6 +293,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--left-context", type=float, metavar="S")
     p.add_argument("--right-context", type=float, metavar="S")
     p.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3])
+    p.add_argument("--vad-engine", choices=VAD_ENGINES,
+                   help="speech detector: both (default: webrtcvad onsets confirmed by "
+                        "silero-vad), webrtc or silero alone (docs/vad.md)")
     p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
     add_task_flags(p)
     add_diarize_flags(p)
@@ -405,5 +433,6 @@ def build_parser() -> argparse.ArgumentParser:
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     add_eval_keywords(esub, add_common)
     add_eval_parsers(esub)
+    add_eval_vad(esub)
     add_speakers_parser(sub)
     return parser
