@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from harken.app import flags
-from harken.models.errors import first_user_error
+from harken.engine.sources.file import FileSource
+from harken.models.errors import ConfigError, first_user_error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -19,6 +23,46 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cmd | head`
 COMMANDS = {name: f"harken.app.commands.{name}"
             for name in ("run", "transcribe", "devices", "models", "config", "bench", "eval",
                          "speakers")}
+
+
+#: commands whose inputs and configuration are checked before their module (and with it
+#: torch and the models) is imported: a bad file or setting fails in a blink
+PREFLIGHT = ("run", "transcribe")
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Rejects flags that would do nothing, loads the configuration and opens every input
+    file (and a benchmark's --audio) once, then closes them."""
+    check_flag_combinations(args)
+    if args.command in PREFLIGHT:
+        flags.load(args)
+    paths = [*([args.input] if isinstance(getattr(args, "input", None), Path) else []),
+             *getattr(args, "files", []),
+             *([args.audio] if isinstance(getattr(args, "audio", None), Path) else [])]
+    check_files(paths)
+
+
+def check_flag_combinations(args: argparse.Namespace) -> None:
+    """Flags that would be ignored in silence are mistakes: say which and what to do."""
+    if args.command != "run":
+        return
+    if args.format is not None and args.out is None:
+        raise ConfigError("--format chooses the files written with --out: add --out DIR "
+                          "(or drop --format)")
+    if args.device is not None and args.input is not None:
+        raise ConfigError("--device picks a microphone, but --input reads "
+                          f"{args.input}: drop one of them")
+
+
+def check_files(paths: Sequence[Path]) -> None:
+    """Opens and closes each file: a missing, empty or non-audio one raises AudioFileError."""
+
+    async def check() -> None:
+        for path in paths:
+            async with FileSource(path=path, stream_id="check"):
+                pass
+
+    asyncio.run(check())
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -38,10 +82,15 @@ def _quiet_transformers() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = flags.build_parser().parse_args(argv)
+    parser = flags.build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `harken`: what there is to do, and success
+        parser.print_help()
+        return 0
     if args.command in ("run", "transcribe", "bench", "eval", "speakers"):
         _quiet_transformers()
     try:
+        preflight(args)
         command = importlib.import_module(COMMANDS[args.command])
         code: int = command.run(args)
         return code

@@ -1,7 +1,7 @@
 """Speech clips for enrollment, verification and evaluation: files or the mic, VAD-trimmed.
 
 A voiceprint must describe the person, not the room: only what the VAD calls speech (the
-same webrtcvad segmentation as live runs) is embedded.
+same segmentation as live runs, engine/vad.py) is embedded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from harken.engine.sources.file import FileSource
 from harken.engine.sources.mic import MicSource
 from harken.engine.vad import VadOptions, clip_segments
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import AudioFileError, HarkenError
+from harken.models.errors import AudioFileError, HarkenError, NotEnoughSpeechError
 
 MIN_SPEECH_S = 1.0  # s of VAD speech a clip needs to enroll or verify
 CLIP_PRE_ROLL_S = 0.05  # s kept before and after speech in clips (live runs keep more)
@@ -28,23 +28,25 @@ MAX_FILE_S = 600.0  # s: longer files are refused (they are read into memory)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 
 
-class NotEnoughSpeechError(HarkenError):
-    """A clip has no speech, or too little to describe a voice."""
-
-
 def clip_vad(vad: VadOptions) -> VadOptions:
     """Tight trimming: a clip's speech time must count voice, not the pauses around it."""
     return dataclasses.replace(vad, pre_roll_s=min(vad.pre_roll_s, CLIP_PRE_ROLL_S),
                                hangover_s=min(vad.hangover_s, CLIP_HANGOVER_S))
 
 
+def live_vad_options(config: HarkenConfig) -> VadOptions:
+    """The configured VAD as live runs use it (and `harken eval vad` scores it)."""
+    v = config.vad
+    return VadOptions(engine=v.engine, frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
+                      pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
+                      min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
+                      split_search_s=v.split_search_s, speech_threshold=v.speech_threshold,
+                      release_threshold=v.release_threshold)
+
+
 def vad_options(config: HarkenConfig) -> VadOptions:
     """The configured VAD, trimming tightly (clip_vad)."""
-    v = config.vad
-    return clip_vad(VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
-                               pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
-                               min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
-                               split_search_s=v.split_search_s))
+    return clip_vad(live_vad_options(config))
 
 
 async def _read(path: Path, block_s: float) -> np.ndarray:

@@ -18,8 +18,14 @@ import numpy as np
 import torch
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import HarkenError, UnsupportedModelError
-from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
+from harken.models.errors import UnsupportedLanguageError, UnsupportedModelError
+from harken.models.loading import (
+    check_head,
+    load_part,
+    load_pretrained,
+    resolve_device,
+    resolve_dtype,
+)
 
 TASK = "translation"
 MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv stack + adapter
@@ -27,10 +33,6 @@ MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv sta
 _MBART_TOKEN = re.compile(r"^([a-z]{2,3})_[A-Z]{2}$")
 # M2M100/NLLB-style tokens, accepted too: __de__
 _DUNDER_TOKEN = re.compile(r"^__([a-z]{2,3})__$")
-
-
-class UnsupportedLanguageError(HarkenError):
-    """The translation model has no language token for a requested target language."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,9 @@ class SpeechTranslator:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
+        # The head first: a checkpoint of another task is named as such, not as a
+        # checkpoint with a missing tokenizer.
+        check_head(AutoModelForSpeechSeq2Seq, model_id, task=TASK)
         extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
                               task=TASK)
         tokenizer = load_part(AutoTokenizer, model_id, part="tokenizer", task=TASK)
@@ -166,8 +171,12 @@ class SpeechTranslator:
             # The encoder is the same for every language: run it once.
             encoder_outputs = self.model.encoder(values, **kwargs)
             for target in targets:
+                # A fresh container each time: with beams, generate() replaces its hidden
+                # states by their beam-expanded copy in place, which the next language
+                # would then expand again.
+                fresh = type(encoder_outputs)(**encoder_outputs)
                 generated = self.model.generate(
-                    values, encoder_outputs=encoder_outputs, forced_bos_token_id=target.token_id,
+                    values, encoder_outputs=fresh, forced_bos_token_id=target.token_id,
                     num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
                     **kwargs,
                 )

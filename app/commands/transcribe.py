@@ -11,13 +11,14 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from harken.app import flags
-from harken.app import session as factory
-from harken.app.commands.files import check_files
 from harken.app.config import HarkenConfig
+from harken.app.session import Session, check_formats, output_sinks
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.events import Event
+from harken.engine.pipeline import Engine
 from harken.engine.sinks.base import Sink
 from harken.engine.sources.file import FileSource
+from harken.models.audio import SAMPLE_RATE
 
 
 class ProgressSink:
@@ -31,6 +32,17 @@ class ProgressSink:
     async def consume(self, events: AsyncIterable[Event]) -> None:
         async for event in events:
             self._progress.update(self._task, completed=event.end)
+
+
+def no_speech_note(engine: Engine, *, name: str, config: HarkenConfig) -> str | None:
+    """A note when the VAD found no speech at all in an input: without it, empty output files
+    look like a failure (or go unnoticed)."""
+    if any(stream.segments for stream in engine.streams.values()):
+        return None
+    seconds = sum(stream.audio_samples for stream in engine.streams.values()) / SAMPLE_RATE
+    return (f"harken: note: no speech found in {name} ({seconds:.1f} s of audio), so there is "
+            "nothing to caption; if it does hold speech, lower --vad-aggressiveness (now "
+            f"{config.vad.aggressiveness}) or check its recording level")
 
 
 def _stem(path: Path, used: set[str]) -> str:
@@ -65,14 +77,16 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
             stem = _stem(path, used)
             source = FileSource(path=path, stream_id=stem, block_s=config.audio.block_s,
                                 realtime=False)
-            outputs = factory.output_sinks(config, stem=stem, formats=config.output.formats)
+            outputs = output_sinks(config, stem=stem, formats=config.output.formats)
             sinks: list[Sink] = list(outputs)
             if progress:
                 task = bar.add_task(path.name, total=durations[path])
                 sinks.append(ProgressSink(progress=bar, task=task))
-            session = factory.Session(config=config, sources=[source], sinks=sinks,
+            session = Session(config=config, sources=[source], sinks=sinks,
                                       live=False, models=models)
-            await session.run()
+            engine = await session.run()
+            if note := no_speech_note(engine, name=str(path), config=config):
+                print(note, file=sys.stderr)
             written += [out for sink in outputs
                         if isinstance(out := getattr(sink, "path", None), Path)]
     return written
@@ -80,11 +94,10 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
 
 def run(args: argparse.Namespace) -> int:
     config = flags.load(args).config
-    durations = check_files(args.files)
-    factory.check_formats(config, config.output.formats)  # before any model loads
+    check_formats(config, config.output.formats)  # before any model loads
     show_progress = not args.no_progress and sys.stderr.isatty()
     written = asyncio.run(transcribe_files(config, args.files, progress=show_progress,
-                                           durations=durations))
+))
     for path in written:
         print(path)
     return 0
