@@ -198,6 +198,26 @@ class TranslationConfig(_Section):
                                             "mBART-50 style")
 
 
+class RefineConfig(_Section):
+    """Two-pass captions: each CTC final re-decoded by a sequence-to-sequence model
+    (docs/refine.md)."""
+
+    model: str = Field("", description="AutoModelForSpeechSeq2Seq checkpoint (Whisper...): "
+                       "hub id or local folder; empty: no refinement (--refine-model)")
+    language: str = Field("en", min_length=1, description="language forced on the model")
+    max_wait_s: float = Field(3.0, ge=0, le=60, description="live subtitle/transcript files "
+                              "wait this long for a refinement, then keep the CTC text")
+    guard: bool = Field(True, description="reject refinements that disagree with the CTC "
+                        "text (hallucinations)")
+    max_cer: float = Field(0.5, gt=0, le=10, description="guard: reject above this character "
+                           "error rate against the CTC text")
+    max_repeats: int = Field(3, ge=1, le=50, description="guard: reject a phrase repeated "
+                             "more often in a row (unless the CTC heard it too)")
+    num_beams: int = Field(1, ge=1, le=16, description="beam search width (1: greedy)")
+    max_new_tokens: int = Field(160, ge=1, le=1024, description="tokens per 30 s piece at "
+                                "most")
+
+
 class SpeakersConfig(_Section):
     """Diarization, speaker identification and enrollment (docs/speakers.md)."""
 
@@ -247,6 +267,7 @@ class HarkenConfig(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     keywords: KeywordsConfig = Field(default_factory=KeywordsConfig)
     translation: TranslationConfig = Field(default_factory=TranslationConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
     speakers: SpeakersConfig = Field(default_factory=SpeakersConfig)
 
     @classmethod

@@ -45,6 +45,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "keywords_model": ("keywords.model", "--keywords-model"),
     "translate": ("translation.languages", "--translate"),
     "translation_model": ("translation.model", "--translation-model"),
+    "refine_model": ("refine.model", "--refine-model"),
     # speakers
     "diarize": ("speakers.enabled", "--diarize"),
     "speaker_model": ("speakers.model", "--speaker-model"),
@@ -134,6 +135,9 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
                    help="translate each final segment into these languages, e.g. de,fr")
     g.add_argument("--translation-model", metavar="ID|DIR",
                    help="translation model (speech encoder-decoder): hub id or folder")
+    g.add_argument("--refine-model", metavar="ID|DIR",
+                   help="re-decode each caption final with this sequence-to-sequence model "
+                        "(Whisper...): hub id or folder (docs/refine.md)")
 
 
 def add_bench_parsers(bsub: Any) -> None:
@@ -335,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--captions-model", metavar="ID|DIR")
         mp.add_argument("--keywords-model", metavar="ID|DIR")
         mp.add_argument("--translation-model", metavar="ID|DIR")
+        mp.add_argument("--refine-model", metavar="ID|DIR")
         mp.add_argument("--diarize", action="store_true", default=None,
                         help="include the speaker and diarization models")
 

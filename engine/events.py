@@ -85,6 +85,27 @@ class CaptionFinal(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CaptionRefined(Event):
+    """The second pass of one caption (docs/refine.md): same stream, segment, start and end
+    as its `caption_final`, and always published after it.
+
+    `text`/`words` are what stands: the refined text with word times from CTC alignment
+    when `accepted`; otherwise the CTC final's, and `reason` says why (the guard's verdict:
+    empty, ctc_empty, disagrees, repeats; or failed, skipped). `cer` is the refinement's
+    character error rate against the CTC text, when both had words.
+    """
+
+    type: ClassVar[str] = "caption_refined"
+    segment: int
+    text: str
+    words: tuple[Word, ...] = ()
+    model: str = ""
+    accepted: bool = True
+    reason: str = "ok"
+    cer: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Level(Event):
     """Input level of the last block, for meters (not written to files by default)."""
 
@@ -156,6 +177,6 @@ class SpeakerTurn(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, Level, Stats, StreamError,
-                Keyword, Translation, SpeakerTurn)
+    for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, CaptionRefined, Level,
+                Stats, StreamError, Keyword, Translation, SpeakerTurn)
 }

@@ -27,7 +27,7 @@ import numpy as np
 from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
 from harken.engine.events import Event, Level, SpeechEnded, SpeechStarted, Stats
-from harken.engine.metrics import ArrivalLog
+from harken.engine.metrics import ArrivalLog, FinalLog
 from harken.engine.vad import (
     SegmentAudio,
     SegmentEnd,
@@ -94,6 +94,9 @@ class StageContext:
     worker: InferenceWorker
     arrivals: ArrivalLog
     live: bool
+    #: One per stream (the engine builds one context per stream for all its factories):
+    #: the caption stage's closed segments, for the refine stage.
+    finals: FinalLog = field(default_factory=FinalLog)
 
 
 StageFactory = Callable[[StageContext], Stage]

@@ -12,10 +12,11 @@ import asyncio
 from dataclasses import dataclass
 
 from harken.app.config import HarkenConfig
-from harken.app.tasks import captions, keywords, speakers, translation
+from harken.app.tasks import captions, keywords, refine, speakers, translation
 from harken.app.tasks.speakers import SpeakerModels
 from harken.models.captions import CtcCaptioner
 from harken.models.keywords import KeywordSpotter
+from harken.models.refine import SpeechRefiner
 from harken.models.translation import SpeechTranslator
 
 
@@ -24,6 +25,7 @@ class ModelLoader:
     captioner: CtcCaptioner | None = None
     spotter: KeywordSpotter | None = None
     translator: SpeechTranslator | None = None
+    refiner: SpeechRefiner | None = None
     speakers: SpeakerModels | None = None
 
     async def captions(self, config: HarkenConfig) -> CtcCaptioner:
@@ -48,6 +50,11 @@ class ModelLoader:
                 translation.load_translator, c.translation.model, c.compute.device_type,
                 c.compute.dtype)
         return self.translator
+
+    async def refine(self, config: HarkenConfig) -> SpeechRefiner:
+        if self.refiner is None:
+            self.refiner = await asyncio.to_thread(refine.load_refiner, config)
+        return self.refiner
 
     async def diarization(self, config: HarkenConfig) -> SpeakerModels:
         if self.speakers is None:

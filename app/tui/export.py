@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harken.app.config import HarkenConfig
 from harken.app.session import output_sinks
+from harken.app.tasks.refine import refined_sinks
 from harken.engine.events import Event, SpeakerTurn
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import FILE_FORMATS
@@ -61,8 +62,9 @@ async def export_session(events: Sequence[Event], *, config: HarkenConfig, folde
     if any(isinstance(e, SpeakerTurn) for e in events):
         sinks.append(RttmSink(path=folder / f"{stem}.rttm", uri=stem))
     written: list[Path] = []
-    for sink in sinks:
-        await sink.consume(_replay(events))
+    # The record holds every refinement: subtitles and transcript carry the refined text.
+    for sink, writer in zip(sinks, refined_sinks(config, sinks, live=False), strict=True):
+        await writer.consume(_replay(events))
         path = getattr(sink, "path", None)
         if isinstance(path, Path):
             written.append(path)

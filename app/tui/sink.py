@@ -20,6 +20,7 @@ from harken.app.tui.messages import (
     KeywordHit,
     LevelUpdate,
     PartialCaption,
+    RefinedCaption,
     SpeechBoundary,
     StatsUpdate,
     TranslationArrived,
@@ -28,6 +29,7 @@ from harken.app.tui.messages import (
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
+    CaptionRefined,
     Event,
     Keyword,
     Level,
@@ -52,6 +54,8 @@ def to_message(event: Event) -> EngineMessage | None:
         return PartialCaption(event=event)
     if isinstance(event, CaptionFinal):
         return FinalCaption(event=event)
+    if isinstance(event, CaptionRefined):
+        return RefinedCaption(event=event)
     if isinstance(event, Level):
         return LevelUpdate(event=event)
     if isinstance(event, Stats):
