@@ -46,6 +46,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "translate": ("translation.languages", "--translate"),
     "translation_model": ("translation.model", "--translation-model"),
     "refine_model": ("refine.model", "--refine-model"),
+    "refine_guard": ("refine.guard", "--no-guard"),
     # speakers
     "diarize": ("speakers.enabled", "--diarize"),
     "speaker_model": ("speakers.model", "--speaker-model"),
@@ -261,6 +262,21 @@ def add_eval_keywords(esub: Any, add_common: Any) -> None:
     ek.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
+def add_eval_captions(esub: Any) -> None:
+    """`harken eval captions DIR|MANIFEST [--refine-model ID|DIR]` (app/eval/captions.py)."""
+    ec = esub.add_parser("captions", help="WER/CER of streaming CTC finals, whole-segment "
+                                          "CTC and refined finals; refined-final latency")
+    add_common(ec)
+    ec.add_argument("path", type=Path, metavar="DIR|MANIFEST",
+                    help="audio with transcripts (LibriSpeech *.trans.txt, LJ Speech "
+                         "metadata.csv, NAME.txt beside NAME.wav) or AUDIO<TAB>TEXT lines")
+    ec.add_argument("--no-guard", dest="refine_guard", action="store_false", default=None,
+                    help="accept every non-empty refinement (no hallucination guard)")
+    ec.add_argument("--fast", action="store_true",
+                    help="feed audio as fast as it decodes (no latency figures)")
+    ec.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
     p.add_argument("--captions-model", metavar="ID|DIR", help="CTC model: hub id or folder")
@@ -371,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     add_eval_keywords(esub, add_common)
+    add_eval_captions(esub)
     add_eval_parsers(esub)
     add_speakers_parser(sub)
     return parser
