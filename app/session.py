@@ -254,7 +254,9 @@ class Session:
     async def _drive(self, engine: Engine) -> None:
         """The engine and the sinks, to the end of every source."""
         # Subtitle and transcript files carry the refined text (when refining).
-        sinks = refined_sinks(self.config, self.sinks, live=self.live)
+        r = self.config.refine
+        sinks = refined_sinks(self.sinks, enabled=bool(r.model),
+                              max_wait_s=r.max_wait_s if self.live else None)
         subs = [(sink, engine.subscribe(sink.name)) for sink in sinks]
         async with asyncio.TaskGroup() as tg:
             sink_tasks = [tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")

@@ -123,3 +123,25 @@ def test_mqtt_route_of_refinements() -> None:
     assert data["type"] == "caption_refined"
     assert [r.topic for r in routes(topics, data, levels=False)] == [
         "harken/den/caption/refined"]
+
+
+async def test_tui_replaces_the_caption_line_and_exports_the_refined_text(
+        tmp_path: Path) -> None:
+    from test_tui_app import SIZE, texts, until
+    from tui_fakes import STREAM, scripted_app
+    from tui_fakes import final as tui_final
+
+    first = tui_final(0, 0.5, 2.0, "HELLO WORLD", speaker="S1")
+    second = tui_final(1, 3.0, 4.0, "STAYS AS IT IS")
+    better = CaptionRefined(stream=STREAM, start=0.5, end=2.0, segment=0,
+                            text="Hello, world.", words=(), model="fake")
+    rejected = CaptionRefined(stream=STREAM, start=3.0, end=4.0, segment=1,
+                              text="STAYS AS IT IS", accepted=False, reason="disagrees")
+    app, _ = scripted_app([first, second, better, rejected], out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.session_done, "the script to end")
+        assert texts(app) == ["Hello, world.", "STAYS AS IT IS"]
+        await pilot.press("e")
+        await until(pilot, lambda: bool(app.last_export), "the export")
+    txt = next(p for p in app.last_export if p.suffix == ".txt")
+    assert txt.read_text().splitlines() == ["S1: Hello, world.", "STAYS AS IT IS"]

@@ -57,11 +57,12 @@ def refine_stages(config: HarkenConfig, refiner: SpeechRefiner, captioner: CtcCa
     return make
 
 
-def refined_sinks(config: HarkenConfig, sinks: Sequence[Sink], *, live: bool) -> list[Sink]:
-    """SRT, VTT and TXT sinks wait for each caption's refinement (live: at most
-    refine.max_wait_s; files and --fast: always, so the output never depends on timing)."""
-    if not config.refine.model:
+def refined_sinks(sinks: Sequence[Sink], *, enabled: bool,
+                  max_wait_s: float | None) -> list[Sink]:
+    """With refinement `enabled`, SRT, VTT and TXT sinks wait for each caption's refinement
+    (at most `max_wait_s`; None: always, so the output never depends on timing)."""
+    if not enabled:
         return list(sinks)
-    wait = config.refine.max_wait_s if live else None
+    wait = max_wait_s
     return [RefinedFinals(sink, max_wait_s=wait) if isinstance(sink, REFINED_SINKS) else sink
             for sink in sinks]

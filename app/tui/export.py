@@ -15,7 +15,7 @@ from pathlib import Path
 from harken.app.config import HarkenConfig
 from harken.app.session import output_sinks
 from harken.app.tasks.refine import refined_sinks
-from harken.engine.events import Event, SpeakerTurn
+from harken.engine.events import CaptionRefined, Event, SpeakerTurn
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import FILE_FORMATS
 from harken.engine.sinks.rttm import RttmSink
@@ -63,7 +63,9 @@ async def export_session(events: Sequence[Event], *, config: HarkenConfig, folde
         sinks.append(RttmSink(path=folder / f"{stem}.rttm", uri=stem))
     written: list[Path] = []
     # The record holds every refinement: subtitles and transcript carry the refined text.
-    for sink, writer in zip(sinks, refined_sinks(config, sinks, live=False), strict=True):
+    writers = refined_sinks(sinks, enabled=any(isinstance(e, CaptionRefined) for e in events),
+                            max_wait_s=None)
+    for sink, writer in zip(sinks, writers, strict=True):
         await writer.consume(_replay(events))
         path = getattr(sink, "path", None)
         if isinstance(path, Path):

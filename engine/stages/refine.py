@@ -39,6 +39,7 @@ from harken.models.refine import RefinedText
 
 ORDERED_BACKLOG = 8  # segments waiting at most in files/--fast before the stream waits
 LIVE_BACKLOG = 2  # segments waiting at most live: older ones are skipped (CTC text stands)
+SKIPPED_KEPT = 64  # skipped segments waiting to be announced; older ones go unannounced
 MAX_SEGMENT_S = 120.0  # s of one segment kept at most (the VAD splits long speech sooner)
 REFINE_PRIORITY = 0  # before translation (GenerationWorker: lower runs first)
 FAILED = "failed"
@@ -164,6 +165,9 @@ class RefineStage:
         if self.live:
             while len(self._jobs) >= self._backlog:
                 self._skipped.append(self._jobs.popleft())  # the newer segments win
+            while len(self._skipped) > SKIPPED_KEPT:
+                self._skipped.popleft()  # its files have long fallen back to the CTC text
+                self.fallbacks += 1
         else:
             while len(self._jobs) >= self._backlog:
                 self._space.clear()
