@@ -24,7 +24,7 @@ import collections
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -35,7 +35,9 @@ from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.models.alignment import CtcVocabulary, align_words
 from harken.models.audio import SAMPLE_RATE
 from harken.models.guard import GuardOptions, GuardReason, judge
-from harken.models.refine import RefinedText
+
+if TYPE_CHECKING:  # models/refine.py imports torch; the engine core must not
+    from harken.models.refine import RefinedText
 
 ORDERED_BACKLOG = 8  # segments waiting at most in files/--fast before the stream waits
 LIVE_BACKLOG = 2  # segments waiting at most live: older ones are skipped (CTC text stands)
