@@ -9,7 +9,9 @@ random or fake) instead: `ModelLoader(captioner=..., spotter=...)` then loads no
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from harken.app.config import HarkenConfig
 from harken.app.tasks import captions, keywords, refine, speakers, translation
@@ -18,6 +20,8 @@ from harken.models.captions import CtcCaptioner
 from harken.models.keywords import KeywordSpotter
 from harken.models.refine import SpeechRefiner
 from harken.models.translation import SpeechTranslator
+
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -30,25 +34,18 @@ class ModelLoader:
 
     async def captions(self, config: HarkenConfig) -> CtcCaptioner:
         if self.captioner is None:
-            c = config
-            self.captioner = await asyncio.to_thread(
-                captions.load_captioner, c.captions.model, c.compute.device_type,
-                c.compute.dtype)
+            self.captioner = await _load(captions.load_captioner, config.captions.model, config)
         return self.captioner
 
     async def keywords(self, config: HarkenConfig) -> KeywordSpotter:
         if self.spotter is None:
-            c = config
-            self.spotter = await asyncio.to_thread(
-                keywords.load_spotter, c.keywords.model, c.compute.device_type, c.compute.dtype)
+            self.spotter = await _load(keywords.load_spotter, config.keywords.model, config)
         return self.spotter
 
     async def translation(self, config: HarkenConfig) -> SpeechTranslator:
         if self.translator is None:
-            c = config
-            self.translator = await asyncio.to_thread(
-                translation.load_translator, c.translation.model, c.compute.device_type,
-                c.compute.dtype)
+            self.translator = await _load(translation.load_translator,
+                                          config.translation.model, config)
         return self.translator
 
     async def refine(self, config: HarkenConfig) -> SpeechRefiner:
@@ -60,3 +57,8 @@ class ModelLoader:
         if self.speakers is None:
             self.speakers = await speakers.load_models(config)
         return self.speakers
+
+
+async def _load(load: Callable[[str, str, str], T], model: str, config: HarkenConfig) -> T:
+    """`load(model, device type, dtype)` in a thread: loading blocks for seconds."""
+    return await asyncio.to_thread(load, model, config.compute.device_type, config.compute.dtype)
