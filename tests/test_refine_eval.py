@@ -115,3 +115,17 @@ class _Lines:
 
     def flush(self) -> None:
         pass
+
+
+def test_cli_errors_name_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harken.app.cli import main
+
+    assert main(["eval", "captions", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    ctc = build_tiny_ctc("hubert", tmp_path / "ctc")
+    audio = clip(tmp_path / "a.wav")
+    code = main(["transcribe", str(audio), "--captions-model", str(ctc), "--refine-model",
+                 str(ctc), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no AutoModelForSpeechSeq2Seq variant" in err and "refine" in err
