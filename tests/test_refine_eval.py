@@ -128,4 +128,5 @@ def test_cli_errors_name_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[s
                  str(ctc), "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "no AutoModelForSpeechSeq2Seq variant" in err and "refine" in err
+    assert "no AutoModelForSpeechSeq2Seq variant" in err
+    assert "refine" in err
