@@ -1,4 +1,4 @@
-"""`harken eval diarization|speakers|keywords|captions`: accuracy on labelled audio
+"""`harken eval diarization|speakers|keywords|captions|vad`: accuracy on labelled audio
 (app/eval/)."""
 
 from __future__ import annotations
@@ -8,14 +8,21 @@ import asyncio
 import json
 
 from harken.app import flags
-from harken.app.eval import captions, keywords, speakers
 
 
 def run(args: argparse.Namespace) -> int:
     config = flags.load(args).config
+    if args.eval_command == "vad":  # no model stack (torch) for the VAD alone
+        from harken.app.eval import vad
+
+        return vad.run(args, config)
+    from harken.app.eval import keywords, speakers
+
     if args.eval_command in speakers.ACTIONS:
         return speakers.ACTIONS[args.eval_command](args, config)
     if args.eval_command == "captions":
+        from harken.app.eval import captions
+
         result = asyncio.run(captions.evaluate(config, args.path, realtime=not args.fast))
         if args.json:
             print(json.dumps(result))
