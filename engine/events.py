@@ -130,6 +130,9 @@ class Stats(Event):
     queue_depth: int = 0
     caption_latency_p50_s: float | None = None
     caption_latency_p95_s: float | None = None
+    #: Refined finals after the end of speech (None unless refining: docs/refine.md).
+    refine_latency_p50_s: float | None = None
+    refine_latency_p95_s: float | None = None
     dropped: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)

@@ -394,6 +394,8 @@ class Engine:
             queue_depth=state.queue.qsize() + self.worker.pending,
             lag_s=time.monotonic() - arrived if arrived is not None else 0.0,
             caption_latency_p50_s=latencies.get("caption_latency_p50_s"),
+            refine_latency_p50_s=latencies.get("refine_latency_p50_s"),
+            refine_latency_p95_s=latencies.get("refine_latency_p95_s"),
             caption_latency_p95_s=latencies.get("caption_latency_p95_s"),
             dropped=self.bus.dropped(),
             lost=self.bus.lost(),

@@ -146,6 +146,7 @@ async def test_every_final_is_refined_after_it_with_aligned_words(
         assert second.end <= final.end + 0.02  # within the segment's frames
     stats = sink.of(Stats)[-1]
     assert stats.counters["refine_segments"] == n  # type: ignore[attr-defined]
+    assert stats.refine_latency_p95_s is not None  # type: ignore[attr-defined]
     assert stats.counters["refine_rejected"] == 0  # type: ignore[attr-defined]
 
 
