@@ -18,7 +18,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cmd | head`
 #: runs: `harken --help` and a bad flag never load the model stack.
 COMMANDS = {name: f"harken.app.commands.{name}"
             for name in ("run", "transcribe", "devices", "models", "config", "bench", "eval",
-                         "speakers")}
+                         "speakers", "tune")}
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -39,7 +39,7 @@ def _quiet_transformers() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = flags.build_parser().parse_args(argv)
-    if args.command in ("run", "transcribe", "bench", "eval", "speakers"):
+    if args.command in ("run", "transcribe", "bench", "eval", "speakers", "tune"):
         _quiet_transformers()
     try:
         command = importlib.import_module(COMMANDS[args.command])
