@@ -86,6 +86,18 @@ class Annotator(Protocol):
     def annotate(self, event: Event) -> Event: ...
 
 
+class Pausable(Protocol):
+    """What a runtime control can pause and resume (Engine has it): the TUI's space key, the
+    MQTT control topic."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageContext:
     """What a stage factory gets to build a stage for one stream."""

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harken.app.config import ConfigError, load_config
+from harken.app.config import load_config
 from harken.app.tasks.speakers import diarization_options, thresholds
 from harken.models.calibration import GENERIC, KEYS, KNOWN, model_of, resolve
+from harken.models.errors import ConfigError
 
 SV = "microsoft/unispeech-sat-base-plus-sv"
 SD = "microsoft/unispeech-sat-base-plus-sd"

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harken.app.tune.config_file import ConfigWriteError, write_calibration
+from harken.app.tune.config_file import write_calibration
 from harken.app.tune.diarization import (
     RANGES,
     TUNED,
     ReplayEmbedder,
     ReplaySegmenter,
-    TuneError,
     pairs,
     search,
 )
+from harken.models.errors import ConfigWriteError, TuneError
 from harken.models.geometry import FrameGeometry
 
 SV = "microsoft/unispeech-sat-base-plus-sv"

@@ -17,10 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from harken.app import session as factory
 from harken.app.clips import (
     MIN_SPEECH_S,
-    NotEnoughSpeechError,
     audio_files,
     read_audio,
     require_speech,
@@ -28,6 +26,7 @@ from harken.app.clips import (
     vad_options,
 )
 from harken.app.config import HarkenConfig
+from harken.app.session import engine_options
 from harken.app.tasks.speakers import (
     SpeakerModels,
     load_embedder,
@@ -41,11 +40,7 @@ from harken.engine.sinks.base import Sink
 from harken.engine.sinks.rttm import RttmSink
 from harken.engine.sources.file import FileSource
 from harken.engine.worker import InferenceWorker
-from harken.models.errors import HarkenError
-
-
-class EvalError(HarkenError):
-    """The evaluation data is missing or unusable."""
+from harken.models.errors import EvalError, NotEnoughSpeechError
 
 
 class TurnCollector:
@@ -79,7 +74,7 @@ async def diarize_file(config: HarkenConfig, path: Path, models: SpeakerModels, 
     async with InferenceWorker(name=str(models.embedder.device),
                                max_batch=config.compute.max_batch) as worker:
         engine = Engine(sources=[source], worker=worker, stages=[stages],
-                        options=factory.engine_options(config, live=realtime))
+                        options=engine_options(config, live=realtime))
         subs = [(sink, engine.subscribe(sink.name)) for sink in (collect, *sinks)]
         async with asyncio.TaskGroup() as tg:
             for sink, sub in subs:

@@ -23,13 +23,9 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from harken.models.errors import HarkenError
+from harken.models.errors import ConfigWriteError
 
 DECIMALS = 4  # tuned values are written rounded: more digits would be noise
-
-
-class ConfigWriteError(HarkenError):
-    """The config file could not be updated."""
 
 
 def _table(parent: Any, key: str, *, where: str, path: Path) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from harken.app.config import HarkenConfig
-from harken.app.eval.speakers import EvalError, der_figures, diarize_file, reference_for
+from harken.app.eval.speakers import der_figures, diarize_file, reference_for
 from harken.app.tasks.speakers import (
     SpeakerModels,
     diarization_options,
@@ -35,6 +35,7 @@ from harken.engine.sources.file import FileSource
 from harken.engine.stages.speakers import Embedder, Segmenter, SpeakerStage
 from harken.models.calibration import Key
 from harken.models.clustering import FloatArray
+from harken.models.errors import TuneError
 from harken.models.geometry import FrameGeometry
 
 TUNED: tuple[Key, ...] = ("tau_active", "rho_update", "delta_new")
@@ -42,10 +43,6 @@ TUNED: tuple[Key, ...] = ("tau_active", "rho_update", "delta_new")
 RANGES: Mapping[Key, tuple[float, float]] = {
     "tau_active": (0.0, 1.0), "rho_update": (0.0, 1.0), "delta_new": (0.01, 2.0)}
 MAX_AUDIO_S = 4 * 3600.0  # model outputs of at most this much audio are kept in memory
-
-
-class TuneError(EvalError):
-    """The tuning data is unusable."""
 
 
 def _key(window: np.ndarray) -> bytes:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from harken.engine.mqtt.client import MqttSettings
-from harken.models.errors import HarkenError
+from harken.models.errors import BrokerError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
@@ -39,10 +39,6 @@ Backend = Literal["auto", "amqtt", "mosquitto"]
 def mosquitto_binary() -> str | None:
     """mosquitto on PATH, or in the sbin folders Debian installs it to."""
     return shutil.which("mosquitto") or shutil.which("mosquitto", path=SBIN_PATH)
-
-
-class BrokerError(HarkenError):
-    """The embedded broker could not start."""
 
 
 def _in_use(host: str, port: int, detail: object) -> BrokerError:

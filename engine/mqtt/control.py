@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from harken.models.errors import HarkenError
+from harken.engine.pipeline import Pausable
+from harken.models.errors import ControlError
 
 MAX_COMMAND_BYTES = 4096
 MAX_KEYWORDS = 64
@@ -32,17 +33,6 @@ KEYWORDS_NOT_RUNNING = ("keyword spotting is not running in this Harken session,
                         "no keyword list to change; start Harken with the keyword task enabled")
 TRANSLATION_NOT_RUNNING = ("live translation is not running in this Harken session; start "
                            "Harken with the translation task enabled")
-
-
-class ControlError(HarkenError):
-    """A control command that was not applied; `code` is machine-readable."""
-
-    def __init__(self, message: str, *, code: str, command: str | None = None,
-                 request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.command = command
-        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,16 +58,6 @@ class SetTranslation:
 
 
 Command = Pause | Resume | SetKeywords | SetTranslation
-
-
-class Pausable(Protocol):
-    """What every control target offers (the Engine does)."""
-
-    @property
-    def paused(self) -> bool: ...
-
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
 
 
 @runtime_checkable
