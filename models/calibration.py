@@ -62,6 +62,17 @@ KNOWN: Mapping[str, Calibration] = MappingProxyType({
     "microsoft/unispeech-sat-base-plus-sd": Calibration(
         values={"tau_active": 0.5}, measured=False,
         source="model card example (probabilities > 0.5); not measured"),
+    # Resemblyzer's VoiceEncoder behind tests/resemblyzer_embedder.py: a dev-only adapter (no
+    # runtime code loads it), kept here because its values were measured
+    # (scripts/measure_speakers.py, docs/speakers.md): delta_new tuned by Optuna (200
+    # trials) on the shared dev clips and a 5-speaker LibriSpeech meeting with oracle
+    # segmentation; threshold at the EER of librispeech_test_other (5 speakers, 20 clips);
+    # margin: false names of a non-enrolled speaker 15/20 -> 3/20 at that threshold, with
+    # every enrolled speaker's clip still named right (40/40). Small data: in-sample values.
+    "resemblyzer": Calibration(
+        values={"delta_new": 0.2976, "threshold": 0.6221, "margin": 0.15}, measured=True,
+        source="measured with scripts/measure_speakers.py on ../shared/audio (small, "
+               "in-sample)"),
 })
 
 

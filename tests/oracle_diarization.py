@@ -7,9 +7,11 @@ speaker gets an overlap-weighted embedding from an `Embedder` (the speaker stage
 tests/resemblyzer_embedder.py for a trained one). Then:
 
 - online: models/clustering.OnlineClustering, window by window, with the given thresholds;
-- offline: agglomerative clustering (average linkage, cosine) of the long speakers'
-  embeddings into the oracle number of speakers, then every active local speaker takes a
-  cluster by a one-to-one assignment to the cluster centroids (pyannote's recipe);
+- offline: agglomerative clustering (average linkage, cosine) into the oracle number of
+  speakers of the embeddings of local speakers who talk at least half the window (clean
+  ones: fixed, so the baseline does not move with the online thresholds), then every
+  active local speaker takes a cluster by a one-to-one assignment to the cluster centroids
+  (pyannote's recipe);
 
 and both go through the same aggregation and turn tracking (models/clustering.py) and are
 scored by pyannote.metrics. Used by scripts/measure_speakers.py and
@@ -45,6 +47,7 @@ LATENCY = STEP
 MIN_TURN = 5  # frames (0.1 s), the stage's default
 MERGE_GAP = 10  # frames (0.2 s)
 LOCAL_SLOTS = 3
+OFFLINE_FIT_ACTIVITY = 0.5  # mean activity of the embeddings the offline clusters are fit on
 
 Turns = list[tuple[int, int, str]]  # (start frame, end frame, label)
 
@@ -161,9 +164,9 @@ def offline(clip: Clip, options: ClusteringOptions) -> Turns:
     active = {(i, k) for i, w in enumerate(clip.windows) for k in range(LOCAL_SLOTS)
               if w.activity[:, k].max() >= options.tau_active
               and np.isfinite(w.embeddings[k]).all()}
-    long = sorted((i, k) for i, k in active
-                  if clip.windows[i].activity[:, k].mean() >= options.rho_update)
-    fit = long if len(long) >= n else sorted(active)
+    clean = sorted((i, k) for i, k in active
+                   if clip.windows[i].activity[:, k].mean() >= OFFLINE_FIT_ACTIVITY)
+    fit = clean if len(clean) >= n else sorted(active)
     x = np.stack([clip.windows[i].embeddings[k] for i, k in fit]).astype(np.float64)
     labels = fcluster(linkage(x, method="average", metric="cosine"), t=n, criterion="maxclust")
     centres = np.stack([x[labels == c].mean(axis=0) for c in np.unique(labels)])
