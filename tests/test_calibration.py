@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harken.app.config import load_config
-from harken.app.tasks.speakers import diarization_options, thresholds
+from harken.app.tasks.speakers import diarization_options, overridden, thresholds
 from harken.models.calibration import GENERIC, KEYS, KNOWN, model_of, resolve
 from harken.models.errors import ConfigError
 
@@ -66,6 +66,10 @@ threshold = 0.8
     assert (options.enrolled_threshold, options.enrolled_margin) == (0.8, 0.12)
     origins = {k: r.origin for k, r in thresholds(config).items()}
     assert origins["margin"] == "speakers.margin in your settings"
+    # tune warns that a plain setting would hide what it writes.
+    notes = overridden(config, ("delta_new", "margin"))
+    assert len(notes) == 1
+    assert notes[0].startswith("speakers.margin = 0.12")
     assert origins["delta_new"] == f"your calibration of {SV}"
     assert origins["tau_active"].startswith(f"known checkpoint {SD}")
     # A different speaker model does not inherit the other model's calibration.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harken.app import flags
 from harken.app.config import LoadedConfig, default_config_path
-from harken.app.tasks.speakers import speaker_model_id
+from harken.app.tasks.speakers import overridden, speaker_model_id
 from harken.app.tune import diarization, speakers
 from harken.app.tune.config_file import write_calibration
 
@@ -40,6 +40,8 @@ def tune_diarization(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                               seed=args.seed, quiet=args.json)
     values = diarization.calibration_values(config, result.after)
     where = _write(loaded, args, values)
+    for note in overridden(config, diarization.TUNED):
+        print(f"harken: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps({"der_before": round(result.der_before, 4),
                           "der_after": round(result.der_after, 4),
@@ -65,6 +67,8 @@ def tune_speakers(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         print(f"harken: skipped: {note}", file=sys.stderr)
     values = {speaker_model_id(config): {"threshold": result.after}}
     where = _write(loaded, args, values)
+    for note in overridden(config, ("threshold",)):
+        print(f"harken: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps({"eer": round(result.eer, 4), "before": round(result.before, 4),
                           "after": round(result.after, 4), "model": result.model_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,14 @@ def thresholds(config: HarkenConfig) -> dict[Key, Resolved]:
     user = {model: cal.model_dump() for model, cal in s.calibration.items()}
     return {key: resolve(key, model_id=model, explicit=getattr(s, key), user=user)
             for key, model in threshold_models(config).items()}
+
+
+def overridden(config: HarkenConfig, keys: Sequence[Key]) -> list[str]:
+    """Notes for thresholds a plain setting fixes: a calibration of them would not apply."""
+    s = config.speakers
+    return [f"speakers.{key} = {getattr(s, key)} is set in your settings and wins over any "
+            f"calibration; remove it to use the tuned value" for key in keys
+            if getattr(s, key) is not None]
 
 
 def diarization_options(config: HarkenConfig,
