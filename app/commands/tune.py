@@ -49,7 +49,8 @@ def tune_diarization(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                           "after": {k: round(v, 4) for k, v in result.after.items()},
                           "trials": result.trials, "files": result.files,
                           "collar_s": args.collar, "written": not args.no_write,
-                          "models": values}))
+                          "models": {m: {k: round(v, 4) for k, v in kv.items()}
+                                     for m, kv in values.items()}}))
         return 0
     print(f"DER {100 * result.der_before:.1f}% before -> {100 * result.der_after:.1f}% after "
           f"{result.trials} trials ({result.files} file(s), {result.reference_speech_s:.1f} s "
