@@ -180,7 +180,8 @@ def _model_flags(p: argparse.ArgumentParser | Any, *, diarization: bool = True) 
     p.add_argument("--speaker-store", type=Path, metavar="FILE",
                    help="voiceprint database (default: voiceprints.sqlite in the user data dir)")
     p.add_argument("--speaker-threshold", type=float, metavar="SIM",
-                   help="cosine similarity to name/accept an enrolled speaker (default 0.7)")
+                   help="cosine similarity to name/accept an enrolled speaker (default: "
+                        "calibrated per model, docs/speakers.md)")
 
 
 def add_diarize_flags(p: argparse.ArgumentParser) -> None:
@@ -239,6 +240,29 @@ def add_eval_parsers(esub: Any) -> None:
     for p in (ed, es):
         _compute_flags(p)
         _model_flags(p)
+
+
+def add_tune_parser(sub: Any) -> None:
+    """`harken tune diarization|speakers` (app/tune/, app/commands/tune.py)."""
+    tp = sub.add_parser("tune", help="calibrate the speaker thresholds on your labelled audio "
+                                     "and save them in your config")
+    tsub = tp.add_subparsers(dest="tune_command", required=True, metavar="TASK")
+    td = tsub.add_parser("diarization", help="tau_active, rho_update, delta_new that lower the "
+                                             "DER (Optuna), per model")
+    td.add_argument("pairs", nargs="+", type=Path, metavar="AUDIO RTTM",
+                    help="audio files, each followed by its RTTM")
+    td.add_argument("--trials", type=int, default=50, help="Optuna trials (default 50)")
+    td.add_argument("--collar", type=_seconds, default=0.25, metavar="S",
+                    help="forgiveness around reference boundaries (default 0.25)")
+    td.add_argument("--seed", type=int, default=0, help="sampler seed (same seed, same search)")
+    ts = tsub.add_parser("speakers", help="the speaker-ID threshold at the equal error rate")
+    ts.add_argument("dir", type=Path, metavar="DIR", help="DIR/<speaker>/<clip> audio")
+    for p in (td, ts):
+        p.add_argument("--no-write", action="store_true",
+                       help="print the result, leave the config file alone")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        _compute_flags(p)
+        _model_flags(p, diarization=p is td)
 
 
 def _seconds(text: str) -> float:
@@ -457,4 +481,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(esub)
     add_eval_vad(esub)
     add_speakers_parser(sub)
+    add_tune_parser(sub)
     return parser

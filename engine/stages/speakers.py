@@ -315,6 +315,7 @@ class SpeakerStage:
             if self.live:
                 behind = (self._buffer.end - self._next_end) // self._step
                 self.skipped_steps += behind
+                self.clustering.skip(behind)  # its clock counts steps of speech
                 self._next_end += behind * self._step
             await self._analyse(self._next_end, events)
             self._next_end += self._step
@@ -351,7 +352,9 @@ class SpeakerStage:
         final = self._buffer.end // self._frame * self._frame
         if final > self._done:
             if self.live:
-                self.skipped_steps += max(0, (final - self._done - 1) // self._step)
+                skipped = max(0, (final - self._done - 1) // self._step)
+                self.skipped_steps += skipped
+                self.clustering.skip(skipped)
             await self._analyse(final, events)
         events += self._release(self._done // self._frame)
         if close:  # a gap in the stream follows: no turn runs across it
