@@ -64,6 +64,8 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "keywords_model": ("keywords.model", "--keywords-model"),
     "translate": ("translation.languages", "--translate"),
     "translation_model": ("translation.model", "--translation-model"),
+    "refine_model": ("refine.model", "--refine-model"),
+    "refine_guard": ("refine.guard", "--no-guard"),
     # speakers
     "diarize": ("speakers.enabled", "--diarize"),
     "speaker_model": ("speakers.model", "--speaker-model"),
@@ -153,6 +155,9 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
                    help="translate each final segment into these languages, e.g. de,fr")
     g.add_argument("--translation-model", metavar="ID|DIR",
                    help="translation model (speech encoder-decoder): hub id or folder")
+    g.add_argument("--refine-model", metavar="ID|DIR",
+                   help="re-decode each caption final with this sequence-to-sequence model "
+                        "(Whisper...): hub id or folder (docs/refine.md)")
 
 
 def add_bench_parsers(bsub: Any) -> None:
@@ -190,7 +195,8 @@ def _model_flags(p: argparse.ArgumentParser | Any, *, diarization: bool = True) 
     p.add_argument("--speaker-store", type=Path, metavar="FILE",
                    help="voiceprint database (default: voiceprints.sqlite in the user data dir)")
     p.add_argument("--speaker-threshold", type=float, metavar="SIM",
-                   help="cosine similarity to name/accept an enrolled speaker (default 0.7)")
+                   help="cosine similarity to name/accept an enrolled speaker (default: "
+                        "calibrated per model, docs/speakers.md)")
 
 
 def add_diarize_flags(p: argparse.ArgumentParser) -> None:
@@ -250,6 +256,29 @@ def add_eval_parsers(esub: Any) -> None:
     for p in (ed, es):
         _compute_flags(p)
         _model_flags(p)
+
+
+def add_tune_parser(sub: Any) -> None:
+    """`harken tune diarization|speakers` (app/tune/, app/commands/tune.py)."""
+    tp = sub.add_parser("tune", help="calibrate the speaker thresholds on your labelled audio "
+                                     "and save them in your config")
+    tsub = tp.add_subparsers(dest="tune_command", required=True, metavar="TASK")
+    td = tsub.add_parser("diarization", help="tau_active, rho_update, delta_new that lower the "
+                                             "DER (Optuna), per model")
+    td.add_argument("pairs", nargs="+", type=Path, metavar="AUDIO RTTM",
+                    help="audio files, each followed by its RTTM")
+    td.add_argument("--trials", type=int, default=50, help="Optuna trials (default 50)")
+    td.add_argument("--collar", type=_seconds, default=0.25, metavar="S",
+                    help="forgiveness around reference boundaries (default 0.25)")
+    td.add_argument("--seed", type=int, default=0, help="sampler seed (same seed, same search)")
+    ts = tsub.add_parser("speakers", help="the speaker-ID threshold at the equal error rate")
+    ts.add_argument("dir", type=Path, metavar="DIR", help="DIR/<speaker>/<clip> audio")
+    for p in (td, ts):
+        p.add_argument("--no-write", action="store_true",
+                       help="print the result, leave the config file alone")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        _compute_flags(p)
+        _model_flags(p, diarization=p is td)
 
 
 def _seconds(text: str) -> float:
@@ -349,6 +378,21 @@ def add_eval_keywords(esub: Any, add_common: Any) -> None:
     ek.add_argument("--negatives", type=Path, action="append", default=[], metavar="FILE",
                     help="speech without keywords (repeatable): false accepts per hour")
     ek.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
+def add_eval_captions(esub: Any) -> None:
+    """`harken eval captions DIR|MANIFEST [--refine-model ID|DIR]` (app/eval/captions.py)."""
+    ec = esub.add_parser("captions", help="WER/CER of streaming CTC finals, whole-segment "
+                                          "CTC and refined finals; refined-final latency")
+    add_common(ec)
+    ec.add_argument("path", type=Path, metavar="DIR|MANIFEST",
+                    help="audio with transcripts (LibriSpeech *.trans.txt, LJ Speech "
+                         "metadata.csv, NAME.txt beside NAME.wav) or AUDIO<TAB>TEXT lines")
+    ec.add_argument("--no-guard", dest="refine_guard", action="store_false", default=None,
+                    help="accept every non-empty refinement (no hallucination guard)")
+    ec.add_argument("--fast", action="store_true",
+                    help="feed audio as fast as it decodes (no latency figures)")
+    ec.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -469,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--captions-model", metavar="ID|DIR")
         mp.add_argument("--keywords-model", metavar="ID|DIR")
         mp.add_argument("--translation-model", metavar="ID|DIR")
+        mp.add_argument("--refine-model", metavar="ID|DIR")
         mp.add_argument("--diarize", action="store_true", default=None,
                         help="include the speaker and diarization models")
 
@@ -501,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     add_eval_keywords(esub, add_common)
+    add_eval_captions(esub)
     add_eval_parsers(esub)
     add_eval_vad(esub)
     add_speakers_parser(sub)
+    add_tune_parser(sub)
     return parser

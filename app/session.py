@@ -17,6 +17,7 @@ from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
 from harken.app.tasks.loader import ModelLoader
+from harken.app.tasks.refine import refine_stages, refined_sinks
 from harken.app.tasks.speakers import speaker_stages
 from harken.app.tasks.translation import (
     LanguageSwitch,
@@ -59,7 +60,8 @@ def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
     the configured counts, or a split of this machine's cores that never oversubscribes."""
     c = config.compute
     return plan_threads(cores=available_cores(), device_type=device_type,
-                        translation=bool(config.translation.languages),
+                        # Translation and refinement both run on the generation thread.
+                        translation=bool(config.translation.languages or config.refine.model),
                         inference=c.inference_threads, generation=c.generation_threads)
 
 
@@ -118,26 +120,39 @@ class TaskStages:
 @asynccontextmanager
 async def task_stages(config: HarkenConfig, models: ModelLoader,
                       share: CoreShare | None = None) -> AsyncIterator[TaskStages]:
-    """Stage factories of the enabled keyword and translation tasks (none when both are off)."""
+    """Stage factories of the enabled refine, keyword and translation tasks (none when all
+    are off). Refinement and translation share one generation thread (refinement first).
+    `share`: the cores the generation thread borrows from the inference worker."""
     c = config
     factories: list[StageFactory] = []
     keywords: KeywordSelection | None = None
+    refiner = await models.refine(config) if c.refine.model else None
     if c.keywords.enabled:
         spotter = await models.keywords(config)
         keywords = keyword_selection(config, spotter)
         factories.append(keyword_stages(config, spotter, selection=keywords))
-    if not c.translation.languages:
+    if refiner is None and not c.translation.languages:
         yield TaskStages(factories=factories, keywords=keywords)
         return
-    translator = await models.translation(config)
-    translator.options = generation_options(config)
-    languages = language_switch(config, translator)
+    languages: LanguageSwitch | None = None
+    translator = None
+    if c.translation.languages:
+        translator = await models.translation(config)
+        translator.options = generation_options(config)
+        languages = language_switch(config, translator)
+    device = refiner.device if refiner is not None else translator.device if translator \
+        is not None else "cpu"
     budget = share.budget if share is not None else \
-        thread_budget(config, device_type=translator.device.type)
-    async with GenerationWorker(name=str(translator.device), threads=budget.generation,
+        thread_budget(config, device_type=str(device).split(":")[0])
+    async with GenerationWorker(name=str(device), threads=budget.generation,
                                 nice=budget.generation_nice, share=share) as generator:
-        factories.append(translation_stages(translator, languages.selection.targets,
-                                            generator, selection=languages.selection))
+        if refiner is not None:
+            captioner = await models.captions(config)
+            # Right after the caption stage: it takes each segment's first pass at once.
+            factories.insert(0, refine_stages(config, refiner, captioner, generator))
+        if translator is not None and languages is not None:
+            factories.append(translation_stages(translator, languages.selection.targets,
+                                                generator, selection=languages.selection))
         yield TaskStages(factories=factories, keywords=keywords, languages=languages)
 
 
@@ -250,7 +265,11 @@ class Session:
 
     async def _drive(self, engine: Engine) -> None:
         """The engine and the sinks, to the end of every source."""
-        subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
+        # Subtitle and transcript files carry the refined text (when refining).
+        r = self.config.refine
+        sinks = refined_sinks(self.sinks, enabled=bool(r.model),
+                              max_wait_s=r.max_wait_s if self.live else None)
+        subs = [(sink, engine.subscribe(sink.name)) for sink in sinks]
         async with asyncio.TaskGroup() as tg:
             sink_tasks = [tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
                           for sink, sub in subs]

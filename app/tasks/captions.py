@@ -27,6 +27,7 @@ def caption_stages(config: HarkenConfig, captioner: CtcCaptioner) -> StageFactor
 
     def make(ctx: StageContext) -> Stage:
         return CaptionStage(stream=ctx.stream, captioner=captioner, worker=ctx.worker,
-                            options=options, live=ctx.live, arrivals=ctx.arrivals)
+                            options=options, live=ctx.live, arrivals=ctx.arrivals,
+                            finals=ctx.finals)
 
     return make

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from harken.app.config import HarkenConfig
-from harken.app.tasks import captions, keywords, speakers, translation
+from harken.app.tasks import captions, keywords, refine, speakers, translation
 from harken.app.tasks.speakers import SpeakerModels
 from harken.models.captions import CtcCaptioner
 from harken.models.keywords import KeywordSpotter
+from harken.models.refine import SpeechRefiner
 from harken.models.translation import SpeechTranslator
 
 T = TypeVar("T")
@@ -28,6 +29,7 @@ class ModelLoader:
     captioner: CtcCaptioner | None = None
     spotter: KeywordSpotter | None = None
     translator: SpeechTranslator | None = None
+    refiner: SpeechRefiner | None = None
     speakers: SpeakerModels | None = None
 
     async def captions(self, config: HarkenConfig) -> CtcCaptioner:
@@ -45,6 +47,11 @@ class ModelLoader:
             self.translator = await _load(translation.load_translator,
                                           config.translation.model, config)
         return self.translator
+
+    async def refine(self, config: HarkenConfig) -> SpeechRefiner:
+        if self.refiner is None:
+            self.refiner = await asyncio.to_thread(refine.load_refiner, config)
+        return self.refiner
 
     async def diarization(self, config: HarkenConfig) -> SpeakerModels:
         if self.speakers is None:

@@ -401,6 +401,8 @@ class SpeakerStage:
         self.widened_steps += 1
         self.merged_steps += merged
         self.skipped_steps += behind - merged
+        # The clustering's clock counts steps of speech: one analysis stands in for these.
+        self.clustering.skip(behind)
         return self._window + merged * self._step
 
     async def _analyse(self, end: int, events: list[Event], *, width: int | None = None) -> None:

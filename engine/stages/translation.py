@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,10 +51,15 @@ class GenerationError(RuntimeError):
     """Generation failed (out of memory, bad input)."""
 
 
+TRANSLATION_PRIORITY = 1  # GenerationWorker: refinement (0) of a caption goes first
+
+
 class GenerationWorker:
     """One thread for generation, beside the inference worker; calls run one at a time.
 
     `async with GenerationWorker(name="cpu") as gen: out = await gen.run(fn, arg)`.
+    Waiting calls start in order of `priority` (lower first), then of arrival: a caption's
+    refinement waits for the call in flight, not for translations queued before it.
     """
 
     def __init__(self, *, name: str, threads: int | None = None, nice: int = 0,
@@ -69,6 +76,9 @@ class GenerationWorker:
         self.cpu_s = 0.0  # CPU seconds of the generation thread (see WorkerStats.cpu_s)
         self.calls = 0
         self._executor: ThreadPoolExecutor | None = None
+        self._busy = False
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._arrivals = itertools.count()
 
     async def __aenter__(self) -> Self:
         if self.threads is None:
@@ -96,19 +106,43 @@ class GenerationWorker:
         finally:
             self.cpu_s += time.thread_time() - started  # one thread writes it
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
+    async def run(self, fn: Callable[..., T], *args: object,
+                  priority: int = TRANSLATION_PRIORITY, task: str = "translation") -> T:
         if self._executor is None:
             raise RuntimeError("GenerationWorker used outside `async with`")
+        await self._acquire(priority)
         started = time.perf_counter()
         try:
             with self.share.generating() if self.share is not None else nullcontext():
                 return await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._timed, fn, args)
         except Exception as exc:  # any model failure fails this segment, not the run
-            raise GenerationError(f"translation failed on {self.name}: {exc}") from exc
+            raise GenerationError(f"{task} failed on {self.name}: {exc}") from exc
         finally:
             self.busy_s += time.perf_counter() - started
             self.calls += 1
+            self._release()
+
+    async def _acquire(self, priority: int) -> None:
+        if not self._busy and not self._waiting:
+            self._busy = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release()  # the turn was handed to us as we were cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():  # a cancelled waiter's turn is done already
+                turn.set_result(None)  # hand over: the worker stays busy
+                return
+        self._busy = False
 
 
 class Translator(Protocol):
