@@ -108,6 +108,8 @@ class CaptionsConfig(_Section):
 class OutputConfig(_Section):
     dir: Path = Field(Path("."), description="folder for transcript files")
     formats: list[str] = Field(default_factory=lambda: ["srt", "vtt", "jsonl", "txt"])
+    overwrite: bool = Field(False, description="replace output files that exist; off: refuse, "
+                            "so a reference transcript or an earlier run is never lost")
 
     @field_validator("formats")
     @classmethod

@@ -8,11 +8,12 @@ flag fails in a blink.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.metadata
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harken.app.config import LoadedConfig, load_config
 
@@ -48,6 +49,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "max_segment": ("vad.max_segment_s", "--max-segment"),
     "out": ("output.dir", "--out"),
     "format": ("output.formats", "--format"),
+    "overwrite": ("output.overwrite", "--overwrite"),
     "mqtt": ("mqtt.url", "--mqtt"),
     "mqtt_prefix": ("mqtt.prefix", "--mqtt-prefix"),
     "site": ("mqtt.site", "--site"),
@@ -461,6 +463,28 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**{**kwargs, "allow_abbrev": False})
 
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra and self._subparsers is None:
+            # A command's own parser names what it did not know (argparse would leave it to
+            # the top-level parser, whose usage says nothing about this command's flags).
+            self.error(f"unrecognized arguments: {' '.join(extra)}{self._suggestion(extra)}")
+        return parsed, extra
+
+    def _suggestion(self, extra: Sequence[str]) -> str:
+        flags = [opt for action in self._actions for opt in action.option_strings]
+        for arg in extra:
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if arg.startswith("-") and close:
+                return f" (did you mean {close[0]}?)"
+        return ""
+
+    def error(self, message: str) -> NoReturn:
+        """One line that names the fix, not argparse's usage block."""
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
 
 def version() -> str:
     try:
@@ -487,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-tui", action="store_true",
                      help="plain printed captions instead of the terminal app")
     run.add_argument("--out", type=Path, metavar="DIR", help="also write transcript files here")
+    run.add_argument("--overwrite", action="store_true", default=None,
+                     help="replace output files that already exist (default: refuse)")
     run.add_argument("--format", type=formats, metavar="LIST",
                      help="file formats with --out: srt,vtt,jsonl,txt,rttm")
     add_mqtt(run)
@@ -495,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(tr)
     tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
     tr.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: .)")
+    tr.add_argument("--overwrite", action="store_true", default=None,
+                    help="replace output files that already exist (default: refuse)")
     tr.add_argument("--format", type=formats, metavar="LIST", help="srt,vtt,jsonl,txt,rttm")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -93,10 +93,29 @@ def check_formats(config: HarkenConfig, formats: Sequence[str]) -> None:
 
 def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
                  out_dir: Path | None = None) -> list[Sink]:
+    """The file sinks of `--out` (or of `out_dir`: the TUI's export picks its own folder).
+    Nothing is opened yet: a command checks `output_paths` with `check_new` first."""
     check_formats(config, formats)
     folder = out_dir if out_dir is not None else config.output.dir
-    sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
-    return sinks + translated_sinks(config, stem=stem, formats=formats, folder=folder)
+    sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in dict.fromkeys(formats)]
+    sinks += translated_sinks(config, stem=stem, formats=formats, folder=folder)
+    return sinks
+
+
+def output_paths(sinks: Sequence[Sink]) -> list[Path]:
+    return [path for sink in sinks if isinstance(path := getattr(sink, "path", None), Path)]
+
+
+def check_new(config: HarkenConfig, paths: Sequence[Path]) -> None:
+    """Output files must not exist yet (unless output.overwrite): `harken transcribe
+    talk.wav` beside its reference talk.txt, or a second run into the same folder, must not
+    destroy them."""
+    if config.output.overwrite:
+        return
+    existing = [str(p) for p in paths if p.exists()]
+    if existing:
+        raise ConfigError(f"{', '.join(existing)} already exist(s); choose another --out "
+                          "folder, move them away, or pass --overwrite to replace them")
 
 
 def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None) -> MqttSetup:

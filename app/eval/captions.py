@@ -78,8 +78,16 @@ def _audio_beside(folder: Path, stem: str) -> Path | None:
 
 
 def _from_manifest(manifest: Path) -> list[Utterance]:
+    if manifest.suffix.lower() in AUDIO_SUFFIXES:
+        raise HarkenError(f"{manifest} is an audio file; give a folder of audio files with "
+                          "their transcripts, or a manifest of AUDIO<TAB>REFERENCE lines")
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise HarkenError(f"{manifest} is not a readable text manifest ({exc}); give a folder, "
+                          "or a UTF-8 file of AUDIO<TAB>REFERENCE lines") from exc
     out: list[Utterance] = []
-    for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#"):
             continue
         audio, sep, text = line.partition("\t")
