@@ -29,6 +29,7 @@ from harken.engine.mqtt.control import (
     ControlledSink,
 )
 from harken.engine.pipeline import (
+    LOCAL,
     Engine,
     EngineOptions,
     OpenableSource,
@@ -164,11 +165,12 @@ class Session:
     def paused(self) -> bool:
         return self.engine is not None and self.engine.paused
 
-    def pause(self) -> None:
-        self._running_engine().pause()
+    def pause(self, *, by: str = LOCAL) -> None:
+        self._running_engine().pause(by=by)
 
-    def resume(self) -> None:
-        self._running_engine().resume()
+    def resume(self, *, by: str = LOCAL) -> None:
+        """See Engine.resume: a remote resume never lifts a local pause."""
+        self._running_engine().resume(by=by)
 
     def _running_engine(self) -> Engine:
         if self.engine is None:

@@ -276,10 +276,10 @@ class Target:
     def __init__(self) -> None:
         self.paused = False
 
-    def pause(self) -> None:
+    def pause(self, *, by: str = "local") -> None:
         self.paused = True
 
-    def resume(self) -> None:
+    def resume(self, *, by: str = "local") -> None:
         self.paused = False
 
 

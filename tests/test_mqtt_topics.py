@@ -178,10 +178,10 @@ class Target:
         self.paused = False
         self.translation: str | None = "unset"
 
-    def pause(self) -> None:
+    def pause(self, *, by: str = "local") -> None:
         self.paused = True
 
-    def resume(self) -> None:
+    def resume(self, *, by: str = "local") -> None:
         self.paused = False
 
 
