@@ -27,7 +27,7 @@ typing-view:
 	for d in app engine models; do ln -sfn ../../../$$d build/typing/harken/$$d; done
 
 lint: setup typing-view
-	$(BIN)/ruff check app engine models tests
+	$(BIN)/ruff check app engine models tests setup.py
 	$(BIN)/mypy build/typing/harken
 
 test: setup lint

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from harken.app import flags
+from harken.engine.sources.file import FileSource
 from harken.models.errors import first_user_error
 
 EXIT_USER_ERROR = 2
@@ -19,6 +23,30 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cmd | head`
 COMMANDS = {name: f"harken.app.commands.{name}"
             for name in ("run", "transcribe", "devices", "models", "config", "bench", "eval",
                          "speakers")}
+
+
+#: commands whose inputs and configuration are checked before their module (and with it
+#: torch and the models) is imported: a bad file or setting fails in a blink
+PREFLIGHT = ("run", "transcribe")
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Loads the configuration and opens every input file once, then closes them."""
+    flags.load(args)
+    paths = [*([args.input] if isinstance(getattr(args, "input", None), Path) else []),
+             *getattr(args, "files", [])]
+    check_files(paths)
+
+
+def check_files(paths: Sequence[Path]) -> None:
+    """Opens and closes each file: a missing, empty or non-audio one raises AudioFileError."""
+
+    async def check() -> None:
+        for path in paths:
+            async with FileSource(path=path, stream_id="check"):
+                pass
+
+    asyncio.run(check())
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -42,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "transcribe", "bench", "eval", "speakers"):
         _quiet_transformers()
     try:
+        if args.command in PREFLIGHT:
+            preflight(args)
         command = importlib.import_module(COMMANDS[args.command])
         code: int = command.run(args)
         return code

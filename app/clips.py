@@ -19,17 +19,13 @@ from harken.engine.sources.file import FileSource
 from harken.engine.sources.mic import MicSource
 from harken.engine.vad import VadOptions, clip_segments
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import AudioFileError, HarkenError
+from harken.models.errors import AudioFileError, HarkenError, NotEnoughSpeechError
 
 MIN_SPEECH_S = 1.0  # s of VAD speech a clip needs to enroll or verify
 CLIP_PRE_ROLL_S = 0.05  # s kept before and after speech in clips (live runs keep more)
 CLIP_HANGOVER_S = 0.15
 MAX_FILE_S = 600.0  # s: longer files are refused (they are read into memory)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
-
-
-class NotEnoughSpeechError(HarkenError):
-    """A clip has no speech, or too little to describe a voice."""
 
 
 def clip_vad(vad: VadOptions) -> VadOptions:

@@ -31,7 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from harken.models.errors import HarkenError
+from harken.models.errors import ConfigError
 
 ENV_PREFIX = "HARKEN_"
 ENV_NESTED = "__"
@@ -41,10 +41,6 @@ DEFAULT_KEYWORDS_MODEL = "anton-l/sew-d-mid-400k-ft-keyword-spotting"
 DEFAULT_TRANSLATION_MODEL = "facebook/wav2vec2-xls-r-300m-en-to-15"
 DEFAULT_SPEAKER_MODEL = "microsoft/unispeech-sat-base-plus-sv"
 DEFAULT_DIARIZATION_MODEL = "microsoft/unispeech-sat-base-plus-sd"
-
-
-class ConfigError(HarkenError):
-    """The configuration file, an environment variable or a flag has a bad value."""
 
 
 class _Section(BaseModel):

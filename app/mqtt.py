@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Self
 
-from harken.app.config import ConfigError, HarkenConfig, MqttConfig
-from harken.engine.mqtt.broker import NOT_INSTALLED, BrokerError, EmbeddedBroker, mosquitto_binary
-from harken.engine.mqtt.client import MqttConfigError, MqttSettings, TlsOptions, parse_url
+from harken.app.config import HarkenConfig, MqttConfig
+from harken.engine.mqtt.broker import NOT_INSTALLED, EmbeddedBroker, mosquitto_binary
+from harken.engine.mqtt.client import MqttSettings, TlsOptions, parse_url
 from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import (
@@ -30,6 +30,7 @@ from harken.engine.mqtt.topics import (
     default_site,
 )
 from harken.engine.pipeline import OpenableSource
+from harken.models.errors import BrokerError, ConfigError, MqttConfigError
 
 log = logging.getLogger(__name__)
 

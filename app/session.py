@@ -1,4 +1,6 @@
-"""The one place that turns a configuration into running parts (used by the CLI and tests)."""
+"""The one factory: a configuration becomes a running session (sources, the enabled tasks'
+stages from app/tasks/, sinks, MQTT from app/mqtt.py), for the CLI, the TUI and the tests;
+the session is also what runtime controls act on."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harken.app.config import ConfigError, HarkenConfig
+from harken.app.config import HarkenConfig
 from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
@@ -25,7 +27,6 @@ from harken.app.tasks.translation import (
 from harken.engine.mqtt.control import (
     KEYWORDS_NOT_RUNNING,
     TRANSLATION_NOT_RUNNING,
-    ControlError,
     ControlledSink,
 )
 from harken.engine.pipeline import (
@@ -45,8 +46,7 @@ from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker
 from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
-from harken.models.errors import KeywordError
-from harken.models.translation import UnsupportedLanguageError
+from harken.models.errors import ConfigError, ControlError, KeywordError, UnsupportedLanguageError
 
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 

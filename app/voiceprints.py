@@ -24,7 +24,11 @@ import numpy as np
 import platformdirs
 
 from harken.models.clustering import FloatArray, Voiceprint, l2_normalize
-from harken.models.errors import HarkenError
+from harken.models.errors import (
+    ModelMismatchError,
+    UnknownSpeakerError,
+    VoiceprintError,
+)
 
 STORE_NAME = "voiceprints.sqlite"
 FILE_MODE = 0o600  # owner read/write only
@@ -44,18 +48,6 @@ CREATE TABLE IF NOT EXISTS voiceprints (
     updated TEXT NOT NULL
 )
 """
-
-
-class VoiceprintError(HarkenError):
-    """A voiceprint could not be stored, found or used."""
-
-
-class UnknownSpeakerError(VoiceprintError):
-    """No voiceprint has that name."""
-
-
-class ModelMismatchError(VoiceprintError):
-    """The voiceprint was enrolled with another speaker model."""
 
 
 def default_store_path() -> Path:

@@ -88,6 +88,19 @@ class Annotator(Protocol):
     def annotate(self, event: Event) -> Event: ...
 
 
+class Pausable(Protocol):
+    """What a runtime control can pause and resume (Engine has it): the TUI's space key, the
+    MQTT control topic. `by` says who asks (LOCAL or REMOTE): a remote resume must not lift
+    a pause made at the machine itself."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    def pause(self, *, by: str = ...) -> None: ...
+
+    def resume(self, *, by: str = ...) -> None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageContext:
     """What a stage factory gets to build a stage for one stream."""

@@ -19,7 +19,7 @@ from typing import Protocol, Self
 
 import numpy as np
 
-from harken.models.errors import HarkenError
+from harken.models.errors import InferenceError
 
 MAX_BATCH = 16  # windows per forward pass
 MAX_PENDING = 64  # queued requests before submitters wait
@@ -32,10 +32,6 @@ class BatchEncoder(Protocol):
     def batchable(self) -> bool: ...
 
     def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]: ...
-
-
-class InferenceError(HarkenError):
-    """A forward pass failed (out of memory, device lost, bad input shape)."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Audio constants every task model shares."""
+"""The audio every task model takes: 16 kHz mono float32, and the feature extractor that
+prepares it for the speech encoders."""
 
 from __future__ import annotations
 

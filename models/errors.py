@@ -43,6 +43,72 @@ class SinkError(HarkenError):
     """An output could not be written."""
 
 
+# --------------------------------------------------- configuration and commands
+
+
+class ConfigError(HarkenError):
+    """The configuration file, an environment variable or a flag has a bad value."""
+
+
+class EvalError(HarkenError):
+    """The evaluation data is missing or unusable."""
+
+
+class NotEnoughSpeechError(HarkenError):
+    """A clip has no speech, or too little to describe a voice."""
+
+
+# --------------------------------------------------------------------- speakers
+
+
+class VoiceprintError(HarkenError):
+    """A voiceprint could not be stored, found or used."""
+
+
+class UnknownSpeakerError(VoiceprintError):
+    """No voiceprint has that name."""
+
+
+class ModelMismatchError(VoiceprintError):
+    """The voiceprint was enrolled with another speaker model."""
+
+
+# ----------------------------------------------------------------------- engine
+
+
+class InferenceError(HarkenError):
+    """A forward pass failed (out of memory, device lost, bad input shape)."""
+
+
+# ------------------------------------------------------------------------- MQTT
+
+
+class MqttConfigError(HarkenError):
+    """MQTT settings that cannot work (bad URL, credentials, certificates); not retried."""
+
+
+class BrokerError(HarkenError):
+    """The embedded broker could not start."""
+
+
+class ControlError(HarkenError):
+    """A control command that was not applied; `code` is machine-readable."""
+
+    def __init__(self, message: str, *, code: str, command: str | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.command = command
+        self.request_id = request_id
+
+
+# ------------------------------------------------------------------ translation
+
+
+class UnsupportedLanguageError(HarkenError):
+    """The translation model has no language token for a requested target language."""
+
+
 def first_user_error(exc: BaseException) -> HarkenError | None:
     """The first HarkenError in `exc`, looking inside (TaskGroup) exception groups."""
     if isinstance(exc, HarkenError):

@@ -1,4 +1,5 @@
-"""How encoder frames map to samples, and how windows become one model batch.
+"""How encoder frames map to samples, how windows are normalised, and how they become one
+model batch.
 
 Shared by every speech-encoder task (captions, speakers, diarization, keywords). No torch at
 import: the engine imports the geometry without loading the model stack.

@@ -345,3 +345,16 @@ def pull(model_id: str) -> Path:
             f"cannot pull {model_id!r}: {state}; retry while online, or copy the checkpoint "
             "folder here and pass its path"
         ) from error
+
+
+def use_threads(threads: int) -> None:
+    """torch intra-op threads for the CALLING thread (OpenMP's setting is per thread), so an
+    executor thread can run with its own budget (engine/threads.py)."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def thread_count() -> int:
+    """torch intra-op threads of the calling thread."""
+    return int(torch.get_num_threads())

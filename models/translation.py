@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import HarkenError, UnsupportedModelError
+from harken.models.errors import UnsupportedLanguageError, UnsupportedModelError
 from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
 
 TASK = "translation"
@@ -27,10 +27,6 @@ MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv sta
 _MBART_TOKEN = re.compile(r"^([a-z]{2,3})_[A-Z]{2}$")
 # M2M100/NLLB-style tokens, accepted too: __de__
 _DUNDER_TOKEN = re.compile(r"^__([a-z]{2,3})__$")
-
-
-class UnsupportedLanguageError(HarkenError):
-    """The translation model has no language token for a requested target language."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harken.app.config import ConfigError, describe, load_config
+from harken.app.config import describe, load_config
+from harken.models.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -78,3 +78,19 @@ def test_help_and_a_bad_flag_never_load_torch() -> None:
         "    main(['run', '--hop', 'soon'])")
     assert "harken.app.flags" in loaded
     assert "torch" not in loaded
+
+
+def test_a_bad_input_file_or_setting_fails_before_torch_loads(tmp_path: Path) -> None:
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not audio")
+    loaded = _loaded_after(
+        "import contextlib, io\n"
+        "from harken.app.cli import main\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        f"    code = main(['transcribe', {str(not_audio)!r}])\n"
+        "    bad = main(['run', '--input', 'x.wav', '--hop', '-1'])\n"
+        "assert code == 2 and bad == 2, (code, bad)\n"
+        "assert 'notes.wav' in err.getvalue(), err.getvalue()\n"
+        "assert 'captions.hop_s' in err.getvalue(), err.getvalue()")
+    assert "harken.app.cli" in loaded
+    assert "torch" not in loaded

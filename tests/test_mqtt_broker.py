@@ -45,10 +45,11 @@ from harken.engine.events import (
     StreamError,
     Word,
 )
-from harken.engine.mqtt.broker import BrokerError, EmbeddedBroker
-from harken.engine.mqtt.client import MqttConfigError, MqttSettings, TlsOptions
+from harken.engine.mqtt.broker import EmbeddedBroker
+from harken.engine.mqtt.client import MqttSettings, TlsOptions
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import event_payload
+from harken.models.errors import BrokerError, MqttConfigError
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mosquitto import free_port
 
-from harken.app.config import ConfigError, HarkenConfig, KeywordsConfig, MqttConfig
+from harken.app.config import HarkenConfig, KeywordsConfig, MqttConfig
 from harken.app.flags import build_parser
 from harken.app.flags import load as _load
 from harken.app.mqtt import MqttSetup, resolve_password, settings_from_url
@@ -26,7 +26,7 @@ from harken.engine.events import (
     Event,
     Word,
 )
-from harken.engine.mqtt.client import Backoff, MqttConfigError, MqttSettings, parse_url
+from harken.engine.mqtt.client import Backoff, MqttSettings, parse_url
 from harken.engine.mqtt.control import (
     ControlError,
     Pause,
@@ -58,6 +58,7 @@ from harken.engine.mqtt.topics import (
     sanitize_level,
     site_from_topic,
 )
+from harken.models.errors import ConfigError, MqttConfigError
 
 TOPICS = SiteTopics(prefix="harken", site="den")
 

@@ -18,14 +18,14 @@ from test_speakers_stage import script_audio as voices
 from tiny_models import speechlike_audio
 from tiny_task_models import build_tiny_translation_model
 
-from harken.app import session as factory
 from harken.app.bench.architectures import SPEECH_COMMANDS_LABELS
 from harken.app.config import HarkenConfig, KeywordsConfig, TranslationConfig
+from harken.app.session import Session
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn
 from harken.engine.mqtt.client import MqttSettings
-from harken.engine.mqtt.control import ControlError, SetKeywords, SetTranslation, apply
+from harken.engine.mqtt.control import SetKeywords, SetTranslation, apply
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
 from harken.engine.sources.file import FileSource
@@ -35,7 +35,7 @@ from harken.engine.vad import SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
-from harken.models.errors import KeywordError
+from harken.models.errors import ControlError, KeywordError
 from harken.models.translation import SpeechTranslator
 from harken.models.triggers import KeywordTrigger, ScoredWindow, TriggerOptions
 
@@ -103,7 +103,7 @@ async def test_mqtt_commands_switch_keywords_and_translation_of_a_running_sessio
         sink = MqttSink(settings=MqttSettings(host=broker.host, port=broker.port),
                         options=MqttSinkOptions(site=SITE, backoff_initial_s=0.05,
                                                 backoff_max_s=0.2))
-        session = factory.Session(config=config, sources=[source], sinks=[sink], live=False,
+        session = Session(config=config, sources=[source], sinks=[sink], live=False,
                                   models=ModelLoader(captioner=captioner,
                                                      spotter=HearsEverything(),  # type: ignore[arg-type]
                                                      translator=translator))
@@ -170,7 +170,7 @@ async def test_mqtt_commands_switch_keywords_and_translation_of_a_running_sessio
 
 
 def test_a_session_without_the_tasks_answers_unsupported() -> None:
-    session = factory.Session(config=HarkenConfig(), sources=[], sinks=[], live=False)
+    session = Session(config=HarkenConfig(), sources=[], sinks=[], live=False)
     with pytest.raises(ControlError, match="keyword task enabled") as info:
         apply(SetKeywords(keywords=("yes",), id="1"), session)
     assert (info.value.code, info.value.command, info.value.request_id) == (

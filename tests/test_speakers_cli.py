@@ -303,8 +303,9 @@ def test_bench_speakers_reports_step_time_and_memory(capsys: pytest.CaptureFixtu
 
 
 def test_speakers_config_defaults_and_validation() -> None:
-    from harken.app.config import ConfigError, load_config
+    from harken.app.config import load_config
     from harken.app.tasks.speakers import diarization_options
+    from harken.models.errors import ConfigError
 
     config = load_config().config
     assert (config.speakers.enabled, config.speakers.threshold) == (False, 0.7)

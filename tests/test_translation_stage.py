@@ -17,8 +17,8 @@ import soundfile as sf
 from tiny_models import build_tiny_ctc, speechlike_audio
 from tiny_task_models import build_tiny_translation_model
 
-from harken.app import session as factory
 from harken.app.config import HarkenConfig, OutputConfig, TranslationConfig
+from harken.app.session import Session, output_sinks
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.loader import ModelLoader
 from harken.app.tasks.translation import translation_stages
@@ -193,8 +193,8 @@ async def test_session_writes_one_subtitle_file_per_language(
                           output=OutputConfig(dir=tmp_path / "out", formats=["srt", "vtt",
                                                                              "jsonl"]))
     sink = Timed()
-    sinks = [*factory.output_sinks(config, stem="talk", formats=config.output.formats), sink]
-    session = factory.Session(config=config, sources=[FileSource(path=path, stream_id="talk",
+    sinks = [*output_sinks(config, stem="talk", formats=config.output.formats), sink]
+    session = Session(config=config, sources=[FileSource(path=path, stream_id="talk",
                                                                  realtime=False)],
                               sinks=sinks, live=False,
                               models=ModelLoader(captioner=captioner, translator=translator))

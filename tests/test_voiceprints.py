@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tiny_speaker_models import voice
 
-from harken.app.clips import NotEnoughSpeechError, clip_vad, require_speech, speech_only
+from harken.app.clips import clip_vad, require_speech, speech_only
 from harken.app.voiceprints import (
     ModelMismatchError,
     UnknownSpeakerError,
@@ -23,6 +23,7 @@ from harken.app.voiceprints import (
 from harken.engine.vad import VadOptions
 from harken.models.audio import SAMPLE_RATE
 from harken.models.clustering import l2_normalize
+from harken.models.errors import NotEnoughSpeechError
 
 MODEL = "microsoft/unispeech-sat-base-plus-sv"
 

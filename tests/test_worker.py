@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from harken.engine.worker import InferenceError, InferenceWorker
+from harken.engine.worker import InferenceWorker
+from harken.models.errors import InferenceError
 
 
 class FakeModel:

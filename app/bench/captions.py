@@ -26,7 +26,6 @@ import soundfile as sf
 import soxr
 import torch
 
-from harken.app import session as factory
 from harken.app.bench.architectures import RANDOM_CTC_ARCHS, random_ctc
 from harken.app.bench.compare import (
     argmax_agreement,
@@ -35,6 +34,7 @@ from harken.app.bench.compare import (
     pipeline_chunked_logprobs,
 )
 from harken.app.config import CaptionsConfig, HarkenConfig
+from harken.app.session import Session
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.events import CaptionFinal, Event
 from harken.engine.sources.file import FileSource
@@ -162,7 +162,7 @@ async def _run_engine(captioner: CtcCaptioner, path: Path, *, realtime: bool,
                       config: HarkenConfig) -> dict[str, Any]:
     collect = EventCounter(kind=CaptionFinal)
     source = FileSource(path=path, stream_id="bench", realtime=realtime)
-    session = factory.Session(config=config, sources=[source], sinks=[collect],
+    session = Session(config=config, sources=[source], sinks=[collect],
                               live=realtime, models=ModelLoader(captioner=captioner))
     started = time.perf_counter()
     engine = await session.run()

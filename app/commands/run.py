@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
 from harken.app import flags
-from harken.app import session as factory
-from harken.app.commands.files import check_files
+from harken.app.session import (
+    Session,
+    check_source,
+    file_source,
+    mic_source,
+    mqtt_setup,
+    output_sinks,
+    terminal_sink,
+)
 from harken.app.tui.app import run_tui
 from harken.models.errors import HarkenError
 
@@ -21,10 +27,8 @@ def use_tui(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     config = flags.load(args).config
-    if isinstance(args.input, Path):
-        check_files([args.input])
     mqtt_input = args.input if isinstance(args.input, str) else None
-    mqtt = factory.mqtt_setup(config, input_url=mqtt_input)
+    mqtt = mqtt_setup(config, input_url=mqtt_input)
     if mqtt_input is not None:
         if args.fast:
             raise HarkenError("--fast needs --input FILE (satellites stream in real time)")
@@ -32,25 +36,25 @@ def run(args: argparse.Namespace) -> int:
         source = mqtt.source()
     elif args.input is not None:
         stream_id = args.input.stem or "file"
-        source = factory.file_source(args.input, stream_id=stream_id,
+        source = file_source(args.input, stream_id=stream_id,
                                      realtime=not args.fast, config=config)
     else:
         if args.fast:
             raise HarkenError("--fast needs --input FILE (a microphone runs in real time)")
         stream_id = "mic"
-        source = factory.mic_source(config, stream_id=stream_id)
-        asyncio.run(factory.check_source(source))
+        source = mic_source(config, stream_id=stream_id)
+        asyncio.run(check_source(source))
     if use_tui(args):
-        files = factory.output_sinks(config, stem=stream_id, formats=config.output.formats) \
+        files = output_sinks(config, stem=stream_id, formats=config.output.formats) \
             if args.out is not None else []
         with mqtt.broker():
             return run_tui(config, stem=stream_id, source=source,
                            file_sinks=[*files, *mqtt.sinks()], live=not args.fast)
-    sinks = [factory.terminal_sink(jsonl=args.jsonl)]
+    sinks = [terminal_sink(jsonl=args.jsonl)]
     if args.out is not None:
-        sinks += factory.output_sinks(config, stem=stream_id, formats=config.output.formats)
+        sinks += output_sinks(config, stem=stream_id, formats=config.output.formats)
     sinks += mqtt.sinks()
-    session = factory.Session(config=config, sources=[source], sinks=sinks,
+    session = Session(config=config, sources=[source], sinks=sinks,
                               live=not args.fast)
     with mqtt.broker():
         asyncio.run(session.run())

@@ -11,9 +11,8 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from harken.app import flags
-from harken.app import session as factory
-from harken.app.commands.files import check_files
 from harken.app.config import HarkenConfig
+from harken.app.session import Session, check_formats, output_sinks
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.events import Event
 from harken.engine.sinks.base import Sink
@@ -65,12 +64,12 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
             stem = _stem(path, used)
             source = FileSource(path=path, stream_id=stem, block_s=config.audio.block_s,
                                 realtime=False)
-            outputs = factory.output_sinks(config, stem=stem, formats=config.output.formats)
+            outputs = output_sinks(config, stem=stem, formats=config.output.formats)
             sinks: list[Sink] = list(outputs)
             if progress:
                 task = bar.add_task(path.name, total=durations[path])
                 sinks.append(ProgressSink(progress=bar, task=task))
-            session = factory.Session(config=config, sources=[source], sinks=sinks,
+            session = Session(config=config, sources=[source], sinks=sinks,
                                       live=False, models=models)
             await session.run()
             written += [out for sink in outputs
@@ -80,11 +79,10 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
 
 def run(args: argparse.Namespace) -> int:
     config = flags.load(args).config
-    durations = check_files(args.files)
-    factory.check_formats(config, config.output.formats)  # before any model loads
+    check_formats(config, config.output.formats)  # before any model loads
     show_progress = not args.no_progress and sys.stderr.isatty()
     written = asyncio.run(transcribe_files(config, args.files, progress=show_progress,
-                                           durations=durations))
+))
     for path in written:
         print(path)
     return 0

@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from harken.app import session as factory
 from harken.app.clips import (
     MIN_SPEECH_S,
-    NotEnoughSpeechError,
     audio_files,
     read_audio,
     require_speech,
@@ -27,6 +25,7 @@ from harken.app.clips import (
     vad_options,
 )
 from harken.app.config import HarkenConfig
+from harken.app.session import engine_options
 from harken.app.tasks.speakers import SpeakerModels, load_embedder, load_models, speaker_stages
 from harken.engine.events import Event, SpeakerTurn, StreamError
 from harken.engine.pipeline import Engine
@@ -34,11 +33,7 @@ from harken.engine.sinks.base import Sink
 from harken.engine.sinks.rttm import RttmSink
 from harken.engine.sources.file import FileSource
 from harken.engine.worker import InferenceWorker
-from harken.models.errors import HarkenError
-
-
-class EvalError(HarkenError):
-    """The evaluation data is missing or unusable."""
+from harken.models.errors import EvalError, NotEnoughSpeechError
 
 
 class TurnCollector:
@@ -69,7 +64,7 @@ async def diarize_file(config: HarkenConfig, path: Path, models: SpeakerModels, 
                                max_batch=config.compute.max_batch) as worker:
         engine = Engine(sources=[source], worker=worker,
                         stages=[speaker_stages(config, models, use_store=use_store)],
-                        options=factory.engine_options(config, live=realtime))
+                        options=engine_options(config, live=realtime))
         subs = [(sink, engine.subscribe(sink.name)) for sink in (collect, *sinks)]
         async with asyncio.TaskGroup() as tg:
             for sink, sub in subs:

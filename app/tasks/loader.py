@@ -9,7 +9,9 @@ random or fake) instead: `ModelLoader(captioner=..., spotter=...)` then loads no
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from harken.app.config import HarkenConfig
 from harken.app.tasks import captions, keywords, speakers, translation
@@ -17,6 +19,8 @@ from harken.app.tasks.speakers import SpeakerModels
 from harken.models.captions import CtcCaptioner
 from harken.models.keywords import KeywordSpotter
 from harken.models.translation import SpeechTranslator
+
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -28,28 +32,26 @@ class ModelLoader:
 
     async def captions(self, config: HarkenConfig) -> CtcCaptioner:
         if self.captioner is None:
-            c = config
-            self.captioner = await asyncio.to_thread(
-                captions.load_captioner, c.captions.model, c.compute.device_type,
-                c.compute.dtype)
+            self.captioner = await _load(captions.load_captioner, config.captions.model, config)
         return self.captioner
 
     async def keywords(self, config: HarkenConfig) -> KeywordSpotter:
         if self.spotter is None:
-            c = config
-            self.spotter = await asyncio.to_thread(
-                keywords.load_spotter, c.keywords.model, c.compute.device_type, c.compute.dtype)
+            self.spotter = await _load(keywords.load_spotter, config.keywords.model, config)
         return self.spotter
 
     async def translation(self, config: HarkenConfig) -> SpeechTranslator:
         if self.translator is None:
-            c = config
-            self.translator = await asyncio.to_thread(
-                translation.load_translator, c.translation.model, c.compute.device_type,
-                c.compute.dtype)
+            self.translator = await _load(translation.load_translator,
+                                          config.translation.model, config)
         return self.translator
 
     async def diarization(self, config: HarkenConfig) -> SpeakerModels:
         if self.speakers is None:
             self.speakers = await speakers.load_models(config)
         return self.speakers
+
+
+async def _load(load: Callable[[str, str, str], T], model: str, config: HarkenConfig) -> T:
+    """`load(model, device type, dtype)` in a thread: loading blocks for seconds."""
+    return await asyncio.to_thread(load, model, config.compute.device_type, config.compute.dtype)

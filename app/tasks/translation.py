@@ -13,11 +13,11 @@ from harken.engine.pipeline import Stage, StageContext, StageFactory
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import TranslatedSubtitleSink
 from harken.engine.stages.translation import GenerationWorker, TargetSelection, TranslationStage
+from harken.models.errors import UnsupportedLanguageError
 from harken.models.translation import (
     GenerationOptions,
     SpeechTranslator,
     TargetLanguage,
-    UnsupportedLanguageError,
 )
 
 SUBTITLE_FORMATS = ("srt", "vtt")  # formats that get one translated file per language

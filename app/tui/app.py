@@ -53,7 +53,7 @@ from harken.app.tui.widgets.timeline import SpeakerTimeline
 from harken.app.tui.widgets.translations import TranslationPane
 from harken.engine.events import SpeechStarted
 from harken.engine.mqtt.sink import MqttSink
-from harken.engine.pipeline import OpenableSource
+from harken.engine.pipeline import OpenableSource, Pausable
 from harken.engine.sinks.base import Sink
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError, first_user_error
@@ -63,22 +63,11 @@ MQTT_POLL_S = 1.0  # s between looks at the MQTT sink's connection state
 STOPPED_NOTIFY_S = 3600.0  # s: the engine stopped for good; keep saying why (click hides it)
 
 
-class Pausable(Protocol):
-    """The engine controls the app uses (harken.engine.pipeline.Engine has them)."""
-
-    @property
-    def paused(self) -> bool: ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-
 class RunnableSession(Protocol):
-    """What the app runs: factory.Session, or a scripted fake in tests.
+    """What the app runs: app/session.py's Session, or a scripted fake in tests.
 
     `engine` is None until the engine runs (the model loads first). A session that can
-    switch diarization also has `set_diarization(on: bool)` (factory.Session has; it works
+    switch diarization also has `set_diarization(on: bool)` (app/session.py's Session has; it works
     when the session was started with --diarize); otherwise `d` says how to get it.
     """
 

@@ -1,6 +1,6 @@
 """Textual messages that carry engine events into the terminal app.
 
-The TUI sink (tui_sink.py) turns each engine event into one of these and posts it to the app.
+The TUI sink (sink.py) turns each engine event into one of these and posts it to the app.
 High-rate kinds (partials, levels, stats) coalesce: when several of the same kind and stream
 wait in the app's queue, Textual hands only the newest to the handlers (`can_replace`).
 
@@ -103,3 +103,24 @@ class SessionEnded(Message):
     """The engine stopped: the input ended (`error` None) or it failed."""
 
     error: str | None
+
+
+#: event type -> the message that carries it; events without one have no view in the app
+MESSAGE_FOR: dict[type[Event], type[EngineMessage]] = {
+    CaptionPartial: PartialCaption,
+    CaptionFinal: FinalCaption,
+    Level: LevelUpdate,
+    Stats: StatsUpdate,
+    SpeechStarted: SpeechBoundary,
+    SpeechEnded: SpeechBoundary,
+    SpeakerTurn: TurnClosed,
+    Keyword: KeywordHit,
+    Translation: TranslationArrived,
+    StreamError: EngineProblem,
+}
+
+
+def to_message(event: Event) -> EngineMessage | None:
+    """The message for one event, or None when the UI has no view of it."""
+    kind = MESSAGE_FOR.get(type(event))
+    return kind(event=event) if kind is not None else None

@@ -3,7 +3,7 @@
 Posting never waits (Textual's queue takes the message at once), so the sink drains its
 subscription as fast as the engine fills it and never holds the engine back. The bursts that
 could pile up in the app's queue are the high-rate kinds, and those coalesce there
-(`can_replace` in tui_messages.py). Events the UI has no view for are counted and skipped.
+(`can_replace` in messages.py). Events the UI has no view for are counted and skipped.
 """
 
 from __future__ import annotations
@@ -13,60 +13,14 @@ from typing import Protocol
 
 from textual.message import Message
 
-from harken.app.tui.messages import (
-    EngineMessage,
-    EngineProblem,
-    FinalCaption,
-    KeywordHit,
-    LevelUpdate,
-    PartialCaption,
-    SpeechBoundary,
-    StatsUpdate,
-    TranslationArrived,
-    TurnClosed,
-)
-from harken.engine.events import (
-    CaptionFinal,
-    CaptionPartial,
-    Event,
-    Keyword,
-    Level,
-    SpeakerTurn,
-    SpeechEnded,
-    SpeechStarted,
-    Stats,
-    StreamError,
-    Translation,
-)
+from harken.app.tui.messages import to_message
+from harken.engine.events import Event
 
 
 class MessageTarget(Protocol):
     """What the sink posts to: a Textual App (or any message pump)."""
 
     def post_message(self, message: Message) -> bool: ...
-
-
-def to_message(event: Event) -> EngineMessage | None:
-    """The message for one event, or None when the UI has no view of it."""
-    if isinstance(event, CaptionPartial):
-        return PartialCaption(event=event)
-    if isinstance(event, CaptionFinal):
-        return FinalCaption(event=event)
-    if isinstance(event, Level):
-        return LevelUpdate(event=event)
-    if isinstance(event, Stats):
-        return StatsUpdate(event=event)
-    if isinstance(event, SpeechStarted | SpeechEnded):
-        return SpeechBoundary(event=event)
-    if isinstance(event, SpeakerTurn):
-        return TurnClosed(event=event)
-    if isinstance(event, Keyword):
-        return KeywordHit(event=event)
-    if isinstance(event, Translation):
-        return TranslationArrived(event=event)
-    if isinstance(event, StreamError):
-        return EngineProblem(event=event)
-    return None
 
 
 class TuiSink:

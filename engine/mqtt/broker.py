@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Self
 
 from harken.engine.mqtt.client import MqttSettings
-from harken.models.errors import HarkenError
+from harken.models.errors import BrokerError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
@@ -52,10 +52,6 @@ def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host if host not in ("", "0.0.0.0") else "", 0))
         return int(s.getsockname()[1])
-
-
-class BrokerError(HarkenError):
-    """The embedded broker could not start."""
 
 
 NOT_INSTALLED = ("--mqtt embedded needs mosquitto (e.g. apt install mosquitto, or "

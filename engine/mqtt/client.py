@@ -25,7 +25,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
-from harken.models.errors import HarkenError
+from harken.models.errors import MqttConfigError
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
@@ -41,10 +41,6 @@ Protocol = Literal["auto", "5", "3.1.1"]
 _BAD_PROTOCOL = {1, 0x84}
 # 3.1.1: 4 bad user name or password, 5 not authorised; 5: 0x86, 0x87, 0x8C (bad auth method).
 _AUTH_REFUSED = {4, 5, 0x86, 0x87, 0x8C}
-
-
-class MqttConfigError(HarkenError):
-    """MQTT settings that cannot work (bad URL, credentials, certificates); not retried."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

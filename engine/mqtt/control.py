@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from harken.engine.pipeline import REMOTE
-from harken.models.errors import HarkenError
+from harken.engine.pipeline import REMOTE, Pausable
+from harken.models.errors import ControlError
 
 MAX_COMMAND_BYTES = 4096
 MAX_KEYWORDS = 64
@@ -35,17 +35,6 @@ KEYWORDS_NOT_RUNNING = ("keyword spotting is not running in this Harken session,
                         "no keyword list to change; start Harken with the keyword task enabled")
 TRANSLATION_NOT_RUNNING = ("live translation is not running in this Harken session; start "
                            "Harken with the translation task enabled")
-
-
-class ControlError(HarkenError):
-    """A control command that was not applied; `code` is machine-readable."""
-
-    def __init__(self, message: str, *, code: str, command: str | None = None,
-                 request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.command = command
-        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,20 +60,6 @@ class SetTranslation:
 
 
 Command = Pause | Resume | SetKeywords | SetTranslation
-
-
-class Pausable(Protocol):
-    """What every control target offers (the Engine and the Session do).
-
-    `by` says who asks (pipeline.LOCAL or REMOTE): the control topic passes REMOTE, and a
-    remote resume must not lift a pause made at the machine itself.
-    """
-
-    @property
-    def paused(self) -> bool: ...
-
-    def pause(self, *, by: str = ...) -> None: ...
-    def resume(self, *, by: str = ...) -> None: ...
 
 
 @runtime_checkable

@@ -44,8 +44,6 @@ from harken.engine.mqtt.client import (
     open_client,
 )
 from harken.engine.mqtt.control import (
-    ControlError,
-    Pausable,
     apply,
     command_name,
     error_payload,
@@ -75,6 +73,8 @@ from harken.engine.mqtt.topics import (
     routes,
     sanitize_level,
 )
+from harken.engine.pipeline import Pausable
+from harken.models.errors import ControlError
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class MqttSink:
         }
 
     def bind(self, control: Pausable) -> None:
-        """The object control commands act on: factory.Session (pause/resume, keywords,
+        """The object control commands act on: the app's session (pause/resume, keywords,
         translation), or a bare Engine (pause/resume only)."""
         self._control = control
 

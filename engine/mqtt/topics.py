@@ -1,6 +1,6 @@
 """MQTT topic names and payloads: Harken's own topics, Hermes and Home Assistant discovery.
 
-Pure functions and frozen dataclasses, no I/O: the sink (mqtt_sink.py) decides *when* to
+Pure functions and frozen dataclasses, no I/O: the sink (sink.py) decides *when* to
 publish, this module decides *what* and *where*. Payloads of Harken's own topics are the
 JSONL event schema (`Event.to_dict()`) plus `schema_version` and `site`, so a line from
 `harken run --jsonl` and an MQTT message of the same event carry the same fields.
@@ -140,7 +140,7 @@ class SiteTopics:
 
     @property
     def control(self) -> str:
-        """`<prefix>/<site>/set`: JSON commands (mqtt_control.py)."""
+        """`<prefix>/<site>/set`: JSON commands (control.py)."""
         return f"{self.base}/set"
 
     @property

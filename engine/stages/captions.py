@@ -19,8 +19,9 @@ import numpy as np
 from harken.engine.events import CaptionFinal, CaptionPartial, Event, StreamError, Word
 from harken.engine.metrics import ArrivalLog, Percentiles
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
-from harken.engine.worker import InferenceError, InferenceWorker
+from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
+from harken.models.errors import InferenceError
 from harken.models.geometry import FrameGeometry
 from harken.models.streaming import StreamingCtc, StreamingOptions, Window
 from harken.models.transcript import Transcript

@@ -29,9 +29,9 @@ import numpy as np
 from harken.engine.events import Event, Keyword, StreamError
 from harken.engine.metrics import ArrivalLog, Percentiles
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
-from harken.engine.worker import InferenceError, InferenceWorker
+from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import KeywordError
+from harken.models.errors import InferenceError, KeywordError
 from harken.models.triggers import (
     WINDOW_S,
     KeywordTrigger,

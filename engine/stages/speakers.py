@@ -37,7 +37,7 @@ import numpy as np
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn, StreamError
 from harken.engine.metrics import ArrivalLog, Percentiles
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
-from harken.engine.worker import InferenceError, InferenceWorker
+from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.clustering import (
     ActivityAggregator,
@@ -48,6 +48,7 @@ from harken.models.clustering import (
     Voiceprint,
     overlap_weights,
 )
+from harken.models.errors import InferenceError
 from harken.models.geometry import FrameGeometry
 
 TURNS_KEPT = 512  # closed turns remembered for labelling captions
