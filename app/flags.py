@@ -8,6 +8,7 @@ flag fails in a blink.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,16 @@ class _KeywordsAction(argparse.Action):
         namespace.keywords_enabled = True
         namespace.keywords_words = words
         namespace.keywords_thresholds = thresholds or None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _languages(text: str) -> list[str]:
@@ -245,6 +256,18 @@ def add_bench(bsub: Any) -> None:
     bs.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
+def add_bench_soak(bsub: Any) -> None:
+    """`harken bench soak` (app/bench/soak.py)."""
+    bs = bsub.add_parser("soak", help="all tasks for a long run over a restarting broker "
+                                      "with a hostile publisher: memory, lag, lost finals")
+    bs.add_argument("--minutes", type=_positive, default=60.0, help="run length")
+    bs.add_argument("--satellites", type=int, default=2, help="synthetic satellites")
+    bs.add_argument("--restart-every", type=_positive, default=180.0, metavar="S",
+                    help="seconds between broker restarts")
+    bs.add_argument("--audio", type=Path, help="speech file to loop (default: assets sample)")
+    bs.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
 def add_eval_keywords(esub: Any, add_common: Any) -> None:
     """`harken eval keywords DIR [--negatives FILE]...` (app/eval/keywords.py)."""
     ek = esub.add_parser("keywords", help="keyword accuracy per label, confusion matrix, "
@@ -362,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--json", action="store_true", help="print only the JSON object")
     add_bench_parsers(bsub)
     add_bench(bsub)
+    add_bench_soak(bsub)
 
     ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
