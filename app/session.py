@@ -38,6 +38,7 @@ from harken.engine.pipeline import (
 )
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import JsonlSink, file_sink
+from harken.engine.sinks.per_stream import PerStreamSink, file_stem
 from harken.engine.sinks.printer import PrinterSink
 from harken.engine.sources.file import FileSource
 from harken.engine.sources.mic import MicSource
@@ -93,6 +94,20 @@ def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
     folder = out_dir if out_dir is not None else config.output.dir
     sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
     return sinks + translated_sinks(config, stem=stem, formats=formats, folder=folder)
+
+
+def result_files(config: HarkenConfig, *, stem: str, per_stream: bool) -> list[Sink]:
+    """The --out files; `per_stream` (satellites): one set per site, `<stem>-<site>.srt`,
+    since each site has its own clock and their cues must not interleave."""
+    formats = config.output.formats
+    if not per_stream:
+        return output_sinks(config, stem=stem, formats=formats)
+    check_formats(config, formats)  # a bad format fails now, not on the first site
+
+    def make(stream: str) -> list[Sink]:
+        return output_sinks(config, stem=f"{stem}-{file_stem(stream)}", formats=formats)
+
+    return [PerStreamSink(make=make, name="files")]
 
 
 def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None) -> MqttSetup:

@@ -13,7 +13,7 @@ from harken.app.session import (
     file_source,
     mic_source,
     mqtt_setup,
-    output_sinks,
+    result_files,
     terminal_sink,
 )
 from harken.app.tui.app import run_tui
@@ -45,14 +45,14 @@ def run(args: argparse.Namespace) -> int:
         source = mic_source(config, stream_id=stream_id)
         asyncio.run(check_source(source))
     if use_tui(args):
-        files = output_sinks(config, stem=stream_id, formats=config.output.formats) \
+        files = result_files(config, stem=stream_id, per_stream=mqtt_input is not None) \
             if args.out is not None else []
         with mqtt.broker():
             return run_tui(config, stem=stream_id, source=source,
                            file_sinks=[*files, *mqtt.sinks()], live=not args.fast)
     sinks = [terminal_sink(jsonl=args.jsonl)]
     if args.out is not None:
-        sinks += output_sinks(config, stem=stream_id, formats=config.output.formats)
+        sinks += result_files(config, stem=stream_id, per_stream=mqtt_input is not None)
     sinks += mqtt.sinks()
     session = Session(config=config, sources=[source], sinks=sinks,
                               live=not args.fast)
