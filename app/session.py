@@ -180,6 +180,10 @@ class Session:
     def paused(self) -> bool:
         return self.engine is not None and self.engine.paused
 
+    @property
+    def paused_by(self) -> frozenset[str]:
+        return self.engine.paused_by if self.engine is not None else frozenset()
+
     def pause(self, *, by: str = LOCAL) -> None:
         self._running_engine().pause(by=by)
 

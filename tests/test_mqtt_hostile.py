@@ -539,3 +539,21 @@ async def test_thousands_of_sites_keep_memory_streams_and_tasks_flat() -> None:
     # From 800 to 2,000 sites seen the traced memory stays flat (the clock table is full
     # from 1,024 on): 1,200 leaked streams would be tens of MB.
     assert memory[-1] - memory[1] < 1_000_000, memory
+
+
+async def test_a_remote_resume_through_the_sink_keeps_the_engines_local_pause() -> None:
+    engine = Engine(sources=[FakeSource([])], stages=[segment_stage],
+                    worker=None,  # type: ignore[arg-type]
+                    options=EngineOptions())
+    sink = MqttSink(settings=MqttSettings(host="127.0.0.1"), options=MqttSinkOptions(
+        site="den"), control=engine)
+    engine.pause()  # the space key in the terminal app
+    sink.on_message("harken/den/set", b'{"command": "resume", "id": "r1"}')
+    assert engine.paused
+    (reply,) = [json.loads(m.payload) for m in sink._outbox if m.topic == "harken/den/error"]
+    assert (reply["code"], reply["id"]) == ("paused_locally", "r1")
+    sink.on_message("harken/den/set", b"pause")
+    (state,) = [json.loads(m.payload) for m in sink._outbox if m.topic == "harken/den/state"]
+    assert state["paused_by"] == ["local", "remote"]
+    engine.resume()
+    assert not engine.paused

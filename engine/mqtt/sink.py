@@ -538,5 +538,8 @@ class MqttSink:
         self._state_paused = bool(self._control.paused)
         state = {"schema_version": SCHEMA_VERSION, "site": self.options.site, "type": "state",
                  "paused": self._state_paused, "last_command": self._last_command}
+        by = getattr(self._control, "paused_by", None)
+        if isinstance(by, frozenset):  # who paused: "local" (this machine), "remote"
+            state["paused_by"] = sorted(by)
         self._enqueue(_Outgoing(topic=self.topics.state, payload=dumps(state),
                                 qos=QOS_AT_LEAST_ONCE, retain=True))
