@@ -6,13 +6,31 @@ from __future__ import annotations
 import pytest
 from mosquitto import MOSQUITTO, SKIP_REASON
 
-from harken.app.bench.soak import SoakOptions, latency_drift, slope_per_10min, soak
+from harken.app.bench.soak import (
+    LagHistogram,
+    SoakOptions,
+    latency_drift,
+    slope_per_10min,
+    soak,
+)
 
 
 def test_slope_is_mb_per_10_minutes() -> None:
     samples = [(t, 500.0 + 0.001 * t) for t in range(0, 3600, 10)]  # 0.6 MB per 10 min
     assert slope_per_10min(samples) == pytest.approx(0.6)
     assert slope_per_10min(samples[:2]) is None
+
+
+def test_lag_histogram_percentiles_in_constant_memory() -> None:
+    lags = LagHistogram()
+    size = lags.counts.size
+    for i in range(1000):
+        lags.add(0.001 if i < 990 else 0.050)  # 1 ms, and 1% at 50 ms
+    lags.add(60.0)  # beyond the last bin: counted there, the maximum is exact
+    assert lags.counts.size == size
+    assert lags.percentile(50) == pytest.approx(1.1)
+    assert lags.percentile(99.5) == pytest.approx(50.1)
+    assert lags.max_ms == 60_000.0
 
 
 def test_latency_drift_compares_the_first_and_last_window() -> None:
