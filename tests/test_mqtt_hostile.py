@@ -24,7 +24,7 @@ import pytest
 
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event
-from harken.engine.mqtt.client import MqttSettings
+from harken.engine.mqtt.client import LIBRARY_LOG, LIBRARY_LOG_FILTER, MqttSettings
 from harken.engine.mqtt.control import (
     MAX_COMMAND_BYTES,
     ControlError,
@@ -35,7 +35,7 @@ from harken.engine.mqtt.control import (
     apply,
     parse_command,
 )
-from harken.engine.mqtt.guard import Rejections, TokenBucket
+from harken.engine.mqtt.guard import RateLimitFilter, Rejections, TokenBucket
 from harken.engine.mqtt.satellites import (
     CLOCK_MEMORY,
     MalformedFrame,
@@ -557,3 +557,20 @@ async def test_a_remote_resume_through_the_sink_keeps_the_engines_local_pause() 
     assert state["paused_by"] == ["local", "remote"]
     engine.resume()
     assert not engine.paused
+
+
+def test_the_mqtt_librarys_own_warnings_are_rate_limited() -> None:
+    now = [0.0]
+    limit = RateLimitFilter(interval_s=60, burst=3, clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("mqtt", logging.WARNING, __file__, 1, msg, None, None)
+
+    full = [limit.filter(record("Message queue is full. Discarding message."))
+            for _ in range(1000)]
+    assert full.count(True) == 3
+    assert limit.filter(record("another message"))  # other messages keep their own budget
+    now[0] = 61.0
+    assert limit.filter(record("Message queue is full. Discarding message."))
+    assert limit.suppressed == 997
+    assert LIBRARY_LOG_FILTER in LIBRARY_LOG.filters

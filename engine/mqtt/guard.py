@@ -17,6 +17,7 @@ from dataclasses import dataclass
 LOG_INTERVAL_S = 60.0  # s: window of the log rate limit
 LOG_BURST = 5  # log lines per window; the rest are counted and summarised
 MAX_DETAIL_CHARS = 200  # characters of a rejected message's description kept in the log
+MAX_TEMPLATES = 256  # message templates RateLimitFilter tracks at once
 
 Clock = Callable[[], float]
 
@@ -58,6 +59,39 @@ class Rejections:
             self._log.warning("rejected %s (%s): %s", self._what, reason, text)
         else:
             self._suppressed += 1
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets at most `burst` records of each message template through per `interval_s`.
+
+    For the MQTT library's own logger: it warns once per message it discards when its
+    incoming queue is full, which a flood would turn into a flood of log lines. Templates
+    (`record.msg`, before formatting) come from library code, so the table stays small; it
+    is cleared if it ever holds MAX_TEMPLATES.
+    """
+
+    def __init__(self, *, interval_s: float = LOG_INTERVAL_S, burst: int = LOG_BURST,
+                 clock: Clock = time.monotonic) -> None:
+        super().__init__()
+        self.suppressed = 0
+        self._interval_s = interval_s
+        self._burst = burst
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)[:MAX_DETAIL_CHARS]
+        now = self._clock()
+        start, count = self._windows.get(key, (-float("inf"), 0))
+        if now - start >= self._interval_s:
+            start, count = now, 0
+        if len(self._windows) >= MAX_TEMPLATES and key not in self._windows:
+            self._windows.clear()
+        self._windows[key] = (start, count + 1)
+        if count < self._burst:
+            return True
+        self.suppressed += 1
+        return False
 
 
 @dataclass
