@@ -46,7 +46,7 @@ def test_latency_drift_compares_the_first_and_last_window() -> None:
 @pytest.mark.broker
 @pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
 async def test_a_short_soak_loses_no_final_across_broker_restarts() -> None:
-    result = await soak(SoakOptions(minutes=0.4, satellites=1, restart_every_s=8.0),
+    result = await soak(SoakOptions(minutes=0.3, satellites=1, restart_every_s=6.0),
                         verbose=False)
     assert result["broker_restarts"] >= 2
     assert result["finals"]["produced"] >= 2

@@ -53,7 +53,8 @@ from harken.models.errors import BrokerError, MqttConfigError
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)]
 
-FAST: dict[str, Any] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2}
+FAST: dict[str, Any] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2,
+                        "ha_announce_interval_s": 0.2}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -108,6 +108,7 @@ class MqttSinkOptions:
     partial_interval_s: float = PARTIAL_INTERVAL_S
     levels: bool = False
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    ha_announce_interval_s: float = HA_ANNOUNCE_INTERVAL_S
     publish_timeout_s: float = PUBLISH_TIMEOUT_S
     backoff_initial_s: float = BACKOFF_INITIAL_S
     backoff_max_s: float = BACKOFF_MAX_S
@@ -121,8 +122,10 @@ class MqttSinkOptions:
                              f"e.g. {sanitize_level(self.site, fallback='harken')!r}")
         if self.outbox_size < 1:
             raise ValueError(f"outbox_size must be >= 1, got {self.outbox_size}")
-        if self.partial_interval_s < 0 or self.drain_timeout_s < 0:
-            raise ValueError("partial_interval_s and drain_timeout_s must be >= 0")
+        if self.partial_interval_s < 0 or self.drain_timeout_s < 0 or \
+                self.ha_announce_interval_s < 0:
+            raise ValueError("partial_interval_s, drain_timeout_s and ha_announce_interval_s "
+                             "must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,9 +268,9 @@ class MqttSink:
 
     def _ha_online(self) -> None:
         """`<ha>/status online`: Home Assistant restarted and wants the configs again. Anyone
-        may publish it, in a loop: at most one announcement per HA_ANNOUNCE_INTERVAL_S,
+        may publish it, in a loop: at most one announcement per ha_announce_interval_s,
         later requests coalesced into one at the end of that interval."""
-        wait = self._last_announce + HA_ANNOUNCE_INTERVAL_S - time.monotonic()
+        wait = self._last_announce + self.options.ha_announce_interval_s - time.monotonic()
         if wait <= 0:
             self._announce_all()
         elif self._announce_later is None:
