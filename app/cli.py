@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harken.app import flags
 from harken.engine.sources.file import FileSource
-from harken.models.errors import first_user_error
+from harken.models.errors import ConfigError, first_user_error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -31,11 +31,27 @@ PREFLIGHT = ("run", "transcribe")
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """Loads the configuration and opens every input file once, then closes them."""
-    flags.load(args)
+    """Rejects flags that would do nothing, loads the configuration and opens every input
+    file (and a benchmark's --audio) once, then closes them."""
+    check_flag_combinations(args)
+    if args.command in PREFLIGHT:
+        flags.load(args)
     paths = [*([args.input] if isinstance(getattr(args, "input", None), Path) else []),
-             *getattr(args, "files", [])]
+             *getattr(args, "files", []),
+             *([args.audio] if isinstance(getattr(args, "audio", None), Path) else [])]
     check_files(paths)
+
+
+def check_flag_combinations(args: argparse.Namespace) -> None:
+    """Flags that would be ignored in silence are mistakes: say which and what to do."""
+    if args.command != "run":
+        return
+    if args.format is not None and args.out is None:
+        raise ConfigError("--format chooses the files written with --out: add --out DIR "
+                          "(or drop --format)")
+    if args.device is not None and args.input is not None:
+        raise ConfigError("--device picks a microphone, but --input reads "
+                          f"{args.input}: drop one of them")
 
 
 def check_files(paths: Sequence[Path]) -> None:
@@ -66,12 +82,15 @@ def _quiet_transformers() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = flags.build_parser().parse_args(argv)
+    parser = flags.build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `harken`: what there is to do, and success
+        parser.print_help()
+        return 0
     if args.command in ("run", "transcribe", "bench", "eval", "speakers"):
         _quiet_transformers()
     try:
-        if args.command in PREFLIGHT:
-            preflight(args)
+        preflight(args)
         command = importlib.import_module(COMMANDS[args.command])
         code: int = command.run(args)
         return code

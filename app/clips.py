@@ -1,7 +1,7 @@
 """Speech clips for enrollment, verification and evaluation: files or the mic, VAD-trimmed.
 
 A voiceprint must describe the person, not the room: only what the VAD calls speech (the
-same webrtcvad segmentation as live runs) is embedded.
+same segmentation as live runs, engine/vad.py) is embedded.
 """
 
 from __future__ import annotations
@@ -34,13 +34,19 @@ def clip_vad(vad: VadOptions) -> VadOptions:
                                hangover_s=min(vad.hangover_s, CLIP_HANGOVER_S))
 
 
+def live_vad_options(config: HarkenConfig) -> VadOptions:
+    """The configured VAD as live runs use it (and `harken eval vad` scores it)."""
+    v = config.vad
+    return VadOptions(engine=v.engine, frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
+                      pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
+                      min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
+                      split_search_s=v.split_search_s, speech_threshold=v.speech_threshold,
+                      release_threshold=v.release_threshold)
+
+
 def vad_options(config: HarkenConfig) -> VadOptions:
     """The configured VAD, trimming tightly (clip_vad)."""
-    v = config.vad
-    return clip_vad(VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
-                               pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
-                               min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
-                               split_search_s=v.split_search_s))
+    return clip_vad(live_vad_options(config))
 
 
 async def _read(path: Path, block_s: float) -> np.ndarray:

@@ -67,13 +67,26 @@ class AudioConfig(_Section):
 
 
 class VadConfig(_Section):
+    engine: Literal["webrtc", "silero", "both"] = Field(
+        "both", description="webrtc, silero, or both: webrtcvad onsets confirmed by silero")
     frame_ms: Literal[10, 20, 30] = 30
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 3 = most strict")
-    pre_roll_s: float = Field(0.3, ge=0, le=2, description="audio kept before an onset")
-    hangover_s: float = Field(0.5, ge=0, le=5, description="silence that ends a segment")
+    pre_roll_s: float = Field(0.2, ge=0, le=2, description="audio kept before an onset")
+    hangover_s: float = Field(0.3, ge=0, le=5, description="silence that ends a segment")
     min_speech_s: float = Field(0.25, ge=0, le=5, description="shorter bursts are ignored")
     max_segment_s: float = Field(15.0, ge=2, le=120, description="longer speech is split")
     split_search_s: float = Field(2.0, ge=0.1, le=10, description="where to look for a split")
+    speech_threshold: float = Field(0.5, gt=0, lt=1,
+                                    description="silero probability that starts speech")
+    release_threshold: float = Field(0.2, gt=0, lt=1,
+                                     description="silero probability below which speech stops")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> VadConfig:
+        if self.release_threshold > self.speech_threshold:
+            raise ValueError(f"release_threshold ({self.release_threshold}) must not exceed "
+                             f"speech_threshold ({self.speech_threshold})")
+        return self
 
 
 class CaptionsConfig(_Section):
@@ -92,6 +105,8 @@ class OutputConfig(_Section):
     @classmethod
     def _formats(cls, v: list[str]) -> list[str]:
         allowed = ("srt", "vtt", "jsonl", "txt", "rttm")
+        if not v:  # would write nothing, in silence
+            raise ValueError(f"give at least one format from {', '.join(allowed)}")
         bad = [f for f in v if f not in allowed]
         if bad:
             raise ValueError(f"unknown format(s) {bad}; choose from {', '.join(allowed)}")

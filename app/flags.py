@@ -8,6 +8,7 @@ flag fails in a blink.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from harken.app.config import LoadedConfig, load_config
 
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
+VAD_ENGINES = ["webrtc", "silero", "both"]  # engine/vad.py VadEngine
 
 #: flag dest -> (dotted config key, flag spelling): flags override the file and environment
 FLAG_KEYS: dict[str, tuple[str, str]] = {
@@ -27,6 +29,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "left_context": ("captions.left_context_s", "--left-context"),
     "right_context": ("captions.right_context_s", "--right-context"),
     "vad_aggressiveness": ("vad.aggressiveness", "--vad-aggressiveness"),
+    "vad_engine": ("vad.engine", "--vad-engine"),
     "max_segment": ("vad.max_segment_s", "--max-segment"),
     "out": ("output.dir", "--out"),
     "format": ("output.formats", "--format"),
@@ -164,8 +167,8 @@ def add_bench_parsers(bsub: Any) -> None:
     bt.add_argument("--max-new-tokens", type=int, default=48,
                     help="tokens per segment at most (random weights always reach it)")
     bt.add_argument("--max-segments", type=int, default=8, help="segments translated at most")
-    for p, seconds in ((bk, 60.0), (bt, 30.0)):
-        p.add_argument("--seconds", type=float, default=seconds, help="audio length")
+    for p, length in ((bk, 60.0), (bt, 30.0)):
+        p.add_argument("--seconds", type=seconds, default=length, help="audio length")
         p.add_argument("--audio", type=Path, help="speech file (default: assets sample)")
         p.add_argument("--device-type", default="auto")
         p.add_argument("--dtype", default="auto",
@@ -243,11 +246,34 @@ def add_eval_parsers(esub: Any) -> None:
         _model_flags(p)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10 seconds, got {text}")
+    return value
+
+
+def add_eval_vad(esub: Any) -> None:
+    """`harken eval vad AUDIO RTTM` (app/eval/vad.py)."""
+    ev = esub.add_parser("vad", help="speech detection error of the VAD against an RTTM")
+    ev.add_argument("audio", type=Path, metavar="AUDIO")
+    ev.add_argument("rttm", type=Path, metavar="RTTM")
+    ev.add_argument("--collar", type=_seconds, default=0.0, metavar="S",
+                    help="forgiveness around reference boundaries (default 0: strict)")
+    ev.add_argument("--engine", dest="vad_engine", choices=VAD_ENGINES,
+                    help="VAD engine to score (default: the configured one, both)")
+    ev.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def add_bench(bsub: Any) -> None:
     bs = bsub.add_parser("speakers", help="live diarization step time, RTF and memory")
     bs.add_argument("--architecture", default="base", metavar="base|large|SV,SD",
                     help="full-size random UniSpeech-SAT, or two checkpoints")
-    bs.add_argument("--minutes", type=float, default=1.0, help="audio length")
+    bs.add_argument("--minutes", type=seconds, default=1.0, help="audio length")
     bs.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
     bs.add_argument("--device-type", default="auto")
     bs.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
@@ -289,6 +315,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--left-context", type=float, metavar="S")
     p.add_argument("--right-context", type=float, metavar="S")
     p.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3])
+    p.add_argument("--vad-engine", choices=VAD_ENGINES,
+                   help="speech detector: both (default: webrtcvad onsets confirmed by "
+                        "silero-vad), webrtc or silero alone (docs/vad.md)")
     p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
     add_task_flags(p)
     add_diarize_flags(p)
@@ -317,13 +346,45 @@ def add_mqtt(p: argparse.ArgumentParser) -> None:
 
 
 def formats(text: str) -> list[str]:
-    return [f.strip() for f in text.split(",") if f.strip()]
+    chosen = [f.strip() for f in text.split(",") if f.strip()]
+    if not chosen:
+        raise argparse.ArgumentTypeError("give at least one format, e.g. --format srt,vtt "
+                                         "(from srt, vtt, jsonl, txt, rttm)")
+    return chosen
+
+
+def seconds(text: str) -> float:
+    """A positive, finite length of audio in seconds (or minutes) for the benchmarks."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}; e.g. 30")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """Every parser and subparser without prefix matching: `--keywords` must never be read as
+    `--keywords-model`, nor a typo as some longer flag (subparsers are made of this class)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{**kwargs, "allow_abbrev": False})
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("harken")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser of every command. A bare `harken` has no command: cli.main prints the help."""
+    parser = Parser(
         prog="harken", description="Real-time listening engine: live captions from speech.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"harken {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="live captions from the microphone or a file")
     add_common(run)
@@ -352,8 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list or download the configured models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, text in (("list", "configured models and whether they are cached"),
-                       ("pull", "download the configured models into the HF cache")):
+                       ("pull", "download models into the HF cache: the ones given, else the "
+                                "configured ones")):
         mp = msub.add_parser(name, help=text)
+        if name == "pull":
+            mp.add_argument("ids", nargs="*", metavar="ID",
+                            help="hub ids to download (default: the configured models)")
         mp.add_argument("--config", type=Path)
         mp.add_argument("--captions-model", metavar="ID|DIR")
         mp.add_argument("--keywords-model", metavar="ID|DIR")
@@ -373,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--model", default="hubert-base",
                     metavar="ID|DIR|hubert-base|hubert-large",
                     help="a checkpoint, or a full-size architecture with random weights")
-    bc.add_argument("--seconds", type=float, default=60.0, help="audio length")
+    bc.add_argument("--seconds", type=seconds, default=60.0, help="audio length")
     bc.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
     bc.add_argument("--device-type", default="auto")
     bc.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -391,5 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     add_eval_keywords(esub, add_common)
     add_eval_parsers(esub)
+    add_eval_vad(esub)
     add_speakers_parser(sub)
     return parser

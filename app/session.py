@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harken.app.clips import live_vad_options
 from harken.app.config import HarkenConfig
 from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
@@ -45,21 +46,13 @@ from harken.engine.sources.mic import MicSource
 from harken.engine.stages.keywords import KeywordSelection
 from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker
-from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.errors import ConfigError, ControlError, KeywordError, UnsupportedLanguageError
 
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 
 def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
-    v = config.vad
-    return EngineOptions(
-        vad=VadOptions(frame_ms=v.frame_ms, aggressiveness=v.aggressiveness,
-                       pre_roll_s=v.pre_roll_s, hangover_s=v.hangover_s,
-                       min_speech_s=v.min_speech_s, max_segment_s=v.max_segment_s,
-                       split_search_s=v.split_search_s),
-        live=live,
-    )
+    return EngineOptions(vad=live_vad_options(config), live=live)
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,

@@ -1,12 +1,19 @@
 """Fan-out of events: one producer, many consumers, each with its own bounded queue.
 
-Overflow policy, per event class:
-- replaceable events (partials, levels, stats): when a consumer's queue is full, the newest
-  replaces the oldest queued event of the same type and stream (or, failing that, the oldest
-  replaceable event is dropped). Each such loss is counted per subscriber.
-- everything else (speech boundaries, finals, keywords...): never dropped. A full queue
-  blocks the publisher until the slow consumer catches up. The capture is decoupled from the
-  bus by its own queue, so a slow sink can delay results but never stop the microphone.
+Every sink reads its own Subscription on its own task, so what one sink does (a slow disk, a
+terminal nobody reads, a broker that is down) does not reach another. When a consumer's
+queue is full:
+- replaceable events (partials, levels, stats) coalesce: the newest replaces the oldest
+  queued event of the same type and stream (or, failing that, the oldest replaceable event).
+  Each such loss is counted per subscriber (`dropped`).
+- any other event (speech boundaries, finals, keywords...) depends on the bus's mode:
+  - lossless (files, `--fast`): the publisher waits until that consumer catches up, so every
+    sink gets every event and results never depend on timing;
+  - live: the publisher never waits. The event takes the place of a queued replaceable one;
+    when there is none it is lost for that one consumer and counted (`lost`). A consumer
+    that keeps up, however late, loses nothing (finals come a few a second at most, and the
+    queue holds DEFAULT_QUEUE_SIZE); only one that stops reading does, and the others and
+    the engine go on.
 """
 
 from __future__ import annotations
@@ -23,77 +30,101 @@ DEFAULT_QUEUE_SIZE = 256  # events per subscriber
 class Subscription:
     """One consumer's queue. Iterate it with `async for`; iteration ends when the bus closes."""
 
-    def __init__(self, *, name: str, maxsize: int) -> None:
+    def __init__(self, *, name: str, maxsize: int, lossless: bool = True) -> None:
         if maxsize < 1:
             raise ValueError(f"subscription {name!r}: maxsize must be >= 1, got {maxsize}")
         self.name = name
         self.maxsize = maxsize
-        self.dropped = 0
+        self.lossless = lossless
+        self.dropped = 0  # replaceable events coalesced away
+        self.lost = 0  # other events lost because this consumer had stopped reading (live)
         self._items: collections.deque[Event] = collections.deque()
         self._closed = False
-        self._changed = asyncio.Condition()
+        self._readable = asyncio.Event()  # set: items queued, or closed
+        self._writable = asyncio.Event()  # set: an item was taken since a publisher waited
 
     def __len__(self) -> int:
         return len(self._items)
 
     async def _put(self, event: Event) -> None:
-        async with self._changed:
-            if len(self._items) >= self.maxsize:
-                if event.replaceable:
-                    self._replace(event)
-                    self._changed.notify_all()
-                    return
-                await self._changed.wait_for(lambda: len(self._items) < self.maxsize)
-            self._items.append(event)
-            self._changed.notify_all()
+        """Lossless: wait for room unless `event` may be replaced."""
+        while self.lossless and not event.replaceable and len(self._items) >= self.maxsize:
+            self._writable.clear()
+            await self._writable.wait()
+        self._offer(event)
 
-    def _replace(self, event: Event) -> None:
-        """Queue full and `event` may be lost: keep the newest of its kind, count the loss."""
-        self.dropped += 1
-        # The older one of its kind goes, else the oldest replaceable one; the newest always
-        # joins at the tail, so a consumer never sees it before events published earlier.
-        same = [i for i, old in enumerate(self._items)
-                if type(old) is type(event) and old.stream == event.stream]
-        victims = same or [i for i, old in enumerate(self._items) if old.replaceable]
+    def _offer(self, event: Event) -> None:
+        """Never waits: queue `event`, making room by the overflow policy when full."""
+        if len(self._items) < self.maxsize:
+            self._items.append(event)
+        elif not self._replace(event):
+            return
+        self._readable.set()
+
+    def _replace(self, event: Event) -> bool:
+        """Queue full: `event` takes the place of a replaceable one (counted in `dropped`),
+        else it is lost (counted). The newcomer always joins at the tail, so a consumer never
+        sees it before events published earlier. True if `event` was queued."""
+        victims: list[int] = []
+        if event.replaceable:  # the older one of its kind goes first
+            victims = [i for i, old in enumerate(self._items)
+                       if type(old) is type(event) and old.stream == event.stream]
+        victims = victims or [i for i, old in enumerate(self._items) if old.replaceable]
         if not victims:
-            return  # only non-replaceable events queued: the new one is what goes
+            # Only events that may not be replaced are queued: the new one is what goes.
+            if event.replaceable:
+                self.dropped += 1
+            else:
+                self.lost += 1
+            return False
+        self.dropped += 1
         del self._items[victims[0]]
         self._items.append(event)
+        return True
 
-    async def _close(self) -> None:
-        async with self._changed:
-            self._closed = True
-            self._changed.notify_all()
+    def _close(self) -> None:
+        self._closed = True
+        self._readable.set()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Event]:
         while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: bool(self._items) or self._closed)
-                if not self._items:
+            while not self._items:
+                if self._closed:
                     return
-                event = self._items.popleft()
-                self._changed.notify_all()
+                self._readable.clear()
+                await self._readable.wait()
+            event = self._items.popleft()
+            self._writable.set()
             yield event
 
 
 class EventBus:
-    """Publishes each event to every subscriber. Subscribe before publishing starts."""
+    """Publishes each event to every subscriber. Subscribe before publishing starts.
 
-    def __init__(self) -> None:
+    `lossless=True` (files, `--fast`): a full queue makes the publisher wait. False (live):
+    publishing never waits; see the module docstring for what a stalled consumer loses.
+    """
+
+    def __init__(self, *, lossless: bool = True) -> None:
+        self.lossless = lossless
         self._subs: list[Subscription] = []
         self._closed = False
 
     def subscribe(self, name: str, *, maxsize: int = DEFAULT_QUEUE_SIZE) -> Subscription:
         if self._closed:
             raise RuntimeError("the event bus is closed")
-        sub = Subscription(name=name, maxsize=maxsize)
+        sub = Subscription(name=name, maxsize=maxsize, lossless=self.lossless)
         self._subs.append(sub)
         return sub
 
     async def publish(self, event: Event) -> None:
+        if not self.lossless:
+            for sub in self._subs:
+                sub._offer(event)
+            return
         for sub in self._subs:
             await sub._put(event)
 
@@ -101,10 +132,15 @@ class EventBus:
         """Ends every subscription's iteration once its queue is drained."""
         self._closed = True
         for sub in self._subs:
-            await sub._close()
+            sub._close()
 
     def dropped(self) -> dict[str, int]:
+        """Replaceable events coalesced away, per subscriber."""
         return {sub.name: sub.dropped for sub in self._subs}
+
+    def lost(self) -> dict[str, int]:
+        """Other events lost by a subscriber that stopped reading (live only)."""
+        return {sub.name: sub.lost for sub in self._subs}
 
     def depth(self) -> dict[str, int]:
         return {sub.name: len(sub) for sub in self._subs}

@@ -34,6 +34,9 @@ class Event:
     #: Partials, levels and stats may be replaced by a newer one of the same stream when a
     #: consumer lags; everything else is delivered in order or its loss is counted.
     replaceable: ClassVar[bool] = False
+    #: An annotation of a finished segment (it has a `segment`): the engine publishes it only
+    #: after that segment's `caption_final` (the ordering contract in the README).
+    follows_final: ClassVar[bool] = False
 
     stream: str
     start: float
@@ -106,6 +109,7 @@ class Stats(Event):
     caption_latency_p50_s: float | None = None
     caption_latency_p95_s: float | None = None
     dropped: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -134,6 +138,7 @@ class Translation(Event):
     """The translation of one final segment (`segment` is its caption's segment id)."""
 
     type: ClassVar[str] = "translation"
+    follows_final: ClassVar[bool] = True
     segment: int
     lang: str  # the requested code, e.g. "de"
     text: str

@@ -8,9 +8,15 @@
 
 A source yields AudioBlocks tagged with a stream id (a file or a microphone has one stream;
 an MQTT satellite hub has one per site). The engine gives each stream, on its first block, a
-bounded block queue and a processing task that runs the VAD and the task stages. Readers
-never wait on inference: for a live source the queue only fills if processing stalls, and
-the source counts what it drops.
+bounded block queue and a processing task that runs the VAD and the task stages. Live,
+readers never wait: when processing of one stream stalls and its queue is full, that
+stream's blocks are dropped and counted (`stream_dropped_blocks`), leaving a gap on its clock,
+while the other streams of the same source go on. Files and `--fast` wait instead (lossless).
+
+Order of events, per stream (the contract in the README): `speech_started`, then the
+segment's partials (and live keyword hits), `speech_ended`, `caption_final`, and only then
+the annotations of that segment (events whose class sets `follows_final`, e.g. its
+translations), even when a background stage finishes one before the final is out.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from harken.models.audio import SAMPLE_RATE
 LOCAL = "local"  # a pause/resume by the person at this machine (terminal app, CLI)
 REMOTE = "remote"  # a pause/resume from the network (the MQTT control topic)
 BLOCK_QUEUE_SIZE = 100  # blocks (~10 s of 0.1 s blocks) between a reader and its processor
+MAX_HELD_EVENTS = 64  # annotations per stream waiting for their segments' finals, at most
 STATS_INTERVAL_S = 5.0  # stream-clock seconds between stats events
 
 
@@ -135,6 +142,12 @@ class StreamState:
     segments: int = 0
     last_end: int = 0
     segment_starts: dict[int, int] = field(default_factory=dict)
+    dropped_blocks: int = 0  # live: blocks dropped because this stream's queue was full
+    #: Segments started whose end events are not all published yet, with the annotations
+    #: of each held until then (see the module docstring).
+    held: dict[int, list[Event]] = field(default_factory=dict)
+    held_overflow: int = 0  # annotations published before their final: too many were held
+    releasing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one release at a time
     task: asyncio.Task[None] | None = None
 
 
@@ -147,7 +160,7 @@ class Engine:
             raise ValueError("the engine needs at least one task stage")
         self.options = options
         self.worker = worker
-        self.bus = EventBus()
+        self.bus = EventBus(lossless=not options.live)
         self._pausers: set[str] = set()
         self._audio_samples = 0  # every stream's, ended ones too
         self.streams_ended = 0  # streams their source ended while the run went on
@@ -217,7 +230,7 @@ class Engine:
 
     async def _forward(self, state: StreamState, events: AsyncIterator[Event]) -> None:
         async for event in events:
-            await self.bus.publish(event)
+            await self._publish(state, event)
         # A background task outlives the stream's last stats: count its late work too.
         await self.bus.publish(self._stats(state))
 
@@ -231,14 +244,25 @@ class Engine:
                     if state not in mine:
                         mine.append(state)
                     state.arrivals.record(block.end, time.monotonic())
-                    if block.samples.size:
-                        await state.queue.put(block)
+                    if not block.samples.size:
+                        pass  # an empty last block only ends its stream
+                    elif not self.options.live:
+                        await state.queue.put(block)  # lossless: the reader waits
+                    elif state.queue.full():
+                        # This stream's processing stalled: lose its audio (a gap on its
+                        # clock), not the other streams' that this reader also carries.
+                        state.dropped_blocks += 1
+                    else:
+                        state.queue.put_nowait(block)
                     if block.last:
                         # The source ended this stream (an idle satellite): it finishes and
                         # its state is freed; a later block with its id starts a new stream.
                         mine.remove(state)
                         del self._streams[state.id]
                         self.streams_ended += 1
+                        if self.options.live and state.queue.full():
+                            state.queue.get_nowait()  # the end must get in: lose a block
+                            state.dropped_blocks += 1
                         await state.queue.put(None)
             except Exception as exc:  # re-raised below, once the audio we have is processed
                 failure = exc
@@ -283,6 +307,8 @@ class Engine:
                 await self.bus.publish(self._stats(state))
                 interval = self.options.stats_interval_s
                 next_stats = (state.last_end / SAMPLE_RATE // interval + 1) * interval
+        for segment in list(state.held):  # segments the VAD never closed: nothing to wait for
+            await self._release(state, segment)
         for stage in state.stages:  # optional hook: lets background() iterators finish
             on_stream_end = getattr(stage, "on_stream_end", None)
             if callable(on_stream_end):
@@ -302,13 +328,14 @@ class Engine:
     async def _step(self, state: StreamState) -> None:
         for stage in state.stages:
             for event in await stage.step():
-                await self.bus.publish(event)
+                await self._publish(state, event)
 
     async def _handle(self, state: StreamState, outputs: list[VadOutput]) -> None:
         for out in outputs:
             if isinstance(out, SegmentStart):
                 state.segments += 1
                 state.segment_starts[out.segment] = out.start
+                state.held[out.segment] = []
                 for stage in state.stages:
                     stage.on_start(out)
                 t = out.start / SAMPLE_RATE
@@ -331,7 +358,34 @@ class Engine:
                 for stage in state.stages:
                     ended += await stage.on_end(out)
                 for event in ended:
-                    await self.bus.publish(self._annotate(state, event))
+                    await self._publish(state, self._annotate(state, event))
+                await self._release(state, out.segment)
+
+    async def _publish(self, state: StreamState, event: Event) -> None:
+        """Publishes `event`, or holds it if it annotates a segment whose final is not out."""
+        segment = getattr(event, "segment", None)
+        held = state.held.get(segment) if isinstance(segment, int) else None
+        if held is None or not event.follows_final or not isinstance(segment, int):
+            await self.bus.publish(event)
+            return
+        held.append(event)
+        if sum(len(h) for h in state.held.values()) > MAX_HELD_EVENTS:
+            # Bounded: the order against the final gives way before memory does (counted);
+            # the annotations keep their own order.
+            state.held_overflow += len(held)
+            await self._release(state, segment, close=False)
+
+    async def _release(self, state: StreamState, segment: int, *, close: bool = True) -> None:
+        """Publishes what waited for the segment's end events, in order; `close`: they are
+        out, so later annotations of it go straight through. Until then one that arrives
+        meanwhile queues behind the others."""
+        async with state.releasing:
+            while held := state.held.get(segment):
+                state.held[segment] = []
+                for event in held:
+                    await self.bus.publish(event)
+            if close:
+                state.held.pop(segment, None)
 
     @staticmethod
     def _annotate(state: StreamState, event: Event) -> Event:
@@ -348,6 +402,8 @@ class Engine:
             "audio_samples": state.audio_samples,
             "paused_samples": state.paused_samples,
             "segments": state.segments,
+            "stream_dropped_blocks": state.dropped_blocks,
+            "order_held_overflow": state.held_overflow,
             "worker_batches": self.worker.stats.batches,
             "worker_windows": self.worker.stats.windows,
         }
@@ -370,5 +426,6 @@ class Engine:
             caption_latency_p50_s=latencies.get("caption_latency_p50_s"),
             caption_latency_p95_s=latencies.get("caption_latency_p95_s"),
             dropped=self.bus.dropped(),
+            lost=self.bus.lost(),
             counters=counters,
         )

@@ -1,16 +1,32 @@
-"""Speech segmentation with webrtcvad: AudioBlocks in, segment events out. Pure, no asyncio.
+"""Speech segmentation: AudioBlocks in, segment events out. Pure, no asyncio, no I/O.
+
+Two detectors, chosen by `VadOptions.engine` (docs/vad.md):
+
+* `webrtc`: webrtcvad alone. Fast onsets and good on quiet speech, but it has no notion of
+  stationary sound: a tone, mains hum or a fan is "speech" to it for as long as it lasts.
+* `silero`: silero-vad alone (a small LSTM network, 512-sample chunks, models/silero_vad.py).
+  Rejects stationary sound; a chunk later than webrtcvad on onsets.
+* `both` (default): webrtcvad proposes the onset, silero must call the same moment speech
+  before the segment opens, and silero alone holds it open. So a tone never opens or holds
+  a segment, and the onset is where webrtcvad put it. Silero confirms within about a chunk
+  of webrtcvad on real speech, so speech_started comes at most ~0.1 s after webrtcvad's own.
+
+Silero runs on every chunk of the stream (not only after webrtcvad fires) so its recurrent
+state is that of a continuous stream, as it was trained. Silero's probability is turned into
+a speech state with hysteresis: speech from `speech_threshold` up, until it drops below
+`release_threshold`.
 
 Output contract (all positions are samples on the stream clock at SAMPLE_RATE):
 
 * `SegmentStart(segment, start)` opens segment `segment` (ids count up from 0). It is only
-  emitted once voiced frames cover `min_speech_s`, so clicks never open a segment; `start`
+  emitted once speech frames cover `min_speech_s`, so clicks never open a segment; `start`
   lies `pre_roll_s` before the speech onset (clamped to the stream start and to the previous
   segment's end), so onsets are not clipped.
 * `SegmentAudio(segment, start, samples)` carries the segment's audio. For one segment the
   pieces are contiguous: the first starts at the segment's `start`, each next one starts where
   the previous ended.
 * `SegmentEnd(segment, end, split)` closes it. A normal end is `hangover_s` after the last
-  voiced frame (the hangover audio is included). At end of stream (`flush()`) the open
+  speech frame (the hangover audio is included). At end of stream (`flush()`) the open
   segment ends at the last sample fed.
 * When a segment reaches `max_segment_s` it is split at the quietest frame (lowest RMS) in the
   last `split_search_s`: `SegmentEnd(end=split_point, split=True)`, then
@@ -29,29 +45,45 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 import webrtcvad
 
 from harken.engine.audio import AudioBlock, Float32Array
 from harken.models.audio import SAMPLE_RATE
+from harken.models.silero_vad import load_silero_vad
 
+VadEngine = Literal["webrtc", "silero", "both"]
+VAD_ENGINES: tuple[str, ...] = get_args(VadEngine)
 VALID_FRAME_MS = (10, 20, 30)  # ms: the frame lengths webrtcvad accepts
 _INT16_SCALE = 32767.0  # float [-1, 1] -> int16 PCM for webrtcvad
 _ONSET_TOLERANCE = 0.25  # extra window frames, as a fraction of the min-speech frames
+# s: how far before silero's onset webrtcvad's may lie and still count (silero reacts about
+# a chunk later than webrtcvad on clean speech)
+SILERO_LEAD_S = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VadOptions:
+    engine: VadEngine = "both"  # webrtc | silero | both (webrtcvad onset, silero confirms)
     frame_ms: int = 30  # ms, 10/20/30
-    aggressiveness: int = 2  # 0 (lenient) .. 3 (strict)
-    pre_roll_s: float = 0.3  # s of audio kept before the detected onset
-    hangover_s: float = 0.5  # s of non-speech (included) before a segment ends
-    min_speech_s: float = 0.25  # s of voiced frames needed to open a segment
+    aggressiveness: int = 2  # 0 (lenient) .. 3 (strict), webrtcvad
+    # Pre-roll and hangover were 0.3 and 0.5 s for webrtcvad alone; tuned on real speech
+    # for `both`, where silero's release already lags the speech end by 0.1-0.3 s (docs/vad.md).
+    pre_roll_s: float = 0.2  # s of audio kept before the detected onset
+    hangover_s: float = 0.3  # s of non-speech (included) before a segment ends
+    min_speech_s: float = 0.25  # s of speech frames needed to open a segment
     max_segment_s: float = 15.0  # s: longer segments are split
     split_search_s: float = 2.0  # s before max_segment_s searched for the quietest frame
+    speech_threshold: float = 0.5  # silero probability from which a chunk is speech
+    # Below silero's own 0.35: quiet speech tails (meetings) stay in; stationary sound scores
+    # under 0.1 (docs/vad.md).
+    release_threshold: float = 0.2  # silero probability below which speech stops
 
     def __post_init__(self) -> None:
+        if self.engine not in VAD_ENGINES:
+            raise ValueError(f"VAD engine must be webrtc, silero or both, got {self.engine!r}")
         if self.frame_ms not in VALID_FRAME_MS:
             raise ValueError(f"VAD frame_ms must be 10, 20 or 30 (webrtcvad), got {self.frame_ms}")
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -71,6 +103,23 @@ class VadOptions:
                 f"VAD max_segment_s ({self.max_segment_s}) must be finite and longer than "
                 f"split_search_s ({self.split_search_s})"
             )
+        if not (0.0 < self.release_threshold <= self.speech_threshold < 1.0):
+            raise ValueError(
+                "VAD thresholds must satisfy 0 < release_threshold <= speech_threshold < 1, "
+                f"got release {self.release_threshold}, speech {self.speech_threshold}"
+            )
+
+
+class SpeechScorer(Protocol):
+    """Speech probability of consecutive `chunk_samples` chunks of one stream (stateful).
+
+    models/silero_vad.SileroStream is the real one; tests may pass a fake.
+    """
+
+    @property
+    def chunk_samples(self) -> int: ...
+
+    def __call__(self, chunk: Float32Array) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +153,8 @@ VadOutput = SegmentStart | SegmentAudio | SegmentEnd
 class _Frame:
     start: int
     samples: Float32Array
-    voiced: bool
+    voiced: bool  # webrtcvad's decision (False when it does not run)
+    speech: bool  # silero's speech state at the frame's end (False when it does not run)
     rms: float
 
     @property
@@ -112,12 +162,32 @@ class _Frame:
         return self.start + int(self.samples.shape[0])
 
 
-class VadSegmenter:
-    """Feeds AudioBlocks of any size through webrtcvad and emits segment outputs."""
+def default_scorer() -> SpeechScorer:
+    """A fresh silero-vad stream on the process-wide network (loaded on first use)."""
+    return load_silero_vad().stream()
 
-    def __init__(self, options: VadOptions | None = None) -> None:
+
+class VadSegmenter:
+    """Feeds AudioBlocks of any size through the VAD and emits segment outputs.
+
+    `scorer` is the silero stage (engines `silero` and `both`); None loads silero-vad.
+    """
+
+    def __init__(self, options: VadOptions | None = None, *,
+                 scorer: SpeechScorer | None = None) -> None:
         self.options = opts = options if options is not None else VadOptions()
-        self._vad = webrtcvad.Vad(opts.aggressiveness)
+        self._use_webrtc = opts.engine in ("webrtc", "both")
+        self._use_silero = opts.engine in ("silero", "both")
+        self._vad = webrtcvad.Vad(opts.aggressiveness) if self._use_webrtc else None
+        self._scorer: SpeechScorer | None = None
+        if self._use_silero:
+            self._scorer = scorer if scorer is not None else default_scorer()
+        self._chunk = self._scorer.chunk_samples if self._scorer is not None else 0
+        self._chunk_buf = np.zeros(self._chunk, dtype=np.float32)
+        self._chunk_fill = 0
+        self._chunk_pos = 0  # stream position of the chunk being filled
+        self._speech = False  # silero's state after the last chunk it scored
+        self._speech_since = 0  # where silero's current speech run began
         self._frame = SAMPLE_RATE * opts.frame_ms // 1000  # samples per frame
         frame_s = opts.frame_ms / 1000
         self._min_frames = max(1, math.ceil(opts.min_speech_s / frame_s - 1e-9))
@@ -132,7 +202,10 @@ class VadSegmenter:
         self._history: collections.deque[_Frame] = collections.deque(
             maxlen=max(pre_roll_frames + self._window + 2, split_frames + 2)
         )
+        # Recent webrtcvad / silero decisions of the frames since the last segment.
         self._voiced_window: collections.deque[bool] = collections.deque(maxlen=self._window)
+        self._speech_window: collections.deque[bool] = collections.deque(maxlen=self._window)
+        self._lead = round(SILERO_LEAD_S * SAMPLE_RATE)
         self._remainder = np.zeros(0, dtype=np.float32)
         self._next: int | None = None  # stream position of the next sample expected
         self._stream_start = 0
@@ -180,7 +253,7 @@ class VadSegmenter:
                 self._append_audio(self._next - int(self._remainder.shape[0]), self._remainder)
             self._end_segment(self._next, split=False)
         self._remainder = np.zeros(0, dtype=np.float32)
-        self._voiced_window.clear()
+        self._clear_windows()
         return self._take_outputs()
 
     # ------------------------------------------------------------------------ internals
@@ -190,39 +263,91 @@ class VadSegmenter:
         out, self._out = self._out, []
         return out
 
+    def _score(self, scorer: SpeechScorer, start: int, samples: Float32Array) -> None:
+        """Run silero on every chunk `samples` completes (chunks lie on their own grid)."""
+        opts = self.options
+        i = 0
+        while i < samples.shape[0]:
+            if self._chunk_fill == 0:
+                self._chunk_pos = start + i
+            take = min(self._chunk - self._chunk_fill, samples.shape[0] - i)
+            self._chunk_buf[self._chunk_fill : self._chunk_fill + take] = samples[i : i + take]
+            self._chunk_fill += take
+            i += take
+            if self._chunk_fill == self._chunk:
+                self._chunk_fill = 0
+                p = scorer(self._chunk_buf)
+                if p >= opts.speech_threshold and not self._speech:
+                    self._speech, self._speech_since = True, self._chunk_pos
+                elif p < opts.release_threshold:
+                    self._speech = False
+
     def _process_frame(self, start: int, samples: Float32Array) -> None:
-        pcm = np.clip(samples * _INT16_SCALE, -_INT16_SCALE, _INT16_SCALE).astype(np.int16)
-        voiced = bool(self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE))
+        voiced = False
+        if self._vad is not None:
+            pcm = np.clip(samples * _INT16_SCALE, -_INT16_SCALE, _INT16_SCALE).astype(np.int16)
+            voiced = bool(self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE))
+        if self._scorer is not None:
+            self._score(self._scorer, start, samples)
         rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-        frame = _Frame(start, samples.copy(), voiced, rms)
+        frame = _Frame(start, samples.copy(), voiced, self._speech, rms)
         self._history.append(frame)
         if self._in_speech:
             self._speech_frame(frame)
         else:
             self._silence_frame(frame)
 
+    def _clear_windows(self) -> None:
+        self._voiced_window.clear()
+        self._speech_window.clear()
+
+    def _first(self, window: collections.deque[bool], not_before: int = 0) -> int | None:
+        """Start of the first flagged frame of `window` (the newest frames) from `not_before`."""
+        recent = list(self._history)[-len(window):]
+        return next((f.start for f, v in zip(recent, window, strict=True)
+                     if v and f.start >= not_before), None)
+
+    def _onset(self, frame: _Frame) -> int | None:
+        """Where the speech began if a segment opens on `frame`, else None."""
+        voiced = sum(self._voiced_window) >= self._min_frames
+        speech = sum(self._speech_window) >= self._min_frames
+        engine = self.options.engine
+        if engine == "webrtc":
+            return self._first(self._voiced_window) if voiced else None
+        if engine == "silero":
+            return self._first(self._speech_window) if speech else None
+        onsets: list[int] = []
+        if voiced and frame.speech:
+            # webrtcvad's onset, confirmed by silero. Under a steady tone every frame is
+            # voiced, so only voicing from just before silero's own onset counts.
+            found = self._first(self._voiced_window, self._speech_since - self._lead)
+            onsets.append(found if found is not None else self._speech_since)
+        if speech:  # quiet speech webrtcvad missed
+            found = self._first(self._speech_window)
+            if found is not None:
+                onsets.append(found)
+        return min(onsets) if onsets else None
+
     def _silence_frame(self, frame: _Frame) -> None:
         self._voiced_window.append(frame.voiced)
-        if not frame.voiced or sum(self._voiced_window) < self._min_frames:
+        self._speech_window.append(frame.speech)
+        onset = self._onset(frame)
+        if onset is None:
             return
-        # Onset: the first voiced frame of the window that reached min_speech_s.
-        n = len(self._voiced_window)
-        recent = list(self._history)[-n:]
-        onset = next(f.start for f, v in zip(recent, self._voiced_window, strict=True) if v)
         start = max(onset - self._pre_roll, self._stream_start, self._prev_end)
         start = max(start, self._history[0].start)  # never before what is buffered
         self._segment += 1
         self._in_speech = True
         self._seg_start = start
         self._last_voiced_end = frame.end
-        self._voiced_window.clear()
+        self._clear_windows()
         self._out.append(SegmentStart(self._segment, start))
         for f in self._history:
             if f.end > start:
                 self._append_audio(f.start, f.samples, from_pos=start)
 
     def _speech_frame(self, frame: _Frame) -> None:
-        if frame.voiced:
+        if frame.speech if self._use_silero else frame.voiced:
             self._last_voiced_end = frame.end
         else:
             end = self._last_voiced_end + self._hangover
@@ -273,17 +398,18 @@ class VadSegmenter:
         self._out.append(SegmentEnd(self._segment, end, split))
         self._in_speech = False
         self._prev_end = end
-        self._voiced_window.clear()
+        self._clear_windows()
 
 
 def clip_segments(samples: Float32Array, options: VadOptions | None = None, *,
-                  block_samples: int = SAMPLE_RATE // 10) -> list[tuple[int, Float32Array]]:
+                  block_samples: int = SAMPLE_RATE // 10,
+                  scorer: SpeechScorer | None = None) -> list[tuple[int, Float32Array]]:
     """The speech segments of a whole clip as (start sample, audio), each cut at its end.
 
     For offline uses (benchmarks, enrollment, evaluation): the same segmenter as a live
     stream, fed in blocks. Audio a split re-sends is kept once, in the later segment.
     """
-    segmenter = VadSegmenter(options)
+    segmenter = VadSegmenter(options, scorer=scorer)
     outputs: list[VadOutput] = []
     for start in range(0, len(samples), block_samples):
         outputs += segmenter.feed(AudioBlock(stream="clip", start=start,

@@ -11,7 +11,13 @@ import torch
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import UnsupportedModelError
 from harken.models.geometry import FrameGeometry, audio_batch, batchable
-from harken.models.loading import load_pretrained, load_processor, resolve_device, resolve_dtype
+from harken.models.loading import (
+    check_head,
+    load_pretrained,
+    load_processor,
+    resolve_device,
+    resolve_dtype,
+)
 from harken.models.transcript import TimedWord, Transcript
 
 TASK = "captions"
@@ -64,6 +70,9 @@ class CtcCaptioner:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
+        # The head first: a checkpoint of another task is named as such, not as a
+        # checkpoint with a missing tokenizer.
+        check_head(AutoModelForCTC, model_id, task=TASK)
         processor = load_processor(model_id, task=TASK)
         model = load_pretrained(
             AutoModelForCTC, model_id, device=torch_device, dtype=torch_dtype, task=TASK

@@ -16,7 +16,13 @@ import torch
 
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import KeywordError, UnsupportedModelError
-from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
+from harken.models.loading import (
+    check_head,
+    load_part,
+    load_pretrained,
+    resolve_device,
+    resolve_dtype,
+)
 from harken.models.triggers import is_background_label
 
 TASK = "keywords"
@@ -98,6 +104,9 @@ class KeywordSpotter:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
+        # The head first: a checkpoint of another task is named as such, not as a
+        # checkpoint with a missing tokenizer.
+        check_head(AutoModelForAudioClassification, model_id, task=TASK)
         extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
                               task=TASK)
         model = load_pretrained(AutoModelForAudioClassification, model_id, device=torch_device,

@@ -126,13 +126,42 @@ def hub_reachable() -> bool:
         return False
 
 
+def looks_like_path(model_id: str) -> bool:
+    """True for a model given as a folder path (`./x`, `../x`, `/x`, `~/x`, `.`), which is
+    never a hub id (those are `name` or `owner/name`)."""
+    text = model_id.strip()
+    return text in (".", "..") or text.startswith(("/", "./", "../", "~", "\\")) \
+        or os.path.isabs(text)
+
+
+def check_folder(model_id: str, task: str) -> None:
+    """A model given as a path must be an existing folder: it is never looked up on the hub."""
+    if looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+        what = "is a file, not a folder" if Path(model_id).expanduser().exists() \
+            else "does not exist"
+        raise ModelNotFoundError(
+            f"the {task} model folder {model_id!r} {what}; fix the path given with "
+            f"--{task}-model (or {_config_key(task)} in the config): it must be a folder "
+            "with config.json, the weights and the preprocessor files, or give a Hugging Face "
+            "Hub id (owner/name)"
+        )
+
+
+def _config_key(task: str) -> str:
+    """The config key of a task's model, for messages (config sections in app/config.py)."""
+    return {"speaker": "speakers.model",
+            "diarization": "speakers.diarization_model"}.get(task, f"{task}.model")
+
+
 def _source_kwargs(model_id: str, task: str) -> dict[str, Any]:
     """from_pretrained options for where the files can come from.
 
-    A local folder or HF_HUB_OFFLINE needs nothing. Otherwise, when the hub cannot be reached,
-    a cached model loads from the cache alone, and an uncached one fails at once with the fix,
-    instead of huggingface_hub retrying every file for minutes.
+    A path that is no folder fails at once. A local folder or HF_HUB_OFFLINE needs nothing.
+    Otherwise, when the hub cannot be reached, a cached model loads from the cache alone, and
+    an uncached one fails at once with the fix, instead of huggingface_hub retrying every
+    file for minutes.
     """
+    check_folder(model_id, task)
     if Path(model_id).expanduser().exists() or hub_offline() or hub_reachable():
         return {}
     if is_cached(model_id):
@@ -207,6 +236,31 @@ def _load_config(model_id: str, task: str) -> Any:
         ) from error
 
 
+def check_head(model_cls: Any, model_id: str, *, task: str) -> Any:
+    """The architecture class `model_cls` picks for the checkpoint, from its config alone.
+
+    Task loaders call it before the preprocessing parts, so that a checkpoint of another
+    task (a keyword classifier given as the captions model) is reported as the wrong head,
+    not as a missing tokenizer. Raises ModelNotFoundError or UnsupportedModelError.
+    """
+    config = _load_config(model_id, task)
+    concrete = _concrete_class(model_cls, config)
+    expected = getattr(model_cls, "__name__", str(model_cls))
+    if concrete is None:
+        raise UnsupportedModelError(
+            f"{model_id!r} is a {config.model_type!r} checkpoint, which has no {expected} "
+            f"variant; choose a {task} model of a supported architecture"
+        )
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and concrete.__name__ not in architectures:
+        raise UnsupportedModelError(
+            f"{model_id!r} is a {'/'.join(architectures)} checkpoint: the wrong head for the "
+            f"{task} task, which needs a {concrete.__name__} head; choose a {task} checkpoint "
+            "(one fine-tuned with that head)"
+        )
+    return concrete
+
+
 def load_pretrained(
     model_cls: Any,
     model_id: str,
@@ -221,21 +275,7 @@ def load_pretrained(
     Raises ModelNotFoundError (missing, offline and not cached) or UnsupportedModelError
     (the checkpoint's head or architecture does not fit `model_cls`).
     """
-    config = _load_config(model_id, task)
-    concrete = _concrete_class(model_cls, config)
-    expected = getattr(model_cls, "__name__", str(model_cls))
-    if concrete is None:
-        raise UnsupportedModelError(
-            f"{model_id!r} is a {config.model_type!r} checkpoint, which has no {expected} "
-            f"variant; choose a {task} model of a supported architecture"
-        )
-    architectures = list(getattr(config, "architectures", None) or [])
-    if architectures and concrete.__name__ not in architectures:
-        raise UnsupportedModelError(
-            f"{model_id!r} is a {'/'.join(architectures)} checkpoint, but the {task} task needs "
-            f"a {concrete.__name__} head; choose a {task} checkpoint (one fine-tuned with that "
-            "head)"
-        )
+    concrete = check_head(model_cls, model_id, task=task)
     attn = "sdpa" if getattr(concrete, "_supports_sdpa", False) else "eager"
     try:
         model, info = model_cls.from_pretrained(
@@ -320,6 +360,11 @@ def pull(model_id: str) -> Path:
     folder = Path(model_id).expanduser()
     if folder.is_dir():
         return folder
+    if looks_like_path(model_id):
+        raise ModelNotFoundError(
+            f"cannot pull {model_id!r}: there is no such folder, and a path is never looked up "
+            "on the Hugging Face Hub; fix the path, or give a hub id (owner/name)"
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 

@@ -19,7 +19,13 @@ import torch
 
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import UnsupportedLanguageError, UnsupportedModelError
-from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
+from harken.models.loading import (
+    check_head,
+    load_part,
+    load_pretrained,
+    resolve_device,
+    resolve_dtype,
+)
 
 TASK = "translation"
 MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv stack + adapter
@@ -128,6 +134,9 @@ class SpeechTranslator:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
+        # The head first: a checkpoint of another task is named as such, not as a
+        # checkpoint with a missing tokenizer.
+        check_head(AutoModelForSpeechSeq2Seq, model_id, task=TASK)
         extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
                               task=TASK)
         tokenizer = load_part(AutoTokenizer, model_id, part="tokenizer", task=TASK)
@@ -161,8 +170,12 @@ class SpeechTranslator:
             # The encoder is the same for every language: run it once.
             encoder_outputs = self.model.encoder(values, **kwargs)
             for target in targets:
+                # A fresh container each time: with beams, generate() replaces its hidden
+                # states by their beam-expanded copy in place, which the next language
+                # would then expand again.
+                fresh = type(encoder_outputs)(**encoder_outputs)
                 generated = self.model.generate(
-                    values, encoder_outputs=encoder_outputs, forced_bos_token_id=target.token_id,
+                    values, encoder_outputs=fresh, forced_bos_token_id=target.token_id,
                     num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
                     **kwargs,
                 )

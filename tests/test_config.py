@@ -60,6 +60,8 @@ def test_harken_config_env_points_at_the_file(tmp_path: Path,
 @pytest.mark.parametrize(("text", "needle"), [
     ("[vad]\naggressiveness = 'loud'\n", "vad.aggressiveness"),
     ("[vad]\naggressiveness = 7\n", "vad.aggressiveness"),
+    ("[vad]\nengine = 'rnnoise'\n", "vad.engine"),
+    ("[vad]\nspeech_threshold = 0.3\nrelease_threshold = 0.4\n", "release_threshold"),
     ("[captions]\nhopp_s = 1\n", "captions.hopp_s"),
     ("[compute]\ndevice_type = 'tpu'\n", "compute.device_type"),
     ("[output]\nformats = ['srt', 'docx']\n", "docx"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harken.models import loading
 from harken.models.captions import CtcCaptioner
 from harken.models.errors import DeviceError, ModelNotFoundError, UnsupportedModelError
 from harken.models.loading import is_cached, pull, resolve_device, resolve_dtype
@@ -57,6 +58,51 @@ def test_folder_without_weights_is_not_found(
     (folder / "model.safetensors").unlink()
     with pytest.raises(ModelNotFoundError, match=r"config\.json, the weights"):
         CtcCaptioner.from_pretrained(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize("given", ["./no-such-folder", "{tmp}/missing", "~/no-such-harken-model",
+                                   "../no-such-folder"])
+def test_a_missing_folder_is_never_taken_for_a_hub_id(
+        given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path is checked as a path: no hub lookup (not even a probe), no `models pull` advice."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_network() -> bool:
+        raise AssertionError("a path was looked up on the hub")
+
+    monkeypatch.setattr(loading, "hub_reachable", no_network)
+    model = given.format(tmp=tmp_path)
+    with pytest.raises(ModelNotFoundError) as caught:
+        CtcCaptioner.from_pretrained(model, device="cpu")
+    message = str(caught.value)
+    assert f"the captions model folder {model!r} does not exist" in message
+    assert "--captions-model" in message
+    assert "models pull" not in message
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        pull(model)
+    assert not is_cached(model)
+
+
+def test_a_file_given_as_the_model_folder_says_so(tmp_path: Path) -> None:
+    file = tmp_path / "model.bin"
+    file.write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="is a file, not a folder"):
+        CtcCaptioner.from_pretrained(str(file), device="cpu")
+
+
+def test_a_keyword_checkpoint_as_the_captions_model_is_the_wrong_head(tmp_path: Path) -> None:
+    """It has no tokenizer either; the head is what the user must change, so say that."""
+    from tiny_task_models import build_tiny_keyword_model
+
+    folder = build_tiny_keyword_model(tmp_path / "kw")
+    with pytest.raises(UnsupportedModelError) as caught:
+        CtcCaptioner.from_pretrained(str(folder), device="cpu")
+    message = str(caught.value)
+    assert "wrong head for the captions task" in message
+    assert "ForCTC" in message
+    assert "sentencepiece" not in message
+    assert "tokenizer" not in message
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -23,7 +23,7 @@ from harken.engine.metrics import ArrivalLog
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
 from harken.engine.sources.file import FileSource
 from harken.engine.stages.speakers import DiarizationOptions, SpeakerStage, SpeechBuffer
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.clustering import ClusteringOptions, Voiceprint
@@ -31,6 +31,9 @@ from harken.models.geometry import FrameGeometry
 
 GEOMETRY = FrameGeometry(frame_samples=320, receptive_samples=400)
 SPLIT_HZ = 800.0  # the low voice lies below, the high one above
+# The synthetic voices are harmonic buzz: speech to webrtcvad, not to silero-vad, so the
+# speaker logic is driven through webrtcvad alone.
+WEBRTC = VadOptions(engine="webrtc")
 
 
 def band_levels(window: np.ndarray) -> np.ndarray:
@@ -153,7 +156,7 @@ async def run_engine(path: Path, *, voiceprints: Sequence[Voiceprint] = (),
     async with InferenceWorker(name="test") as worker:
         engine = Engine(sources=[FileSource(path=path, stream_id="talk")], worker=worker,
                         stages=[lambda ctx: FinalStage(ctx.stream), speakers],
-                        options=EngineOptions(live=False, levels=False))
+                        options=EngineOptions(live=False, levels=False, vad=WEBRTC))
         sub = engine.subscribe("test", maxsize=10_000)
 
         async def collect() -> None:

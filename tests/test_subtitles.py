@@ -9,7 +9,15 @@ from pathlib import Path
 from harken.engine.bus import EventBus
 from harken.engine.events import CaptionFinal, CaptionPartial, Word
 from harken.engine.sinks.files import JsonlSink, SrtSink, TxtSink, VttSink
-from harken.engine.sinks.subtitles import MAX_CUE_CHARS, cues_from_final, timestamp, wrap_lines
+from harken.engine.sinks.subtitles import (
+    MAX_CUE_CHARS,
+    Cue,
+    cues_from_final,
+    srt_block,
+    timestamp,
+    vtt_block,
+    wrap_lines,
+)
 
 
 def final_with_words(n: int, *, start: float = 1.0, speaker: str | None = None) -> CaptionFinal:
@@ -97,3 +105,44 @@ async def test_a_full_disk_is_a_clear_error_not_a_traceback() -> None:
         await task
     with pytest.raises(SinkError, match="cannot create"):
         TextFile(Path("/proc/no-such-dir/x.srt"))
+
+
+def test_vtt_cue_text_is_escaped() -> None:
+    cue = Cue(0.0, 1.0, "Tom & Jerry <b>bold</b> a --> b")
+    block = vtt_block(cue)
+    text = block.split("\n", 1)[1]
+    assert "Tom &amp; Jerry &lt;b&gt;bold&lt;/b&gt; a --&gt; b" in text.replace("\n", " ")
+    assert "-->" not in text
+    assert "<" not in text
+    assert block.count("\n\n") == 1  # one cue, ended by one blank line
+
+
+def test_srt_cue_text_cannot_break_the_file() -> None:
+    # A speaker name or a model's text with a timing arrow, blank lines and control bytes.
+    cue = Cue(0.0, 1.0, "S1\n\n2\n00:00:01,000 --> 00:00:02,000\x00 end\x1b[2J")
+    block = srt_block(1, cue)
+    lines = block.split("\n")
+    assert lines[:2] == ["1", "00:00:00,000 --> 00:00:01,000"]
+    assert "-->" not in "\n".join(lines[2:])
+    assert "\x00" not in block
+    assert "\x1b" not in block
+    assert block.endswith("\n\n")
+    assert "\n\n" not in block[:-2]
+    # A cue with nothing to show is left out rather than written as an empty cue.
+    assert srt_block(2, Cue(0.0, 1.0, " \x00 ")) == vtt_block(Cue(0.0, 1.0, "\x07")) == ""
+
+
+async def test_srt_numbering_stays_dense_when_a_cue_is_empty(tmp_path: Path) -> None:
+    import asyncio
+
+    bus = EventBus()
+    sink = SrtSink(path=tmp_path / "e.srt")
+    task = asyncio.create_task(sink.consume(bus.subscribe("srt")))
+    await bus.publish(final_with_words(2))
+    await bus.publish(CaptionFinal(stream="s", start=3.0, end=4.0, segment=1, text="\x00"))
+    await bus.publish(CaptionFinal(stream="s", start=5.0, end=6.0, segment=2, text="a --> b"))
+    await bus.close()
+    await task
+    blocks = (tmp_path / "e.srt").read_text().split("\n\n")
+    assert [b.split("\n")[0] for b in blocks if b] == ["1", "2"]
+    assert blocks[1].split("\n")[2] == "a -> b"

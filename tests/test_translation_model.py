@@ -84,6 +84,24 @@ def test_reusing_the_encoder_equals_plain_generate(translator: SpeechTranslator)
     assert list(ours) == [int(i) for i in plain[0, 1:]]
 
 
+def test_beam_search_into_several_languages_equals_each_alone(
+        translator: SpeechTranslator) -> None:
+    """Regression: with num_beams > 1 the second language reused the first one's
+    beam-expanded encoder output and every segment failed with a shape error."""
+    beams = SpeechTranslator(model_id=translator.model_id, model=translator.model,
+                             feature_extractor=translator.feature_extractor,
+                             tokenizer=translator.tokenizer, device=translator.device,
+                             dtype=translator.dtype,
+                             options=GenerationOptions(num_beams=3, max_new_tokens=MAX_NEW))
+    audio = speechlike_audio(1.5, seed=11)
+    targets = translator.languages(["de", "fr", "es"])
+    together = beams.translate(audio, targets)
+    assert [r.lang for r in together] == ["de", "fr", "es"]
+    for result, target in zip(together, targets, strict=True):
+        assert result.token_ids[0] == target.token_id
+        assert beams.translate(audio, [target]) == [result]
+
+
 def test_too_short_audio_gives_empty_translations(translator: SpeechTranslator) -> None:
     out = translator.translate(speechlike_audio(0.1), translator.languages(["de"]))
     assert out[0].text == ""

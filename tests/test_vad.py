@@ -1,5 +1,8 @@
 """engine.vad on generated audio: espeak-ng speech between silence, noise and tones.
 
+Tests that pin webrtcvad's own behaviour name engine="webrtc"; the rest run the default
+two-stage engine (tests/test_vad_engines.py covers what silero changes).
+
 What webrtcvad does with non-speech (measured while writing these tests, 30 ms frames):
 silence and white noise up to ~-50 dBFS heard from the stream start are non-speech at every
 aggressiveness; steady tones at 440 Hz-3 kHz are flagged as speech at 0-3 (so they DO open a
@@ -101,7 +104,7 @@ def test_boundaries_between_silence_noise_and_tone(speech: list[Audio]) -> None:
     x = np.concatenate(parts)
     offsets = np.cumsum([0] + [p.size for p in parts])
     truth = [(offsets[1], offsets[2]), (offsets[3], offsets[4]), (offsets[5], offsets[6])]
-    opts = VadOptions(aggressiveness=3)
+    opts = VadOptions(engine="webrtc", aggressiveness=3)
     segs = segments(run(x, opts))
     assert len(segs) == 3
     tol = s(0.15)
@@ -119,9 +122,11 @@ def test_speech_in_silence_at_default_aggressiveness(
 ) -> None:
     a, b = speech[2], speech[4]
     x = np.concatenate([silence(0.7), a, silence(2.0), b, silence(1.2)])
-    segs = segments(run(x, VadOptions(aggressiveness=aggressiveness)))
+    opts = VadOptions(aggressiveness=aggressiveness)
+    segs = segments(run(x, opts))
     assert len(segs) == 2
-    expected_starts = [s(0.7) - s(0.3), s(0.7) + a.size + s(2.0) - s(0.3)]
+    pre = s(opts.pre_roll_s)
+    expected_starts = [s(0.7) - pre, s(0.7) + a.size + s(2.0) - pre]
     for (start, _end, _split, _audio), want in zip(segs, expected_starts, strict=True):
         assert abs(start - want) <= s(0.1)
 
@@ -134,6 +139,7 @@ def test_pre_roll_is_clamped_to_stream_start(speech: list[Audio]) -> None:
     assert segs[0][0] == 0
 
 
+@pytest.mark.parametrize("engine", ["webrtc", "both"])
 @pytest.mark.parametrize("aggressiveness", [2, 3])
 @pytest.mark.parametrize(
     "signal",
@@ -144,16 +150,18 @@ def test_pre_roll_is_clamped_to_stream_start(speech: list[Audio]) -> None:
         pytest.param(lambda: tone(10.0, 100, 0.3), id="tone-100Hz"),
     ],
 )
-def test_non_speech_opens_no_segment(aggressiveness: int, signal: object) -> None:
+def test_non_speech_opens_no_segment(engine: str, aggressiveness: int, signal: object) -> None:
     x = signal()  # type: ignore[operator]
-    assert run(x, VadOptions(aggressiveness=aggressiveness)) == []
+    opts = VadOptions(engine=engine, aggressiveness=aggressiveness)  # type: ignore[arg-type]
+    assert run(x, opts) == []
 
 
 @pytest.mark.parametrize("aggressiveness", [2, 3])
 def test_mid_frequency_tone_is_speech_to_webrtcvad(aggressiveness: int) -> None:
     # Pins a known limitation: webrtcvad has no tone rejection, a 1 kHz beep is "speech".
     x = np.concatenate([silence(0.5), tone(3.0, 1000, 0.3), silence(1.0)])
-    assert len(segments(run(x, VadOptions(aggressiveness=aggressiveness)))) == 1
+    opts = VadOptions(engine="webrtc", aggressiveness=aggressiveness)
+    assert len(segments(run(x, opts))) == 1
 
 
 # webrtcvad keeps flagging ~3 frames (90 ms) after a loud burst, so a burst's voiced length
@@ -237,7 +245,7 @@ def test_gap_between_blocks_is_silence_and_overlap_is_rejected(speech: list[Audi
     out += seg.flush()
     starts = [o.start for o in out if isinstance(o, SegmentStart)]
     assert len(starts) == 1
-    assert abs(starts[0] - (s(1.5) - s(0.3))) <= s(0.1)
+    assert abs(starts[0] - (s(1.5) - s(VadOptions().pre_roll_s))) <= s(0.1)
     with pytest.raises(ValueError, match="overlapping"):
         seg.feed(AudioBlock(stream="t", start=0, samples=silence(0.1)))
 

@@ -1,4 +1,4 @@
-"""`harken eval diarization|speakers|keywords`: accuracy on labelled audio (app/eval/)."""
+"""`harken eval diarization|speakers|keywords|vad`: accuracy on labelled audio (app/eval/)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import asyncio
 import json
 
 from harken.app import flags
-from harken.app.eval import keywords, speakers
 
 
 def run(args: argparse.Namespace) -> int:
     config = flags.load(args).config
+    if args.eval_command == "vad":  # no model stack (torch) for the VAD alone
+        from harken.app.eval import vad
+
+        return vad.run(args, config)
+    from harken.app.eval import keywords, speakers
+
     if args.eval_command in speakers.ACTIONS:
         return speakers.ACTIONS[args.eval_command](args, config)
     result = asyncio.run(keywords.evaluate(config, args.folder, negatives=args.negatives))

@@ -1,4 +1,5 @@
-"""`harken models list|pull`: the configured models and the HF cache."""
+"""`harken models list|pull [ID...]`: the configured models (or the ones given) and the HF
+cache."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def run(args: argparse.Namespace) -> int:
                        ("diarization", config.speakers.diarization_model)]
     if args.models_command == "list":
         for task, model in configured:
-            state = "cached" if is_cached(model) else "not cached (run `harken models pull`)"
+            state = "cached" if is_cached(model) else f"not cached: `harken models pull {model}`"
             print(f"{task:<10} {model}  [{state}]")
         return 0
+    if args.ids:  # `harken models pull ID`: the fix every model-load error names
+        configured = [("model", model) for model in args.ids]
     for task, model in configured:
         print(f"pulling {task} model {model} ...", file=sys.stderr)
         path = pull(model)

@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from harken.app import flags
+from harken.app.commands.transcribe import no_speech_note
 from harken.app.session import (
     Session,
     check_source,
@@ -57,5 +58,8 @@ def run(args: argparse.Namespace) -> int:
     session = Session(config=config, sources=[source], sinks=sinks,
                               live=not args.fast)
     with mqtt.broker():
-        asyncio.run(session.run())
+        engine = asyncio.run(session.run())
+    if args.input is not None and mqtt_input is None and \
+            (note := no_speech_note(engine, name=str(args.input), config=config)):
+        print(note, file=sys.stderr)
     return 0

@@ -15,8 +15,10 @@ from harken.app.config import HarkenConfig
 from harken.app.session import Session, check_formats, output_sinks
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.events import Event
+from harken.engine.pipeline import Engine
 from harken.engine.sinks.base import Sink
 from harken.engine.sources.file import FileSource
+from harken.models.audio import SAMPLE_RATE
 
 
 class ProgressSink:
@@ -30,6 +32,17 @@ class ProgressSink:
     async def consume(self, events: AsyncIterable[Event]) -> None:
         async for event in events:
             self._progress.update(self._task, completed=event.end)
+
+
+def no_speech_note(engine: Engine, *, name: str, config: HarkenConfig) -> str | None:
+    """A note when the VAD found no speech at all in an input: without it, empty output files
+    look like a failure (or go unnoticed)."""
+    if any(stream.segments for stream in engine.streams.values()):
+        return None
+    seconds = sum(stream.audio_samples for stream in engine.streams.values()) / SAMPLE_RATE
+    return (f"harken: note: no speech found in {name} ({seconds:.1f} s of audio), so there is "
+            "nothing to caption; if it does hold speech, lower --vad-aggressiveness (now "
+            f"{config.vad.aggressiveness}) or check its recording level")
 
 
 def _stem(path: Path, used: set[str]) -> str:
@@ -71,7 +84,9 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
                 sinks.append(ProgressSink(progress=bar, task=task))
             session = Session(config=config, sources=[source], sinks=sinks,
                                       live=False, models=models)
-            await session.run()
+            engine = await session.run()
+            if note := no_speech_note(engine, name=str(path), config=config):
+                print(note, file=sys.stderr)
             written += [out for sink in outputs
                         if isinstance(out := getattr(sink, "path", None), Path)]
     return written

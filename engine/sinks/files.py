@@ -1,12 +1,13 @@
 """File sinks: subtitles (SRT, WebVTT, one per translated language), JSON lines, plain text
-and RTTM. File sinks write and flush every final as it arrives and close in `finally`,
-so nothing produced is lost on an error or Ctrl-C.
+and RTTM. Each writes through a ThreadedWriter (engine/sinks/writer.py), so a full disk or a
+lost mount stalls only that sink, never the event loop; each writes and flushes every final
+as it arrives and closes at the end, also on an error or Ctrl-C, so nothing produced is lost.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -27,12 +28,13 @@ from harken.engine.sinks.subtitles import (
     vtt_block,
 )
 from harken.engine.sinks.textfile import TextFile
+from harken.engine.sinks.writer import ThreadedWriter
 
 FILE_FORMATS = ("srt", "vtt", "jsonl", "txt", "rttm")
 
 
-def _open(path: Path) -> TextFile:
-    return TextFile(path)
+def _file(path: Path, name: str) -> ThreadedWriter:
+    return ThreadedWriter(name=name, open=lambda: TextFile(path))
 
 
 class JsonlSink:
@@ -48,18 +50,29 @@ class JsonlSink:
         self._include_levels = include_levels
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        out = _open(self.path) if self.path is not None else self._stream
-        if out is None:  # unreachable: checked in __init__; keeps mypy precise
-            raise ValueError("JsonlSink has no output")
-        try:
+        async with self._writer() as out:
             async for event in events:
                 if isinstance(event, Level) and not self._include_levels:
                     continue
-                out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
-                out.flush()
-        finally:
-            if self.path is not None:
-                out.close()
+                await out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+
+    def _writer(self) -> ThreadedWriter:
+        if self.path is not None:
+            return _file(self.path, self.name)
+        stream = self._stream
+        if stream is None:  # unreachable: checked in __init__; keeps mypy precise
+            raise ValueError("JsonlSink has no output")
+        return ThreadedWriter(name=self.name, open=lambda: stream, close_target=False)
+
+
+def _srt(index: int, cues: Iterable[Cue]) -> tuple[int, str]:
+    """SRT blocks numbered on from `index` (a cue with nothing to show gets no number)."""
+    blocks: list[str] = []
+    for cue in cues:
+        if block := srt_block(index + 1, cue):
+            index += 1
+            blocks.append(block)
+    return index, "".join(blocks)
 
 
 class SrtSink:
@@ -68,17 +81,12 @@ class SrtSink:
         self.path = path
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        out = _open(self.path)
         index = 0
-        try:
+        async with _file(self.path, self.name) as out:
             async for event in events:
                 if isinstance(event, CaptionFinal):
-                    for cue in cues_from_final(event):
-                        index += 1
-                        out.write(srt_block(index, cue))
-                    out.flush()
-        finally:
-            out.close()
+                    index, text = _srt(index, cues_from_final(event))
+                    await out.write(text)
 
 
 class VttSink:
@@ -87,16 +95,11 @@ class VttSink:
         self.path = path
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        out = _open(self.path)
-        try:
-            out.write(VTT_HEADER)
-            out.flush()
+        async with _file(self.path, self.name) as out:
+            await out.write(VTT_HEADER)
             async for event in events:
                 if isinstance(event, CaptionFinal):
-                    out.writelines(vtt_block(cue) for cue in cues_from_final(event))
-                    out.flush()
-        finally:
-            out.close()
+                    await out.write("".join(map(vtt_block, cues_from_final(event))))
 
 
 class TxtSink:
@@ -107,15 +110,11 @@ class TxtSink:
         self.path = path
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        out = _open(self.path)
-        try:
+        async with _file(self.path, self.name) as out:
             async for event in events:
                 if isinstance(event, CaptionFinal) and event.text.strip():
                     prefix = f"{event.speaker}: " if event.speaker else ""
-                    out.write(f"{prefix}{event.text.strip()}\n")
-                    out.flush()
-        finally:
-            out.close()
+                    await out.write(f"{prefix}{event.text.strip()}\n")
 
 
 def translation_cues(event: Translation) -> list[Cue]:
@@ -149,20 +148,18 @@ class TranslatedSubtitleSink:
         self.fmt = fmt
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        out = _open(self.path)
         index = 0
-        try:
+        async with _file(self.path, self.name) as out:
             if self.fmt == "vtt":
-                out.write(VTT_HEADER)
-                out.flush()
+                await out.write(VTT_HEADER)
             async for event in events:
                 if isinstance(event, Translation) and event.lang == self.lang:
-                    for cue in translation_cues(event):
-                        index += 1
-                        out.write(srt_block(index, cue) if self.fmt == "srt" else vtt_block(cue))
-                    out.flush()
-        finally:
-            out.close()
+                    cues = translation_cues(event)
+                    if self.fmt == "vtt":
+                        await out.write("".join(map(vtt_block, cues)))
+                        continue
+                    index, text = _srt(index, cues)
+                    await out.write(text)
 
 
 def file_sink(fmt: str, path: Path) -> Sink:

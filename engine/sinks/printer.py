@@ -1,10 +1,15 @@
-"""Captions, translations and keywords printed to a terminal or a pipe."""
+"""Captions, translations and keywords printed to a terminal or a pipe.
+
+The text goes out through a ThreadedWriter (engine/sinks/writer.py): a terminal nobody reads
+(`harken run --jsonl | less`, paused) blocks only this sink, never the event loop, and with
+it MQTT, the UI and the other sinks.
+"""
 
 from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import IO
 
 from harken.engine.events import (
@@ -15,6 +20,7 @@ from harken.engine.events import (
     StreamError,
     Translation,
 )
+from harken.engine.sinks.writer import Handover, ThreadedWriter
 
 
 def _clock(seconds: float) -> str:
@@ -25,6 +31,8 @@ def _clock(seconds: float) -> str:
 class PrinterSink:
     """Terminal output: on a TTY the current partial is redrawn in place and finals get
     their own lines; on a pipe only finals are printed."""
+
+    _out: IO[str] | Handover  # the stream; while consuming, the hand-over to its writer thread
 
     def __init__(self, *, stream: IO[str] | None = None, tty: bool | None = None,
                  show_stream: bool = False, name: str = "printer") -> None:
@@ -44,6 +52,26 @@ class PrinterSink:
             self._partial_shown = False
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
+        stream = self._out
+        if isinstance(stream, Handover):
+            raise RuntimeError("PrinterSink.consume() is already running")
+        async with ThreadedWriter(name=self.name, open=lambda: stream,
+                                  close_target=False) as writer:
+            self._out = Handover(writer, isatty=stream.isatty())
+            try:
+                await self._print(self._paced(events, writer))
+            finally:
+                self._out = stream
+
+    @staticmethod
+    async def _paced(events: AsyncIterable[Event],
+                     writer: ThreadedWriter) -> AsyncIterator[Event]:
+        """Takes the next event only once the writer thread has room (back-pressure)."""
+        async for event in events:
+            await writer.room()
+            yield event
+
+    async def _print(self, events: AsyncIterable[Event]) -> None:
         try:
             async for event in events:
                 if isinstance(event, CaptionPartial) and self._tty:

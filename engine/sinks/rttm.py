@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harken.engine.events import Event, SpeakerTurn
 from harken.engine.sinks.textfile import TextFile
+from harken.engine.sinks.writer import ThreadedWriter
 
 _SPACE = re.compile(r"\s+")
 
@@ -38,12 +39,9 @@ class RttmSink:
         self.uri = uri
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        out = TextFile(self.path)
-        try:
+        path = self.path
+        async with ThreadedWriter(name=self.name, open=lambda: TextFile(path)) as out:
             async for event in events:
                 if isinstance(event, SpeakerTurn):
-                    out.write(rttm_line(uri=self.uri or event.stream, start=event.start,
-                                        end=event.end, speaker=event.speaker))
-                    out.flush()
-        finally:
-            out.close()
+                    await out.write(rttm_line(uri=self.uri or event.stream, start=event.start,
+                                              end=event.end, speaker=event.speaker))

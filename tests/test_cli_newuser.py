@@ -1,0 +1,190 @@
+"""What a new user runs into (issue 10): every mistake ends in one line that names the fix and
+exit status 2, never a traceback; flags that would do nothing are refused or noted."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from tiny_models import build_tiny_ctc
+from tiny_task_models import build_tiny_keyword_model
+
+from harken.app import flags
+from harken.app.cli import main
+from harken.models.audio import SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "assets" / "sample.wav"
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user config file, no HARKEN_* settings, offline."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in [n for n in os.environ if n.startswith("HARKEN_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def tiny_hubert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_ctc("hubert", tmp_path_factory.mktemp("models") / "hubert")
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("harken: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """argparse's refusal: exit 2, its usage and one `error:` line."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if ": error: " in x]
+    return line
+
+
+@pytest.mark.parametrize("bench", ["captions", "keywords", "translation", "speakers"])
+def test_bench_with_a_text_file_as_audio_is_one_line(
+        bench: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "notes.wav"
+    text.write_text("these are my notes, not audio\n")
+    assert main(["bench", bench, "--audio", str(text)]) == 2
+    line = one_error_line(capsys)
+    assert str(text) in line
+
+
+@pytest.mark.parametrize(("bench", "flag"), [("captions", "--seconds"), ("keywords", "--seconds"),
+                                             ("translation", "--seconds"),
+                                             ("speakers", "--minutes")])
+@pytest.mark.parametrize("value", ["0", "-3", "nan"])
+def test_bench_needs_a_positive_length(bench: str, flag: str, value: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["bench", bench, f"{flag}={value}"])
+    assert flag in line
+    assert "must be above 0" in line
+
+
+def test_the_pull_command_that_load_errors_print_runs(
+        tiny_hubert: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The error names `harken models pull ID`; that command must parse and act on ID."""
+    missing = "harken-tests/no-such-model-xyz"
+    assert main(["transcribe", str(SAMPLE), "--captions-model", missing, "--no-progress",
+                 "--device-type", "cpu", "--out", "/nonexistent"]) == 2
+    line = one_error_line(capsys)
+    fix = re.search(r"`harken (models pull [^`]+)`", line)
+    assert fix is not None, line
+    assert main(shlex.split(fix.group(1))) == 2  # it runs: offline, so it says so
+    assert "cannot pull 'harken-tests/no-such-model-xyz'" in one_error_line(capsys)
+    # A folder is "pulled" as it is: its path is printed.
+    assert main(["models", "pull", str(tiny_hubert)]) == 0
+    assert str(tiny_hubert) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("folder", ["./no-such-model", "~/no-such-harken-model", "/no/such/dir"])
+def test_a_missing_model_folder_is_reported_as_a_folder(
+        folder: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["transcribe", str(SAMPLE), "--captions-model", folder, "--no-progress",
+                 "--device-type", "cpu", "--out", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert f"folder {folder!r} does not exist" in line
+    assert "models pull" not in line
+    assert main(["models", "pull", folder]) == 2
+    assert "no such folder" in one_error_line(capsys)
+
+
+def test_a_keyword_checkpoint_as_captions_model_is_the_wrong_head(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keywords = build_tiny_keyword_model(tmp_path / "kw")
+    assert main(["transcribe", str(SAMPLE), "--captions-model", str(keywords), "--no-progress",
+                 "--device-type", "cpu", "--out", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert "wrong head for the captions task" in line
+    assert "sentencepiece" not in line
+
+
+def test_no_flag_is_taken_for_an_abbreviation(capsys: pytest.CaptureFixture[str]) -> None:
+    # `--keywords` is no abbreviation of `--keywords-model` for `models list`...
+    assert "unrecognized arguments: --keywords" in usage_error(
+        capsys, ["models", "list", "--keywords"])
+    # ...nor is any prefix of a longer flag accepted, at any level.
+    assert "--captions" in usage_error(capsys, ["run", "--captions", "x"])
+    assert "--vers" in usage_error(capsys, ["--vers"])
+    parser = flags.build_parser()
+    subparsers = [parser]
+    while subparsers:
+        p = subparsers.pop()
+        assert not p.allow_abbrev, p.prog
+        for action in p._actions:
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict):
+                subparsers += choices.values()
+
+
+def test_format_without_out_or_empty_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--input", str(SAMPLE), "--format", "srt", "--jsonl"]) == 2
+    assert "add --out DIR" in one_error_line(capsys)
+    assert "at least one format" in usage_error(capsys, ["run", "--format", ""])
+    assert "at least one format" in usage_error(capsys, ["transcribe", str(SAMPLE),
+                                                         "--format", " , "])
+
+
+def test_an_empty_format_list_in_the_config_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "harken.toml"
+    config.write_text("[output]\nformats = []\n")
+    assert main(["transcribe", str(SAMPLE), "--config", str(config)]) == 2
+    err = capsys.readouterr().err  # the configuration's own report: a line per bad key
+    assert "Traceback" not in err
+    assert re.search(r"output\.formats.*at least one format", err)
+
+
+def test_device_with_input_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--input", str(SAMPLE), "--device", "2", "--jsonl"]) == 2
+    line = one_error_line(capsys)
+    assert "--device" in line
+    assert "drop one of them" in line
+
+
+def test_a_silent_file_gets_a_no_speech_note(
+        tiny_hubert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    silent = tmp_path / "silence.wav"
+    sf.write(str(silent), np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    for argv in (["transcribe", str(silent), "--out", str(tmp_path), "--no-progress"],
+                 ["run", "--input", str(silent), "--fast", "--jsonl"]):
+        assert main([*argv, "--captions-model", str(tiny_hubert), "--device-type", "cpu"]) == 0
+        err = capsys.readouterr().err
+        assert f"no speech found in {silent} (2.0 s of audio)" in err
+        assert "--vad-aggressiveness" in err
+    # Speech gets no such note.
+    assert main(["transcribe", str(SAMPLE), "--out", str(tmp_path), "--no-progress",
+                 "--captions-model", str(tiny_hubert), "--device-type", "cpu"]) == 0
+    assert "no speech" not in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert re.fullmatch(r"harken \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+
+
+def test_bare_harken_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: harken")
+    for command in ("run", "transcribe", "models", "bench"):
+        assert command in out
