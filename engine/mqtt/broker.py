@@ -147,6 +147,10 @@ class EmbeddedBroker:
             raise BrokerError(f"mosquitto did not start within {MOSQUITTO_START_TIMEOUT_S:.0f}"
                               " s; run it by hand (mosquitto -v) to see why") from exc
         except _Exited as exc:
+            # Let it finish exiting first: terminating a process that is already gone races
+            # asyncio's child watcher for its exit status (a stray "Unknown child process").
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), MOSQUITTO_STOP_TIMEOUT_S)
             if "in use" in str(exc).lower():
                 raise _in_use(self.host, self.port, "address already in use") from exc
             raise BrokerError(f"mosquitto could not start: {exc}") from exc
