@@ -151,7 +151,22 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     embedded_host: str = Field("127.0.0.1", description="--mqtt embedded: listen address "
                                "(0.0.0.0 for other machines)")
-    embedded_port: int = Field(1883, ge=1, le=65535, description="--mqtt embedded: port")
+    embedded_port: int = Field(1883, ge=0, le=65535, description="--mqtt embedded: port "
+                               "(0: a free one)")
+    allow_plaintext_password: bool = Field(False, description="send the password over "
+                                           "plain mqtt:// to another machine without a "
+                                           "warning (prefer mqtts://)")
+    max_sites: int = Field(16, ge=1, le=1024, description="satellites streaming at once; "
+                           "new sites beyond are refused until one goes idle")
+    allowed_sites: list[str] = Field(default_factory=list, description="satellite site ids "
+                                     "that may stream (announced to Home Assistant at "
+                                     "start); empty: any")
+    idle_evict_s: float = Field(30.0, ge=2, le=86_400, description="a satellite silent this "
+                                "long is evicted: its segment ends, its state is freed")
+    max_frames_per_s: float = Field(200.0, gt=0, le=100_000, description="audio frames per "
+                                    "second one satellite may send")
+    max_bytes_per_s: float = Field(1_000_000.0, gt=0, le=1e9, description="audio bytes per "
+                                   "second one satellite may send")
 
     @field_validator("url")
     @classmethod
@@ -169,13 +184,26 @@ class MqttConfig(_Section):
                              "leading '/' or '$', trailing '/')")
         return v
 
+    @field_validator("allowed_sites")
+    @classmethod
+    def _sites(cls, v: list[str]) -> list[str]:
+        for site in v:
+            if not site:
+                raise ValueError("site ids must not be empty")
+            _check_site(site)
+        return v
+
     @field_validator("site")
     @classmethod
     def _site(cls, v: str) -> str:
-        if any(c in v for c in "+#/") or v != v.strip() or v.startswith("$"):
-            raise ValueError("must be one topic level: no '+', '#', '/', leading '$' or "
-                             "surrounding spaces")
-        return v
+        return _check_site(v)
+
+
+def _check_site(v: str) -> str:
+    if any(c in v for c in "+#/") or v != v.strip() or v.startswith("$"):
+        raise ValueError(f"{v!r} must be one topic level: no '+', '#', '/', leading '$' or "
+                         "surrounding spaces")
+    return v
 
 
 class KeywordsConfig(_Section):

@@ -138,6 +138,16 @@ class _KeywordsAction(argparse.Action):
         namespace.keywords_thresholds = thresholds or None
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _languages(text: str) -> list[str]:
     codes = [c.strip() for c in text.split(",") if c.strip()]
     if not codes:
@@ -370,6 +380,18 @@ def add_load_bench_parsers(bsub: Any) -> None:
         p.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
+def add_bench_soak(bsub: Any) -> None:
+    """`harken bench soak` (app/bench/soak.py)."""
+    bs = bsub.add_parser("soak", help="all tasks for a long run over a restarting broker "
+                                      "with a hostile publisher: memory, lag, lost finals")
+    bs.add_argument("--minutes", type=_positive, default=60.0, help="run length")
+    bs.add_argument("--satellites", type=int, default=2, help="synthetic satellites")
+    bs.add_argument("--restart-every", type=_positive, default=180.0, metavar="S",
+                    help="seconds between broker restarts")
+    bs.add_argument("--audio", type=Path, help="speech file to loop (default: assets sample)")
+    bs.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
 def add_eval_keywords(esub: Any, add_common: Any) -> None:
     """`harken eval keywords DIR [--negatives FILE]...` (app/eval/keywords.py)."""
     ek = esub.add_parser("keywords", help="keyword accuracy per label, confusion matrix, "
@@ -570,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parsers(bsub)
     add_bench(bsub)
     add_load_bench_parsers(bsub)
+    add_bench_soak(bsub)
 
     ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ from types import TracebackType
 from typing import Self
 
 from harken.app.config import HarkenConfig, MqttConfig
-from harken.engine.mqtt.broker import Backend, EmbeddedBroker, mosquitto_binary
+from harken.engine.mqtt.broker import NOT_INSTALLED, EmbeddedBroker, mosquitto_binary
 from harken.engine.mqtt.client import MqttSettings, TlsOptions, parse_url
-from harken.engine.mqtt.satellites import SatelliteSource
+from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
@@ -31,7 +32,10 @@ from harken.engine.mqtt.topics import (
 from harken.engine.pipeline import OpenableSource
 from harken.models.errors import BrokerError, ConfigError, MqttConfigError
 
+log = logging.getLogger(__name__)
+
 PASSWORD_ENV = "HARKEN_MQTT_PASSWORD"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 EMBEDDED = "embedded"
 BROKER_START_TIMEOUT_S = 15.0
 BROKER_STOP_TIMEOUT_S = 10.0
@@ -78,6 +82,22 @@ def settings_from_url(url: str, mqtt: MqttConfig) -> tuple[MqttSettings, str]:
                      insecure=mqtt.tls_insecure) if parsed.tls else None
     return MqttSettings(host=parsed.host, port=parsed.port, username=parsed.username,
                         password=password, tls=tls, keepalive_s=mqtt.keepalive_s), parsed.path
+
+
+def security_warnings(settings: MqttSettings, mqtt: MqttConfig) -> list[str]:
+    """What a user should know about settings that expose the connection (docs/mqtt.md):
+    a skipped certificate check, a password sent in clear text to another machine."""
+    out = []
+    if settings.tls is not None and settings.tls.insecure:
+        out.append(f"mqtt.tls_insecure is set: the certificate of {settings.address} is not "
+                   "checked, so anyone on the network path can pose as the broker and read "
+                   "the password and every result; pass its CA with --mqtt-ca instead")
+    if settings.password is not None and settings.tls is None and \
+            settings.host not in LOOPBACK_HOSTS and not mqtt.allow_plaintext_password:
+        out.append(f"the MQTT password goes to {settings.address} unencrypted (mqtt://): "
+                   "anyone on the network path can read it. Use mqtts:// (TLS), or set "
+                   "mqtt.allow_plaintext_password = true to accept this")
+    return out
 
 
 def _version() -> str:
@@ -147,14 +167,9 @@ class MqttSetup:
         self.input: MqttSettings | None = None
         self.topic_filter = HERMES_AUDIO_FILTER
         if mqtt.url == EMBEDDED:
-            backend: Backend | None = "amqtt" if _has_amqtt() else \
-                "mosquitto" if mosquitto_binary() else None
-            if backend is None:
-                raise ConfigError("--mqtt embedded needs amqtt (pip install amqtt) or a "
-                                  "mosquitto binary (apt install mosquitto); or point --mqtt at "
-                                  "a running broker: mqtt://host:1883")
-            self.embedded = EmbeddedBroker(host=mqtt.embedded_host, port=mqtt.embedded_port,
-                                           backend=backend)
+            if mosquitto_binary() is None:
+                raise ConfigError(NOT_INSTALLED)
+            self.embedded = EmbeddedBroker(host=mqtt.embedded_host, port=mqtt.embedded_port)
             self.results = self.embedded.settings
         elif mqtt.url:
             self.results, _ = settings_from_url(mqtt.url, mqtt)
@@ -172,9 +187,21 @@ class MqttSetup:
                 hermes=mqtt.hermes, hermes_refined=bool(config.refine.model),
                 ha_discovery=mqtt.ha_discovery, ha_prefix=mqtt.ha_prefix,
                 outbox_size=mqtt.outbox_size, partial_interval_s=mqtt.partial_interval_s,
+                # Entities for the configured keywords exist before the first is spotted.
+                keywords=tuple(config.keywords.words) if config.keywords.enabled else (),
+                sites=tuple(mqtt.allowed_sites) if input_url is not None else (),
                 version=_version())
+            self.limits = SiteLimits(max_sites=mqtt.max_sites,
+                                     allow=frozenset(mqtt.allowed_sites),
+                                     idle_evict_s=mqtt.idle_evict_s,
+                                     max_frames_per_s=mqtt.max_frames_per_s,
+                                     max_bytes_per_s=mqtt.max_bytes_per_s)
         except ValueError as exc:
             raise ConfigError(f"bad MQTT settings: {exc}") from exc
+        self.warnings = [w for s in (self.results, self.input) if s is not None
+                         for w in security_warnings(s, mqtt)]
+        for warning in dict.fromkeys(self.warnings):  # once each, results and input alike
+            log.warning("warning: %s", warning)
 
     @property
     def enabled(self) -> bool:
@@ -193,7 +220,7 @@ class MqttSetup:
                               "audioFrame")
         return SatelliteSource(settings=self.input, client_id=f"harken-{self.site}-audio",
                                topic_filter=self.topic_filter,
-                               block_s=self.config.audio.block_s)
+                               block_s=self.config.audio.block_s, limits=self.limits)
 
     @contextlib.contextmanager
     def broker(self) -> Iterator[None]:
@@ -204,10 +231,3 @@ class MqttSetup:
         with BrokerThread(self.embedded):
             yield
 
-
-def _has_amqtt() -> bool:
-    try:
-        import amqtt.broker  # noqa: F401
-    except ImportError:
-        return False
-    return True

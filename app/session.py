@@ -32,6 +32,7 @@ from harken.engine.mqtt.control import (
     ControlledSink,
 )
 from harken.engine.pipeline import (
+    LOCAL,
     Engine,
     EngineOptions,
     OpenableSource,
@@ -39,6 +40,7 @@ from harken.engine.pipeline import (
 )
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import JsonlSink, file_sink
+from harken.engine.sinks.per_stream import PerStreamSink, file_stem
 from harken.engine.sinks.printer import PrinterSink
 from harken.engine.sources.file import FileSource
 from harken.engine.sources.mic import MicSource
@@ -116,6 +118,20 @@ def check_new(config: HarkenConfig, paths: Sequence[Path]) -> None:
     if existing:
         raise ConfigError(f"{', '.join(existing)} already exist(s); choose another --out "
                           "folder, move them away, or pass --overwrite to replace them")
+
+
+def result_files(config: HarkenConfig, *, stem: str, per_stream: bool) -> list[Sink]:
+    """The --out files; `per_stream` (satellites): one set per site, `<stem>-<site>.srt`,
+    since each site has its own clock and their cues must not interleave."""
+    formats = config.output.formats
+    if not per_stream:
+        return output_sinks(config, stem=stem, formats=formats)
+    check_formats(config, formats)  # a bad format fails now, not on the first site
+
+    def make(stream: str) -> list[Sink]:
+        return output_sinks(config, stem=f"{stem}-{file_stem(stream)}", formats=formats)
+
+    return [PerStreamSink(make=make, name="files")]
 
 
 def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None) -> MqttSetup:
@@ -205,11 +221,16 @@ class Session:
     def paused(self) -> bool:
         return self.engine is not None and self.engine.paused
 
-    def pause(self) -> None:
-        self._running_engine().pause()
+    @property
+    def paused_by(self) -> frozenset[str]:
+        return self.engine.paused_by if self.engine is not None else frozenset()
 
-    def resume(self) -> None:
-        self._running_engine().resume()
+    def pause(self, *, by: str = LOCAL) -> None:
+        self._running_engine().pause(by=by)
+
+    def resume(self, *, by: str = LOCAL) -> None:
+        """See Engine.resume: a remote resume never lifts a local pause."""
+        self._running_engine().resume(by=by)
 
     def _running_engine(self) -> Engine:
         if self.engine is None:

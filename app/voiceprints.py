@@ -84,6 +84,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _tighten(folder: Path) -> None:
+    """Our own store folder is 0700 at every open, not only when it was made: one found
+    wider (restored from a backup, changed by hand) is tightened. A shared folder (not
+    ours, or sticky like /tmp) is left alone: the store file itself is 0600 there."""
+    info = folder.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid == os.geteuid() and not mode & stat.S_ISVTX and mode & ~DIR_MODE:
+        os.chmod(folder, DIR_MODE)
+
+
 class VoiceprintStore:
     """`VoiceprintStore(path=...)`: opens (and creates, privately) the SQLite file per call."""
 
@@ -95,6 +105,7 @@ class VoiceprintStore:
         try:
             if not folder.exists():
                 folder.mkdir(parents=True, mode=DIR_MODE)
+            _tighten(folder)
             # Create the file ourselves so it is never visible with wider permissions.
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
             try:

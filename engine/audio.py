@@ -27,6 +27,10 @@ class AudioBlock:
     stream: str
     start: int  # samples at SAMPLE_RATE since the stream's first sample
     samples: Float32Array
+    #: The stream's last block (it may be empty): the engine ends the stream after it, its
+    #: open segment is finalised and its state freed; a later block with the same id starts
+    #: a new stream. Sources whose streams come and go (MQTT satellites) set it.
+    last: bool = False
 
     @property
     def end(self) -> int:

@@ -45,6 +45,8 @@ from harken.engine.vad import (
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 
+LOCAL = "local"  # a pause/resume by the person at this machine (terminal app, CLI)
+REMOTE = "remote"  # a pause/resume from the network (the MQTT control topic)
 BLOCK_QUEUE_SIZE = 100  # blocks (~10 s of 0.1 s blocks) between a reader and its processor
 MAX_HELD_EVENTS = 64  # annotations per stream waiting for their segments' finals, at most
 STATS_INTERVAL_S = 5.0  # stream-clock seconds between stats events
@@ -95,14 +97,15 @@ class Annotator(Protocol):
 
 class Pausable(Protocol):
     """What a runtime control can pause and resume (Engine has it): the TUI's space key, the
-    MQTT control topic."""
+    MQTT control topic. `by` says who asks (LOCAL or REMOTE): a remote resume must not lift
+    a pause made at the machine itself."""
 
     @property
     def paused(self) -> bool: ...
 
-    def pause(self) -> None: ...
+    def pause(self, *, by: str = ...) -> None: ...
 
-    def resume(self) -> None: ...
+    def resume(self, *, by: str = ...) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,7 +164,9 @@ class Engine:
         self.options = options
         self.worker = worker
         self.bus = EventBus(lossless=not options.live)
-        self.paused = False
+        self._pausers: set[str] = set()
+        self._audio_samples = 0  # every stream's, ended ones too
+        self.streams_ended = 0  # streams their source ended while the run went on
         self._sources = list(sources)
         self._stage_factories = list(stages)
         self._streams: dict[str, StreamState] = {}
@@ -170,12 +175,26 @@ class Engine:
     def subscribe(self, name: str, *, maxsize: int = DEFAULT_QUEUE_SIZE) -> Subscription:
         return self.bus.subscribe(name, maxsize=maxsize)
 
-    def pause(self) -> None:
-        """Stop listening: audio still flows (the clock stays true) but is treated as silence."""
-        self.paused = True
+    @property
+    def paused(self) -> bool:
+        return bool(self._pausers)
 
-    def resume(self) -> None:
-        self.paused = False
+    @property
+    def paused_by(self) -> frozenset[str]:
+        """Who paused: LOCAL (the person at this machine) and/or REMOTE (a control topic)."""
+        return frozenset(self._pausers)
+
+    def pause(self, *, by: str = LOCAL) -> None:
+        """Stop listening: audio still flows (the clock stays true) but is treated as silence."""
+        self._pausers.add(by)
+
+    def resume(self, *, by: str = LOCAL) -> None:
+        """A local resume lifts every pause; a remote one only a remote pause, so that
+        anyone on the broker cannot undo what the person at this machine paused."""
+        if by == LOCAL:
+            self._pausers.clear()
+        else:
+            self._pausers.discard(by)
 
     @property
     def streams(self) -> dict[str, StreamState]:
@@ -228,7 +247,9 @@ class Engine:
                     if state not in mine:
                         mine.append(state)
                     state.arrivals.record(block.end, time.monotonic())
-                    if not self.options.live:
+                    if not block.samples.size:
+                        pass  # an empty last block only ends its stream
+                    elif not self.options.live:
                         await state.queue.put(block)  # lossless: the reader waits
                     elif state.queue.full():
                         # This stream's processing stalled: lose its audio (a gap on its
@@ -236,6 +257,16 @@ class Engine:
                         state.dropped_blocks += 1
                     else:
                         state.queue.put_nowait(block)
+                    if block.last:
+                        # The source ended this stream (an idle satellite): it finishes and
+                        # its state is freed; a later block with its id starts a new stream.
+                        mine.remove(state)
+                        del self._streams[state.id]
+                        self.streams_ended += 1
+                        if self.options.live and state.queue.full():
+                            state.queue.get_nowait()  # the end must get in: lose a block
+                            state.dropped_blocks += 1
+                        await state.queue.put(None)
             except Exception as exc:  # re-raised below, once the audio we have is processed
                 failure = exc
         # Not in a `finally`: when the run is cancelled the processors are cancelled too, and
@@ -288,6 +319,7 @@ class Engine:
 
     def _admit(self, state: StreamState, block: AudioBlock) -> AudioBlock:
         state.audio_samples += len(block.samples)
+        self._audio_samples += len(block.samples)
         state.last_end = block.end
         if not self.paused:
             return block
@@ -368,7 +400,7 @@ class Engine:
 
     def _stats(self, state: StreamState) -> Event:
         # The worker serves every stream: its busy time is measured against all their audio.
-        audio_s = sum(s.audio_samples for s in self._streams.values()) / SAMPLE_RATE
+        audio_s = self._audio_samples / SAMPLE_RATE
         counters = {
             "audio_samples": state.audio_samples,
             "paused_samples": state.paused_samples,
@@ -383,7 +415,8 @@ class Engine:
             counters.update(stage.counters())
             latencies.update(stage.latencies())
         for source in self._sources:
-            for attr in ("dropped_blocks", "overflows", "nonfinite_samples", "malformed_frames"):
+            for attr in ("dropped_blocks", "overflows", "nonfinite_samples", "malformed_frames",
+                         "rejected_frames", "evicted_sites"):
                 value = getattr(source, attr, None)
                 if isinstance(value, int):
                     counters[attr] = counters.get(attr, 0) + value

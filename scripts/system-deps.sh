@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages Harken uses, where this machine allows it:
 #   libportaudio2  microphone capture (sounddevice)     libsndfile1  audio files (soundfile)
-#   mosquitto      MQTT broker for the tests            espeak-ng, sox  test audio, assets/
+#   mosquitto      MQTT broker (--mqtt embedded, tests) espeak-ng, sox  test audio, assets/
 #   tmux, openssl  terminal and TLS certificates for the TUI and MQTT tests
 # Elsewhere it prints what to install and carries on: file input works without PortAudio.
 set -u

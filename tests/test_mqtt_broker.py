@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -43,7 +45,7 @@ from harken.engine.events import (
     StreamError,
     Word,
 )
-from harken.engine.mqtt.broker import EmbeddedBroker, mosquitto_binary
+from harken.engine.mqtt.broker import EmbeddedBroker
 from harken.engine.mqtt.client import MqttSettings, TlsOptions
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import event_payload
@@ -51,7 +53,8 @@ from harken.models.errors import BrokerError, MqttConfigError
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)]
 
-FAST: dict[str, Any] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2}
+FAST: dict[str, Any] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2,
+                        "ha_announce_interval_s": 0.2}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,10 +280,10 @@ class Target:
     def __init__(self) -> None:
         self.paused = False
 
-    def pause(self) -> None:
+    def pause(self, *, by: str = "local") -> None:
         self.paused = True
 
-    def resume(self) -> None:
+    def resume(self, *, by: str = "local") -> None:
         self.paused = False
 
 
@@ -457,11 +460,9 @@ async def test_full_outbox_drops_the_oldest_and_delivers_the_rest_in_order(
 # ---------------------------------------------------------------- embedded broker
 
 
-@pytest.mark.parametrize("backend", ["amqtt", "mosquitto"])
-async def test_embedded_broker_serves_the_sink_and_subscribers(backend: str) -> None:
-    if backend == "mosquitto" and mosquitto_binary() is None:
-        pytest.skip(SKIP_REASON)
-    async with EmbeddedBroker(port=free_port(), backend=backend) as embedded:  # type: ignore[arg-type]
+async def test_embedded_broker_serves_the_sink_and_subscribers() -> None:
+    async with EmbeddedBroker(port=0) as embedded:  # 0: a free port
+        assert embedded.running
         sink = MqttSink(settings=embedded.settings, options=MqttSinkOptions(site="emb", **FAST))
         async with Listener(embedded.port, ["harken/emb/#"], persistent=True,
                             client_id="emb-listener") as listener, running(sink) as bus:
@@ -472,12 +473,63 @@ async def test_embedded_broker_serves_the_sink_and_subscribers(backend: str) -> 
                             client_id="emb-late") as late:
             (status,) = await late.expect("harken/emb/status")
             assert (status.payload, status.retain) == (b"offline", True)
+    assert not embedded.running  # stopped with the run
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_embedded_broker_delivers_every_control_command_from_short_lived_clients(
+        qos: int) -> None:
+    """What amqtt failed: `mosquitto_pub -t harken/x/set -m pause` from one-shot clients,
+    while a watching subscriber keeps receiving."""
+    target = Target()
+    async with EmbeddedBroker(port=0) as embedded:
+        sink = MqttSink(settings=embedded.settings,
+                        options=MqttSinkOptions(site="cmd", **FAST), control=target)
+        async with Listener(embedded.port, ["harken/cmd/state"]) as watcher, \
+                running(sink):
+            for i in range(10):
+                async with Listener(embedded.port, []) as once:  # connect, publish, leave
+                    command = b"pause" if i % 2 == 0 else b"resume"
+                    await once.client.publish("harken/cmd/set", command, qos=qos)
+                await watcher.expect("harken/cmd/state", i + 1,
+                                     where=lambda m: m.json()["last_command"] is not None)
+    assert sink.commands_applied == 10
+    assert not target.paused
 
 
 async def test_embedded_broker_on_a_busy_port_says_what_to_do(broker: Mosquitto) -> None:
-    with pytest.raises(BrokerError, match="another broker"):
-        async with EmbeddedBroker(port=broker.port, backend="amqtt"):
+    with pytest.raises(BrokerError, match="another broker") as err:
+        async with EmbeddedBroker(port=broker.port):
             pass
+    assert "\n" not in str(err.value)
+    assert f"mqtt://127.0.0.1:{broker.port}" in str(err.value)
+
+
+async def test_embedded_broker_restarts_on_its_port_keeping_queued_messages(
+        tmp_path: Path) -> None:
+    async with EmbeddedBroker(port=0, persistence_dir=tmp_path) as embedded:
+        async with Listener(embedded.port, ["t/#"], persistent=True, client_id="keep"):
+            pass  # subscribed, then away: QoS 1 messages wait for it
+        async with Listener(embedded.port, []) as pub:
+            await pub.client.publish("t/x", b"kept", qos=1)
+        await embedded.restart()
+        async with Listener(embedded.port, ["t/#"], persistent=True,
+                            client_id="keep") as back:
+            (got,) = await back.expect("t/x")
+    assert (got.payload, embedded.restarts) == (b"kept", 1)
+
+
+def test_embedded_on_a_busy_port_is_one_line_and_exit_2(broker: Mosquitto) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
+    env.update({"HF_HUB_OFFLINE": "1", "XDG_CONFIG_HOME": "/nonexistent",
+                "HARKEN_MQTT__EMBEDDED_PORT": str(broker.port)})
+    sample = Path(__file__).parent.parent / "assets" / "sample.wav"
+    proc = subprocess.run([sys.executable, "-m", "harken.app.cli", "run", "--input",
+                           str(sample), "--mqtt", "embedded", "--jsonl"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one line, no traceback
+    assert "another broker" in proc.stderr
 
 
 def test_embedded_setup_runs_the_broker_in_a_thread_around_the_session() -> None:

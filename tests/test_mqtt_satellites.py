@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from mosquitto import MOSQUITTO, SKIP_REASON, WAIT_S, Listener, Mosquitto
 
 from harken.engine.events import CaptionFinal, Event, Stats
 from harken.engine.mqtt.client import MqttSettings
-from harken.engine.mqtt.satellites import SatelliteSource
+from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
@@ -153,3 +154,85 @@ async def test_two_satellite_sites_at_once(tmp_path: Path) -> None:
     stats = [e for e in seen if isinstance(e, Stats)]
     assert {s.stream for s in stats} == {"kitchen", "bedroom"}
     assert all(s.counters["malformed_frames"] == 2 for s in stats[-2:])
+
+
+async def test_a_hostile_client_cannot_stop_a_good_satellite(tmp_path: Path) -> None:
+    """One good satellite streams three utterances while a hostile client sends mutated
+    frames, deeply nested control JSON, `homeassistant/status online` and frames under
+    2,000 made-up site names: every final of the good satellite arrives, the run goes on."""
+    speech = trim(espeak("turn on the kitchen lights please", tmp_path))
+    utterance = np.concatenate([silence(LEAD_S), speech, silence(1.2)])
+    good = frames(np.concatenate([utterance] * 3), 16_000)
+    quiet = frames(silence(0.064), 16_000)[0]
+    rng = random.Random(7)
+
+    def hostile_frame() -> bytes:
+        out = bytearray(good[rng.randrange(len(good))])
+        for _ in range(rng.randint(1, 6)):
+            out[rng.randrange(44)] = rng.randrange(256)
+        return bytes(out[: rng.randrange(8, len(out))])
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        settings = MqttSettings(host=broker.host, port=broker.port)
+        source = SatelliteSource(settings=settings, client_id="harken-hub-audio",
+                                 limits=SiteLimits(max_sites=4),
+                                 backoff_initial_s=0.05, backoff_max_s=0.2)
+        sink = MqttSink(settings=settings, options=MqttSinkOptions(
+            site="hub", sites_from_streams=True, ha_discovery=True, backoff_initial_s=0.05,
+            backoff_max_s=0.2))
+        async with InferenceWorker(name="cpu") as worker:
+            engine = Engine(sources=[source], stages=[segment_stage], worker=worker,
+                            options=EngineOptions(live=False))
+            sink.bind(engine)
+            produced: list[CaptionFinal] = []
+
+            async def collect() -> None:
+                async for event in events:
+                    if isinstance(event, CaptionFinal):
+                        produced.append(event)
+
+            events = engine.subscribe("collect")
+            async with asyncio.timeout(6 * WAIT_S), \
+                    Listener(broker.port, ["harken/kitchen/caption/final"]) as listener, \
+                    Listener(broker.port, []) as attacker, asyncio.TaskGroup() as tg:
+                tg.create_task(sink.consume(engine.subscribe(sink.name)))
+                tg.create_task(collect())
+                run = tg.create_task(engine.run())
+                await source.wait_connected()
+                await sink.wait_connected()
+                evil = attacker.client.publish
+                flood = 0
+                for i, frame in enumerate(good):
+                    await listener.client.publish("hermes/audioServer/kitchen/audioFrame",
+                                                  frame, qos=1)
+                    await evil("hermes/audioServer/kitchen/audioFrame", b"RIFF" + frame[8:40])
+                    await evil(f"hermes/audioServer/evil{i % 3}/audioFrame", hostile_frame())
+                    await evil("harken/hub/set", rng.choice(
+                        [b"[" * 4000, b'{"a":' * 800, b"\xff\xfe", b'{"command": 1e999}']))
+                    await evil("homeassistant/status", b"online")
+                    for _ in range(10):
+                        flood += 1
+                        await evil(f"hermes/audioServer/flood{flood}/audioFrame", quiet)
+                total = len(good) * FRAME
+
+                def behind() -> bool:  # the kitchen's clock counts its samples received
+                    site = source._sites.get("kitchen")
+                    return site is None or site.blocker.position < total - FRAME
+
+                async with asyncio.timeout(WAIT_S):
+                    while behind():  # noqa: ASYNC110 (waits for the broker's delivery)
+                        await asyncio.sleep(0.05)
+                source.stop()
+                await run
+                expected = {(f.start, f.end) for f in produced if f.stream == "kitchen"}
+                got = await listener.expect("harken/kitchen/caption/final", len(expected))
+    assert len(expected) >= 3  # three utterances, each at least one segment
+    assert {(m.json()["start"], m.json()["end"]) for m in got} == expected
+    assert run.exception() is None
+    rejected = source.rejections.by_reason
+    assert rejected["malformed"] > len(good) // 2
+    assert rejected["too_many_sites"] > 1000
+    assert rejected.get("error", 0) == 0
+    assert len(source.sites) <= 4
+    assert sink.rejections.total > len(good) // 2
+    assert sink.rejections.by_reason.get("error", 0) == 0

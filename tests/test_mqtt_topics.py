@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mosquitto import free_port
 
-from harken.app.config import HarkenConfig, MqttConfig
+from harken.app.config import HarkenConfig, KeywordsConfig, MqttConfig
 from harken.app.flags import build_parser
 from harken.app.flags import load as _load
 from harken.app.mqtt import MqttSetup, resolve_password, settings_from_url
@@ -36,7 +36,12 @@ from harken.engine.mqtt.control import (
     apply,
     parse_command,
 )
-from harken.engine.mqtt.satellites import MalformedFrame, SatelliteSource, decode_wav
+from harken.engine.mqtt.satellites import (
+    MalformedFrame,
+    SatelliteSource,
+    SiteLimits,
+    decode_wav,
+)
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
@@ -179,10 +184,10 @@ class Target:
         self.paused = False
         self.translation: str | None = "unset"
 
-    def pause(self) -> None:
+    def pause(self, *, by: str = "local") -> None:
         self.paused = True
 
-    def resume(self) -> None:
+    def resume(self, *, by: str = "local") -> None:
         self.paused = False
 
 
@@ -377,6 +382,46 @@ def test_setup_defaults_results_to_the_satellites_broker(
         MqttSetup(HarkenConfig(mqtt=MqttConfig(url="mqtt://b", ca_file=Path("ca.pem"))))
     with pytest.raises(ConfigError, match="topic filter"):
         MqttSetup(config, input_url="mqtt://b/sat/#/x")
+
+
+def test_setup_passes_limits_keywords_and_allowed_sites(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARKEN_MQTT_PASSWORD", raising=False)
+    config = HarkenConfig(
+        mqtt=MqttConfig(site="hub", max_sites=3, allowed_sites=["kitchen", "hall"],
+                        idle_evict_s=12, max_frames_per_s=50, max_bytes_per_s=64_000),
+        keywords=KeywordsConfig(enabled=True, words=["stop", "go"]))
+    setup = MqttSetup(config, input_url="mqtt://sat/hermes/audioServer/+/audioFrame")
+    source = setup.source()
+    assert isinstance(source, SatelliteSource)
+    assert source.limits == SiteLimits(max_sites=3, allow=frozenset({"kitchen", "hall"}),
+                                       idle_evict_s=12, max_frames_per_s=50,
+                                       max_bytes_per_s=64_000)
+    # HA keyword entities exist from the start; known satellites are announced at start.
+    assert setup.sink_options.keywords == ("stop", "go")
+    assert setup.sink_options.sites == ("kitchen", "hall")
+    with pytest.raises(ValueError, match="one topic level"):
+        MqttConfig(allowed_sites=["a/b"])
+
+
+def test_insecure_tls_and_a_clear_text_password_are_warned_about(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("HARKEN_MQTT_PASSWORD", "secret")
+    with caplog.at_level("WARNING", logger="harken.app.mqtt"):
+        setup = MqttSetup(HarkenConfig(mqtt=MqttConfig(url="mqtt://bob@hub.lan")))
+        assert len(setup.warnings) == 1
+        assert "unencrypted" in setup.warnings[0]
+        assert "allow_plaintext_password" in setup.warnings[0]
+        insecure = MqttSetup(HarkenConfig(mqtt=MqttConfig(url="mqtts://bob@hub.lan",
+                                                          tls_insecure=True)))
+        assert len(insecure.warnings) == 1
+        assert "not checked" in insecure.warnings[0]
+        # Acknowledged, over TLS, or to this machine: nothing to say.
+        for mqtt in (MqttConfig(url="mqtt://bob@hub.lan", allow_plaintext_password=True),
+                     MqttConfig(url="mqtts://bob@hub.lan"), MqttConfig(url="mqtt://bob@localhost")):
+            assert MqttSetup(HarkenConfig(mqtt=mqtt)).warnings == []
+    assert len(caplog.records) == 2
+    assert all("secret" not in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------ outbox without a broker

@@ -71,6 +71,17 @@ def test_the_store_is_private(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     VoiceprintStore(path=path).entries()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # So is its folder, at every open (not only when Harken made it).
+    os.chmod(path.parent, 0o755)
+    VoiceprintStore(path=path).entries()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    # A shared sticky folder (like /tmp) is left as it is; the file is still private.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o1777)
+    VoiceprintStore(path=shared / "vp.sqlite").entries()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((shared / "vp.sqlite").stat().st_mode) == 0o600
 
 
 def test_voiceprints_of_another_model_are_never_compared(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`harken bench captions|keywords|translation|speakers`: benchmarks that print figures."""
+"""`harken bench captions|keywords|translation|speakers|soak`: benchmarks that print figures."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
         return bench_speakers(architecture=args.architecture, minutes=args.minutes,
                               audio=args.audio, device_type=args.device_type, dtype=args.dtype,
                               window_s=args.window, step_s=args.step, verbose=verbose)
+    if args.bench_command == "soak":
+        from harken.app.bench.soak import bench_soak
+
+        return bench_soak(minutes=args.minutes, satellites=args.satellites, audio=args.audio,
+                          restart_every_s=args.restart_every, verbose=verbose)
     if args.bench_command == "keywords":
         return bench_keywords(
             model=args.model, seconds=args.seconds, audio=args.audio,

@@ -16,7 +16,7 @@ from harken.app.session import (
     mic_source,
     mqtt_setup,
     output_paths,
-    output_sinks,
+    result_files,
     terminal_sink,
 )
 from harken.app.tui.app import run_tui
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         stream_id = "mic"
         source = mic_source(config, stream_id=stream_id)
         asyncio.run(check_source(source))
-    files = output_sinks(config, stem=stream_id, formats=config.output.formats) \
+    files = result_files(config, stem=stream_id, per_stream=mqtt_input is not None) \
         if args.out is not None else []
     check_new(config, output_paths(files))  # before the model loads and before any write
     if use_tui(args):

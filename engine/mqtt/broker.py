@@ -1,28 +1,34 @@
-"""`--mqtt embedded`: a broker on this machine for a one-machine setup.
+"""`--mqtt embedded`: a mosquitto broker started for this run, for a one-machine setup.
 
     async with EmbeddedBroker(port=1883) as broker:
         settings = broker.settings          # what the sink / source connect to
 
-The broker is amqtt, in this process (MQTT 3.1.1, retained messages and last wills, no
-persistence: it lives as long as Harken runs). If amqtt is not installed, a mosquitto
-binary on PATH is started as a child process instead, with a config written to a temporary
-folder and stopped on exit. With neither, BrokerError says what to install.
+The broker is a mosquitto child process with a config generated into a private temporary
+folder (its listener, anonymous access, a packet size limit), started when the run starts
+and stopped (SIGTERM, then SIGKILL) when it ends. Port 0 picks a free port. A port already
+in use, or no mosquitto binary, raises BrokerError: one line that says what to do.
 
-It listens on 127.0.0.1 by default; pass host="0.0.0.0" to let Home Assistant or
-satellites on other machines connect (there is no authentication: trusted networks only).
+Why not an in-process Python broker: amqtt lost QoS 0 control commands from short-lived
+clients and stopped delivering to a subscriber after other clients came and went (issue
+10), and a control path that works only sometimes is worse than a clear "install
+mosquitto" (it is a set-up dependency: scripts/system-deps.sh).
+
+It listens on 127.0.0.1 by default; host="0.0.0.0" lets Home Assistant or satellites on
+other machines connect (there is no authentication: trusted networks only).
+`persistence_dir` keeps QoS 1 sessions across `restart()` (the soak benchmark uses it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
-import logging
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Self
 
 from harken.engine.mqtt.client import MqttSettings
 from harken.models.errors import BrokerError
@@ -31,9 +37,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
 MOSQUITTO_START_TIMEOUT_S = 10.0
 MOSQUITTO_STOP_TIMEOUT_S = 5.0
+MAX_PACKET_BYTES = 1024 * 1024  # larger MQTT packets are refused by the broker itself
 SBIN_PATH = "/usr/sbin:/usr/local/sbin"
-
-Backend = Literal["auto", "amqtt", "mosquitto"]
+_LOG_TAIL_LINES = 3  # broker log lines quoted when it fails to start
 
 
 def mosquitto_binary() -> str | None:
@@ -41,131 +47,138 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or shutil.which("mosquitto", path=SBIN_PATH)
 
 
-def _in_use(host: str, port: int, detail: object) -> BrokerError:
-    return BrokerError(f"cannot start the embedded MQTT broker on {host}:{port} ({detail}). "
-                       "Is another broker already running there? Then use it with --mqtt "
-                       f"mqtt://{host}:{port}, or choose another port (mqtt.embedded_port)")
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port free on `host` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host if host not in ("", "0.0.0.0") else "", 0))
+        return int(s.getsockname()[1])
+
+
+NOT_INSTALLED = ("--mqtt embedded needs mosquitto (e.g. apt install mosquitto, or "
+                 "scripts/system-deps.sh); or point --mqtt at a running broker: "
+                 "mqtt://host:1883")
+
+
+def _in_use(host: str, port: int, detail: str) -> BrokerError:
+    return BrokerError(f"cannot start the embedded MQTT broker on {host}:{port} ({detail}): "
+                       f"is another broker running there? Use it with --mqtt "
+                       f"mqtt://{host}:{port}, or set mqtt.embedded_port to another port "
+                       "(0 picks a free one)")
 
 
 class EmbeddedBroker:
     def __init__(self, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 backend: Backend = "auto") -> None:
-        if not 0 < port < 65536:
-            raise ValueError(f"port must be 1-65535, got {port}")
+                 persistence_dir: Path | None = None) -> None:
+        if not 0 <= port < 65536:
+            raise ValueError(f"port must be 0-65535 (0: a free one), got {port}")
         self.host = host
-        self.port = port
-        self.backend: Backend = backend
-        self._amqtt: Any = None
+        self.port = port if port else free_port(host)
+        self.persistence_dir = persistence_dir
+        self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._log_task: asyncio.Task[None] | None = None
 
     @property
     def settings(self) -> MqttSettings:
-        """How a client on this machine connects (3.1.1: amqtt does not speak MQTT 5)."""
+        """How a client on this machine connects."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return MqttSettings(host=host, port=self.port,
-                            protocol="3.1.1" if self.backend == "amqtt" else "auto")
+        return MqttSettings(host=host, port=self.port)
 
     @property
     def description(self) -> str:
-        return f"embedded MQTT broker ({self.backend}) on {self.host}:{self.port}"
+        return f"embedded MQTT broker (mosquitto) on {self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
 
     async def __aenter__(self) -> Self:
-        backend = self.backend
-        if backend == "auto":
-            if importlib.util.find_spec("amqtt") is not None:
-                backend = "amqtt"
-            elif mosquitto_binary() is not None:
-                backend = "mosquitto"
-            else:
-                raise BrokerError("--mqtt embedded needs amqtt (pip install amqtt) or a "
-                                  "mosquitto binary (e.g. apt install mosquitto); or point "
-                                  "--mqtt at an existing broker: mqtt://host:1883")
-        self.backend = backend
         try:
-            if backend == "amqtt":
-                await self._start_amqtt()
-            else:
-                await self._start_mosquitto()
+            await self._start()
         except BaseException:
-            await self._close()  # no half-started broker (or stray process) is left behind
+            await self._stop()  # no stray process or folder is left behind
+            self._cleanup()
             raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self._close()
+        await self._stop()
+        self._cleanup()
 
-    async def _close(self) -> None:
-        if self._amqtt is not None:
-            broker, self._amqtt = self._amqtt, None
-            await broker.shutdown()
-        if self._process is not None:
-            process, self._process = self._process, None
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), MOSQUITTO_STOP_TIMEOUT_S)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+    async def restart(self) -> None:
+        """Stop and start again on the same port (with persistence_dir, sessions and
+        queued QoS 1 messages survive)."""
+        await self._stop()
+        await self._start()
+        self.restarts += 1
 
-    async def _start_amqtt(self) -> None:
-        try:
-            from amqtt.broker import Broker
-            from amqtt.broker import BrokerError as AmqttBrokerError
-        except ImportError as exc:
-            raise BrokerError("amqtt is not installed: pip install amqtt (or use "
-                              "backend='mosquitto')") from exc
-        # amqtt logs every refused MQTT 5 probe and packet at INFO/WARNING: keep it quiet.
-        logging.getLogger("amqtt").setLevel(logging.ERROR)
-        logging.getLogger("transitions").setLevel(logging.ERROR)
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                        {"allow_anonymous": True}},
-        }
-        broker = Broker(config)
-        try:
-            await broker.start()
-        except AmqttBrokerError as exc:
-            raise _in_use(self.host, self.port, exc.__cause__ or exc) from exc
-        self._amqtt = broker
+    def _config(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="harken-mosquitto-")
+        lines = [f"listener {self.port} {self.host}", "allow_anonymous true",
+                 f"max_packet_size {MAX_PACKET_BYTES}",
+                 "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
+                 "log_type information"]
+        if self.persistence_dir is not None:
+            lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
+        else:
+            lines.append("persistence false")
+        if os.geteuid() == 0:
+            # As root mosquitto switches to the `mosquitto` user, which may not be able to
+            # read our private folder or the persistence folder: stay who we are.
+            lines.append("user root")
+        conf = Path(self._tmp.name) / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return conf
 
-    async def _start_mosquitto(self) -> None:
+    async def _start(self) -> None:
         binary = mosquitto_binary()
         if binary is None:
-            raise BrokerError("mosquitto is not installed (e.g. apt install mosquitto); or "
-                              "pip install amqtt for the in-process broker")
-        self._tmp = tempfile.TemporaryDirectory(prefix="harken-mosquitto-")
-        conf = Path(self._tmp.name) / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\n"
-                        "persistence false\nlog_dest stderr\nlog_type error\n"
-                        "log_type warning\nlog_type notice\nlog_type information\n",
-                        encoding="utf-8")
+            raise BrokerError(NOT_INSTALLED)
         process = await asyncio.create_subprocess_exec(
-            binary, "-c", str(conf), stdout=asyncio.subprocess.PIPE,
+            binary, "-c", str(self._config()), stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)
         self._process = process
         try:
             await asyncio.wait_for(_wait_running(process), MOSQUITTO_START_TIMEOUT_S)
         except TimeoutError as exc:
-            raise BrokerError(f"mosquitto did not start within {MOSQUITTO_START_TIMEOUT_S} s"
-                              ) from exc
-        except BrokerError as exc:
-            raise _in_use(self.host, self.port, exc) from exc
+            raise BrokerError(f"mosquitto did not start within {MOSQUITTO_START_TIMEOUT_S:.0f}"
+                              " s; run it by hand (mosquitto -v) to see why") from exc
+        except _Exited as exc:
+            # Let it finish exiting first: terminating a process that is already gone races
+            # asyncio's child watcher for its exit status (a stray "Unknown child process").
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), MOSQUITTO_STOP_TIMEOUT_S)
+            if "in use" in str(exc).lower():
+                raise _in_use(self.host, self.port, "address already in use") from exc
+            raise BrokerError(f"mosquitto could not start: {exc}") from exc
         if process.stdout is not None:
             # Keep reading its log so a full pipe never blocks the broker; ends at its exit.
-            self._stack = contextlib.AsyncExitStack()
-            tg = await self._stack.enter_async_context(asyncio.TaskGroup())
-            tg.create_task(_drain(process.stdout), name="mosquitto-log")
+            self._log_task = asyncio.create_task(_drain(process.stdout), name="mosquitto-log")
+
+    async def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), MOSQUITTO_STOP_TIMEOUT_S)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        task, self._log_task = self._log_task, None
+        if task is not None:
+            await task  # the pipe ended with the process
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class _Exited(Exception):
+    """mosquitto exited before saying it runs; the message is its last log lines."""
 
 
 async def _wait_running(process: asyncio.subprocess.Process) -> None:
@@ -173,7 +186,7 @@ async def _wait_running(process: asyncio.subprocess.Process) -> None:
     while process.stdout is not None:
         raw = await process.stdout.readline()
         if not raw:
-            raise BrokerError("; ".join(lines[-3:]) or "mosquitto exited")
+            raise _Exited("; ".join(lines[-_LOG_TAIL_LINES:]) or "mosquitto exited")
         line = raw.decode(errors="replace").strip()
         lines.append(line)
         if " running" in line:

@@ -12,6 +12,7 @@ The password is kept out of `repr()` and out of every message.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import ssl
 import urllib.parse
@@ -25,6 +26,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
+from harken.engine.mqtt.guard import RateLimitFilter
 from harken.models.errors import MqttConfigError
 
 DEFAULT_PORT = 1883
@@ -34,6 +36,12 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 MAX_QUEUED_INCOMING = 1000  # messages received but not yet read (beyond: dropped by aiomqtt)
+
+#: The MQTT library's logger for our clients: one warning per discarded message under a
+#: flood would flood the log, so each of its messages gets through a few times a minute.
+LIBRARY_LOG = logging.getLogger("harken.engine.mqtt.library")
+LIBRARY_LOG_FILTER = RateLimitFilter()
+LIBRARY_LOG.addFilter(LIBRARY_LOG_FILTER)
 
 Protocol = Literal["auto", "5", "3.1.1"]
 
@@ -173,7 +181,7 @@ def _client(settings: MqttSettings, *, client_id: str, will: Will | None,
         password=settings.password, identifier=client_id, protocol=version,
         will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
         keepalive=settings.keepalive_s, timeout=settings.connect_timeout_s,
-        tls_context=context,
+        tls_context=context, logger=LIBRARY_LOG,
         # Each user reads its incoming messages at once; bound paho's queue anyway.
         max_queued_incoming_messages=MAX_QUEUED_INCOMING,
     )

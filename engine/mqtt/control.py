@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from harken.engine.pipeline import Pausable
+from harken.engine.pipeline import REMOTE, Pausable
 from harken.models.errors import ControlError
 
 MAX_COMMAND_BYTES = 4096
 MAX_KEYWORDS = 64
 MAX_KEYWORD_CHARS = 64
+MAX_ID_CHARS = 64  # characters of a request id echoed back
+MAX_NAME_CHARS = 32  # characters of an unknown command or field name echoed back
 COMMANDS = ("pause", "resume", "keywords", "translation")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 KEYWORDS_NOT_RUNNING = ("keyword spotting is not running in this Harken session, so there is "
@@ -92,7 +94,18 @@ def _name(data: dict[str, Any]) -> str | None:
 
 
 def parse_command(payload: bytes) -> Command:
-    """One command from a message payload; raises ControlError with a fix in its message."""
+    """One command from a message payload; raises ControlError (and nothing else) with a
+    fix in its message, whatever the payload holds: it comes from anyone on the broker."""
+    try:
+        return _parse(payload)
+    except ControlError:
+        raise
+    except Exception as exc:  # untrusted bytes: any other failure is a bad command too
+        raise ControlError(f"command could not be read ({type(exc).__name__}); send a JSON "
+                           'object such as {"command": "pause"}', code="invalid_json") from exc
+
+
+def _parse(payload: bytes) -> Command:
     if len(payload) > MAX_COMMAND_BYTES:
         raise ControlError(f"command is {len(payload)} bytes; the limit is "
                            f"{MAX_COMMAND_BYTES}", code="too_large")
@@ -108,19 +121,27 @@ def parse_command(payload: bytes) -> Command:
     except json.JSONDecodeError as exc:
         raise ControlError(f"command is not valid JSON ({exc.msg} at character {exc.pos}); "
                            'send e.g. {"command": "pause"}', code="invalid_json") from exc
+    except (RecursionError, ValueError) as exc:
+        # RecursionError: "[[[[..." nested past the interpreter's limit; ValueError: an
+        # integer longer than Python's digit limit.
+        raise ControlError("command is nested too deeply or holds a number too long; send a "
+                           'flat JSON object such as {"command": "pause"}',
+                           code="invalid_json") from exc
     if not isinstance(data, dict):
         raise ControlError('command must be a JSON object such as {"command": "pause"}',
                            code="invalid_command")
-    raw_id = data.get("id")
-    request_id = None if raw_id is None else str(raw_id)
+    request_id = _request_id(data.get("id"))
     name = _name(data)
     if name is None:
         raise ControlError('command has no "command" field; use one of '
                            f"{', '.join(COMMANDS)}", code="invalid_command",
                            request_id=request_id)
+    if len(name) > MAX_NAME_CHARS:
+        name = name[:MAX_NAME_CHARS] + "..."  # it is echoed back: keep the answer small
     unknown = sorted(set(data) - {"command", "id", "keywords", "language"})
     if unknown:
-        raise ControlError(f"unknown field(s) {unknown} in {name!r} command",
+        shown = [u[:MAX_NAME_CHARS] for u in unknown[:5]]
+        raise ControlError(f"unknown field(s) {shown} in {name!r} command",
                            code="invalid_argument", command=name, request_id=request_id)
     if name == "pause":
         return Pause(id=request_id)
@@ -134,6 +155,14 @@ def parse_command(payload: bytes) -> Command:
                               id=request_id)
     raise ControlError(f"unknown command {name!r}; use one of {', '.join(COMMANDS)}",
                        code="unknown_command", command=name, request_id=request_id)
+
+
+def _request_id(value: Any) -> str | None:
+    """The optional `id`, echoed back: a string or a number, at most MAX_ID_CHARS."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    text = str(value)
+    return text[:MAX_ID_CHARS]
 
 
 def _keywords(value: Any, request_id: str | None) -> tuple[str, ...]:
@@ -162,7 +191,8 @@ def _language(value: Any, request_id: str | None) -> str | None:
         return None
     if not isinstance(value, str) or not _LANGUAGE.match(value):
         raise ControlError(f'"language" must be a language code such as "de" or "pt-BR", '
-                           f'or null to stop; got {value!r}', code="invalid_argument",
+                           f'or null to stop; got {repr(value)[:MAX_NAME_CHARS]}',
+                           code="invalid_argument",
                            command="translation", request_id=request_id)
     return value
 
@@ -189,9 +219,13 @@ def apply(command: Command, target: Pausable) -> None:
 
 def _apply(command: Command, target: Pausable) -> None:
     if isinstance(command, Pause):
-        target.pause()
+        target.pause(by=REMOTE)
     elif isinstance(command, Resume):
-        target.resume()
+        target.resume(by=REMOTE)
+        if target.paused:
+            raise ControlError("Harken was paused at the machine itself; a remote resume "
+                               "lifts only a remote pause: resume it there",
+                               code="paused_locally")
     elif isinstance(command, SetKeywords):
         if not isinstance(target, KeywordControl):
             raise ControlError(KEYWORDS_NOT_RUNNING, code="unsupported")

@@ -8,11 +8,19 @@
 A satellite (Rhasspy, or anything speaking Hermes) publishes small WAV files on
 `hermes/audioServer/<siteId>/audioFrame`. The site is what the filter's `+` matched. Each
 site gets its own resampler and stream clock (samples received, at 16 kHz), so the engine
-runs one VAD and one set of task stages per site. Malformed frames are counted
-(`malformed_frames`) and skipped; blocks the engine cannot take in time are dropped and
-counted (`dropped_blocks`), leaving a gap in that site's clock.
+runs one VAD and one set of task stages per site. Blocks the engine cannot take in time are
+dropped and counted (`dropped_blocks`), leaving a gap in that site's clock.
 
-A satellite that stops sending mid-utterance would leave its segment open forever, so after
+Anyone on the broker may publish there, so nothing a frame holds can end the run or grow
+memory without bound (`SiteLimits`): a frame that fails in any way is rejected alone
+(counted by reason in `rejections`, logged at a bounded rate); at most `max_sites` sites are
+live at once (others are refused until one leaves), optionally only those on an allowlist;
+each site has a frame-rate and a byte-rate limit; a site silent for `idle_evict_s` is
+evicted: its open audio is flushed, its stream ended (the engine finalises the open segment
+and frees the stream's state) and only its clock position is remembered (in a bounded
+table) so that a returning satellite's timestamps carry on in wall time.
+
+A satellite that stops sending mid-utterance would leave its segment open, so after
 `idle_flush_s` without frames the site's last partial block and `flush_silence_s` of
 silence are fed to the engine (counted in `idle_flushes`; the clock advances by that much).
 The connection is retried with backoff if the broker goes away.
@@ -23,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import io
 import logging
+import math
 import random
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -50,6 +60,7 @@ from harken.engine.mqtt.client import (
     MqttSettings,
     open_client,
 )
+from harken.engine.mqtt.guard import Rejections, TokenBucket
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
     QOS_AT_MOST_ONCE,
@@ -68,6 +79,13 @@ IDLE_FLUSH_S = 1.0  # s without frames from a site before its open audio is flus
 FLUSH_SILENCE_S = 1.0  # s of silence appended then, longer than the VAD hangover
 MIN_RATE_HZ, MAX_RATE_HZ = 4_000, 192_000
 MAX_CHANNELS = 8
+MAX_SITES = 16  # satellites live at once
+IDLE_EVICT_S = 30.0  # s without frames before a site is evicted (its stream ends)
+MAX_FRAMES_PER_S = 200.0  # per site; Hermes satellites send ~16-32 (1024 or 512 samples)
+MAX_BYTES_PER_S = 1_000_000.0  # per site; 48 kHz stereo 32-bit PCM is 384 kB/s
+RATE_BURST_S = 2.0  # s of the rate limits a site may use up at once (a reconnect backlog)
+MAX_FRAME_BYTES = 512 * 1024  # one frame; Hermes frames are a few kB
+CLOCK_MEMORY = 1024  # evicted sites whose clock position is remembered (oldest forgotten)
 _PCM_DTYPES: dict[int, np.dtype[np.integer]] = {
     1: np.dtype(np.uint8), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 
@@ -77,7 +95,25 @@ class MalformedFrame(ValueError):
 
 
 def decode_wav(payload: bytes) -> tuple[Float32Array, int]:
-    """(mono float32 samples, sample rate) of one WAV chunk; raises MalformedFrame."""
+    """(mono float32 samples, sample rate) of one WAV chunk; raises MalformedFrame only.
+
+    The payload comes from anyone on the broker: whatever the wave module or numpy raise on
+    it (wave.Error, EOFError, but also RuntimeError for a chunk size past the end, ...)
+    becomes a MalformedFrame.
+    """
+    try:
+        return _decode_wav(payload)
+    except MalformedFrame:
+        raise
+    except Exception as exc:  # untrusted bytes: any failure means "not a usable frame"
+        detail = str(exc) or type(exc).__name__
+        raise MalformedFrame(f"not a PCM WAV chunk ({detail})") from exc
+
+
+def _decode_wav(payload: bytes) -> tuple[Float32Array, int]:
+    if len(payload) > MAX_FRAME_BYTES:
+        raise MalformedFrame(f"{len(payload)} bytes; a frame may have at most "
+                             f"{MAX_FRAME_BYTES}")
     try:
         with wave.open(io.BytesIO(payload), "rb") as w:
             rate, channels = w.getframerate(), w.getnchannels()
@@ -106,12 +142,42 @@ def decode_wav(payload: bytes) -> tuple[Float32Array, int]:
     return to_mono_float32(samples), rate
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteLimits:
+    """What satellites may cost, whoever publishes on the audio topics."""
+
+    max_sites: int = MAX_SITES
+    allow: frozenset[str] = frozenset()  # site ids that may stream; empty: any
+    idle_evict_s: float = IDLE_EVICT_S
+    max_frames_per_s: float = MAX_FRAMES_PER_S
+    max_bytes_per_s: float = MAX_BYTES_PER_S
+    burst_s: float = RATE_BURST_S
+
+    def __post_init__(self) -> None:
+        if self.max_sites < 1:
+            raise ValueError(f"max_sites must be >= 1, got {self.max_sites}")
+        for name in ("idle_evict_s", "max_frames_per_s", "max_bytes_per_s", "burst_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+class _Rejected(Exception):
+    """One frame refused; `reason` is a fixed code (the counter key)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 @dataclass
 class _Site:
     id: str
     rate: int
     resampler: StreamResampler
     blocker: Blocker  # cuts the site's audio into blocks on its own stream clock
+    frames: TokenBucket
+    bytes: TokenBucket
     last_frame: float = 0.0
     needs_flush: bool = False
 
@@ -123,9 +189,11 @@ class SatelliteSource:
                  topic_filter: str = HERMES_AUDIO_FILTER, block_s: float = DEFAULT_BLOCK_S,
                  max_queued_blocks: int = MAX_QUEUED_BLOCKS, idle_flush_s: float = IDLE_FLUSH_S,
                  flush_silence_s: float = FLUSH_SILENCE_S,
+                 limits: SiteLimits | None = None,
                  backoff_initial_s: float = BACKOFF_INITIAL_S,
                  backoff_max_s: float = BACKOFF_MAX_S,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not 0.01 <= block_s <= 2.0:
             raise ValueError(f"block_s must be between 0.01 and 2.0 seconds, got {block_s}")
         if max_queued_blocks < 1 or idle_flush_s <= 0 or flush_silence_s < 0:
@@ -134,22 +202,27 @@ class SatelliteSource:
         self.settings = settings
         self.client_id = client_id
         self.topic_filter = check_filter(topic_filter)
+        self.limits = limits if limits is not None else SiteLimits()
         self._block = round(block_s * SAMPLE_RATE)
         self._max_queued = max_queued_blocks
         self._idle_flush_s = idle_flush_s
         self._flush_silence = round(flush_silence_s * SAMPLE_RATE)
         self._backoff = Backoff(initial_s=backoff_initial_s, max_s=backoff_max_s, rng=rng)
+        self._clock = clock
         # Counters.
         self.connected = False
         self.connects = 0
         self.reconnects = 0
         self.frames = 0
-        self.malformed_frames = 0
         self.dropped_blocks = 0
         self.nonfinite_samples = 0
         self.idle_flushes = 0
-        self.last_malformed: str | None = None
+        self.evicted_sites = 0
+        self.rejections = Rejections(logger=log, what="satellite audio frame")
         self._sites: dict[str, _Site] = {}
+        # Evicted sites: (clock position, when) so a returning site's clock carries on.
+        self._clocks: collections.OrderedDict[str, tuple[int, float]] = \
+            collections.OrderedDict()
         self._queue: collections.deque[AudioBlock] = collections.deque()
         self._ready = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -164,6 +237,19 @@ class SatelliteSource:
     @property
     def sites(self) -> list[str]:
         return list(self._sites)
+
+    @property
+    def malformed_frames(self) -> int:
+        return self.rejections.by_reason.get("malformed", 0)
+
+    @property
+    def rejected_frames(self) -> int:
+        """Frames refused for any reason (malformed, rate, site limits, errors)."""
+        return self.rejections.total
+
+    @property
+    def last_malformed(self) -> str | None:
+        return self.rejections.last
 
     async def wait_connected(self) -> None:
         """Returns once subscribed: frames published from now on are received."""
@@ -234,38 +320,70 @@ class SatelliteSource:
             await asyncio.sleep(self._backoff.next_delay())
 
     async def _watch_idle(self) -> None:
-        tick = self._idle_flush_s / 4
+        tick = min(self._idle_flush_s, self.limits.idle_evict_s) / 4
         while True:
             await asyncio.sleep(tick)  # a timer, not synchronisation: sites idle in wall time
-            now = time.monotonic()
-            for site in self._sites.values():
-                if site.needs_flush and now - site.last_frame >= self._idle_flush_s:
-                    self._flush(site, silence=self._flush_silence)
-                    self.idle_flushes += 1
+            self.check_idle()
+
+    def check_idle(self) -> None:
+        """Flush sites idle for `idle_flush_s`, evict those idle for `idle_evict_s` (public so
+        tests can drive it with their own clock)."""
+        now = self._clock()
+        for site in list(self._sites.values()):
+            idle = now - site.last_frame
+            if idle >= self.limits.idle_evict_s:
+                self._evict(site, now)
+            elif site.needs_flush and idle >= self._idle_flush_s:
+                self._flush(site, silence=self._flush_silence)
+                self.idle_flushes += 1
 
     # ------------------------------------------------------------------ frames
 
     def on_frame(self, topic: str, payload: bytes) -> None:
-        """Decode one frame into its site's stream (public for replaying captured frames)."""
+        """Decode one frame into its site's stream (public for replaying captured frames).
+
+        Never raises: whatever goes wrong rejects this one frame, counted in `rejections`.
+        """
         if self._stopped:
             return
         self.frames += 1
+        try:
+            self._on_frame(topic, payload)
+        except _Rejected as rejected:
+            self.rejections.reject(rejected.reason, f"{topic}: {rejected}")
+        except Exception as exc:  # untrusted input: one bad frame must never end the run
+            self.rejections.reject("error", f"{topic}: {type(exc).__name__}: {exc}")
+            # The site's filter may be half-updated: start it afresh, other sites untouched.
+            raw_site = site_from_topic(self.topic_filter, topic)
+            site = self._sites.get(sanitize_level(raw_site or "", fallback="satellite"))
+            if site is not None:
+                site.resampler = StreamResampler(in_rate=site.rate)
+
+    def _on_frame(self, topic: str, payload: bytes) -> None:
         raw_site = site_from_topic(self.topic_filter, topic)
         if raw_site is None:
-            return
+            return  # not an audio topic of ours (e.g. playBytes under a '#' filter)
+        site_id = sanitize_level(raw_site, fallback="satellite")
+        now = self._clock()
+        site = self._sites.get(site_id)
+        if site is None:
+            self._admit(site_id)
+        else:
+            # Rate limits before decoding: a flood costs a dict look-up, not a parse.
+            if not site.frames.take(1.0, now):
+                raise _Rejected("rate_limited", "more than "
+                                f"{self.limits.max_frames_per_s:g} frames/s from this site")
+            if not site.bytes.take(float(len(payload)), now):
+                raise _Rejected("rate_limited", "more than "
+                                f"{self.limits.max_bytes_per_s:g} bytes/s from this site")
         try:
             samples, rate = decode_wav(payload)
         except MalformedFrame as exc:
-            self.malformed_frames += 1
-            self.last_malformed = f"{topic}: {exc}"
-            log.debug("skipped malformed audio frame on %s: %s", topic, exc)
-            return
-        site_id = sanitize_level(raw_site, fallback="satellite")
-        site = self._sites.get(site_id)
+            raise _Rejected("malformed", str(exc)) from exc
         if site is None:
-            site = _Site(id=site_id, rate=rate, resampler=StreamResampler(in_rate=rate),
-                         blocker=Blocker(stream_id=site_id, block_samples=self._block))
-            self._sites[site_id] = site
+            site = self._new_site(site_id, rate, now)
+            site.frames.take(1.0, now)
+            site.bytes.take(float(len(payload)), now)
         elif site.rate != rate:
             # The satellite changed its format: finish the old filter's tail, then a new one.
             self._flush(site, silence=0)
@@ -274,9 +392,57 @@ class SatelliteSource:
         clean_in, bad = sanitize(samples)
         self.nonfinite_samples += bad
         clean = site.resampler.process(clean_in)
-        site.last_frame = time.monotonic()
+        site.last_frame = now
         site.needs_flush = True
         self._enqueue(site.blocker.push(clean))
+
+    def _admit(self, site_id: str) -> None:
+        """Raises _Rejected if a new site may not stream now."""
+        if self.limits.allow and site_id not in self.limits.allow:
+            raise _Rejected("not_allowed", f"site {site_id!r} is not in mqtt.allowed_sites")
+        if len(self._sites) >= self.limits.max_sites:
+            raise _Rejected("too_many_sites", f"{len(self._sites)} sites are live; the limit "
+                            f"is mqtt.max_sites = {self.limits.max_sites}")
+
+    def _new_site(self, site_id: str, rate: int, now: float) -> _Site:
+        limits = self.limits
+        site = _Site(id=site_id, rate=rate, resampler=StreamResampler(in_rate=rate),
+                     blocker=Blocker(stream_id=site_id, block_samples=self._block),
+                     frames=TokenBucket.full(rate=limits.max_frames_per_s,
+                                             burst=limits.max_frames_per_s * limits.burst_s,
+                                             now=now),
+                     bytes=TokenBucket.full(rate=limits.max_bytes_per_s,
+                                            burst=limits.max_bytes_per_s * limits.burst_s,
+                                            now=now))
+        remembered = self._clocks.pop(site_id, None)
+        if remembered is not None:
+            # A returning satellite: its new stream starts where wall time says it is now.
+            position, left = remembered
+            site.blocker.skip_to(position + round(max(0.0, now - left) * SAMPLE_RATE))
+        self._sites[site_id] = site
+        return site
+
+    def _evict(self, site: _Site, now: float) -> None:
+        """End an idle site's stream: open audio out, then the stream's last block."""
+        tail = site.resampler.process(np.zeros(0, dtype=np.float32), last=True)
+        blocks = [*site.blocker.push(tail), *site.blocker.flush()]
+        if blocks:
+            blocks[-1] = dataclasses.replace(blocks[-1], last=True)
+        else:
+            blocks = [AudioBlock(stream=site.id, start=site.blocker.position,
+                                 samples=np.zeros(0, dtype=np.float32), last=True)]
+        self._enqueue(blocks[:-1])
+        # Never dropped, whatever the queue holds: without it the engine would keep the
+        # stream forever. At most one per live site, so the queue stays bounded.
+        self._queue.append(blocks[-1])
+        self._ready.set()
+        del self._sites[site.id]
+        self._clocks[site.id] = (blocks[-1].end, now)
+        while len(self._clocks) > CLOCK_MEMORY:
+            self._clocks.popitem(last=False)
+        self.evicted_sites += 1
+        log.info("satellite %s sent nothing for %.0f s: its stream ended", site.id,
+                 self.limits.idle_evict_s)
 
     def _flush(self, site: _Site, *, silence: int) -> None:
         """Emit the site's open audio (the resampler's tail too), then `silence` samples."""

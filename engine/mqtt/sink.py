@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterable
@@ -48,6 +49,7 @@ from harken.engine.mqtt.control import (
     error_payload,
     parse_command,
 )
+from harken.engine.mqtt.guard import Rejections, TokenBucket
 from harken.engine.mqtt.topics import (
     DEFAULT_HA_PREFIX,
     DEFAULT_PREFIX,
@@ -82,6 +84,10 @@ QOS0_MAX_BACKLOG = 16  # messages: a QoS 0 message behind more than this is stal
 DRAIN_TIMEOUT_S = 5.0  # s: at the end of a run, how long to try delivering what is left
 PUBLISH_TIMEOUT_S = 10.0  # s: a PUBACK slower than this counts as a lost connection
 OFFLINE_ON_CANCEL_S = 1.0  # s: on Ctrl-C, time allowed to publish `offline`
+MAX_KNOWN_SITES = 256  # sites (and streams) whose routing state is kept; least recent go
+HA_ANNOUNCE_INTERVAL_S = 10.0  # s: at most one re-announcement per `<ha>/status online`
+ERROR_REPLIES_PER_S = 2.0  # answers on `<prefix>/<site>/error`; beyond, only counted
+ERROR_REPLY_BURST = 10  # answers that may go out at once
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,10 +103,15 @@ class MqttSinkOptions:
     ha_discovery: bool = False
     ha_prefix: str = DEFAULT_HA_PREFIX
     keywords: tuple[str, ...] = ()  # keyword entities announced before any is spotted
+    #: Satellite sites known in advance (mqtt.allowed_sites): announced at start. Other
+    #: satellite sites are announced on their first caption, so noise published under a
+    #: made-up site name leaves no retained configs behind.
+    sites: tuple[str, ...] = ()
     outbox_size: int = DEFAULT_OUTBOX_SIZE
     partial_interval_s: float = PARTIAL_INTERVAL_S
     levels: bool = False
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    ha_announce_interval_s: float = HA_ANNOUNCE_INTERVAL_S
     publish_timeout_s: float = PUBLISH_TIMEOUT_S
     backoff_initial_s: float = BACKOFF_INITIAL_S
     backoff_max_s: float = BACKOFF_MAX_S
@@ -114,8 +125,10 @@ class MqttSinkOptions:
                              f"e.g. {sanitize_level(self.site, fallback='harken')!r}")
         if self.outbox_size < 1:
             raise ValueError(f"outbox_size must be >= 1, got {self.outbox_size}")
-        if self.partial_interval_s < 0 or self.drain_timeout_s < 0:
-            raise ValueError("partial_interval_s and drain_timeout_s must be >= 0")
+        if self.partial_interval_s < 0 or self.drain_timeout_s < 0 or \
+                self.ha_announce_interval_s < 0:
+            raise ValueError("partial_interval_s, drain_timeout_s and ha_announce_interval_s "
+                             "must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,6 +163,11 @@ class MqttSink:
         self.partials_rate_limited = 0
         self.commands_applied = 0
         self.commands_rejected = 0
+        self.error_replies_dropped = 0
+        self.ha_announcements = 0
+        self.ha_status_coalesced = 0
+        self.retained_coalesced = 0
+        self.rejections = Rejections(logger=log, what="MQTT message")
         self.undelivered = 0
         self.last_error: str | None = None
         self._outbox: collections.deque[_Outgoing] = collections.deque()
@@ -162,9 +180,13 @@ class MqttSink:
         self._closed = asyncio.Event()
         self._outage_logged = False
         self._deadline = 0.0
-        self._sites: list[str] = []
-        self._site_keywords: dict[str, set[str]] = {}
-        self._last_partial: dict[str, float] = {}
+        # Bounded by MAX_KNOWN_SITES (least recently seen forgotten): site -> keywords.
+        self._sites: collections.OrderedDict[str, set[str]] = collections.OrderedDict()
+        self._announced: set[str] = set()  # a subset of _sites' keys
+        self._last_partial: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._last_announce = -math.inf
+        self._announce_later: asyncio.TimerHandle | None = None
+        self._replies: TokenBucket | None = None
         self._last_command: dict[str, Any] | None = None
         self._state_paused: bool | None = None
 
@@ -183,6 +205,10 @@ class MqttSink:
             "partials_rate_limited": self.partials_rate_limited,
             "commands_applied": self.commands_applied,
             "commands_rejected": self.commands_rejected,
+            "rejected_messages": self.rejections.total,
+            "error_replies_dropped": self.error_replies_dropped,
+            "ha_announcements": self.ha_announcements,
+            "ha_status_coalesced": self.ha_status_coalesced,
         }
 
     def bind(self, control: Pausable) -> None:
@@ -195,14 +221,18 @@ class MqttSink:
         await (self._up if connected else self._down).wait()
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
-        if self.options.ha_discovery and not self.options.sites_from_streams:
-            self._add_site(self.options.site)
+        if not self.options.sites_from_streams:
+            self._add_site(self.options.site, announce=True)
+        for site in self.options.sites:
+            self._add_site(site, announce=True)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._link(), name=f"mqtt-link-{self.options.site}")
             try:
                 async for event in events:
                     self._route(event)
             finally:
+                if self._announce_later is not None:
+                    self._announce_later.cancel()
                 self._closing = True
                 self._deadline = time.monotonic() + self.options.drain_timeout_s
                 self._closed.set()
@@ -215,19 +245,48 @@ class MqttSink:
             return sanitize_level(stream, fallback=self.options.site)
         return self.options.site
 
-    def _add_site(self, site: str) -> None:
-        if site in self._sites:
-            return
-        self._sites.append(site)
-        self._site_keywords[site] = set(self.options.keywords)
-        if self.options.ha_discovery and self.connected:  # else: announced on connect
-            self._announce(site)
+    def _add_site(self, site: str, *, announce: bool) -> set[str]:
+        """Registers a site (most recent last); returns its known keywords."""
+        known = self._sites.get(site)
+        if known is None:
+            known = self._sites[site] = set(self.options.keywords)
+            while len(self._sites) > MAX_KNOWN_SITES:
+                old, _ = self._sites.popitem(last=False)
+                self._announced.discard(old)
+        else:
+            self._sites.move_to_end(site)
+        if announce and site not in self._announced:
+            self._announced.add(site)
+            if self.options.ha_discovery and self.connected:  # else: announced on connect
+                self._announce(site)
+        return known
+
+    def _announce_all(self) -> None:
+        self._announce_later = None
+        self._last_announce = time.monotonic()
+        self.ha_announcements += 1
+        for site in self._sites:
+            if site in self._announced:
+                self._announce(site)
+
+    def _ha_online(self) -> None:
+        """`<ha>/status online`: Home Assistant restarted and wants the configs again. Anyone
+        may publish it, in a loop: at most one announcement per ha_announce_interval_s,
+        later requests coalesced into one at the end of that interval."""
+        wait = self._last_announce + self.options.ha_announce_interval_s - time.monotonic()
+        if wait <= 0:
+            self._announce_all()
+        elif self._announce_later is None:
+            self._announce_later = asyncio.get_running_loop().call_later(
+                wait, self._announce_all)
+        else:
+            self.ha_status_coalesced += 1
 
     def _announce(self, site: str) -> None:
         """Queue the retained Home Assistant configs of one site."""
         topics = SiteTopics(prefix=self.options.prefix, site=site)
         for item in ha_discovery(topics, availability=self.topics.status,
-                                 keywords=tuple(sorted(self._site_keywords[site])),
+                                 keywords=tuple(sorted(self._sites[site])),
                                  ha_prefix=self.options.ha_prefix,
                                  version=self.options.version):
             self._enqueue(_Outgoing(topic=item.topic, payload=dumps(item.config),
@@ -238,7 +297,8 @@ class MqttSink:
                 self._control.paused != self._state_paused:
             self._publish_state()  # paused from elsewhere (the TUI): keep `state` true
         site = self._site_of(event.stream)
-        self._add_site(site)
+        known = self._add_site(site, announce=not self.options.sites_from_streams or
+                               event.type == "caption_final")
         if event.type == "caption_partial":
             now = time.monotonic()
             last = self._last_partial.get(event.stream)
@@ -246,15 +306,17 @@ class MqttSink:
                 self.partials_rate_limited += 1
                 return
             self._last_partial[event.stream] = now
+            self._last_partial.move_to_end(event.stream)
+            if len(self._last_partial) > MAX_KNOWN_SITES:
+                self._last_partial.popitem(last=False)
         topics = SiteTopics(prefix=self.options.prefix, site=site)
         extra = {"mqtt": self.counters()} if event.type == "stats" else None
         data = event_payload(event, site=site, extra=extra)
         if event.type == "keyword":
             name = str(first_field(data, KEYWORD_FIELDS) or "keyword")
-            known = self._site_keywords[site]
             if name not in known:
                 known.add(name)
-                if self.options.ha_discovery:
+                if self.options.ha_discovery and site in self._announced:
                     item = ha_keyword_discovery(topics, name, availability=self.topics.status,
                                                 ha_prefix=self.options.ha_prefix,
                                                 version=self.options.version)
@@ -277,6 +339,14 @@ class MqttSink:
                                         qos=QOS_AT_LEAST_ONCE))
 
     def _enqueue(self, item: _Outgoing) -> None:
+        if item.retain:
+            # A retained message replaces the queued one of its topic: only the last counts
+            # at the broker, and repeats (HA re-announcements) cannot push finals out.
+            for i, old in enumerate(self._outbox):
+                if old.retain and old.topic == item.topic:
+                    self._outbox[i] = item
+                    self.retained_coalesced += 1
+                    return
         if item.qos == QOS_AT_MOST_ONCE:
             if not self.connected or len(self._outbox) >= min(QOS0_MAX_BACKLOG,
                                                               self.options.outbox_size):
@@ -371,8 +441,10 @@ class MqttSink:
                             self.settings.address, self.outbox_depth)
             self._set_connected(True)
             if self.options.ha_discovery:
+                self._last_announce = time.monotonic()
                 for site in self._sites:
-                    self._announce(site)
+                    if site in self._announced:
+                        self._announce(site)
             self._publish_state()
             lost: aiomqtt.MqttError | None = None
             try:
@@ -418,19 +490,23 @@ class MqttSink:
                              timeout=self.options.publish_timeout_s)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        ha_status = f"{self.options.ha_prefix}/status"
         async for message in client.messages:
             raw = message.payload
-            payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else \
-                str(raw if raw is not None else "").encode()
-            if message.topic.matches(self.topics.control):
-                if not message.retain:  # a retained command would re-run on every connect
+            payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+            self.on_message(message.topic.value, payload, retain=bool(message.retain))
+
+    def on_message(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """One message from a subscription (control, HA status). Never raises: anyone may
+        publish there, so whatever goes wrong rejects this one message, counted."""
+        try:
+            if aiomqtt.Topic(topic).matches(self.topics.control):
+                if not retain:  # a retained command would re-run on every connect
                     self._command(payload)
-            elif message.topic.matches(ha_status) and not message.retain and \
-                    payload.strip() == STATUS_ONLINE.encode():
-                # Home Assistant restarted: it forgot non-retained state, announce again.
-                for site in self._sites:
-                    self._announce(site)
+            elif aiomqtt.Topic(topic).matches(f"{self.options.ha_prefix}/status") and \
+                    not retain and payload.strip() == STATUS_ONLINE.encode():
+                self._ha_online()  # Home Assistant restarted: it forgot non-retained state
+        except Exception as exc:  # untrusted input: one message must never end the run
+            self.rejections.reject("error", f"{topic}: {type(exc).__name__}: {exc}")
 
     # ----------------------------------------------------------------- control
 
@@ -444,7 +520,15 @@ class MqttSink:
             apply(command, self._control)
         except ControlError as err:
             self.commands_rejected += 1
-            log.warning("rejected MQTT command on %s: %s", self.topics.control, err)
+            self.rejections.reject(err.code, f"{self.topics.control}: {err}")
+            now = time.monotonic()
+            if self._replies is None:
+                self._replies = TokenBucket.full(rate=ERROR_REPLIES_PER_S,
+                                                 burst=ERROR_REPLY_BURST, now=now)
+            if not self._replies.take(1.0, now):
+                # A flood of bad commands must not fill the outbox (and push finals out).
+                self.error_replies_dropped += 1
+                return
             self._enqueue(_Outgoing(
                 topic=self.topics.error, qos=QOS_AT_LEAST_ONCE,
                 payload=dumps(error_payload(err, site=self.options.site,
@@ -461,5 +545,8 @@ class MqttSink:
         self._state_paused = bool(self._control.paused)
         state = {"schema_version": SCHEMA_VERSION, "site": self.options.site, "type": "state",
                  "paused": self._state_paused, "last_command": self._last_command}
+        by = getattr(self._control, "paused_by", None)
+        if isinstance(by, frozenset):  # who paused: "local" (this machine), "remote"
+            state["paused_by"] = sorted(by)
         self._enqueue(_Outgoing(topic=self.topics.state, payload=dumps(state),
                                 qos=QOS_AT_LEAST_ONCE, retain=True))

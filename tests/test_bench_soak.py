@@ -1,0 +1,57 @@
+"""`harken bench soak`: its figures are computed right, and a short run over a restarting
+broker with a hostile publisher loses no final."""
+
+from __future__ import annotations
+
+import pytest
+from mosquitto import MOSQUITTO, SKIP_REASON
+
+from harken.app.bench.soak import (
+    LagHistogram,
+    SoakOptions,
+    latency_drift,
+    slope_per_10min,
+    soak,
+)
+
+
+def test_slope_is_mb_per_10_minutes() -> None:
+    samples = [(t, 500.0 + 0.001 * t) for t in range(0, 3600, 10)]  # 0.6 MB per 10 min
+    assert slope_per_10min(samples) == pytest.approx(0.6)
+    assert slope_per_10min(samples[:2]) is None
+
+
+def test_lag_histogram_percentiles_in_constant_memory() -> None:
+    lags = LagHistogram()
+    size = lags.counts.size
+    for i in range(1000):
+        lags.add(0.001 if i < 990 else 0.050)  # 1 ms, and 1% at 50 ms
+    lags.add(60.0)  # beyond the last bin: counted there, the maximum is exact
+    assert lags.counts.size == size
+    assert lags.percentile(50) == pytest.approx(1.1)
+    assert lags.percentile(99.5) == pytest.approx(50.1)
+    assert lags.max_ms == 60_000.0
+
+
+def test_latency_drift_compares_the_first_and_last_window() -> None:
+    points = [(float(t), 0.2) for t in range(60, 660)] + \
+        [(float(t), 0.22) for t in range(660, 1260)]
+    drift = latency_drift(points, start_s=60.0, end_s=1260.0)
+    assert drift["window_s"] == 600.0
+    assert drift["first_median_s"] == pytest.approx(0.2)
+    assert drift["drift_pct"] == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
+async def test_a_short_soak_loses_no_final_across_broker_restarts() -> None:
+    result = await soak(SoakOptions(minutes=0.3, satellites=1, restart_every_s=6.0),
+                        verbose=False)
+    assert result["broker_restarts"] >= 2
+    assert result["finals"]["produced"] >= 2
+    assert result["finals"]["lost"] == 0
+    assert result["rejected"]["satellite_frames"]["malformed"] > 0
+    assert result["rejected"]["mqtt_messages"]["invalid_json"] > 0
+    assert result["reconnects"]["sink"] >= 2
+    assert set(result["latency"]) >= {"room", "sat0"}
