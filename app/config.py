@@ -167,6 +167,8 @@ class MqttConfig(_Section):
                                     "second one satellite may send")
     max_bytes_per_s: float = Field(1_000_000.0, gt=0, le=1e9, description="audio bytes per "
                                    "second one satellite may send")
+    max_audio_ratio: float = Field(2.0, ge=1, le=100, description="seconds of audio per "
+                                   "second one satellite may send (real time is 1)")
 
     @field_validator("url")
     @classmethod

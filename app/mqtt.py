@@ -195,7 +195,8 @@ class MqttSetup:
                                      allow=frozenset(mqtt.allowed_sites),
                                      idle_evict_s=mqtt.idle_evict_s,
                                      max_frames_per_s=mqtt.max_frames_per_s,
-                                     max_bytes_per_s=mqtt.max_bytes_per_s)
+                                     max_bytes_per_s=mqtt.max_bytes_per_s,
+                                     max_audio_ratio=mqtt.max_audio_ratio)
         except ValueError as exc:
             raise ConfigError(f"bad MQTT settings: {exc}") from exc
         self.warnings = [w for s in (self.results, self.input) if s is not None

@@ -386,6 +386,25 @@ def test_per_site_frame_and_byte_rate_limits() -> None:
     assert source.rejections.by_reason == {"rate_limited": 2}
 
 
+def test_audio_faster_than_real_time_is_refused_before_resampling() -> None:
+    """8-bit 4 kHz audio is 250 s per MB: under the byte limit, a site could still send
+    minutes of audio per second, and its resampling would starve every other site."""
+    clock = FakeClock()
+    source = satellite(clock, max_audio_ratio=2.0, burst_s=1.0)
+    dense = wav(np.full(8000, 128, dtype=np.uint8), rate=4000, width=1)  # 2 s of audio
+    good = frame(1600)  # 0.1 s at 16 kHz
+    accepted = {"flood": 0, "good": 0}
+    for _ in range(100):  # 10 s of wall time
+        clock.now += 0.1
+        for site, payload in (("flood", dense), ("good", good)):
+            before = source.rejected_frames
+            source.on_frame(AUDIO_TOPIC.format(site), payload)
+            accepted[site] += source.rejected_frames == before
+    assert accepted["good"] == 100  # real time is always within the limit
+    assert 9 <= accepted["flood"] <= 12  # ~2 s of audio per second: one 2 s frame a second
+    assert source.rejections.by_reason == {"rate_limited": 100 - accepted["flood"]}
+
+
 def voiced(n: int = 1600) -> bytes:
     """Harmonics of 150 Hz with a little noise: what the VAD takes for speech."""
     t = np.arange(n) / SAMPLE_RATE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.abc
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -463,3 +464,21 @@ def test_importing_sources_does_not_import_sounddevice() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+async def test_a_header_below_speech_rates_is_refused(tmp_path: Path) -> None:
+    """16,000 samples that claim 1 Hz would be 4.4 hours once resampled to 16 kHz."""
+    path = tmp_path / "one_hz.wav"
+    sf.write(str(path), np.zeros(16_000, dtype=np.int16), 1, subtype="PCM_16")
+    with pytest.raises(AudioFileError, match="claims 1 Hz"):
+        async with FileSource(path=path, stream_id="s"):
+            pass
+
+
+async def test_a_device_or_fifo_is_not_an_audio_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/zero"), fifo):
+        with pytest.raises(AudioFileError, match="not a regular file"):
+            async with FileSource(path=path, stream_id="s"):
+                pass

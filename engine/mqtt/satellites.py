@@ -83,6 +83,7 @@ MAX_SITES = 16  # satellites live at once
 IDLE_EVICT_S = 30.0  # s without frames before a site is evicted (its stream ends)
 MAX_FRAMES_PER_S = 200.0  # per site; Hermes satellites send ~16-32 (1024 or 512 samples)
 MAX_BYTES_PER_S = 1_000_000.0  # per site; 48 kHz stereo 32-bit PCM is 384 kB/s
+MAX_AUDIO_RATIO = 2.0  # s of audio per s of wall time per site; a satellite streams at 1
 RATE_BURST_S = 2.0  # s of the rate limits a site may use up at once (a reconnect backlog)
 MAX_FRAME_BYTES = 512 * 1024  # one frame; Hermes frames are a few kB
 CLOCK_MEMORY = 1024  # evicted sites whose clock position is remembered (oldest forgotten)
@@ -151,12 +152,16 @@ class SiteLimits:
     idle_evict_s: float = IDLE_EVICT_S
     max_frames_per_s: float = MAX_FRAMES_PER_S
     max_bytes_per_s: float = MAX_BYTES_PER_S
+    # Seconds of audio per second of wall time: bytes alone let a peer send 8-bit 4 kHz audio
+    # (250 s per MB) whose decoding and resampling would starve every other site.
+    max_audio_ratio: float = MAX_AUDIO_RATIO
     burst_s: float = RATE_BURST_S
 
     def __post_init__(self) -> None:
         if self.max_sites < 1:
             raise ValueError(f"max_sites must be >= 1, got {self.max_sites}")
-        for name in ("idle_evict_s", "max_frames_per_s", "max_bytes_per_s", "burst_s"):
+        for name in ("idle_evict_s", "max_frames_per_s", "max_bytes_per_s", "max_audio_ratio",
+                     "burst_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
@@ -178,6 +183,7 @@ class _Site:
     blocker: Blocker  # cuts the site's audio into blocks on its own stream clock
     frames: TokenBucket
     bytes: TokenBucket
+    audio: TokenBucket  # seconds of audio
     last_frame: float = 0.0
     needs_flush: bool = False
 
@@ -384,7 +390,12 @@ class SatelliteSource:
             site = self._new_site(site_id, rate, now)
             site.frames.take(1.0, now)
             site.bytes.take(float(len(payload)), now)
-        elif site.rate != rate:
+        # Before the resampler, the costly part: more audio than real time allows is refused.
+        if not site.audio.take(samples.size / rate, now):
+            raise _Rejected("rate_limited", "more than "
+                            f"{self.limits.max_audio_ratio:g} s of audio per second from "
+                            "this site")
+        if site.rate != rate:
             # The satellite changed its format: finish the old filter's tail, then a new one.
             self._flush(site, silence=0)
             site.rate, site.resampler = rate, StreamResampler(in_rate=rate)
@@ -413,6 +424,9 @@ class SatelliteSource:
                                              now=now),
                      bytes=TokenBucket.full(rate=limits.max_bytes_per_s,
                                             burst=limits.max_bytes_per_s * limits.burst_s,
+                                            now=now),
+                     audio=TokenBucket.full(rate=limits.max_audio_ratio,
+                                            burst=limits.max_audio_ratio * limits.burst_s,
                                             now=now))
         remembered = self._clocks.pop(site_id, None)
         if remembered is not None:

@@ -31,6 +31,7 @@ from harken.models.errors import AudioFileError
 
 _EMPTY = np.zeros(0, dtype=np.float32)
 
+MIN_FILE_RATE_HZ = 4_000  # Hz: below telephone band; the satellites' limit too
 FILE_READ_CHUNK_S = 1.0  # s of input audio read per blocking call (bounds memory per read)
 # libsndfile reports a header size larger than the bytes present as "data : N (should be M)".
 _WAV_SIZE_MISMATCH = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -107,6 +108,8 @@ class FileSource:
             raise AudioFileError(f"audio file not found: {p}; check the path")
         if p.is_dir():
             raise AudioFileError(f"{p} is a directory; pass an audio file (WAV, FLAC, OGG...)")
+        if not p.is_file():  # a FIFO, /dev/zero, a socket: no header to trust, maybe no end
+            raise AudioFileError(f"{p} is not a regular file; save the audio to a file first")
         try:
             size = p.stat().st_size
         except OSError as e:
@@ -132,6 +135,12 @@ class FileSource:
         p = self.path
         if f.samplerate <= 0 or f.channels <= 0:
             raise AudioFileError(f"{p} has an invalid header ({f.samplerate} Hz, {f.channels} ch)")
+        if f.samplerate < MIN_FILE_RATE_HZ:
+            # No speech is recorded this way; upsampling such a header to 16 kHz would turn a
+            # small file into hours of audio.
+            raise AudioFileError(f"{p} claims {f.samplerate} Hz; speech needs at least "
+                                 f"{MIN_FILE_RATE_HZ} Hz: fix its header or resample it, e.g. "
+                                 "`sox in.wav -r 16000 out.wav`")
         if f.frames <= 0:
             raise AudioFileError(f"{p} holds no audio frames (header only); export it again")
         info = f.extra_info or ""
