@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # machine, install the CUDA build of the same version into the venv first: make keeps it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint typing-view clean
+.PHONY: setup demo test lint typing-view clean measure-setup
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+# Dev-only: a trained speaker encoder for measurements (scripts/measure_speakers.py). No
+# runtime code uses it. --no-deps: resemblyzer's metadata would pull the old webrtcvad sdist,
+# whose module replaces webrtcvad-wheels' and breaks the VAD.
+measure-setup: setup
+	$(BIN)/python -m pip install -q -e ".[dev,measure]"
+	$(BIN)/python -m pip install -q --no-deps "resemblyzer==0.1.4"
 
 demo: setup
 	$(BIN)/harken run --input assets/sample.wav --fast --out out --format srt,vtt,jsonl,txt

@@ -22,7 +22,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cmd | head`
 #: runs: `harken --help` and a bad flag never load the model stack.
 COMMANDS = {name: f"harken.app.commands.{name}"
             for name in ("run", "transcribe", "devices", "models", "config", "bench", "eval",
-                         "speakers")}
+                         "speakers", "tune")}
 
 
 #: commands whose inputs and configuration are checked before their module (and with it
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # a bare `harken`: what there is to do, and success
         parser.print_help()
         return 0
-    if args.command in ("run", "transcribe", "bench", "eval", "speakers"):
+    if args.command in ("run", "transcribe", "bench", "eval", "speakers", "tune"):
         _quiet_transformers()
     try:
         preflight(args)

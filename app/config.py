@@ -52,6 +52,14 @@ class ComputeConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on CUDA, float32 on CPU")
     max_batch: int = Field(16, ge=1, le=256, description="windows per forward pass")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="auto: int8 (dynamic, Linear layers) on CPU, fp32 on CUDA; "
+        "fp32: no quantisation")
+    inference_threads: int = Field(
+        0, ge=0, le=256, description="torch threads of the inference worker; 0: auto "
+        "(docs/cpu.md)")
+    generation_threads: int = Field(
+        0, ge=0, le=256, description="torch threads of the translation thread; 0: auto")
 
     @field_validator("device_type")
     @classmethod
@@ -100,6 +108,8 @@ class CaptionsConfig(_Section):
 class OutputConfig(_Section):
     dir: Path = Field(Path("."), description="folder for transcript files")
     formats: list[str] = Field(default_factory=lambda: ["srt", "vtt", "jsonl", "txt"])
+    overwrite: bool = Field(False, description="replace output files that exist; off: refuse, "
+                            "so a reference transcript or an earlier run is never lost")
 
     @field_validator("formats")
     @classmethod
@@ -237,32 +247,83 @@ class TranslationConfig(_Section):
                                             "mBART-50 style")
 
 
+class RefineConfig(_Section):
+    """Two-pass captions: each CTC final re-decoded by a sequence-to-sequence model
+    (docs/refine.md)."""
+
+    model: str = Field("", description="AutoModelForSpeechSeq2Seq checkpoint (Whisper...): "
+                       "hub id or local folder; empty: no refinement (--refine-model)")
+    language: str = Field("en", min_length=1, description="language forced on the model")
+    max_wait_s: float = Field(3.0, ge=0, le=60, description="live subtitle/transcript files "
+                              "wait this long for a refinement, then keep the CTC text")
+    guard: bool = Field(True, description="reject refinements that disagree with the CTC "
+                        "text (hallucinations)")
+    max_cer: float = Field(0.5, gt=0, le=10, description="guard: reject above this character "
+                           "error rate against the CTC text")
+    max_repeats: int = Field(3, ge=1, le=50, description="guard: reject a phrase repeated "
+                             "more often in a row (unless the CTC heard it too)")
+    num_beams: int = Field(1, ge=1, le=16, description="beam search width (1: greedy)")
+    max_new_tokens: int = Field(160, ge=1, le=1024, description="tokens per 30 s piece at "
+                                "most")
+
+
+def _bounded(low: float, high: float, *, above: bool = False) -> Any:
+    """A calibrated threshold: empty (None) or a number in [low, high] ((low, high] if
+    `above`)."""
+    return Field(None, gt=low, le=high) if above else Field(None, ge=low, le=high)
+
+
+class ModelCalibration(_Section):
+    """Thresholds for one model (`[speakers.calibration."MODEL"]`, written by `harken tune`).
+
+    tau_active and rho_update belong under the diarization (segmentation) model, delta_new,
+    threshold and margin under the speaker model (models/calibration.py)."""
+
+    tau_active: float | None = _bounded(0, 1)
+    rho_update: float | None = _bounded(0, 1)
+    delta_new: float | None = _bounded(0, 2, above=True)
+    threshold: float | None = _bounded(-1, 1)
+    margin: float | None = _bounded(0, 2)
+
+
 class SpeakersConfig(_Section):
-    """Diarization, speaker identification and enrollment (docs/speakers.md)."""
+    """Diarization, speaker identification and enrollment (docs/speakers.md).
+
+    The five thresholds are empty by default: each is then taken from your calibration of
+    the model (`calibration`), else from Harken's table of known checkpoints, else from
+    the generic default (models/calibration.py). A value set here wins over all of them."""
 
     enabled: bool = Field(False, description="label captions with speakers (--diarize)")
     model: str = Field(DEFAULT_SPEAKER_MODEL, description="x-vector speaker model: hub id "
                        "or local folder (--speaker-model)")
     diarization_model: str = Field(DEFAULT_DIARIZATION_MODEL, description="frame-"
                                    "classification segmentation model (--diarization-model)")
-    threshold: float = Field(0.7, ge=-1, le=1, description="cosine similarity to name an "
-                             "enrolled speaker / accept in verify; calibrate with "
-                             "`harken eval speakers`")
+    threshold: float | None = Field(None, ge=-1, le=1, description="cosine similarity to "
+                                    "name an enrolled speaker / accept in verify; empty: "
+                                    "calibrated per model (`harken tune speakers`)")
+    margin: float | None = Field(None, ge=0, le=2, description="similarity an identified "
+                                 "voice needs over the second-best enrolled voice; empty: "
+                                 "per model")
     store: Path | None = Field(None, description="voiceprint database; empty: "
                                "voiceprints.sqlite in the user data dir")
     window_s: float = Field(5.0, ge=1, le=30, description="speech each analysis sees")
     step_s: float = Field(0.5, ge=0.1, le=5, description="new speech between analyses")
     latency_s: float | None = Field(None, description="when a frame becomes final, between "
                                     "step_s and window_s; empty: step_s")
-    tau_active: float = Field(0.6, ge=0, le=1, description="peak activity of an active "
-                              "local speaker")
-    rho_update: float = Field(0.3, ge=0, le=1, description="mean activity to create or "
-                              "update a speaker")
-    delta_new: float = Field(1.0, gt=0, le=2, description="cosine distance beyond which a "
-                             "voice is a new speaker")
-    max_speakers: int = Field(20, ge=1, le=100, description="anonymous speakers at most")
+    tau_active: float | None = Field(None, ge=0, le=1, description="peak activity of an "
+                                     "active local speaker; empty: per model")
+    rho_update: float | None = Field(None, ge=0, le=1, description="mean activity to create "
+                                     "or update a speaker; empty: per model")
+    delta_new: float | None = Field(None, gt=0, le=2, description="cosine distance beyond "
+                                    "which a voice is a new speaker; empty: per model")
+    max_speakers: int = Field(20, ge=1, le=100, description="anonymous speakers alive at most")
+    retire_after_s: float = Field(1800.0, ge=60, le=7 * 86400, description="speech time after "
+                                  "which an unheard anonymous speaker is retired (its label is "
+                                  "never reused)")
     min_turn_s: float = Field(0.1, ge=0, le=10, description="shorter turns are dropped")
     merge_gap_s: float = Field(0.2, ge=0, le=10, description="shorter pauses stay in a turn")
+    calibration: dict[str, ModelCalibration] = Field(
+        default_factory=dict, description="model id -> thresholds (`harken tune` writes them)")
 
     @model_validator(mode="after")
     def _latency(self) -> SpeakersConfig:
@@ -286,6 +347,7 @@ class HarkenConfig(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     keywords: KeywordsConfig = Field(default_factory=KeywordsConfig)
     translation: TranslationConfig = Field(default_factory=TranslationConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
     speakers: SpeakersConfig = Field(default_factory=SpeakersConfig)
 
     @classmethod
@@ -318,12 +380,24 @@ def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             into[key] = value
 
 
-def _leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
-    keys: list[str] = []
+def _part(key: object) -> str:
+    text = str(key)
+    return f'"{text}"' if any(c in text for c in './ "') else text
+
+
+def _items(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf; a key with dots (a model id) is quoted as TOML
+    writes it, e.g. speakers.calibration."org/model-v1.5".threshold."""
+    out: list[tuple[str, Any]] = []
     for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        keys.extend(_leaves(value, dotted + ".") if isinstance(value, dict) else [dotted])
-    return keys
+        dotted = f"{prefix}{_part(key)}"
+        out.extend(_items(value, dotted + ".") if isinstance(value, dict)
+                   else [(dotted, value)])
+    return out
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
+    return [key for key, _ in _items(data, prefix)]
 
 
 def env_name(dotted: str) -> str:
@@ -381,7 +455,7 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
+            key = ".".join(_part(p) for p in err["loc"])
             where = origins.get(key, "")
             if not where:  # a section-level problem, e.g. an unknown key
                 where = next((o for k, o in origins.items() if k.startswith(key)), "default")
@@ -399,11 +473,7 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
 def describe(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
     """(dotted key, value, origin) for every setting, for `harken config show`."""
     rows: list[tuple[str, Any, str]] = []
-    dumped = loaded.config.model_dump(mode="json")
-    for key in _leaves(dumped):
-        value: Any = dumped
-        for part in key.split("."):
-            value = value[part]
+    for key, value in _items(loaded.config.model_dump(mode="json")):
         if value is not None and key.rsplit(".", 1)[-1] in SECRET_KEYS:
             value = "***"  # secrets are never printed
         rows.append((key, value, loaded.origins.get(key, "default")))

@@ -8,22 +8,38 @@ flag fails in a blink.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.metadata
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harken.app.config import LoadedConfig, load_config
 
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 VAD_ENGINES = ["webrtc", "silero", "both"]  # engine/vad.py VadEngine
+PRECISIONS = ["auto", "fp32", "int8"]
+PRECISION_HELP = "int8: dynamic int8 Linear layers (CPU only); auto: int8 on CPU, fp32 on CUDA"
+
+
+def add_precision_flags(p: argparse.ArgumentParser | Any, *, threads: bool = True) -> None:
+    """--precision (and the thread budgets) of the compute section (docs/cpu.md)."""
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    if threads:
+        p.add_argument("--inference-threads", type=int, metavar="N",
+                       help="torch threads of the inference worker (0: auto)")
+        p.add_argument("--generation-threads", type=int, metavar="N",
+                       help="torch threads of translation generation (0: auto)")
 
 #: flag dest -> (dotted config key, flag spelling): flags override the file and environment
 FLAG_KEYS: dict[str, tuple[str, str]] = {
     "captions_model": ("captions.model", "--captions-model"),
     "device_type": ("compute.device_type", "--device-type"),
     "dtype": ("compute.dtype", "--dtype"),
+    "precision": ("compute.precision", "--precision"),
+    "inference_threads": ("compute.inference_threads", "--inference-threads"),
+    "generation_threads": ("compute.generation_threads", "--generation-threads"),
     "device": ("audio.device", "--device"),
     "hop": ("captions.hop_s", "--hop"),
     "left_context": ("captions.left_context_s", "--left-context"),
@@ -33,6 +49,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "max_segment": ("vad.max_segment_s", "--max-segment"),
     "out": ("output.dir", "--out"),
     "format": ("output.formats", "--format"),
+    "overwrite": ("output.overwrite", "--overwrite"),
     "mqtt": ("mqtt.url", "--mqtt"),
     "mqtt_prefix": ("mqtt.prefix", "--mqtt-prefix"),
     "site": ("mqtt.site", "--site"),
@@ -49,6 +66,8 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "keywords_model": ("keywords.model", "--keywords-model"),
     "translate": ("translation.languages", "--translate"),
     "translation_model": ("translation.model", "--translation-model"),
+    "refine_model": ("refine.model", "--refine-model"),
+    "refine_guard": ("refine.guard", "--no-guard"),
     # speakers
     "diarize": ("speakers.enabled", "--diarize"),
     "speaker_model": ("speakers.model", "--speaker-model"),
@@ -148,6 +167,9 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
                    help="translate each final segment into these languages, e.g. de,fr")
     g.add_argument("--translation-model", metavar="ID|DIR",
                    help="translation model (speech encoder-decoder): hub id or folder")
+    g.add_argument("--refine-model", metavar="ID|DIR",
+                   help="re-decode each caption final with this sequence-to-sequence model "
+                        "(Whisper...): hub id or folder (docs/refine.md)")
 
 
 def add_bench_parsers(bsub: Any) -> None:
@@ -185,7 +207,8 @@ def _model_flags(p: argparse.ArgumentParser | Any, *, diarization: bool = True) 
     p.add_argument("--speaker-store", type=Path, metavar="FILE",
                    help="voiceprint database (default: voiceprints.sqlite in the user data dir)")
     p.add_argument("--speaker-threshold", type=float, metavar="SIM",
-                   help="cosine similarity to name/accept an enrolled speaker (default 0.7)")
+                   help="cosine similarity to name/accept an enrolled speaker (default: "
+                        "calibrated per model, docs/speakers.md)")
 
 
 def add_diarize_flags(p: argparse.ArgumentParser) -> None:
@@ -200,6 +223,7 @@ def _compute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
     p.add_argument("--device-type", metavar="auto|cpu|cuda[:N]", help="compute device")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    add_precision_flags(p, threads=False)
 
 
 def add_speakers_parser(sub: Any) -> None:
@@ -246,6 +270,29 @@ def add_eval_parsers(esub: Any) -> None:
         _model_flags(p)
 
 
+def add_tune_parser(sub: Any) -> None:
+    """`harken tune diarization|speakers` (app/tune/, app/commands/tune.py)."""
+    tp = sub.add_parser("tune", help="calibrate the speaker thresholds on your labelled audio "
+                                     "and save them in your config")
+    tsub = tp.add_subparsers(dest="tune_command", required=True, metavar="TASK")
+    td = tsub.add_parser("diarization", help="tau_active, rho_update, delta_new that lower the "
+                                             "DER (Optuna), per model")
+    td.add_argument("pairs", nargs="+", type=Path, metavar="AUDIO RTTM",
+                    help="audio files, each followed by its RTTM")
+    td.add_argument("--trials", type=int, default=50, help="Optuna trials (default 50)")
+    td.add_argument("--collar", type=_seconds, default=0.25, metavar="S",
+                    help="forgiveness around reference boundaries (default 0.25)")
+    td.add_argument("--seed", type=int, default=0, help="sampler seed (same seed, same search)")
+    ts = tsub.add_parser("speakers", help="the speaker-ID threshold at the equal error rate")
+    ts.add_argument("dir", type=Path, metavar="DIR", help="DIR/<speaker>/<clip> audio")
+    for p in (td, ts):
+        p.add_argument("--no-write", action="store_true",
+                       help="print the result, leave the config file alone")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        _compute_flags(p)
+        _model_flags(p, diarization=p is td)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -282,6 +329,57 @@ def add_bench(bsub: Any) -> None:
     bs.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
+def add_load_bench_parsers(bsub: Any) -> None:
+    """`bench all` and `bench streams` (app/bench/all.py, app/bench/streams.py, docs/cpu.md)."""
+    ba = bsub.add_parser("all", help="the five tasks together on one real-time speech stream")
+    ba.add_argument("--seconds", type=float, default=60.0, help="audio length")
+    ba.add_argument("--captions-arch", default="hubert-base",
+                    choices=["hubert-base", "hubert-large"],
+                    help="captions architecture (random weights)")
+    ba.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
+    ba.add_argument("--max-new-tokens", type=int, default=48,
+                    help="tokens per translated segment (random weights always reach it)")
+    ba.add_argument("--fast", action="store_true",
+                    help="unpaced, nothing skipped: cpu_rtf is each task's full demand")
+    ba.add_argument("--generation-threads", type=int, default=0, metavar="N",
+                    help="torch threads of translation generation (0: auto)")
+    bst = bsub.add_parser("streams", help="N concurrent streams through the batching worker")
+    bst.add_argument("--streams", type=int, default=1, metavar="N",
+                     help="concurrent streams (with --find-capacity: the first N tried)")
+    bst.add_argument("--find-capacity", action="store_true",
+                     help="largest N with final p95 < 0.5 s and no skipped finals")
+    bst.add_argument("--max-streams", type=int, default=512, metavar="N",
+                     help="--find-capacity tries no more streams than this")
+    bst.add_argument("--tasks", default="captions", metavar="captions[,speakers,keywords]")
+    bst.add_argument("--model", default="hubert-large",
+                     metavar="ID|DIR|hubert-base|hubert-large",
+                     help="captions checkpoint, or a full-size architecture, random weights")
+    bst.add_argument("--seconds", type=float, default=30.0, help="audio per stream")
+    bst.add_argument("--max-batch", type=int, default=64, help="windows per forward pass")
+    for p in (ba, bst):
+        p.add_argument("--inference-threads", type=int, default=0, metavar="N",
+                       help="torch threads of the inference worker (0: auto)")
+    bp = bsub.add_parser("precision", help="int8 vs fp32 per task on real speech: fidelity "
+                                           "and speed-up")
+    bp.add_argument("--tasks", default="captions,speakers,diarization,keywords,translation",
+                    metavar="LIST", help="captions,speakers,diarization,keywords,translation")
+    bp.add_argument("--audio-root", type=Path, default=Path("../shared/audio"), metavar="DIR",
+                    help="the shared real-speech folder")
+    bp.add_argument("--threads", type=int, default=0, metavar="N",
+                    help="torch threads (0: torch's default)")
+    bp.add_argument("--max-new-tokens", type=int, default=24,
+                    help="tokens per translated segment")
+    bp.add_argument("--json", action="store_true", help="print only the JSON object")
+    for p in (ba, bst):
+        p.add_argument("--audio", type=Path,
+                       help="speech file (default: ../shared/audio conversation, else the "
+                            "assets sample)")
+        p.add_argument("--device-type", default="auto")
+        p.add_argument("--dtype", default="auto", choices=DTYPES)
+        p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+        p.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
 def add_bench_soak(bsub: Any) -> None:
     """`harken bench soak` (app/bench/soak.py)."""
     bs = bsub.add_parser("soak", help="all tasks for a long run over a restarting broker "
@@ -306,6 +404,21 @@ def add_eval_keywords(esub: Any, add_common: Any) -> None:
     ek.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
+def add_eval_captions(esub: Any) -> None:
+    """`harken eval captions DIR|MANIFEST [--refine-model ID|DIR]` (app/eval/captions.py)."""
+    ec = esub.add_parser("captions", help="WER/CER of streaming CTC finals, whole-segment "
+                                          "CTC and refined finals; refined-final latency")
+    add_common(ec)
+    ec.add_argument("path", type=Path, metavar="DIR|MANIFEST",
+                    help="audio with transcripts (LibriSpeech *.trans.txt, LJ Speech "
+                         "metadata.csv, NAME.txt beside NAME.wav) or AUDIO<TAB>TEXT lines")
+    ec.add_argument("--no-guard", dest="refine_guard", action="store_false", default=None,
+                    help="accept every non-empty refinement (no hallucination guard)")
+    ec.add_argument("--fast", action="store_true",
+                    help="feed audio as fast as it decodes (no latency figures)")
+    ec.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
     p.add_argument("--captions-model", metavar="ID|DIR", help="CTC model: hub id or folder")
@@ -319,6 +432,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="speech detector: both (default: webrtcvad onsets confirmed by "
                         "silero-vad), webrtc or silero alone (docs/vad.md)")
     p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
+    add_precision_flags(p)
     add_task_flags(p)
     add_diarize_flags(p)
 
@@ -371,6 +485,28 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**{**kwargs, "allow_abbrev": False})
 
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra and self._subparsers is None:
+            # A command's own parser names what it did not know (argparse would leave it to
+            # the top-level parser, whose usage says nothing about this command's flags).
+            self.error(f"unrecognized arguments: {' '.join(extra)}{self._suggestion(extra)}")
+        return parsed, extra
+
+    def _suggestion(self, extra: Sequence[str]) -> str:
+        flags = [opt for action in self._actions for opt in action.option_strings]
+        for arg in extra:
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if arg.startswith("-") and close:
+                return f" (did you mean {close[0]}?)"
+        return ""
+
+    def error(self, message: str) -> NoReturn:
+        """One line that names the fix, not argparse's usage block."""
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
 
 def version() -> str:
     try:
@@ -397,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-tui", action="store_true",
                      help="plain printed captions instead of the terminal app")
     run.add_argument("--out", type=Path, metavar="DIR", help="also write transcript files here")
+    run.add_argument("--overwrite", action="store_true", default=None,
+                     help="replace output files that already exist (default: refuse)")
     run.add_argument("--format", type=formats, metavar="LIST",
                      help="file formats with --out: srt,vtt,jsonl,txt,rttm")
     add_mqtt(run)
@@ -405,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(tr)
     tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
     tr.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: .)")
+    tr.add_argument("--overwrite", action="store_true", default=None,
+                    help="replace output files that already exist (default: refuse)")
     tr.add_argument("--format", type=formats, metavar="LIST", help="srt,vtt,jsonl,txt,rttm")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -423,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--captions-model", metavar="ID|DIR")
         mp.add_argument("--keywords-model", metavar="ID|DIR")
         mp.add_argument("--translation-model", metavar="ID|DIR")
+        mp.add_argument("--refine-model", metavar="ID|DIR")
         mp.add_argument("--diarize", action="store_true", default=None,
                         help="include the speaker and diarization models")
 
@@ -450,12 +591,15 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--json", action="store_true", help="print only the JSON object")
     add_bench_parsers(bsub)
     add_bench(bsub)
+    add_load_bench_parsers(bsub)
     add_bench_soak(bsub)
 
     ev = sub.add_parser("eval", help="measure accuracy on labelled audio")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     add_eval_keywords(esub, add_common)
+    add_eval_captions(esub)
     add_eval_parsers(esub)
     add_eval_vad(esub)
     add_speakers_parser(sub)
+    add_tune_parser(sub)
     return parser

@@ -184,7 +184,8 @@ class MqttSetup:
         try:
             self.sink_options = MqttSinkOptions(
                 prefix=mqtt.prefix, site=self.site, sites_from_streams=input_url is not None,
-                hermes=mqtt.hermes, ha_discovery=mqtt.ha_discovery, ha_prefix=mqtt.ha_prefix,
+                hermes=mqtt.hermes, hermes_refined=bool(config.refine.model),
+                ha_discovery=mqtt.ha_discovery, ha_prefix=mqtt.ha_prefix,
                 outbox_size=mqtt.outbox_size, partial_interval_s=mqtt.partial_interval_s,
                 # Entities for the configured keywords exist before the first is spotted.
                 keywords=tuple(config.keywords.words) if config.keywords.enabled else (),

@@ -17,6 +17,7 @@ from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
 from harken.app.tasks.loader import ModelLoader
+from harken.app.tasks.refine import refine_stages, refined_sinks
 from harken.app.tasks.speakers import speaker_stages
 from harken.app.tasks.translation import (
     LanguageSwitch,
@@ -46,6 +47,7 @@ from harken.engine.sources.mic import MicSource
 from harken.engine.stages.keywords import KeywordSelection
 from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker
+from harken.engine.threads import CoreShare, ThreadBudget, available_cores, plan_threads
 from harken.engine.worker import InferenceWorker
 from harken.models.errors import ConfigError, ControlError, KeywordError, UnsupportedLanguageError
 
@@ -53,6 +55,16 @@ SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine fa
 
 def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
     return EngineOptions(vad=live_vad_options(config), live=live)
+
+
+def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
+    """The torch threads of the inference worker and the generation thread (engine/threads.py):
+    the configured counts, or a split of this machine's cores that never oversubscribes."""
+    c = config.compute
+    return plan_threads(cores=available_cores(), device_type=device_type,
+                        # Translation and refinement both run on the generation thread.
+                        translation=bool(config.translation.languages or config.refine.model),
+                        inference=c.inference_threads, generation=c.generation_threads)
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,
@@ -83,10 +95,29 @@ def check_formats(config: HarkenConfig, formats: Sequence[str]) -> None:
 
 def output_sinks(config: HarkenConfig, *, stem: str, formats: Sequence[str],
                  out_dir: Path | None = None) -> list[Sink]:
+    """The file sinks of `--out` (or of `out_dir`: the TUI's export picks its own folder).
+    Nothing is opened yet: a command checks `output_paths` with `check_new` first."""
     check_formats(config, formats)
     folder = out_dir if out_dir is not None else config.output.dir
-    sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in formats]
-    return sinks + translated_sinks(config, stem=stem, formats=formats, folder=folder)
+    sinks = [file_sink(fmt, folder / f"{stem}.{fmt}") for fmt in dict.fromkeys(formats)]
+    sinks += translated_sinks(config, stem=stem, formats=formats, folder=folder)
+    return sinks
+
+
+def output_paths(sinks: Sequence[Sink]) -> list[Path]:
+    return [path for sink in sinks if isinstance(path := getattr(sink, "path", None), Path)]
+
+
+def check_new(config: HarkenConfig, paths: Sequence[Path]) -> None:
+    """Output files must not exist yet (unless output.overwrite): `harken transcribe
+    talk.wav` beside its reference talk.txt, or a second run into the same folder, must not
+    destroy them."""
+    if config.output.overwrite:
+        return
+    existing = [str(p) for p in paths if p.exists()]
+    if existing:
+        raise ConfigError(f"{', '.join(existing)} already exist(s); choose another --out "
+                          "folder, move them away, or pass --overwrite to replace them")
 
 
 def result_files(config: HarkenConfig, *, stem: str, per_stream: bool) -> list[Sink]:
@@ -122,24 +153,41 @@ class TaskStages:
 
 
 @asynccontextmanager
-async def task_stages(config: HarkenConfig, models: ModelLoader) -> AsyncIterator[TaskStages]:
-    """Stage factories of the enabled keyword and translation tasks (none when both are off)."""
+async def task_stages(config: HarkenConfig, models: ModelLoader,
+                      share: CoreShare | None = None) -> AsyncIterator[TaskStages]:
+    """Stage factories of the enabled refine, keyword and translation tasks (none when all
+    are off). Refinement and translation share one generation thread (refinement first).
+    `share`: the cores the generation thread borrows from the inference worker."""
     c = config
     factories: list[StageFactory] = []
     keywords: KeywordSelection | None = None
+    refiner = await models.refine(config) if c.refine.model else None
     if c.keywords.enabled:
         spotter = await models.keywords(config)
         keywords = keyword_selection(config, spotter)
         factories.append(keyword_stages(config, spotter, selection=keywords))
-    if not c.translation.languages:
+    if refiner is None and not c.translation.languages:
         yield TaskStages(factories=factories, keywords=keywords)
         return
-    translator = await models.translation(config)
-    translator.options = generation_options(config)
-    languages = language_switch(config, translator)
-    async with GenerationWorker(name=str(translator.device)) as generator:
-        factories.append(translation_stages(translator, languages.selection.targets,
-                                            generator, selection=languages.selection))
+    languages: LanguageSwitch | None = None
+    translator = None
+    if c.translation.languages:
+        translator = await models.translation(config)
+        translator.options = generation_options(config)
+        languages = language_switch(config, translator)
+    device = refiner.device if refiner is not None else translator.device if translator \
+        is not None else "cpu"
+    budget = share.budget if share is not None else \
+        thread_budget(config, device_type=str(device).split(":")[0])
+    async with GenerationWorker(name=str(device), threads=budget.generation,
+                                nice=budget.generation_nice, share=share) as generator:
+        if refiner is not None:
+            captioner = await models.captions(config)
+            # Right after the caption stage: it takes each segment's first pass at once.
+            factories.insert(0, refine_stages(config, refiner, captioner, generator))
+        if translator is not None and languages is not None:
+            factories.append(translation_stages(translator, languages.selection.targets,
+                                                generator, selection=languages.selection))
         yield TaskStages(factories=factories, keywords=keywords, languages=languages)
 
 
@@ -234,9 +282,12 @@ class Session:
         if self.config.speakers.enabled:
             speakers = await self.models.diarization(self.config)
             diarize.append(speaker_stages(self.config, speakers, switch=self._diarization))
+        budget = thread_budget(self.config, device_type=captioner.device.type)
+        share = CoreShare(budget=budget) if budget.lend else None
         async with InferenceWorker(name=str(captioner.device),
-                                   max_batch=self.config.compute.max_batch) as worker, \
-                task_stages(self.config, self.models) as tasks:
+                                   max_batch=self.config.compute.max_batch,
+                                   threads=budget.inference, share=share) as worker, \
+                task_stages(self.config, self.models, share) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
                             stages=[caption_stages(self.config, captioner), *tasks.factories,
                                     *diarize],
@@ -254,7 +305,11 @@ class Session:
 
     async def _drive(self, engine: Engine) -> None:
         """The engine and the sinks, to the end of every source."""
-        subs = [(sink, engine.subscribe(sink.name)) for sink in self.sinks]
+        # Subtitle and transcript files carry the refined text (when refining).
+        r = self.config.refine
+        sinks = refined_sinks(self.sinks, enabled=bool(r.model),
+                              max_wait_s=r.max_wait_s if self.live else None)
+        subs = [(sink, engine.subscribe(sink.name)) for sink in sinks]
         async with asyncio.TaskGroup() as tg:
             sink_tasks = [tg.create_task(sink.consume(sub), name=f"sink-{sink.name}")
                           for sink, sub in subs]

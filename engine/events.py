@@ -88,6 +88,28 @@ class CaptionFinal(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CaptionRefined(Event):
+    """The second pass of one caption (docs/refine.md): same stream, segment, start and end
+    as its `caption_final`, and always published after it.
+
+    `text`/`words` are what stands: the refined text with word times from CTC alignment
+    when `accepted`; otherwise the CTC final's, and `reason` says why (the guard's verdict:
+    empty, ctc_empty, disagrees, repeats; or failed, skipped). `cer` is the refinement's
+    character error rate against the CTC text, when both had words.
+    """
+
+    type: ClassVar[str] = "caption_refined"
+    follows_final: ClassVar[bool] = True
+    segment: int
+    text: str
+    words: tuple[Word, ...] = ()
+    model: str = ""
+    accepted: bool = True
+    reason: str = "ok"
+    cer: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Level(Event):
     """Input level of the last block, for meters (not written to files by default)."""
 
@@ -108,6 +130,9 @@ class Stats(Event):
     queue_depth: int = 0
     caption_latency_p50_s: float | None = None
     caption_latency_p95_s: float | None = None
+    #: Refined finals after the end of speech (None unless refining: docs/refine.md).
+    refine_latency_p50_s: float | None = None
+    refine_latency_p95_s: float | None = None
     dropped: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
@@ -161,6 +186,6 @@ class SpeakerTurn(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, Level, Stats, StreamError,
-                Keyword, Translation, SpeakerTurn)
+    for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, CaptionRefined, Level,
+                Stats, StreamError, Keyword, Translation, SpeakerTurn)
 }

@@ -33,7 +33,7 @@ import numpy as np
 from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
 from harken.engine.events import Event, Level, SpeechEnded, SpeechStarted, Stats
-from harken.engine.metrics import ArrivalLog
+from harken.engine.metrics import ArrivalLog, FinalLog
 from harken.engine.vad import (
     SegmentAudio,
     SegmentEnd,
@@ -116,6 +116,9 @@ class StageContext:
     worker: InferenceWorker
     arrivals: ArrivalLog
     live: bool
+    #: One per stream (the engine builds one context per stream for all its factories):
+    #: the caption stage's closed segments, for the refine stage.
+    finals: FinalLog = field(default_factory=FinalLog)
 
 
 StageFactory = Callable[[StageContext], Stage]
@@ -424,6 +427,8 @@ class Engine:
             queue_depth=state.queue.qsize() + self.worker.pending,
             lag_s=time.monotonic() - arrived if arrived is not None else 0.0,
             caption_latency_p50_s=latencies.get("caption_latency_p50_s"),
+            refine_latency_p50_s=latencies.get("refine_latency_p50_s"),
+            refine_latency_p95_s=latencies.get("refine_latency_p95_s"),
             caption_latency_p95_s=latencies.get("caption_latency_p95_s"),
             dropped=self.bus.dropped(),
             lost=self.bus.lost(),

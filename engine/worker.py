@@ -2,8 +2,11 @@
 
 Requests ("encode this window with that model") wait in a bounded queue. The dispatcher
 takes everything queued at once, groups what can share a forward pass (same model and, for
-models that cannot pad, the same length) and runs each group as one batch on a single
-thread: one thread per device keeps the GPU's work ordered and the loop free.
+models that cannot pad, the same length) and runs each group as batches on a single thread:
+one thread per device keeps the GPU's work ordered and the loop free. Windows of different
+lengths (different streams, or a segment's first windows) share a padded forward pass when
+the model can pad; they are sorted by length and cut into buckets so that padding never
+exceeds MAX_PAD_FRACTION of the audio in a batch.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import Protocol, Self
 
 import numpy as np
 
+from harken.engine.threads import CoreShare, set_thread_count, start_thread
 from harken.models.errors import InferenceError
 
 MAX_BATCH = 16  # windows per forward pass
 MAX_PENDING = 64  # queued requests before submitters wait
+MAX_PAD_FRACTION = 0.25  # padded samples per real sample allowed in one batch
 
 
 class BatchEncoder(Protocol):
@@ -45,6 +50,37 @@ class _Request:
         return (id(self.model), length)
 
 
+def _encode_timed(model: BatchEncoder, windows: list[np.ndarray],
+                  threads: int | None) -> tuple[list[np.ndarray], float]:
+    if threads is not None:
+        set_thread_count(threads)
+    started = time.thread_time()
+    outputs = model.encode(windows)
+    return outputs, time.thread_time() - started
+
+
+def buckets(group: list[_Request], *, max_batch: int) -> list[list[_Request]]:
+    """`group` (one model) cut into batches of at most `max_batch` windows; windows of
+    different lengths sorted by length, a batch closed before padding would exceed
+    MAX_PAD_FRACTION of its audio."""
+    ordered = sorted(group, key=lambda r: len(r.samples))
+    out: list[list[_Request]] = []
+    batch: list[_Request] = []
+    total = 0
+    for req in ordered:
+        n = len(req.samples)
+        padded = n * (len(batch) + 1)  # ascending order: this one is the longest
+        if batch and (len(batch) >= max_batch
+                      or padded - (total + n) > MAX_PAD_FRACTION * (total + n)):
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(req)
+        total += n
+    if batch:
+        out.append(batch)
+    return out
+
+
 @dataclass
 class WorkerStats:
     batches: int = 0
@@ -52,17 +88,32 @@ class WorkerStats:
     busy_s: float = 0.0
     max_batch_seen: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)
+    busy_by_model: dict[str, float] = field(default_factory=dict)  # model_id -> seconds
+    # CPU seconds of the worker thread itself: unlike busy_s, not inflated when other
+    # processes share the cores (all of the compute when it runs one torch thread).
+    cpu_s: float = 0.0
+    cpu_by_model: dict[str, float] = field(default_factory=dict)
+    samples: int = 0  # audio samples encoded
+    padded_samples: int = 0  # zeros added to batch windows of different lengths
 
 
 class InferenceWorker:
     """`async with InferenceWorker(name="cpu") as worker: out = await worker.encode(m, x)`."""
 
     def __init__(self, *, name: str, max_batch: int = MAX_BATCH,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, threads: int | None = None,
+                 share: CoreShare | None = None) -> None:
+        """`threads`: torch intra-op threads of the worker's thread (engine/threads.py);
+        None leaves torch's setting alone. `share`: re-read before each forward pass, while
+        the generation thread borrows some of them."""
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self.name = name
         self.max_batch = max_batch
+        self.threads = threads
+        self.share = share
         self.stats = WorkerStats()
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=max_pending)
         self._executor: ThreadPoolExecutor | None = None
@@ -73,7 +124,14 @@ class InferenceWorker:
         return self._queue.qsize()
 
     async def __aenter__(self) -> Self:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        if self.threads is None:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix=f"infer-{self.name}")
+        else:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix=f"infer-{self.name}",
+                                                initializer=start_thread,
+                                                initargs=(self.threads,))
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"worker-{self.name}")
         return self
 
@@ -114,8 +172,8 @@ class InferenceWorker:
                     if not req.future.cancelled():
                         groups.setdefault(req.batch_key(), []).append(req)
                 for group in groups.values():
-                    for start in range(0, len(group), self.max_batch):
-                        await self._run(loop, group[start:start + self.max_batch])
+                    for batch in buckets(group, max_batch=self.max_batch):
+                        await self._run(loop, batch)
         finally:
             # Nobody may wait forever on a request this loop took but will never run.
             stopped = InferenceError(f"the {self.name} inference worker has stopped")
@@ -128,7 +186,12 @@ class InferenceWorker:
         windows = [r.samples for r in batch]
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, model.encode, windows)
+            threads = self.share.inference_threads() if self.share is not None else None
+            outputs, cpu_s = await loop.run_in_executor(self._executor, _encode_timed, model,
+                                                        windows, threads)
+            self.stats.cpu_s += cpu_s
+            key = str(getattr(model, "model_id", type(model).__name__))
+            self.stats.cpu_by_model[key] = self.stats.cpu_by_model.get(key, 0.0) + cpu_s
             if len(outputs) != len(batch):
                 raise ValueError(f"the model returned {len(outputs)} results for "
                                  f"{len(batch)} windows")
@@ -140,9 +203,15 @@ class InferenceWorker:
                     req.future.set_exception(error)
             return
         finally:
-            self.stats.busy_s += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.stats.busy_s += elapsed
+            key = str(getattr(model, "model_id", type(model).__name__))
+            self.stats.busy_by_model[key] = self.stats.busy_by_model.get(key, 0.0) + elapsed
         self.stats.batches += 1
         self.stats.windows += len(batch)
+        lengths = [len(r.samples) for r in batch]
+        self.stats.samples += sum(lengths)
+        self.stats.padded_samples += max(lengths) * len(lengths) - sum(lengths)
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
         self.stats.batch_sizes[len(batch)] = self.stats.batch_sizes.get(len(batch), 0) + 1
         for req, out in zip(batch, outputs, strict=True):

@@ -64,7 +64,8 @@ class CtcCaptioner:
 
     @classmethod
     def from_pretrained(
-        cls, model_id: str, *, device: str = "auto", dtype: str = "auto"
+        cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
+        precision: str = "auto",
     ) -> CtcCaptioner:
         from transformers import AutoModelForCTC
 
@@ -75,7 +76,8 @@ class CtcCaptioner:
         check_head(AutoModelForCTC, model_id, task=TASK)
         processor = load_processor(model_id, task=TASK)
         model = load_pretrained(
-            AutoModelForCTC, model_id, device=torch_device, dtype=torch_dtype, task=TASK
+            AutoModelForCTC, model_id, device=torch_device, dtype=torch_dtype, task=TASK,
+            precision=precision,
         )
         return cls(
             model_id=model_id,

@@ -38,13 +38,14 @@ class FrameSegmenter:
 
     @classmethod
     def from_pretrained(cls, model_id: str, *, device: str = "auto",
-                        dtype: str = "auto") -> FrameSegmenter:
+                        dtype: str = "auto", precision: str = "auto") -> FrameSegmenter:
         from transformers import AutoModelForAudioFrameClassification
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(torch_device, dtype)
         model = load_pretrained(AutoModelForAudioFrameClassification, model_id,
-                                device=torch_device, dtype=torch_dtype, task=TASK)
+                                device=torch_device, dtype=torch_dtype, task=TASK,
+                                precision=precision)
         processor = load_feature_extractor(model_id, task=TASK)
         return cls(model_id=model_id, model=model, processor=processor, device=torch_device,
                    dtype=torch_dtype)

@@ -54,6 +54,14 @@ class EvalError(HarkenError):
     """The evaluation data is missing or unusable."""
 
 
+class TuneError(EvalError):
+    """`harken tune` was given data it cannot tune on."""
+
+
+class ConfigWriteError(HarkenError):
+    """`harken tune` could not update the config file (it is left as it was)."""
+
+
 class NotEnoughSpeechError(HarkenError):
     """A clip has no speech, or too little to describe a voice."""
 

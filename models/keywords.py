@@ -99,7 +99,7 @@ class KeywordSpotter:
 
     @classmethod
     def from_pretrained(cls, model_id: str, *, device: str = "auto",
-                        dtype: str = "auto") -> KeywordSpotter:
+                        dtype: str = "auto", precision: str = "auto") -> KeywordSpotter:
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
         torch_device = resolve_device(device)
@@ -110,7 +110,7 @@ class KeywordSpotter:
         extractor = load_part(AutoFeatureExtractor, model_id, part="feature extractor",
                               task=TASK)
         model = load_pretrained(AutoModelForAudioClassification, model_id, device=torch_device,
-                                dtype=torch_dtype, task=TASK)
+                                dtype=torch_dtype, task=TASK, precision=precision)
         return cls(model_id=model_id, model=model, feature_extractor=extractor,
                    device=torch_device, dtype=torch_dtype)
 

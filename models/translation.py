@@ -129,7 +129,8 @@ class SpeechTranslator:
 
     @classmethod
     def from_pretrained(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
-                        options: GenerationOptions | None = None) -> SpeechTranslator:
+                        options: GenerationOptions | None = None,
+                        precision: str = "auto") -> SpeechTranslator:
         from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
 
         torch_device = resolve_device(device)
@@ -141,7 +142,7 @@ class SpeechTranslator:
                               task=TASK)
         tokenizer = load_part(AutoTokenizer, model_id, part="tokenizer", task=TASK)
         model = load_pretrained(AutoModelForSpeechSeq2Seq, model_id, device=torch_device,
-                                dtype=torch_dtype, task=TASK)
+                                dtype=torch_dtype, task=TASK, precision=precision)
         return cls(model_id=model_id, model=model, feature_extractor=extractor,
                    tokenizer=tokenizer, device=torch_device, dtype=torch_dtype, options=options)
 

@@ -17,7 +17,7 @@ from harken.models.geometry import FrameGeometry, normalize_window, segment_stat
 @pytest.fixture(scope="module")
 def captioners(tiny_ctc_dirs: dict[str, Path]) -> dict[str, CtcCaptioner]:
     return {
-        arch: CtcCaptioner.from_pretrained(str(path), device="cpu")
+        arch: CtcCaptioner.from_pretrained(str(path), device="cpu", precision="fp32")
         for arch, path in tiny_ctc_dirs.items()
     }
 

@@ -188,3 +188,36 @@ def test_bare_harken_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None
     assert out.startswith("usage: harken")
     for command in ("run", "transcribe", "models", "bench"):
         assert command in out
+
+
+def test_a_flag_typo_is_named_by_its_command_with_the_closest_flag(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["transcribe", str(SAMPLE), "--captions-modle", "x"])
+    assert line.startswith("harken transcribe: error: unrecognized arguments")
+    assert "did you mean --captions-model?" in line
+    assert "harken transcribe --help" in line
+
+
+def test_outputs_that_exist_are_refused_unless_overwrite(
+        tiny_hubert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reference transcript beside its audio (talk.txt) must survive `transcribe talk.wav`."""
+    audio = tmp_path / "talk.wav"
+    audio.write_bytes(SAMPLE.read_bytes())
+    reference = tmp_path / "talk.txt"
+    reference.write_text("THE REFERENCE\n")
+    argv = ["transcribe", str(audio), "--out", str(tmp_path), "--format", "srt,txt",
+            "--captions-model", str(tiny_hubert), "--no-progress"]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert "talk.txt" in line
+    assert "--overwrite" in line
+    assert reference.read_text() == "THE REFERENCE\n"
+    assert not (tmp_path / "talk.srt").exists()  # refused before anything was written
+    assert main([*argv, "--overwrite"]) == 0
+    assert reference.read_text() != "THE REFERENCE\n"
+
+
+def test_eval_captions_given_an_audio_file_names_the_fix(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "captions", str(SAMPLE)]) == 2
+    assert "is an audio file" in one_error_line(capsys)

@@ -12,6 +12,7 @@ from harken.models.clustering import (
     TurnTracker,
     Voiceprint,
     l2_normalize,
+    name_voice,
     overlap_weights,
 )
 
@@ -219,3 +220,184 @@ def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="unique"):
         OnlineClustering(options=OPTS,
                          voiceprints=[Voiceprint(name="A", embedding=voices(1)[0])] * 2)
+
+
+# ---------------------------------------------------------------- issue 11: the fixes
+
+
+def _unit(*coords: float) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[:len(coords)] = coords
+    return v
+
+
+def test_pairs_over_delta_new_are_masked_before_the_assignment() -> None:
+    """Distances [[1.807, 1.14], [1.038, 0.927]] with delta_new 1.0: local 1 is S2's.
+
+    On raw distances the Hungarian assignment prefers 1.14 + 1.038 (both over delta_new,
+    both undone: two new speakers) to 1.807 + 0.927; masked first, the one valid pair wins.
+    """
+    clus = OnlineClustering(options=ClusteringOptions(delta_new=1.0))
+    # S1 = e1 and S2 = e2, heard together so they are never merged.
+    out = clus.identify(window(0, 1), np.stack([_unit(1.0), _unit(0.0, 1.0)]))
+    assert [clus.labels[out.mapping[s]] for s in (0, 1)] == ["S1", "S2"]
+    a0, a1 = 1 - 1.807, 1 - 1.14  # cosines of local 0 to S1, S2
+    b0, b1 = 1 - 1.038, 1 - 0.927  # cosines of local 1 to S1, S2
+    local0 = _unit(a0, a1, np.sqrt(1 - a0**2 - a1**2))
+    local1 = _unit(b0, b1, 0.0, np.sqrt(1 - b0**2 - b1**2))
+    out = clus.identify(window(0, 1), np.stack([local0, local1]))
+    assert out.distances[1] == pytest.approx(0.927, abs=1e-4)
+    assert clus.labels[out.mapping[1]] == "S2"
+    assert clus.labels[out.mapping[0]] == "S3"  # the only voice past delta_new of both
+    assert out.created == (out.mapping[0],)
+
+
+def test_random_distance_matrices_never_lose_a_valid_match() -> None:
+    """Whenever a one-to-one matching within delta_new exists, as many pairs match."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        clus = OnlineClustering(options=ClusteringOptions(delta_new=0.8, rho_update=0.0))
+        centres = voices(3, seed=int(rng.integers(1 << 30)))
+        clus.identify(window(0, 1, 2, k=3), centres)  # S1..S3, heard together
+        locals_ = l2_normalize(centres[rng.permutation(3)[:2]]
+                               + rng.normal(0, 0.35, (2, DIM)))
+        dist = 1.0 - locals_.astype(np.float64) @ centres.T.astype(np.float64)
+        valid = dist <= 0.8
+        rows, cols = linear_sum_assignment(np.where(valid, 0.0, 1.0))  # max valid matching
+        best = int(valid[rows, cols].sum())
+        out = clus.identify(window(0, 1), locals_)
+        matched = sum(1 for k, g in out.mapping.items() if g not in out.created)
+        assert matched == best
+
+
+def test_a_short_interjection_never_founds_a_speaker() -> None:
+    """A 100 ms interjection (mean activity 0.09) while S1 talks: not a permanent S2."""
+    v = voices(2)
+    clus = OnlineClustering(options=OPTS)
+    frames = 250  # 5 s of 20 ms frames
+    act = np.full((frames, 2), 0.075, dtype=np.float32)
+    act[:, 0] = 0.9
+    act[100:105, 1] = 0.9  # 5 frames = 100 ms
+    assert act[:, 1].mean() == pytest.approx(0.09, abs=0.002)
+    first = clus.identify(act, np.stack([heard(v[0], seed=1), heard(v[1], seed=2)]))
+    assert [clus.labels[g] for g in first.mapping.values()] == ["S1"]
+    for t in range(3, 8):  # the same again: S1 is taken by local 0 every time
+        out = clus.identify(act, np.stack([heard(v[0], seed=t), heard(v[1], seed=t + 50)]))
+        assert out.created == ()
+        assert 1 not in out.mapping
+    assert clus.anonymous_speakers == 1
+    # When the newcomer really talks (above rho_update), it becomes S2.
+    assert step(clus, {0: v[0], 1: v[1]}, seed=99) == {0: "S1", 1: "S2"}
+
+
+def _at(degrees: float) -> np.ndarray:
+    """A unit voice `degrees` away from e1, in the e1-e2 plane."""
+    rad = np.deg2rad(degrees)
+    return _unit(float(np.cos(rad)), float(np.sin(rad)))
+
+
+def _drifting_pair(*, heard_together: bool) -> tuple[OnlineClustering, list[object]]:
+    """S1 at 0 deg, S2 at 75 deg (distance 0.74 > delta_new 0.6); then S2's voice comes
+    each time 8 deg nearer S1 than S2's centroid, so its nearest speaker is always S2 while
+    the centroid drifts within delta_new of S1 (66.4 deg)."""
+    clus = OnlineClustering(options=ClusteringOptions(delta_new=0.6, rho_update=0.3))
+    if heard_together:
+        clus.identify(window(0, 1), np.stack([_at(0), _at(75)]))
+    else:
+        clus.identify(window(0), np.stack([_at(0), np.full(DIM, np.nan)]))
+        clus.identify(window(1), np.stack([np.full(DIM, np.nan), _at(75)]))
+    assert clus.labels == ("S1", "S2")
+    outs: list[object] = []
+    for _ in range(12):
+        c = clus.centroid(1)
+        angle = float(np.rad2deg(np.arctan2(c[1], c[0])))
+        outs.append(clus.identify(window(1), np.stack([np.full(DIM, np.nan),
+                                                       _at(angle - 8)])))
+    return clus, outs
+
+
+def test_centroids_that_drift_together_merge_into_the_older_label() -> None:
+    clus, outs = _drifting_pair(heard_together=False)
+    merges = [m for out in outs for m in out.merged]  # type: ignore[attr-defined]
+    assert merges == [(1, 0)]  # S2 absorbed by S1
+    assert clus.anonymous_speakers == 1
+    assert not clus.is_live(1)
+    last = outs[-1].mapping  # type: ignore[attr-defined]
+    assert [clus.labels[g] for g in last.values()] == ["S1"]
+    # Labels are never handed out twice: the next new voice is S3.
+    out = clus.identify(window(0), np.stack([_unit(0.0, 0.0, 1.0), np.full(DIM, np.nan)]))
+    assert [clus.labels[g] for g in out.mapping.values()] == ["S3"]
+
+
+def test_speakers_heard_in_one_window_never_merge() -> None:
+    clus, outs = _drifting_pair(heard_together=True)
+    assert all(not out.merged for out in outs)  # type: ignore[attr-defined]
+    assert clus.anonymous_speakers == 2
+
+
+def test_an_anonymous_speaker_unheard_for_long_is_retired_and_its_column_reused() -> None:
+    v = voices(3)
+    clus = OnlineClustering(options=ClusteringOptions(delta_new=0.6, retire_after=10,
+                                                      reuse_after=4))
+    assert step(clus, {0: v[0]}, seed=0) == {0: "S1"}
+    retired = []
+    for t in range(1, 14):
+        out = clus.identify(window(1), np.stack([np.full(DIM, np.nan),
+                                                 heard(v[1], seed=t)]))
+        retired += out.retired
+    assert retired == [0]
+    assert clus.anonymous_speakers == 1
+    # S1's voice comes back: a new label (S3), in S1's freed column.
+    assert step(clus, {0: v[0]}, seed=50) == {0: "S3"}
+    assert clus.num_speakers == 2
+    # An enrolled person is never retired.
+    named = OnlineClustering(options=ClusteringOptions(delta_new=0.6, retire_after=2),
+                             voiceprints=[Voiceprint(name="Ann", embedding=v[0])])
+    for t in range(6):
+        step(named, {0: v[1]}, seed=t)
+    assert step(named, {0: v[0]}, seed=7) == {0: "Ann"}
+
+
+def test_skipped_windows_count_towards_retirement() -> None:
+    v = voices(2)
+    clus = OnlineClustering(options=ClusteringOptions(delta_new=0.6, retire_after=10))
+    step(clus, {0: v[0]}, seed=0)
+    clus.skip(10)
+    out = clus.identify(window(1), np.stack([np.full(DIM, np.nan), heard(v[1], seed=1)]))
+    assert out.retired == (0,)
+
+
+def test_a_voice_between_two_enrolled_people_is_named_only_with_a_clear_margin() -> None:
+    prints = [Voiceprint(name="Ann", embedding=_unit(1.0)),
+              Voiceprint(name="Bob", embedding=_unit(0.0, 1.0))]
+    between = _unit(0.7, 0.62, np.sqrt(1 - 0.7**2 - 0.62**2))  # 0.70 to Ann, 0.62 to Bob
+
+    def label(margin: float) -> str:
+        clus = OnlineClustering(options=ClusteringOptions(
+            delta_new=0.2, enrolled_threshold=0.6, enrolled_margin=margin), voiceprints=prints)
+        out = clus.identify(window(0), np.stack([between, np.full(DIM, np.nan)]))
+        return next(clus.labels[g] for g in out.mapping.values())
+
+    assert label(0.0) == "Ann"
+    assert label(0.1) == "S1"  # within 0.1 of Bob too: unknown, not the nearest name
+
+
+def test_name_voice_needs_the_threshold_and_the_margin() -> None:
+    v = voices(2, seed=5)
+    prints = [Voiceprint(name="Ann", embedding=_unit(1.0)),
+              Voiceprint(name="Bob", embedding=_unit(0.0, 1.0))]
+    between = _unit(0.7, 0.62, np.sqrt(1 - 0.7**2 - 0.62**2))
+    loose = name_voice(between, prints, threshold=0.6, margin=0.0)
+    assert (loose.name, loose.best) == ("Ann", "Ann")
+    assert loose.score == pytest.approx(0.7)
+    assert loose.margin == pytest.approx(0.08)
+    strict = name_voice(between, prints, threshold=0.6, margin=0.1)
+    assert (strict.name, strict.best) == (None, "Ann")
+    assert name_voice(between, prints, threshold=0.9, margin=0.0).name is None
+    assert name_voice(_unit(0.1, 0.99), prints, threshold=0.6, margin=0.1).name == "Bob"
+    alone = name_voice(_unit(0.8, 0.6), prints[:1], threshold=0.6, margin=0.5)
+    assert alone.name == "Ann"  # one enrolled voice: no rival, the margin is moot
+    assert name_voice(v[0], [], threshold=0.6, margin=0.0).name is None
+    assert alone.margin == np.inf

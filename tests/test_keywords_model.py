@@ -17,7 +17,7 @@ from harken.models.keywords import KeywordSpotter, resolve_keywords
 @pytest.fixture(scope="module")
 def spotter(tmp_path_factory: pytest.TempPathFactory) -> KeywordSpotter:
     folder = build_tiny_keyword_model(tmp_path_factory.mktemp("kw") / "sew-d")
-    return KeywordSpotter.from_pretrained(str(folder), device="cpu")
+    return KeywordSpotter.from_pretrained(str(folder), device="cpu", precision="fp32")
 
 
 def test_labels_come_from_the_checkpoint_config(spotter: KeywordSpotter) -> None:

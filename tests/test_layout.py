@@ -61,6 +61,7 @@ def test_engine_core_and_stages_import_without_torch() -> None:
         "import harken.engine.pipeline, harken.engine.bus, harken.engine.worker\n"
         "import harken.engine.stages.captions, harken.engine.stages.speakers\n"
         "import harken.engine.stages.keywords, harken.engine.stages.translation\n"
+        "import harken.engine.stages.refine, harken.engine.sinks.refined\n"
         "import harken.engine.sinks.files, harken.engine.sinks.printer")
     assert "harken.engine.pipeline" in loaded
     assert "torch" not in loaded

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_pipeline import ListSource, SegmentEcho, sample
 
+from harken.engine.audio import AudioBlock
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
@@ -22,12 +23,13 @@ from harken.engine.events import (
 )
 from harken.engine.pipeline import MAX_HELD_EVENTS, Engine, EngineOptions, Stage, StageContext
 from harken.engine.stages.translation import GenerationWorker, TranslationStage
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions, clip_segments
 from harken.engine.worker import InferenceWorker
 from harken.models.translation import TargetLanguage, TranslatedText
 
 TARGETS = (TargetLanguage(code="de", token="de_DE", token_id=7),
            TargetLanguage(code="fr", token="fr_XX", token_id=8))
+PACE_S = 0.002  # s between blocks: 60x faster than real time
 
 
 class InstantTranslator:
@@ -58,6 +60,16 @@ class PartialEcho(SegmentEcho):
     async def on_end(self, end: SegmentEnd) -> list[Event]:
         self.open = None
         return await super().on_end(end)
+
+
+class PacedSource(ListSource):
+    """ListSource with a short pause per block: a live run drops a stream's blocks when its
+    queue is full, and this test is about order, not about keeping up."""
+
+    async def blocks(self) -> AsyncIterator[AudioBlock]:
+        async for block in super().blocks():
+            await asyncio.sleep(PACE_S)
+            yield block
 
 
 class SlowEnd:
@@ -108,9 +120,10 @@ async def run(*, live: bool, captions: bool = True) -> list[Event]:
                                     targets=TARGETS)
 
         stages: list[Any] = [PartialEcho] if captions else []
-        engine = Engine(sources=[ListSource({"a": np.tile(sample(), 2), "b": sample()})],
+        engine = Engine(sources=[PacedSource({"a": np.tile(sample(), 2), "b": sample()})],
                         stages=[*stages, translation, SlowEnd], worker=worker,
-                        options=EngineOptions(live=live, levels=False))
+                        options=EngineOptions(live=live, levels=False,
+                                              vad=VadOptions(engine="webrtc")))
         sub = engine.subscribe(collect.name, maxsize=10_000)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(collect.consume(sub))
@@ -139,7 +152,10 @@ async def test_a_segments_translations_follow_its_final(live: bool) -> None:
     events = await run(live=live)
     finals = [e for e in events if isinstance(e, CaptionFinal)]
     translations = [e for e in events if isinstance(e, Translation)]
-    assert len(finals) == 6
+    vad = VadOptions(engine="webrtc")
+    expected = len(clip_segments(np.tile(sample(), 2), vad)) + len(clip_segments(sample(), vad))
+    assert expected >= 4
+    assert len(finals) == expected  # one final per VAD segment of both streams
     # Every segment was translated into both languages (none skipped: they come one by one).
     assert len(translations) == 2 * len(finals)
     assert any(isinstance(e, CaptionPartial) for e in events)
@@ -197,8 +213,9 @@ class Chatty:
 async def test_held_annotations_are_bounded_and_none_is_lost() -> None:
     collect = Collect()
     async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[ListSource({"s": sample()})], stages=[SegmentEcho, Chatty],
-                        worker=worker, options=EngineOptions(live=True, levels=False))
+        engine = Engine(sources=[PacedSource({"s": sample()})], stages=[SegmentEcho, Chatty],
+                        worker=worker, options=EngineOptions(live=True, levels=False,
+                                                             vad=VadOptions(engine="webrtc")))
         sub = engine.subscribe(collect.name, maxsize=10_000)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(collect.consume(sub))

@@ -308,11 +308,123 @@ def test_speakers_config_defaults_and_validation() -> None:
     from harken.models.errors import ConfigError
 
     config = load_config().config
-    assert (config.speakers.enabled, config.speakers.threshold) == (False, 0.7)
+    assert (config.speakers.enabled, config.speakers.threshold) == (False, None)
     options = diarization_options(config)
     assert (options.window_s, options.step_s, options.latency_s) == (5.0, 0.5, 0.5)
+    # Empty thresholds come from the table of known checkpoints (models/calibration.py).
     assert options.clustering.enrolled_threshold == 0.7
+    assert options.clustering.delta_new == pytest.approx(0.3)
+    assert options.clustering.retire_after == 3600  # 1800 s of speech in 0.5 s steps
     with pytest.raises(ConfigError, match="latency_s"):
         load_config(flags={"speakers": {"latency_s": 9.0}})
     with pytest.raises(ConfigError, match="delta_new"):
         load_config(flags={"speakers": {"delta_new": 0}})
+
+
+# ---------------------------------------------------------------- harken tune
+
+
+def _tune(capsys: pytest.CaptureFixture[str], models: dict[str, Path], config: Path,
+          *args: object) -> tuple[int, str, str]:
+    return run_main(capsys, "tune", *args, "--speaker-model", models["sv"],
+                    "--device-type", "cpu", "--config", config)
+
+
+def test_tune_diarization_writes_better_thresholds_under_each_model(
+        capsys: pytest.CaptureFixture[str], models: dict[str, Path], meeting: dict[str, Any],
+        tmp_path: Path) -> None:
+    import tomllib
+
+    from harken.app.config import load_config
+    from harken.app.tasks.speakers import diarization_options, model_key
+
+    config = tmp_path / "config.toml"
+    config.write_text("# mine\n[speakers]\nmax_speakers = 5  # keep\n")
+    code, out, err = _tune(capsys, models, config, "diarization", meeting["wav"],
+                           meeting["rttm"], "--diarization-model", models["sd"],
+                           "--trials", "4", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["trials"] == 4
+    assert result["der_after"] <= result["der_before"]
+    assert result["before"] == {"tau_active": 0.6, "rho_update": 0.3, "delta_new": 1.0}
+    text = config.read_text()
+    assert "max_speakers = 5  # keep" in text
+    assert "# mine" in text
+    tables = tomllib.loads(text)["speakers"]["calibration"]
+    sd, sv = model_key(str(models["sd"])), model_key(str(models["sv"]))
+    assert set(tables[sd]) == {"tau_active", "rho_update"}
+    assert set(tables[sv]) == {"delta_new"}
+    # The next run uses them, for these models only.
+    loaded = load_config(config, flags={"speakers": {"model": sv, "diarization_model": sd}})
+    options = diarization_options(loaded.config).clustering
+    assert options.delta_new == pytest.approx(result["after"]["delta_new"], abs=1e-4)
+    assert options.tau_active == pytest.approx(result["after"]["tau_active"], abs=1e-4)
+
+
+def test_tune_speakers_writes_the_eer_threshold(capsys: pytest.CaptureFixture[str],
+                                                models: dict[str, Path],
+                                                meeting: dict[str, Any],
+                                                tmp_path: Path) -> None:
+    import tomllib
+
+    from harken.app.tasks.speakers import model_key
+
+    voices = tmp_path / "voices"
+    for name in ("ann1", "ann2", "bob1", "bob2"):
+        (voices / name[:3]).mkdir(parents=True, exist_ok=True)
+        (voices / name[:3] / f"{name}.wav").write_bytes(meeting["clips"][name].read_bytes())
+    config = tmp_path / "config.toml"
+    config.touch()
+    code, out, err = _tune(capsys, models, config, "speakers", voices)
+    assert code == 0, err
+    assert "EER" in out
+    assert "written to" in out
+    written = tomllib.loads(config.read_text())["speakers"]["calibration"]
+    threshold = written[model_key(str(models["sv"]))]["threshold"]
+    code, out, _ = run_main(capsys, "eval", "speakers", voices, "--speaker-model",
+                            models["sv"], "--device-type", "cpu", "--json")
+    assert threshold == pytest.approx(json.loads(out)["eer_threshold"], abs=1e-4)
+    # --no-write leaves the file as it is.
+    before = config.read_text()
+    code, out, _ = _tune(capsys, models, config, "speakers", voices, "--no-write")
+    assert (code, config.read_text()) == (0, before)
+
+
+@pytest.mark.parametrize("case", ["garbage", "longer", "odd", "silence", "empty", "bad_toml"])
+def test_tune_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture[str],
+                                            models: dict[str, Path], meeting: dict[str, Any],
+                                            tmp_path: Path, case: str) -> None:
+    rttm = tmp_path / "ref.rttm"
+    audio = meeting["wav"]
+    config = tmp_path / "config.toml"
+    config.write_text("[speakers]\n")
+    expect = {"garbage": "cannot read the reference", "longer": "pair each audio file",
+              "odd": "AUDIO RTTM pairs", "silence": "no speech found",
+              "empty": "no speech", "bad_toml": "not valid TOML"}[case]
+    rttm.write_text(meeting["rttm"].read_text())
+    paths: list[object] = [audio, rttm]
+    if case == "garbage":
+        rttm.write_text("SPEAKER meeting 1 zero one <NA> <NA> x <NA> <NA>\nhello\n")
+    elif case == "longer":
+        rttm.write_text(rttm_line(uri="meeting", start=1.0, end=meeting["duration"] + 60,
+                                  speaker="x"))
+    elif case == "odd":
+        paths.append(audio)
+    elif case == "silence":
+        audio = meeting["clips"]["silence"]
+        rttm.write_text(rttm_line(uri="silence", start=0.5, end=2.5, speaker="x"))
+        paths = [audio, rttm]
+    elif case == "empty":
+        rttm.write_text(rttm_line(uri="meeting", start=1.0, end=1.0, speaker="x"))
+    else:
+        config.write_text("[speakers\n")
+    before = config.read_text()
+    code, _, err = _tune(capsys, models, config, "diarization", *paths,
+                         "--diarization-model", models["sd"], "--trials", "2")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("harken: error")]
+    assert len(lines) == 1, err
+    assert expect in lines[0], err
+    assert "Traceback" not in err
+    assert config.read_text() == before

@@ -22,7 +22,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def embedder(dirs: dict[str, Path]) -> XVectorEmbedder:
-    return XVectorEmbedder.from_pretrained(str(dirs["sv"]), device="cpu")
+    return XVectorEmbedder.from_pretrained(str(dirs["sv"]), device="cpu", precision="fp32")
 
 
 def test_pooling_with_uniform_weights_is_the_models_own_embedding(
@@ -54,7 +54,7 @@ def test_weighted_pooling_counts_only_the_weighted_frames(embedder: XVectorEmbed
 
 def test_batched_windows_match_single_windows(dirs: dict[str, Path],
                                               embedder: XVectorEmbedder) -> None:
-    seg = FrameSegmenter.from_pretrained(str(dirs["sd"]), device="cpu")
+    seg = FrameSegmenter.from_pretrained(str(dirs["sd"]), device="cpu", precision="fp32")
     a, b = voice(2.0, pitch_hz=120), voice(2.0, pitch_hz=250, seed=1)
     together = seg.encode([a, b])
     assert seg.num_speakers == 2

@@ -22,7 +22,12 @@ from harken.engine.events import CaptionFinal, Event, SpeakerTurn, StreamError
 from harken.engine.metrics import ArrivalLog
 from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
 from harken.engine.sources.file import FileSource
-from harken.engine.stages.speakers import DiarizationOptions, SpeakerStage, SpeechBuffer
+from harken.engine.stages.speakers import (
+    MAX_WIDEN,
+    DiarizationOptions,
+    SpeakerStage,
+    SpeechBuffer,
+)
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
@@ -58,10 +63,12 @@ class BandSegmenter:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.lengths: list[int] = []  # samples of each window seen
 
     def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = []
         for w in windows:
+            self.lengths.append(len(w))
             act = 1 - np.exp(-band_levels(w) / 0.02)  # the other voice's band stays < 0.4
             out.append(act[:, ::-1].copy() if self.calls % 2 else act)
             self.calls += 1
@@ -232,7 +239,7 @@ def test_a_failing_model_reports_errors_and_the_run_goes_on(talk: Path) -> None:
     assert stats.counters["speaker_failed_windows"] > 0  # type: ignore[attr-defined]
 
 
-def test_live_mode_jumps_to_the_newest_step_and_counts_skips() -> None:
+def test_live_mode_widens_one_analysis_over_the_steps_it_fell_behind_on() -> None:
     async def go() -> tuple[SpeakerStage, list[Event]]:
         async with InferenceWorker(name="test") as worker:
             stage = SpeakerStage(stream="mic", segmenter=BandSegmenter(),
@@ -247,10 +254,37 @@ def test_live_mode_jumps_to_the_newest_step_and_counts_skips() -> None:
             return stage, events
 
     stage, events = asyncio.run(go())
-    assert stage.skipped_steps == 4.0 / 0.5 - 1
+    assert stage.skipped_steps == 0  # 7 steps behind: within MAX_WIDEN windows of 5 s
+    assert stage.widened_steps == 1
+    assert stage.merged_steps == 4.0 / 0.5 - 1
+    assert stage.counters()["speaker_steps_merged"] == stage.merged_steps
     turns = [e for e in events if isinstance(e, SpeakerTurn)]
     assert [t.speaker for t in turns] == ["S1"]
     assert turns[0].end == pytest.approx(4.0, abs=0.03)
+
+
+def test_a_widened_analysis_is_capped_and_counts_the_steps_beyond_the_cap() -> None:
+    options = DiarizationOptions(window_s=1.0, step_s=0.5, latency_s=0.5,
+                                 clustering=ClusteringOptions(delta_new=0.5))
+    segmenter = BandSegmenter()
+
+    async def go() -> SpeakerStage:
+        async with InferenceWorker(name="test") as worker:
+            stage = SpeakerStage(stream="mic", segmenter=segmenter, embedder=BandEmbedder(),
+                                 worker=worker, options=options, live=True,
+                                 arrivals=ArrivalLog())
+            audio = voice(4.0, pitch_hz=LOW)
+            stage.on_start(SegmentStart(0, 0))
+            stage.on_audio(SegmentAudio(0, 0, audio))
+            await stage.step()
+            return stage
+
+    stage = asyncio.run(go())
+    behind = int(4.0 / 0.5) - 1
+    merged = (MAX_WIDEN - 1) * 2  # one extra window of 1 s = 2 steps
+    assert (stage.widened_steps, stage.merged_steps) == (1, merged)
+    assert stage.skipped_steps == behind - merged
+    assert segmenter.lengths == [MAX_WIDEN * 16_000]  # one pass over 2 windows of speech
 
 
 def test_speech_buffer_maps_the_speech_clock_and_takes_resent_audio_once() -> None:

@@ -101,9 +101,9 @@ def test_transcribe_loads_task_models_once_and_lists_every_file_written(
     loads: list[str] = []
     real = translation.load_translator
 
-    def counting(model: str, device_type: str, dtype: str) -> object:
+    def counting(model: str, device_type: str, dtype: str, precision: str) -> object:
         loads.append(model)
-        return real(model, device_type, dtype)
+        return real(model, device_type, dtype, precision)
 
     monkeypatch.setattr("harken.app.tasks.translation.load_translator", counting)
     monkeypatch.setenv("HARKEN_TRANSLATION__MAX_NEW_TOKENS", "4")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from harken.engine.worker import InferenceWorker
+from harken.engine.worker import MAX_PAD_FRACTION, InferenceWorker
 from harken.models.errors import InferenceError
 
 
@@ -101,3 +101,18 @@ async def test_any_model_exception_fails_only_its_windows() -> None:
                 await asyncio.wait_for(worker.encode(model, np.zeros(4, np.float32)), 5)
         out = await asyncio.wait_for(worker.encode(good, np.ones(4, np.float32)), 5)
     assert float(out[0]) == 1.0
+
+
+async def test_windows_of_different_lengths_are_bucketed_to_bound_padding() -> None:
+    model = FakeModel(batchable=True, delay=0.05)
+    async with InferenceWorker(name="cpu", max_batch=8) as worker:
+        first = asyncio.ensure_future(worker.encode(model, np.zeros(10, np.float32)))
+        await asyncio.sleep(0.01)  # the rest queue up behind this pass
+        lengths = [3000, 1000, 3100, 1050, 2900, 1020]
+        results = await asyncio.gather(
+            first, *(worker.encode(model, np.full(n, float(n), np.float32)) for n in lengths))
+    assert [float(r[0]) for r in results[1:]] == [float(n) for n in lengths]
+    assert sorted(map(tuple, model.batches)) == [(10,), (1000, 1020, 1050), (2900, 3000, 3100)]
+    padded = (1050 * 3 - 3070) + (3100 * 3 - 9000)
+    assert worker.stats.padded_samples == padded
+    assert padded <= MAX_PAD_FRACTION * worker.stats.samples

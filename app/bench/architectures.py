@@ -33,7 +33,7 @@ from harken.models.audio import feature_extractor
 from harken.models.captions import CtcCaptioner
 from harken.models.diarization import FrameSegmenter
 from harken.models.keywords import KeywordSpotter
-from harken.models.loading import resolve_device, resolve_dtype
+from harken.models.loading import apply_precision, resolve_device, resolve_dtype
 from harken.models.speakers import XVectorEmbedder
 from harken.models.translation import SpeechTranslator
 
@@ -71,7 +71,7 @@ def hubert_ctc_config(arch: str) -> Any:
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(RANDOM_CTC_ARCHS)}")
 
 
-def random_ctc(arch: str, *, device: str = "auto", dtype: str = "auto",
+def random_ctc(arch: str, *, device: str = "auto", dtype: str = "auto", precision: str = "fp32",
                seed: int = 0) -> CtcCaptioner:
     """A CtcCaptioner of a full-size architecture with random weights (nothing downloaded)."""
     from transformers import HubertForCTC
@@ -82,7 +82,8 @@ def random_ctc(arch: str, *, device: str = "auto", dtype: str = "auto",
     torch.manual_seed(seed)
     config._attn_implementation = "sdpa"
     model: Any = HubertForCTC(config)
-    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    model = apply_precision(model.to(device=torch_device, dtype=torch_dtype).eval(),
+                            device=torch_device, dtype=torch_dtype, precision=precision)
     processor = ctc_processor(layer_norm=config.feat_extract_norm == "layer")
     return CtcCaptioner(model_id=f"random:{arch}", model=model, processor=processor,
                         device=torch_device, dtype=torch_dtype)
@@ -108,6 +109,7 @@ def unispeech_sat_config(arch: str, **extra: Any) -> Any:
 
 
 def random_speaker_models(arch: str, *, device: str = "auto", dtype: str = "auto",
+                          precision: str = "fp32",
                           seed: int = 0) -> tuple[FrameSegmenter, XVectorEmbedder]:
     """(segmenter, embedder) of a full-size architecture with random weights."""
     from transformers import UniSpeechSatForAudioFrameClassification, UniSpeechSatForXVector
@@ -118,11 +120,13 @@ def random_speaker_models(arch: str, *, device: str = "auto", dtype: str = "auto
     seg_config = unispeech_sat_config(arch, num_labels=SEGMENTATION_SLOTS)
     seg_config._attn_implementation = "sdpa"
     seg: Any = UniSpeechSatForAudioFrameClassification(seg_config)
-    seg = seg.to(device=torch_device, dtype=torch_dtype).eval()
+    seg = apply_precision(seg.to(device=torch_device, dtype=torch_dtype).eval(),
+                          device=torch_device, dtype=torch_dtype, precision=precision)
     xv_config = unispeech_sat_config(arch)
     xv_config._attn_implementation = "sdpa"
     xv: Any = UniSpeechSatForXVector(xv_config)
-    xv = xv.to(device=torch_device, dtype=torch_dtype).eval()
+    xv = apply_precision(xv.to(device=torch_device, dtype=torch_dtype).eval(),
+                         device=torch_device, dtype=torch_dtype, precision=precision)
     extractor = feature_extractor(layer_norm=seg_config.feat_extract_norm == "layer")
     segmenter = FrameSegmenter(model_id=f"random:unispeech-sat-{arch}-sd", model=seg,
                                processor=extractor, device=torch_device, dtype=torch_dtype)
@@ -159,7 +163,8 @@ def sewd_mid_keyword_config() -> Any:
     )
 
 
-def random_spotter(*, device: str = "auto", dtype: str = "auto", seed: int = 0) -> KeywordSpotter:
+def random_spotter(*, device: str = "auto", dtype: str = "auto", seed: int = 0,
+                   precision: str = "fp32") -> KeywordSpotter:
     """A KeywordSpotter of full-size SEW-D mid with random weights (nothing downloaded)."""
     from transformers import SEWDForSequenceClassification
 
@@ -169,7 +174,8 @@ def random_spotter(*, device: str = "auto", dtype: str = "auto", seed: int = 0) 
     config = sewd_mid_keyword_config()
     config._attn_implementation = "eager"
     model: Any = SEWDForSequenceClassification(config)
-    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    model = apply_precision(model.to(device=torch_device, dtype=torch_dtype).eval(),
+                            device=torch_device, dtype=torch_dtype, precision=precision)
     return KeywordSpotter(model_id="random:sew-d-mid", model=model,
                           feature_extractor=feature_extractor(layer_norm=False),
                           device=torch_device, dtype=torch_dtype)
@@ -211,7 +217,7 @@ def xlsr_en_to_15_config(vocab_size: int) -> Any:
     return config
 
 
-def random_translator(*, device: str = "auto", dtype: str = "auto",
+def random_translator(*, device: str = "auto", dtype: str = "auto", precision: str = "fp32",
                       seed: int = 0) -> SpeechTranslator:
     """A SpeechTranslator of the full-size en-to-15 architecture with random weights."""
     from transformers import SpeechEncoderDecoderModel
@@ -222,7 +228,8 @@ def random_translator(*, device: str = "auto", dtype: str = "auto",
     config = xlsr_en_to_15_config(len(tokenizer))
     torch.manual_seed(seed)
     model: Any = SpeechEncoderDecoderModel(config=config)
-    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    model = apply_precision(model.to(device=torch_device, dtype=torch_dtype).eval(),
+                            device=torch_device, dtype=torch_dtype, precision=precision)
     return SpeechTranslator(model_id="random:xls-r-300m-en-to-15", model=model,
                             feature_extractor=feature_extractor(layer_norm=True),
                             tokenizer=tokenizer, device=torch_device, dtype=torch_dtype)

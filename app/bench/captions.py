@@ -45,7 +45,7 @@ from harken.models.captions import CtcCaptioner
 from harken.models.errors import AudioFileError
 from harken.models.streaming import StreamingCtc, StreamingOptions
 
-DEFAULT_AUDIO = Path(__file__).resolve().parent.parent / "assets" / "sample.wav"
+DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "assets" / "sample.wav"
 MIN_SEGMENT_S = 1.0  # shorter segments are left out of the quality comparison
 
 

@@ -6,13 +6,36 @@ import argparse
 import json
 from typing import Any
 
+from harken.app.bench.all import bench_all
 from harken.app.bench.captions import bench_captions
 from harken.app.bench.speakers import bench_speakers
+from harken.app.bench.streams import bench_streams, parse_tasks
 from harken.app.bench.tasks import bench_keywords, bench_translation
 
 
 def _figures(args: argparse.Namespace) -> dict[str, Any]:
     verbose = not args.json
+    if args.bench_command == "all":
+        return bench_all(seconds=args.seconds, audio=args.audio, device_type=args.device_type,
+                         dtype=args.dtype, precision=args.precision, captions=args.captions_arch,
+                         languages=tuple(args.translate), max_new_tokens=args.max_new_tokens,
+                         inference_threads=args.inference_threads,
+                         generation_threads=args.generation_threads, verbose=verbose,
+                         realtime=not args.fast)
+    if args.bench_command == "precision":
+        from harken.app.bench.precision import bench_precision
+
+        return bench_precision(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+                               audio_root=args.audio_root, threads=args.threads,
+                               max_new_tokens=args.max_new_tokens)
+    if args.bench_command == "streams":
+        return bench_streams(streams=args.streams, find=args.find_capacity,
+                             tasks=parse_tasks(args.tasks), model=args.model,
+                             seconds=args.seconds, audio=args.audio,
+                             device_type=args.device_type, dtype=args.dtype,
+                             precision=args.precision, max_batch=args.max_batch,
+                             max_streams=args.max_streams,
+                             inference_threads=args.inference_threads, verbose=verbose)
     if args.bench_command == "speakers":
         return bench_speakers(architecture=args.architecture, minutes=args.minutes,
                               audio=args.audio, device_type=args.device_type, dtype=args.dtype,

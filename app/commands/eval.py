@@ -1,4 +1,5 @@
-"""`harken eval diarization|speakers|keywords|vad`: accuracy on labelled audio (app/eval/)."""
+"""`harken eval diarization|speakers|keywords|captions|vad`: accuracy on labelled audio
+(app/eval/)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.eval_command in speakers.ACTIONS:
         return speakers.ACTIONS[args.eval_command](args, config)
+    if args.eval_command == "captions":
+        from harken.app.eval import captions
+
+        result = asyncio.run(captions.evaluate(config, args.path, realtime=not args.fast))
+        if args.json:
+            print(json.dumps(result))
+        else:
+            captions.print_report(result)
+        return 0
     result = asyncio.run(keywords.evaluate(config, args.folder, negatives=args.negatives))
     if args.json:
         print(json.dumps(result))

@@ -17,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
         configured.append(("keywords", config.keywords.model))
     if config.translation.languages or args.translation_model:
         configured.append(("translation", config.translation.model))
+    if config.refine.model:
+        configured.append(("refine", config.refine.model))
     if config.speakers.enabled:
         configured += [("speaker", config.speakers.model),
                        ("diarization", config.speakers.diarization_model)]

@@ -10,10 +10,12 @@ from harken.app import flags
 from harken.app.commands.transcribe import no_speech_note
 from harken.app.session import (
     Session,
+    check_new,
     check_source,
     file_source,
     mic_source,
     mqtt_setup,
+    output_paths,
     result_files,
     terminal_sink,
 )
@@ -45,18 +47,15 @@ def run(args: argparse.Namespace) -> int:
         stream_id = "mic"
         source = mic_source(config, stream_id=stream_id)
         asyncio.run(check_source(source))
+    files = result_files(config, stem=stream_id, per_stream=mqtt_input is not None) \
+        if args.out is not None else []
+    check_new(config, output_paths(files))  # before the model loads and before any write
     if use_tui(args):
-        files = result_files(config, stem=stream_id, per_stream=mqtt_input is not None) \
-            if args.out is not None else []
         with mqtt.broker():
             return run_tui(config, stem=stream_id, source=source,
                            file_sinks=[*files, *mqtt.sinks()], live=not args.fast)
-    sinks = [terminal_sink(jsonl=args.jsonl)]
-    if args.out is not None:
-        sinks += result_files(config, stem=stream_id, per_stream=mqtt_input is not None)
-    sinks += mqtt.sinks()
-    session = Session(config=config, sources=[source], sinks=sinks,
-                              live=not args.fast)
+    sinks = [terminal_sink(jsonl=args.jsonl), *files, *mqtt.sinks()]
+    session = Session(config=config, sources=[source], sinks=sinks, live=not args.fast)
     with mqtt.broker():
         engine = asyncio.run(session.run())
     if args.input is not None and mqtt_input is None and \

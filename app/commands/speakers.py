@@ -18,7 +18,7 @@ from harken.app.clips import (
     vad_options,
 )
 from harken.app.config import HarkenConfig
-from harken.app.tasks.speakers import load_embedder, speaker_model_id, store_of
+from harken.app.tasks.speakers import load_embedder, speaker_model_id, store_of, thresholds
 from harken.app.voiceprints import check_name
 from harken.models.audio import SAMPLE_RATE
 from harken.models.clustering import cosine_similarity
@@ -102,7 +102,7 @@ def verify(args: argparse.Namespace, config: HarkenConfig) -> int:
     require_speech(speech, what=str(args.file))
     embedder = load_embedder(config)
     score = cosine_similarity(embedder.embed([speech])[0], vp.embedding)
-    threshold = config.speakers.threshold
+    threshold = thresholds(config)["threshold"].value
     same = score >= threshold
     decision = "same speaker (accept)" if same else "different speaker (reject)"
     print(f"{vp.name}: score {score:.4f}, threshold {threshold:.4f} -> {decision}")

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from harken.app import flags
 from harken.app.config import HarkenConfig
-from harken.app.session import Session, check_formats, output_sinks
+from harken.app.session import Session, check_formats, check_new, output_paths, output_sinks
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.events import Event
 from harken.engine.pipeline import Engine
@@ -95,6 +95,10 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
 def run(args: argparse.Namespace) -> int:
     config = flags.load(args).config
     check_formats(config, config.output.formats)  # before any model loads
+    used: set[str] = set()
+    for path in args.files:  # every file's outputs, before the first is transcribed
+        sinks = output_sinks(config, stem=_stem(path, used), formats=config.output.formats)
+        check_new(config, output_paths(sinks))
     show_progress = not args.no_progress and sys.stderr.isatty()
     written = asyncio.run(transcribe_files(config, args.files, progress=show_progress,
 ))

@@ -8,6 +8,7 @@ RTTM (NIST) has one turn per line: `SPEAKER uri channel start duration <NA> <NA>
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,12 @@ def recording_turns(path: Path, stem: str) -> list[Turn]:
     if stem in found:
         return found[stem]
     if len(found) == 1:
-        return next(iter(found.values()))
+        (name, turns), = found.items()
+        # Often a naming difference (meeting1 vs meeting1_mix.wav), sometimes the wrong pair:
+        # score it, and say so.
+        print(f"harken: note: {path} describes recording {name!r}, not {stem!r}; scoring it "
+              "against that audio anyway (check that AUDIO and RTTM belong together)",
+              file=sys.stderr)
+        return turns
     raise RttmError(f"{path} describes {', '.join(sorted(found))}, none named {stem!r} like "
                     "the audio file; rename the file or pass an RTTM of that one recording")

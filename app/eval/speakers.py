@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,15 @@ from harken.app.clips import (
 )
 from harken.app.config import HarkenConfig
 from harken.app.session import engine_options
-from harken.app.tasks.speakers import SpeakerModels, load_embedder, load_models, speaker_stages
+from harken.app.tasks.speakers import (
+    SpeakerModels,
+    load_embedder,
+    load_models,
+    speaker_stages,
+    thresholds,
+)
 from harken.engine.events import Event, SpeakerTurn, StreamError
-from harken.engine.pipeline import Engine
+from harken.engine.pipeline import Engine, StageFactory
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.rttm import RttmSink
 from harken.engine.sources.file import FileSource
@@ -55,15 +62,18 @@ class TurnCollector:
 
 async def diarize_file(config: HarkenConfig, path: Path, models: SpeakerModels, *,
                        stream_id: str, realtime: bool = False, use_store: bool = False,
-                       sinks: Sequence[Sink] = ()) -> tuple[TurnCollector, Engine]:
-    """The speakers stage alone over one file, through the real engine."""
+                       sinks: Sequence[Sink] = (),
+                       stages: StageFactory | None = None) -> tuple[TurnCollector, Engine]:
+    """The speakers stage alone over one file, through the real engine (`stages`: another
+    speakers stage factory, e.g. `harken tune`'s replaying one)."""
     collect = TurnCollector()
     source = FileSource(path=path, stream_id=stream_id, block_s=config.audio.block_s,
                         realtime=realtime)
+    if stages is None:
+        stages = speaker_stages(config, models, use_store=use_store)
     async with InferenceWorker(name=str(models.embedder.device),
                                max_batch=config.compute.max_batch) as worker:
-        engine = Engine(sources=[source], worker=worker,
-                        stages=[speaker_stages(config, models, use_store=use_store)],
+        engine = Engine(sources=[source], worker=worker, stages=[stages],
                         options=engine_options(config, live=realtime))
         subs = [(sink, engine.subscribe(sink.name)) for sink in (collect, *sinks)]
         async with asyncio.TaskGroup() as tg:
@@ -73,23 +83,42 @@ async def diarize_file(config: HarkenConfig, path: Path, models: SpeakerModels, 
     return collect, engine
 
 
+#: How far past the audio's end a reference turn may run (rounding in RTTM tools).
+RTTM_END_TOLERANCE_S = 0.5
+
+
 def _reference(rttm: Path, stem: str) -> Any:
     from pyannote.database.util import load_rttm
 
     try:
         found = load_rttm(str(rttm))  # type: ignore[no-untyped-call]
-    except (OSError, ValueError, KeyError, IndexError) as exc:  # pandas' ParserError too
-        raise EvalError(f"cannot read the reference {rttm} ({type(exc).__name__}: {exc}); "
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:  # pandas' too
+        reason = " ".join(str(exc).split())[:120]  # one line, whatever pandas said
+        raise EvalError(f"cannot read the reference {rttm} ({type(exc).__name__}: {reason}); "
                         "give an RTTM file: SPEAKER uri 1 start duration <NA> <NA> speaker "
                         "<NA> <NA>") from exc
     if not found:
-        raise EvalError(f"{rttm} has no SPEAKER lines")
+        raise EvalError(f"{rttm} has no SPEAKER lines; give an RTTM file: SPEAKER uri 1 "
+                        "start duration <NA> <NA> speaker <NA> <NA>")
     if stem in found:
         return found[stem]
     if len(found) == 1:
         return next(iter(found.values()))
     raise EvalError(f"{rttm} describes {', '.join(sorted(found))}, none named {stem!r} like "
                     "the audio file; rename the file or pass an RTTM of that one recording")
+
+
+def reference_for(audio: Path, rttm: Path, *, duration_s: float) -> Any:
+    """The RTTM's annotation of `audio`, checked against the audio's length."""
+    reference = _reference(rttm, audio.stem or "audio")
+    end = max((seg.end for seg in reference.get_timeline()), default=0.0)
+    if end > duration_s + RTTM_END_TOLERANCE_S:
+        raise EvalError(f"{rttm} has speech until {end:.1f} s but {audio} lasts "
+                        f"{duration_s:.1f} s; pair each audio file with its own RTTM")
+    if reference.get_timeline().duration() <= 0:
+        raise EvalError(f"{rttm} has no speech (every turn is empty); give an RTTM with the "
+                        "recording's speaker turns")
+    return reference
 
 
 def der_figures(reference: Any, hypothesis: Any, *, duration_s: float, collar: float,
@@ -121,7 +150,7 @@ def eval_diarization(args: argparse.Namespace, config: HarkenConfig) -> int:
             return probe.duration_s
 
     duration_s = asyncio.run(duration())
-    reference = _reference(args.rttm, stem)
+    reference = reference_for(args.audio, args.rttm, duration_s=duration_s)
     models = asyncio.run(load_models(config))
     sinks: list[Sink] = [RttmSink(path=args.out_rttm, uri=reference.uri)] \
         if args.out_rttm is not None else []
@@ -172,8 +201,20 @@ def eer_figures(scores: np.ndarray, same: np.ndarray, *, threshold: float) -> di
             "frr": float(np.mean(scores[same] < threshold))}
 
 
-def eval_speakers(args: argparse.Namespace, config: HarkenConfig) -> int:
-    folder: Path = args.dir
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairScores:
+    """Cosine similarity of every pair of clips of a DIR/<speaker>/<clip> folder."""
+
+    scores: np.ndarray  # [pairs]
+    same: np.ndarray  # [pairs] bool: both clips of one speaker
+    labels: list[str]  # speaker per clip used
+    embeddings: np.ndarray  # [clips, dim] unit vectors
+    skipped: list[str]  # why clips were left out
+    model_id: str
+
+
+def pair_scores(config: HarkenConfig, folder: Path) -> PairScores:
+    """Every same/different pair of a folder's clips, scored by the configured model."""
     if not folder.is_dir():
         raise EvalError(f"{folder} is not a folder; give a folder with one subfolder of audio "
                         "files per speaker")
@@ -196,19 +237,30 @@ def eval_speakers(args: argparse.Namespace, config: HarkenConfig) -> int:
                 continue
             labels.append(name)
             speech.append(clip)
+    if not speech:
+        raise EvalError(f"no clip in {folder} has {MIN_SPEECH_S:.0f} s of speech; give "
+                        "recordings where people talk")
     embedder = load_embedder(config)
     vectors = embedder.embed(speech)
     sims = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
     rows, cols = np.triu_indices(len(labels), k=1)
-    same = np.array([labels[i] == labels[j] for i, j in zip(rows, cols, strict=True)])
+    same = np.array([labels[i] == labels[j] for i, j in zip(rows, cols, strict=True)],
+                    dtype=bool)
     if same.all() or not same.any():
         raise EvalError("need both same-speaker and different-speaker pairs; add files")
-    scores = sims[rows, cols]
-    figures = eer_figures(scores, same, threshold=config.speakers.threshold)
+    return PairScores(scores=sims[rows, cols], same=same, labels=labels, embeddings=vectors,
+                      skipped=skipped, model_id=embedder.model_id)
+
+
+def eval_speakers(args: argparse.Namespace, config: HarkenConfig) -> int:
+    pairs = pair_scores(config, args.dir)
+    scores, same, labels, skipped = pairs.scores, pairs.same, pairs.labels, pairs.skipped
+    threshold = thresholds(config)["threshold"].value
+    figures = eer_figures(scores, same, threshold=threshold)
     result = {**{k: round(v, 4) for k, v in figures.items()},
               "speakers": len(set(labels)), "files": len(labels),
               "same_pairs": int(same.sum()), "different_pairs": int((~same).sum()),
-              "skipped_files": len(skipped), "model": embedder.model_id}
+              "skipped_files": len(skipped), "model": pairs.model_id}
     for note in skipped:
         print(f"harken: skipped: {note}", file=sys.stderr)
     if args.json:
@@ -220,7 +272,7 @@ def eval_speakers(args: argparse.Namespace, config: HarkenConfig) -> int:
           f"same-speaker and {result['different_pairs']} different-speaker pairs")
     print(f"at the configured threshold {figures['threshold']:.4f}: false accepts "
           f"{100 * figures['far']:.1f}%, false rejects {100 * figures['frr']:.1f}%")
-    print(f"model: {embedder.model_id}")
+    print(f"model: {pairs.model_id}")
     return 0
 
 

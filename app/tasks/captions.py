@@ -10,8 +10,10 @@ from harken.models.captions import CtcCaptioner
 from harken.models.streaming import StreamingOptions
 
 
-def load_captioner(model: str, device_type: str, dtype: str) -> CtcCaptioner:
-    return CtcCaptioner.from_pretrained(model, device=device_type, dtype=dtype)
+def load_captioner(model: str, device_type: str, dtype: str,
+                   precision: str = "auto") -> CtcCaptioner:
+    return CtcCaptioner.from_pretrained(model, device=device_type, dtype=dtype,
+                                        precision=precision)
 
 
 def streaming_options(config: HarkenConfig) -> StreamingOptions:
@@ -25,6 +27,7 @@ def caption_stages(config: HarkenConfig, captioner: CtcCaptioner) -> StageFactor
 
     def make(ctx: StageContext) -> Stage:
         return CaptionStage(stream=ctx.stream, captioner=captioner, worker=ctx.worker,
-                            options=options, live=ctx.live, arrivals=ctx.arrivals)
+                            options=options, live=ctx.live, arrivals=ctx.arrivals,
+                            finals=ctx.finals)
 
     return make

@@ -12,8 +12,10 @@ from harken.models.keywords import KeywordSpotter, resolve_keywords
 from harken.models.triggers import TriggerOptions
 
 
-def load_spotter(model: str, device_type: str, dtype: str) -> KeywordSpotter:
-    return KeywordSpotter.from_pretrained(model, device=device_type, dtype=dtype)
+def load_spotter(model: str, device_type: str, dtype: str,
+                 precision: str = "auto") -> KeywordSpotter:
+    return KeywordSpotter.from_pretrained(model, device=device_type, dtype=dtype,
+                                          precision=precision)
 
 
 def keyword_options(config: HarkenConfig, labels: Sequence[str], *,

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from harken.app.config import HarkenConfig
-from harken.app.tasks import captions, keywords, speakers, translation
+from harken.app.tasks import captions, keywords, refine, speakers, translation
 from harken.app.tasks.speakers import SpeakerModels
 from harken.models.captions import CtcCaptioner
 from harken.models.keywords import KeywordSpotter
+from harken.models.refine import SpeechRefiner
 from harken.models.translation import SpeechTranslator
 
 T = TypeVar("T")
@@ -28,6 +29,7 @@ class ModelLoader:
     captioner: CtcCaptioner | None = None
     spotter: KeywordSpotter | None = None
     translator: SpeechTranslator | None = None
+    refiner: SpeechRefiner | None = None
     speakers: SpeakerModels | None = None
 
     async def captions(self, config: HarkenConfig) -> CtcCaptioner:
@@ -46,12 +48,19 @@ class ModelLoader:
                                           config.translation.model, config)
         return self.translator
 
+    async def refine(self, config: HarkenConfig) -> SpeechRefiner:
+        if self.refiner is None:
+            self.refiner = await asyncio.to_thread(refine.load_refiner, config)
+        return self.refiner
+
     async def diarization(self, config: HarkenConfig) -> SpeakerModels:
         if self.speakers is None:
             self.speakers = await speakers.load_models(config)
         return self.speakers
 
 
-async def _load(load: Callable[[str, str, str], T], model: str, config: HarkenConfig) -> T:
-    """`load(model, device type, dtype)` in a thread: loading blocks for seconds."""
-    return await asyncio.to_thread(load, model, config.compute.device_type, config.compute.dtype)
+async def _load(load: Callable[[str, str, str, str], T], model: str,
+                config: HarkenConfig) -> T:
+    """`load(model, device type, dtype, precision)` in a thread: loading blocks for seconds."""
+    c = config.compute
+    return await asyncio.to_thread(load, model, c.device_type, c.dtype, c.precision)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from harken.app.config import HarkenConfig
 from harken.app.voiceprints import VoiceprintStore
 from harken.engine.pipeline import Stage, StageContext, StageFactory
 from harken.engine.stages.speakers import DiarizationOptions, DiarizationSwitch, SpeakerStage
+from harken.models.calibration import KEYS, Key, Resolved, model_of, resolve
 from harken.models.clustering import ClusteringOptions, Voiceprint
 from harken.models.diarization import FrameSegmenter
 from harken.models.speakers import XVectorEmbedder
@@ -28,16 +30,18 @@ class SpeakerModels:
     embedder: XVectorEmbedder
 
 
-#: (speaker model, diarization model, device type, dtype) -> models. Tests may inject fakes.
-SpeakerModelsLoader = Callable[[str, str, str, str], SpeakerModels]
+#: (speaker model, diarization model, device type, dtype, precision) -> models. Tests may
+#: inject fakes.
+SpeakerModelsLoader = Callable[[str, str, str, str, str], SpeakerModels]
 
 
 @functools.lru_cache(maxsize=2)
 def load_speaker_models(speaker_model: str, diarization_model: str, device_type: str,
-                        dtype: str) -> SpeakerModels:
-    embedder = XVectorEmbedder.from_pretrained(speaker_model, device=device_type, dtype=dtype)
+                        dtype: str, precision: str = "auto") -> SpeakerModels:
+    embedder = XVectorEmbedder.from_pretrained(speaker_model, device=device_type, dtype=dtype,
+                                               precision=precision)
     segmenter = FrameSegmenter.from_pretrained(diarization_model, device=device_type,
-                                               dtype=dtype)
+                                               dtype=dtype, precision=precision)
     return SpeakerModels(segmenter=segmenter, embedder=embedder)
 
 
@@ -55,7 +59,8 @@ def speaker_model_id(config: HarkenConfig) -> str:
 def load_embedder(config: HarkenConfig) -> XVectorEmbedder:
     c = config
     return XVectorEmbedder.from_pretrained(speaker_model_id(c), device=c.compute.device_type,
-                                           dtype=c.compute.dtype)
+                                           dtype=c.compute.dtype,
+                                           precision=c.compute.precision)
 
 
 async def load_models(config: HarkenConfig,
@@ -63,22 +68,56 @@ async def load_models(config: HarkenConfig,
     c = config
     return await asyncio.to_thread(loader, speaker_model_id(c),
                                    model_key(c.speakers.diarization_model),
-                                   c.compute.device_type, c.compute.dtype)
+                                   c.compute.device_type, c.compute.dtype,
+                                   c.compute.precision)
 
 
 def store_of(config: HarkenConfig) -> VoiceprintStore:
     return VoiceprintStore(path=config.speakers.store)
 
 
-def diarization_options(config: HarkenConfig) -> DiarizationOptions:
+def threshold_models(config: HarkenConfig) -> dict[Key, str]:
+    """Which model's scores each threshold reads (the model ids calibrations are kept under)."""
+    return {key: model_of(key, speaker_model=speaker_model_id(config),
+                          diarization_model=model_key(config.speakers.diarization_model))
+            for key in KEYS}
+
+
+def thresholds(config: HarkenConfig) -> dict[Key, Resolved]:
+    """tau_active, rho_update, delta_new, threshold and margin for the configured models,
+    each with where it came from (models/calibration.py)."""
     s = config.speakers
+    user = {model: cal.model_dump() for model, cal in s.calibration.items()}
+    return {key: resolve(key, model_id=model, explicit=getattr(s, key), user=user)
+            for key, model in threshold_models(config).items()}
+
+
+def overridden(config: HarkenConfig, keys: Sequence[Key]) -> list[str]:
+    """Notes for thresholds a plain setting fixes: a calibration of them would not apply."""
+    s = config.speakers
+    return [f"speakers.{key} = {getattr(s, key)} is set in your settings and wins over any "
+            f"calibration; remove it to use the tuned value" for key in keys
+            if getattr(s, key) is not None]
+
+
+def diarization_options(config: HarkenConfig,
+                        values: dict[Key, float] | None = None) -> DiarizationOptions:
+    """The stage's options; `values` overrides resolved thresholds (what `tune` tries)."""
+    s = config.speakers
+    t = {key: r.value for key, r in thresholds(config).items()} | (values or {})
+    latency = s.latency_s if s.latency_s is not None else s.step_s
     return DiarizationOptions(
-        window_s=s.window_s, step_s=s.step_s,
-        latency_s=s.latency_s if s.latency_s is not None else s.step_s,
+        window_s=s.window_s, step_s=s.step_s, latency_s=latency,
         min_turn_s=s.min_turn_s, merge_gap_s=s.merge_gap_s,
-        clustering=ClusteringOptions(tau_active=s.tau_active, rho_update=s.rho_update,
-                                     delta_new=s.delta_new, max_speakers=s.max_speakers,
-                                     enrolled_threshold=s.threshold),
+        clustering=ClusteringOptions(
+            tau_active=t["tau_active"], rho_update=t["rho_update"], delta_new=t["delta_new"],
+            max_speakers=s.max_speakers, enrolled_threshold=t["threshold"],
+            enrolled_margin=t["margin"],
+            # The clustering counts time in analysed windows (one per step of speech).
+            retire_after=math.ceil(s.retire_after_s / s.step_s),
+            # A freed column takes a new voice only once no window being averaged and no
+            # open turn can still hold the old one.
+            reuse_after=math.ceil((s.window_s + latency + s.merge_gap_s) / s.step_s) + 1),
     )
 
 

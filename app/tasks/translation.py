@@ -45,8 +45,10 @@ class LanguageSwitch:
         self.selection.set(targets)
 
 
-def load_translator(model: str, device_type: str, dtype: str) -> SpeechTranslator:
-    return SpeechTranslator.from_pretrained(model, device=device_type, dtype=dtype)
+def load_translator(model: str, device_type: str, dtype: str,
+                    precision: str = "auto") -> SpeechTranslator:
+    return SpeechTranslator.from_pretrained(model, device=device_type, dtype=dtype,
+                                            precision=precision)
 
 
 def generation_options(config: HarkenConfig) -> GenerationOptions:

@@ -38,6 +38,7 @@ from harken.app.tui.messages import (
     KeywordHit,
     LevelUpdate,
     PartialCaption,
+    RefinedCaption,
     SessionEnded,
     SpeechBoundary,
     StatsUpdate,
@@ -253,6 +254,13 @@ class HarkenApp(App[int]):
         if event.speaker:
             self.timeline.add_turn(event.speaker, event.start, event.end, from_caption=True)
         self.timeline.advance(event.end)
+
+    def on_refined_caption(self, message: RefinedCaption) -> None:
+        self._recorded(message)
+        event = message.event
+        if event.accepted:
+            self.captions.replace_text(stream=event.stream, segment=event.segment,
+                                       text=event.text)
 
     def on_level_update(self, message: LevelUpdate) -> None:
         self._engine_running()

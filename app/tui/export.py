@@ -14,7 +14,8 @@ from pathlib import Path
 
 from harken.app.config import HarkenConfig
 from harken.app.session import output_sinks
-from harken.engine.events import Event, SpeakerTurn
+from harken.app.tasks.refine import refined_sinks
+from harken.engine.events import CaptionRefined, Event, SpeakerTurn
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import FILE_FORMATS
 from harken.engine.sinks.rttm import RttmSink
@@ -61,8 +62,11 @@ async def export_session(events: Sequence[Event], *, config: HarkenConfig, folde
     if any(isinstance(e, SpeakerTurn) for e in events):
         sinks.append(RttmSink(path=folder / f"{stem}.rttm", uri=stem))
     written: list[Path] = []
-    for sink in sinks:
-        await sink.consume(_replay(events))
+    # The record holds every refinement: subtitles and transcript carry the refined text.
+    writers = refined_sinks(sinks, enabled=any(isinstance(e, CaptionRefined) for e in events),
+                            max_wait_s=None)
+    for sink, writer in zip(sinks, writers, strict=True):
+        await writer.consume(_replay(events))
         path = getattr(sink, "path", None)
         if isinstance(path, Path):
             written.append(path)

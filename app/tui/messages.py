@@ -17,6 +17,7 @@ from textual.message import Message
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
+    CaptionRefined,
     Event,
     Keyword,
     Level,
@@ -51,6 +52,13 @@ class PartialCaption(EngineMessage):
 @dataclass
 class FinalCaption(EngineMessage):
     event: CaptionFinal
+
+
+@dataclass
+class RefinedCaption(EngineMessage):
+    """A caption's second pass: replaces the final's text in place when accepted."""
+
+    event: CaptionRefined
 
 
 @dataclass
@@ -109,6 +117,7 @@ class SessionEnded(Message):
 MESSAGE_FOR: dict[type[Event], type[EngineMessage]] = {
     CaptionPartial: PartialCaption,
     CaptionFinal: FinalCaption,
+    CaptionRefined: RefinedCaption,
     Level: LevelUpdate,
     Stats: StatsUpdate,
     SpeechStarted: SpeechBoundary,

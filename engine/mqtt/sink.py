@@ -97,6 +97,9 @@ class MqttSinkOptions:
     #: Satellite input: each stream id is a site, with its own result topics.
     sites_from_streams: bool = False
     hermes: bool = False
+    #: Refinement is on: Hermes textCaptured waits for each caption's refinement (the refine
+    #: stage emits one per final, with the CTC text when it is rejected or skipped).
+    hermes_refined: bool = False
     ha_discovery: bool = False
     ha_prefix: str = DEFAULT_HA_PREFIX
     keywords: tuple[str, ...] = ()  # keyword entities announced before any is spotted
@@ -324,7 +327,8 @@ class MqttSink:
             self._enqueue(_Outgoing(topic=route.topic, payload=payload, qos=route.qos,
                                     retain=route.retain))
         if self.options.hermes:
-            if event.type == "caption_final" and str(data.get("text", "")).strip():
+            captured = "caption_refined" if self.options.hermes_refined else "caption_final"
+            if event.type == captured and str(data.get("text", "")).strip():
                 self._enqueue(_Outgoing(topic=HERMES_TEXT_CAPTURED,
                                         payload=dumps(hermes_text_captured(data, site=site)),
                                         qos=QOS_AT_LEAST_ONCE))

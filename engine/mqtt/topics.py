@@ -160,6 +160,10 @@ class SiteTopics:
         return f"{self.base}/caption/final"
 
     @property
+    def caption_refined(self) -> str:
+        return f"{self.base}/caption/refined"
+
+    @property
     def speaker_turn(self) -> str:
         return f"{self.base}/speaker/turn"
 
@@ -197,6 +201,8 @@ def routes(topics: SiteTopics, data: dict[str, Any], *, levels: bool) -> list[Ro
         return [Route(topic=topics.caption_partial, qos=q0)]
     if kind == "caption_final":
         return [Route(topic=topics.caption_final, qos=q1)]
+    if kind == "caption_refined":
+        return [Route(topic=topics.caption_refined, qos=q1)]
     if kind == "speaker_turn":
         return [Route(topic=topics.speaker_turn, qos=q1),
                 Route(topic=topics.speaker_current, qos=q1, retain=True)]

@@ -7,6 +7,7 @@ it MQTT, the UI and the other sinks.
 
 from __future__ import annotations
 
+import collections
 import shutil
 import sys
 from collections.abc import AsyncIterable, AsyncIterator
@@ -15,6 +16,7 @@ from typing import IO
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
+    CaptionRefined,
     Event,
     Keyword,
     StreamError,
@@ -28,9 +30,17 @@ def _clock(seconds: float) -> str:
     return f"{int(m):02d}:{s:05.2f}"
 
 
+SPEAKERS_KEPT = 64  # finals whose speaker is remembered for their refinement
+
+
 class PrinterSink:
     """Terminal output: on a TTY the current partial is redrawn in place and finals get
-    their own lines; on a pipe only finals are printed."""
+    their own lines; on a pipe only finals are printed.
+
+    An accepted refinement (caption_refined) replaces its final in place when that final is
+    still the last line on a TTY; otherwise (later lines, or a pipe) it is printed as a line
+    of its own, marked `refined:`.
+    """
 
     _out: IO[str] | Handover  # the stream; while consuming, the hand-over to its writer thread
 
@@ -41,10 +51,34 @@ class PrinterSink:
         self._tty = self._out.isatty() if tty is None else tty
         self._show_stream = show_stream
         self._partial_shown = False
+        self._last_final: tuple[str, int] | None = None  # (stream, segment) of the last line
+        self._last_rows = 0  # terminal rows that line took
+        self._speakers: collections.OrderedDict[tuple[str, int], str] = \
+            collections.OrderedDict()
 
     def _label(self, event: Event) -> str:
         span = f"[{_clock(event.start)} → {_clock(event.end)}]"
         return f"{event.stream} {span}" if self._show_stream else span
+
+    def _write_line(self, line: str, *, final: tuple[str, int] | None = None) -> None:
+        self._out.write(line + "\n")
+        width = max(1, shutil.get_terminal_size((80, 24)).columns)
+        self._last_final = final
+        self._last_rows = max(1, -(-len(line) // width))
+
+    def _show_refined(self, event: CaptionRefined) -> None:
+        key = (event.stream, event.segment)
+        speaker = self._speakers.get(key, "")
+        if not event.accepted or not event.text.strip():
+            return  # the CTC final stands as printed
+        self._clear_partial()
+        if self._tty and self._last_final == key:
+            # Up to the final's first row, clear to the end of the screen, print again.
+            self._out.write(f"\x1b[{self._last_rows}F\x1b[0J")
+            self._write_line(f"{self._label(event)}{speaker} {event.text.strip()}", final=key)
+        else:
+            self._write_line(f"{self._label(event)}{speaker} refined: {event.text.strip()}")
+        self._out.flush()
 
     def _clear_partial(self) -> None:
         if self._partial_shown:
@@ -86,21 +120,29 @@ class PrinterSink:
                 elif isinstance(event, CaptionFinal):
                     self._clear_partial()
                     speaker = f" {event.speaker}:" if event.speaker else ""
+                    key = (event.stream, event.segment)
+                    self._speakers[key] = speaker
+                    while len(self._speakers) > SPEAKERS_KEPT:
+                        self._speakers.popitem(last=False)
                     if event.text.strip():
-                        self._out.write(f"{self._label(event)}{speaker} {event.text.strip()}\n")
+                        self._write_line(f"{self._label(event)}{speaker} {event.text.strip()}",
+                                         final=key)
                     self._out.flush()
+                elif isinstance(event, CaptionRefined):
+                    self._show_refined(event)
                 elif isinstance(event, Translation) and event.text.strip():
                     self._clear_partial()
-                    self._out.write(f"{self._label(event)} [{event.lang}] {event.text.strip()}\n")
+                    self._write_line(f"{self._label(event)} [{event.lang}] {event.text.strip()}")
                     self._out.flush()
                 elif isinstance(event, Keyword):
                     self._clear_partial()
-                    self._out.write(f"{self._label(event)} keyword: {event.keyword} "
-                                    f"({event.score:.2f})\n")
+                    self._write_line(f"{self._label(event)} keyword: {event.keyword} "
+                                     f"({event.score:.2f})")
                     self._out.flush()
                 elif isinstance(event, StreamError):
                     self._clear_partial()
                     print(f"harken: {event.stream}: {event.message}", file=sys.stderr)
+                    self._last_final = None  # on a TTY that line went below the final
         finally:
             self._clear_partial()
             self._out.flush()

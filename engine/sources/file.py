@@ -104,7 +104,7 @@ class FileSource:
     def _open(self) -> sf.SoundFile:
         p = self.path
         if not p.exists():
-            raise AudioFileError(f"audio file not found: {p} (check the path given to --input)")
+            raise AudioFileError(f"audio file not found: {p}; check the path")
         if p.is_dir():
             raise AudioFileError(f"{p} is a directory; pass an audio file (WAV, FLAC, OGG...)")
         try:

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from harken.engine.events import CaptionFinal, CaptionPartial, Event, StreamError, Word
-from harken.engine.metrics import ArrivalLog, Percentiles
+from harken.engine.metrics import ArrivalLog, ClosedSegment, FinalLog, Percentiles
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
@@ -61,7 +61,10 @@ class CaptionStage:
     name = "captions"
 
     def __init__(self, *, stream: str, captioner: Captioner, worker: InferenceWorker,
-                 options: StreamingOptions, live: bool, arrivals: ArrivalLog) -> None:
+                 options: StreamingOptions, live: bool, arrivals: ArrivalLog,
+                 finals: FinalLog | None = None) -> None:
+        """`finals`: where closed segments' log-probs go for the refine stage (None: kept
+        nowhere)."""
         self.stream = stream
         self.captioner = captioner
         self.options = options
@@ -73,6 +76,7 @@ class CaptionStage:
         self.failed_windows = 0
         self._worker = worker
         self._arrivals = arrivals
+        self._finals = finals
         self._segment: _Segment | None = None
 
     @property
@@ -148,10 +152,13 @@ class CaptionStage:
         arrived = self._arrivals.time_of(end.end)
         if arrived is not None:
             self.final_latency.add(time.monotonic() - arrived)
+        words = _words(transcript)
+        if self._finals is not None:
+            self._finals.put(ClosedSegment(segment=seg.id, start=seg.start, logprobs=logprobs,
+                                           text=transcript.text, words=words))
         events.append(CaptionFinal(
             stream=self.stream, start=seg.start / SAMPLE_RATE, end=end.end / SAMPLE_RATE,
-            segment=seg.id, text=transcript.text, words=_words(transcript),
-            model=self.captioner.model_id,
+            segment=seg.id, text=transcript.text, words=words, model=self.captioner.model_id,
         ))
         return events
 

@@ -16,9 +16,14 @@ A `DiarizationSwitch` shared by the session's streams turns the task off and on 
 runs (the TUI's `d`): off, the stage releases the turns heard so far, then ignores new audio
 and labels no caption; on again, it goes on with the speakers it already knows.
 
-Files and --fast runs (`live=False`) analyse every step in order; live runs jump to the
-newest step when inference falls behind and count the steps skipped (the skipped windows'
-frames are still covered by the overlapping windows that ran).
+Files and --fast runs (`live=False`) analyse every step in order. Live runs that fall
+behind (inference slower than speech) do not skip steps: the next analysis widens instead,
+ending at the newest step and reaching back over the steps it stands in for, so that every
+frame is still seen with as much context as the steps would have given it; fewer, wider
+passes cost less than the steps they replace. Stats count the widened analyses
+(`speaker_steps_widened`) and the steps they merged (`speaker_steps_merged`); a window
+widens to MAX_WIDEN times `window_s` at most, and only steps beyond that are skipped
+(`speaker_steps_skipped`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from harken.models.geometry import FrameGeometry
 
 TURNS_KEPT = 512  # closed turns remembered for labelling captions
 PIECES_KEPT = 4096  # speech-clock -> stream-clock pieces kept at most
+MAX_WIDEN = 2  # a widened analysis spans at most this many window_s (bounded compute)
 
 
 class Segmenter(Protocol):
@@ -252,6 +258,8 @@ class SpeakerStage:
         self.live = live
         self.steps = 0
         self.skipped_steps = 0
+        self.widened_steps = 0  # analyses that stood in for steps live runs fell behind on
+        self.merged_steps = 0  # steps those analyses stood in for
         self.failed_windows = 0
         self.step_time = Percentiles()
         self.turn_latency = Percentiles()
@@ -280,6 +288,8 @@ class SpeakerStage:
     def counters(self) -> dict[str, int]:
         return {"speaker_steps": self.steps,
                 "speaker_steps_skipped": self.skipped_steps,
+                "speaker_steps_widened": self.widened_steps,
+                "speaker_steps_merged": self.merged_steps,
                 "speaker_failed_windows": self.failed_windows,
                 "speakers_anonymous": self.clustering.anonymous_speakers}
 
@@ -312,11 +322,12 @@ class SpeakerStage:
         if not on:
             return events
         while self._buffer.end >= self._next_end:
+            width = self._window
             if self.live:
                 behind = (self._buffer.end - self._next_end) // self._step
-                self.skipped_steps += behind
                 self._next_end += behind * self._step
-            await self._analyse(self._next_end, events)
+                width = self._widen(behind)
+            await self._analyse(self._next_end, events, width=width)
             self._next_end += self._step
             if self.live:
                 break
@@ -350,9 +361,10 @@ class SpeakerStage:
         follows, so the open turns end too."""
         final = self._buffer.end // self._frame * self._frame
         if final > self._done:
+            width = self._window
             if self.live:
-                self.skipped_steps += max(0, (final - self._done - 1) // self._step)
-            await self._analyse(final, events)
+                width = self._widen(max(0, (final - self._done - 1) // self._step))
+            await self._analyse(final, events, width=width)
         events += self._release(self._done // self._frame)
         if close:  # a gap in the stream follows: no turn runs across it
             events += self._turn_events(self._tracker.close())
@@ -379,9 +391,24 @@ class SpeakerStage:
 
     # ------------------------------------------------------------------ internals
 
-    async def _analyse(self, end: int, events: list[Event]) -> None:
-        """One rolling-window step ending at speech sample `end` (a frame multiple)."""
-        start = max(self._buffer.start, end - self._window)
+    def _widen(self, behind: int) -> int:
+        """The window length (samples) of one analysis standing in for `behind` steps that
+        a live run fell behind on; counts them."""
+        if behind <= 0:
+            return self._window
+        extra = min(behind * self._step, (MAX_WIDEN - 1) * self._window)
+        merged = extra // self._step
+        self.widened_steps += 1
+        self.merged_steps += merged
+        self.skipped_steps += behind - merged
+        # The clustering's clock counts steps of speech: one analysis stands in for these.
+        self.clustering.skip(behind)
+        return self._window + merged * self._step
+
+    async def _analyse(self, end: int, events: list[Event], *, width: int | None = None) -> None:
+        """One rolling-window analysis ending at speech sample `end` (a frame multiple),
+        over the last `width` samples (default: window_s)."""
+        start = max(self._buffer.start, end - (self._window if width is None else width))
         start += (-start) % self._frame  # windows start on the frame grid
         if end - start < self._frame:
             self._done = max(self._done, end)

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
@@ -30,6 +33,7 @@ import numpy as np
 
 from harken.engine.events import Event, StreamError, Translation
 from harken.engine.metrics import ArrivalLog, Percentiles
+from harken.engine.threads import CoreShare, start_thread
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.models.audio import SAMPLE_RATE
 
@@ -47,20 +51,44 @@ class GenerationError(RuntimeError):
     """Generation failed (out of memory, bad input)."""
 
 
+TRANSLATION_PRIORITY = 1  # GenerationWorker: refinement (0) of a caption goes first
+
+
 class GenerationWorker:
     """One thread for generation, beside the inference worker; calls run one at a time.
 
     `async with GenerationWorker(name="cpu") as gen: out = await gen.run(fn, arg)`.
+    Waiting calls start in order of `priority` (lower first), then of arrival: a caption's
+    refinement waits for the call in flight, not for translations queued before it.
     """
 
-    def __init__(self, *, name: str) -> None:
+    def __init__(self, *, name: str, threads: int | None = None, nice: int = 0,
+                 share: CoreShare | None = None) -> None:
+        """`threads`: torch intra-op threads of the generation thread, `nice`: niceness
+        added to it (engine/threads.py); None and 0 leave them alone."""
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self.name = name
+        self.threads = threads
+        self.nice = nice
+        self.share = share  # tells the inference worker while a generation runs
         self.busy_s = 0.0
+        self.cpu_s = 0.0  # CPU seconds of the generation thread (see WorkerStats.cpu_s)
         self.calls = 0
         self._executor: ThreadPoolExecutor | None = None
+        self._busy = False
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._arrivals = itertools.count()
 
     async def __aenter__(self) -> Self:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{self.name}")
+        if self.threads is None:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix=f"gen-{self.name}")
+        else:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix=f"gen-{self.name}",
+                                                initializer=start_thread,
+                                                initargs=(self.threads, self.nice))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -71,17 +99,50 @@ class GenerationWorker:
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
             self._executor = None
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
+    def _timed(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cpu_s += time.thread_time() - started  # one thread writes it
+
+    async def run(self, fn: Callable[..., T], *args: object,
+                  priority: int = TRANSLATION_PRIORITY, task: str = "translation") -> T:
         if self._executor is None:
             raise RuntimeError("GenerationWorker used outside `async with`")
+        await self._acquire(priority)
         started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            with self.share.generating() if self.share is not None else nullcontext():
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._timed, fn, args)
         except Exception as exc:  # any model failure fails this segment, not the run
-            raise GenerationError(f"translation failed on {self.name}: {exc}") from exc
+            raise GenerationError(f"{task} failed on {self.name}: {exc}") from exc
         finally:
             self.busy_s += time.perf_counter() - started
             self.calls += 1
+            self._release()
+
+    async def _acquire(self, priority: int) -> None:
+        if not self._busy and not self._waiting:
+            self._busy = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release()  # the turn was handed to us as we were cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():  # a cancelled waiter's turn is done already
+                turn.set_result(None)  # hand over: the worker stays busy
+                return
+        self._busy = False
 
 
 class Translator(Protocol):
@@ -138,6 +199,9 @@ class TranslationStage:
         self.selection = selection
         self.live = live
         self.latency = Percentiles()
+        self.latency_ratio = Percentiles()  # latency after the segment ended / its length
+        self.generation_s = 0.0  # seconds this stream's segments spent generating
+        self.generation_cpu_s = 0.0  # CPU seconds of the generation thread for them
         self.translated = 0
         self.skipped = 0
         self.failed = 0
@@ -161,7 +225,8 @@ class TranslationStage:
 
     def latencies(self) -> dict[str, float | None]:
         return {"translation_latency_p50_s": self.latency.get(50),
-                "translation_latency_p95_s": self.latency.get(95)}
+                "translation_latency_p95_s": self.latency.get(95),
+                "translation_latency_per_audio_s_p95": self.latency_ratio.get(95)}
 
     def on_start(self, start: SegmentStart) -> None:
         self._segment = start.segment
@@ -227,16 +292,24 @@ class TranslationStage:
         targets = self.selection.targets  # the languages chosen now, not at the segment's end
         if not targets:
             return []
+        started = time.perf_counter()
+        cpu_before = self._generator.cpu_s
         try:
             results = await self._generator.run(self.translator.translate, job.samples,
                                                 targets)
         except GenerationError as exc:
             self.failed += 1
             return [StreamError(stream=self.stream, start=start_s, end=end_s, message=str(exc))]
+        finally:
+            self.generation_s += time.perf_counter() - started
+            self.generation_cpu_s += self._generator.cpu_s - cpu_before
         self.translated += 1
         arrived = self._arrivals.time_of(job.end)
         if arrived is not None:
-            self.latency.add(time.monotonic() - arrived)
+            latency = time.monotonic() - arrived
+            self.latency.add(latency)
+            if job.end > job.start:
+                self.latency_ratio.add(latency * SAMPLE_RATE / (job.end - job.start))
         return [Translation(stream=self.stream, start=start_s, end=end_s, segment=job.segment,
                             lang=r.lang, text=r.text, model=self.translator.model_id)
                 for r in results]

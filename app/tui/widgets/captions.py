@@ -144,6 +144,17 @@ class CaptionsLog(VerticalScroll):
             for old in lines[: len(lines) - MAX_CAPTIONS]:
                 old.remove()
 
+    def replace_text(self, *, stream: str, segment: int, text: str) -> bool:
+        """The refined text of a caption replaces its CTC text in place (an empty final that
+        was not shown gets no line)."""
+        for line in reversed(self.lines):
+            e = line.entry
+            if e.stream == stream and e.segment == segment:
+                if text.strip():
+                    line.set_entry(dataclasses.replace(e, text=text.strip()))
+                return True
+        return False
+
     def add_translation(self, *, stream: str, segment: int | None, lang: str,
                         text: str) -> bool:
         """Attach a translation to its caption (the newest of the stream if no segment)."""

@@ -1,0 +1,289 @@
+"""The second pass of captions on one stream: each finished segment re-decoded by a
+sequence-to-sequence model, checked against the CTC text, and timed by CTC alignment.
+
+It runs like translation (engine/stages/translation.py), on the `GenerationWorker` thread,
+and its results come out of `background()`: the live CTC path never waits for it. Per
+segment it emits exactly one `CaptionRefined`, after that segment's `CaptionFinal`:
+
+- accepted: the refined text, its words timed by forced alignment to the CTC log-probs the
+  first pass computed for the segment (models/alignment.py);
+- otherwise the CTC text stands, and `reason` says why: the guard rejected the refinement
+  (`empty`, `ctc_empty`, `disagrees`, `repeats`: models/guard.py), generation failed
+  (`failed`), or a live run skipped it to keep up (`skipped`).
+
+Files and `--fast` (`live=False`) refine every segment in order; a full backlog makes the
+stream wait. Live runs keep at most LIVE_BACKLOG waiting segments; older ones are skipped.
+The generation thread may be shared with translation: refinement goes first
+(REFINE_PRIORITY), so that captions are refined before they are translated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from harken.engine.events import CaptionRefined, Event, StreamError, Word
+from harken.engine.metrics import ArrivalLog, ClosedSegment, FinalLog, Percentiles
+from harken.engine.stages.translation import GenerationError, GenerationWorker
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.models.alignment import CtcVocabulary, align_words
+from harken.models.audio import SAMPLE_RATE
+from harken.models.guard import GuardOptions, GuardReason, judge
+
+if TYPE_CHECKING:  # models/refine.py imports torch; the engine core must not
+    from harken.models.refine import RefinedText
+
+ORDERED_BACKLOG = 8  # segments waiting at most in files/--fast before the stream waits
+LIVE_BACKLOG = 2  # segments waiting at most live: older ones are skipped (CTC text stands)
+SKIPPED_KEPT = 64  # skipped segments waiting to be announced; older ones go unannounced
+MAX_SEGMENT_S = 120.0  # s of one segment kept at most (the VAD splits long speech sooner)
+REFINE_PRIORITY = 0  # before translation (GenerationWorker: lower runs first)
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+class Refiner(Protocol):
+    """What the stage needs (models/refine.SpeechRefiner has it)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def refine(self, samples: np.ndarray) -> RefinedText: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefineStageOptions:
+    guard: GuardOptions = field(default_factory=GuardOptions)
+    #: Live sinks that wait for refinements give up after this long (files fall back to the
+    #: CTC text); a refinement later than that counts in `refine_late`.
+    max_wait_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.max_wait_s >= 0:
+            raise ValueError(f"refine max_wait_s must be >= 0, got {self.max_wait_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    segment: int
+    start: int  # stream samples
+    end: int
+    samples: np.ndarray
+    closed: ClosedSegment | None  # the first pass of the segment (None: captions failed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    text: str
+    words: tuple[Word, ...]
+    reason: str
+    cer: float | None
+
+
+class RefineStage:
+    """The refine task on one stream (a `Stage` of engine/pipeline.py)."""
+
+    name = "refine"
+
+    def __init__(self, *, stream: str, refiner: Refiner, generator: GenerationWorker,
+                 live: bool, arrivals: ArrivalLog, finals: FinalLog,
+                 vocabulary: CtcVocabulary | None, frame_s: float,
+                 options: RefineStageOptions | None = None) -> None:
+        """`vocabulary`/`frame_s`: the CTC model's spelling and frame hop, for alignment
+        (None: words get times interpolated over the segment)."""
+        self.stream = stream
+        self.refiner = refiner
+        self.live = live
+        self.options = options or RefineStageOptions()
+        self.vocabulary = vocabulary
+        self.frame_s = frame_s
+        self.latency = Percentiles()
+        self.refined = 0
+        self.rejected = 0
+        self.fallbacks = 0
+        self.late = 0
+        self._generator = generator
+        self._arrivals = arrivals
+        self._finals = finals
+        self._backlog = LIVE_BACKLOG if live else ORDERED_BACKLOG
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._skipped: collections.deque[_Job] = collections.deque()
+        self._ready = asyncio.Event()  # a job was queued, or the stream ended
+        self._space = asyncio.Event()  # a job was taken
+        self._published = asyncio.Event()  # a CaptionFinal went out (see annotate)
+        self._last_final = -1  # the newest segment whose CaptionFinal went out
+        self._final_at: dict[int, float] = {}  # segment -> when its final went out
+        self._ended = False
+        self._segment: int | None = None
+        self._seg_start = 0
+        self._pieces: list[np.ndarray] = []
+        self._kept = 0
+        self._max_samples = round(MAX_SEGMENT_S * SAMPLE_RATE)
+
+    # ------------------------------------------------------------------ stats
+
+    def counters(self) -> dict[str, int]:
+        return {"refine_segments": self.refined, "refine_rejected": self.rejected,
+                "refine_fallbacks": self.fallbacks, "refine_late": self.late}
+
+    def latencies(self) -> dict[str, float | None]:
+        return {"refine_latency_p50_s": self.latency.get(50),
+                "refine_latency_p95_s": self.latency.get(95)}
+
+    # ------------------------------------------------------------------ stage
+
+    def on_start(self, start: SegmentStart) -> None:
+        self._segment = start.segment
+        self._seg_start = start.start
+        self._pieces = []
+        self._kept = 0
+
+    def on_audio(self, audio: SegmentAudio) -> None:
+        if audio.segment != self._segment or self._kept >= self._max_samples:
+            return
+        piece = audio.samples[: self._max_samples - self._kept]
+        self._pieces.append(piece)
+        self._kept += len(piece)
+
+    async def step(self) -> list[Event]:
+        return []
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        if end.segment != self._segment:
+            return []
+        self._segment = None
+        samples = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
+        samples = samples[: max(0, end.end - self._seg_start)]
+        self._pieces = []
+        # The caption stage (before this one) has closed the segment already.
+        job = _Job(segment=end.segment, start=self._seg_start, end=end.end, samples=samples,
+                   closed=self._finals.take(end.segment))
+        if self.live:
+            while len(self._jobs) >= self._backlog:
+                self._skipped.append(self._jobs.popleft())  # the newer segments win
+            while len(self._skipped) > SKIPPED_KEPT:
+                self._skipped.popleft()  # its files have long fallen back to the CTC text
+                self.fallbacks += 1
+        else:
+            while len(self._jobs) >= self._backlog:
+                self._space.clear()
+                await self._space.wait()
+        self._jobs.append(job)
+        self._ready.set()
+        return []
+
+    def annotate(self, event: Event) -> Event:
+        """Not a change: the engine passes every segment-end event here just before it
+        publishes it, which tells when a CaptionFinal has gone out (a refinement must not
+        overtake its final)."""
+        segment = getattr(event, "segment", None)
+        if event.type == "caption_final" and isinstance(segment, int):
+            self._last_final = max(self._last_final, segment)
+            self._final_at[segment] = time.monotonic()
+            self._published.set()
+        return event
+
+    def on_stream_end(self) -> None:
+        """No more segments: background() ends once the queued ones are refined."""
+        self._ended = True
+        self._ready.set()
+        self._published.set()
+
+    def background(self) -> AsyncIterator[Event]:
+        return self._refine_jobs()
+
+    # ------------------------------------------------------------------ work
+
+    async def _refine_jobs(self) -> AsyncIterator[Event]:
+        while True:
+            while self._skipped:
+                job = self._skipped.popleft()
+                self.fallbacks += 1
+                await self._after_final(job.segment)
+                yield self._event(job, self._ctc_outcome(job, SKIPPED))
+            if not self._jobs:
+                if self._ended:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            job = self._jobs.popleft()
+            self._space.set()
+            try:
+                outcome = await self._generator.run(self._work, job, priority=REFINE_PRIORITY,
+                                                     task="refinement")
+            except GenerationError as exc:
+                self.fallbacks += 1
+                await self._after_final(job.segment)
+                yield StreamError(stream=self.stream, start=job.start / SAMPLE_RATE,
+                                  end=job.end / SAMPLE_RATE,
+                                  message=f"refinement of segment {job.segment} failed, the "
+                                          f"CTC text stands: {exc}")
+                yield self._event(job, self._ctc_outcome(job, FAILED))
+                continue
+            await self._after_final(job.segment)
+            self._count(job, outcome)
+            yield self._event(job, outcome)
+
+    async def _after_final(self, segment: int) -> None:
+        while self._last_final < segment and not self._ended:
+            self._published.clear()
+            await self._published.wait()
+
+    def _count(self, job: _Job, outcome: _Outcome) -> None:
+        if outcome.reason == GuardReason.OK:
+            self.refined += 1
+        elif outcome.reason == GuardReason.EMPTY:
+            self.fallbacks += 1
+        else:
+            self.rejected += 1
+        now = time.monotonic()
+        arrived = self._arrivals.time_of(job.end)
+        if arrived is not None:
+            self.latency.add(now - arrived)
+        shown = self._final_at.pop(job.segment, None)
+        if self.live and shown is not None and now - shown > self.options.max_wait_s:
+            self.late += 1  # live file sinks have written the CTC text meanwhile
+        while len(self._final_at) > 4 * ORDERED_BACKLOG:  # finals of failed/skipped jobs
+            self._final_at.pop(next(iter(self._final_at)))
+
+    def _ctc_outcome(self, job: _Job, reason: str) -> _Outcome:
+        closed = job.closed
+        if closed is None:
+            return _Outcome(text="", words=(), reason=reason, cer=None)
+        return _Outcome(text=closed.text, words=closed.words, reason=reason, cer=None)
+
+    def _work(self, job: _Job) -> _Outcome:
+        """On the generation thread: decode, judge, align (alignment is cheap numpy)."""
+        refined = self.refiner.refine(job.samples)
+        ctc_text = job.closed.text if job.closed is not None else ""
+        verdict = judge(refined.text, ctc_text, self.options.guard)
+        if not verdict.accepted:
+            outcome = self._ctc_outcome(job, str(verdict.reason))
+            return _Outcome(text=outcome.text, words=outcome.words, reason=outcome.reason,
+                            cer=verdict.cer)
+        empty = np.zeros((0, 1), np.float32)
+        logprobs = job.closed.logprobs if job.closed is not None else empty
+        vocabulary = self.vocabulary
+        if vocabulary is None:  # nothing to align to: interpolate over the segment
+            vocabulary, logprobs = CtcVocabulary(ids={}, blank_id=0, delimiter_id=None,
+                                                 upper=False), empty
+        aligned = align_words(refined.text, logprobs, vocabulary,
+                              start_s=job.start / SAMPLE_RATE, frame_s=self.frame_s,
+                              end_s=job.end / SAMPLE_RATE)
+        words = tuple(Word(word=w.word, start=w.start, end=w.end) for w in aligned)
+        return _Outcome(text=refined.text.strip(), words=words, reason=str(verdict.reason),
+                        cer=verdict.cer)
+
+    def _event(self, job: _Job, outcome: _Outcome) -> CaptionRefined:
+        return CaptionRefined(
+            stream=self.stream, start=job.start / SAMPLE_RATE, end=job.end / SAMPLE_RATE,
+            segment=job.segment, text=outcome.text, words=outcome.words,
+            model=self.refiner.model_id, accepted=outcome.reason == GuardReason.OK,
+            reason=outcome.reason, cer=outcome.cer)

@@ -1,0 +1,118 @@
+"""`harken bench all` and `harken bench streams`: their JSON has its keys (tiny models, a few
+seconds of paced audio; no figure is asserted, timing is the benchmarks' business)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from tiny_models import speechlike_audio
+from tiny_speaker_models import build_tiny_segmenter, build_tiny_xvector
+from tiny_task_models import build_tiny_keyword_model, build_tiny_translation_model
+
+from harken.app.bench.all import bench_all
+from harken.app.bench.streams import bench_streams, find_capacity, parse_tasks
+from harken.app.cli import main
+from harken.app.tasks.loader import ModelLoader
+from harken.app.tasks.speakers import SpeakerModels
+from harken.models.audio import SAMPLE_RATE
+from harken.models.captions import CtcCaptioner
+from harken.models.diarization import FrameSegmenter
+from harken.models.keywords import KeywordSpotter
+from harken.models.speakers import XVectorEmbedder
+from harken.models.translation import SpeechTranslator
+
+SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    audio = speechlike_audio(SECONDS)
+    audio[: SAMPLE_RATE // 4] = 0.0  # a pause first, so the VAD sees a segment start
+    sf.write(str(path), audio, SAMPLE_RATE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory,
+         tiny_ctc_dirs: dict[str, Path]) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny_bench")
+    return {"captions": str(tiny_ctc_dirs["hubert"]),
+            "keywords": str(build_tiny_keyword_model(root / "kw")),
+            "translation": str(build_tiny_translation_model(root / "tr")),
+            "sv": str(build_tiny_xvector(root / "sv")),
+            "sd": str(build_tiny_segmenter(root / "sd"))}
+
+
+def _models(tiny: dict[str, str], *, translation: bool) -> ModelLoader:
+    """Tiny checkpoints through the real loading code (int8 on CPU, the default)."""
+    speakers = SpeakerModels(
+        segmenter=FrameSegmenter.from_pretrained(tiny["sd"], device="cpu"),
+        embedder=XVectorEmbedder.from_pretrained(tiny["sv"], device="cpu"))
+    return ModelLoader(
+        captioner=CtcCaptioner.from_pretrained(tiny["captions"], device="cpu"),
+        spotter=KeywordSpotter.from_pretrained(tiny["keywords"], device="cpu"),
+        translator=SpeechTranslator.from_pretrained(tiny["translation"], device="cpu")
+        if translation else None,
+        speakers=speakers)
+
+
+def test_bench_all_reports_every_task(speech: Path, tiny: dict[str, str]) -> None:
+    out = bench_all(seconds=SECONDS, audio=speech, device_type="cpu", dtype="auto",
+                    precision="auto", max_new_tokens=4, models=_models(tiny, translation=True))
+    json.dumps(out)
+    assert out["precision"] == "int8"
+    assert set(out["tasks"]) == {"captions", "speakers", "keywords", "translation"}
+    assert {"rtf", "final_latency_p95_s", "partial_latency_p95_s",
+            "steps_skipped"} <= set(out["tasks"]["captions"])
+    assert {"rtf", "turn_latency_p95_s", "steps_widened", "steps_skipped"} <= set(
+        out["tasks"]["speakers"])
+    assert {"rtf", "latency_p95_s", "windows_skipped"} <= set(out["tasks"]["keywords"])
+    assert {"rtf", "latency_p95_s", "latency_per_audio_s_p95", "segments_skipped"} <= set(
+        out["tasks"]["translation"])
+    assert {"cpu_share", "rss_max_mb", "threads", "worker"} <= set(out)
+    assert out["audio_s"] == pytest.approx(SECONDS, abs=0.2)
+    assert out["threads"]["inference"] >= 1
+    assert out["threads"]["generation"] >= 1
+
+
+def test_bench_streams_runs_n_streams_through_one_worker(speech: Path,
+                                                         tiny: dict[str, str]) -> None:
+    out = bench_streams(streams=2, find=False, tasks=("captions", "keywords"), model="tiny",
+                        seconds=SECONDS, audio=speech, device_type="cpu", dtype="auto",
+                        precision="auto", models=_models(tiny, translation=False))
+    json.dumps(out)
+    [run] = out["runs"]
+    assert run["streams"] == 2
+    assert {"final_latency_p50_s", "final_latency_p95_s", "partial_latency_p95_s",
+            "batch_sizes", "skipped", "finals_missing", "kept_up"} <= set(run)
+    assert run["audio_s_per_stream"] == pytest.approx(SECONDS, abs=0.2)
+    assert sum(run["batch_sizes"].values()) == run["batches"] > 0
+
+
+def test_find_capacity_doubles_then_bisects() -> None:
+    limit = 11  # the fake "machine" keeps up with up to 11 streams
+
+    def trial(n: int) -> dict[str, object]:
+        return {"streams": n, "kept_up": n <= limit}
+
+    capacity, runs = find_capacity(trial, start=1, limit=512)
+    assert capacity == limit
+    assert [r["streams"] for r in runs][:5] == [1, 2, 4, 8, 16]
+    assert find_capacity(lambda n: {"kept_up": False}, start=1, limit=8)[0] == 0
+
+
+def test_tasks_flag_needs_captions() -> None:
+    assert parse_tasks("captions,speakers") == ("captions", "speakers")
+    with pytest.raises(ValueError, match="captions"):
+        parse_tasks("speakers")
+
+
+def test_cli_parses_the_new_benches(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "streams", "--tasks", "captions", "--precision", "int4"])
+    assert exit_info.value.code == 2
+    assert "--precision" in capsys.readouterr().err
