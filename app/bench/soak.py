@@ -435,7 +435,9 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                    "end": round(rss[-1][1], 1) if rss else None,
                    "peak": round(max(m for _, m in rss), 1) if rss else None,
                    "slope_mb_per_10min": _round(slope_per_10min(warm), 3),
-                   "warmup_s": options.warmup_s},
+                   "warmup_s": options.warmup_s,
+                   # one sample a minute: where the memory goes up, and whether it comes back
+                   "per_minute": [round(m, 1) for t, m in rss if int(t) % 60 < SAMPLE_EVERY_S]},
         "loop_lag_ms": {"p50": lags.percentile(50), "p99": lags.percentile(99),
                         "max": round(lags.max_ms, 2)},
         "latency": {stream: latency_drift(points, start_s=options.warmup_s, end_s=duration)
