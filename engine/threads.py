@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -132,3 +133,12 @@ def start_thread(threads: int, nice: int = 0) -> None:
     except OSError as exc:
         log.info("could not lower the priority of %s: %s", threading.current_thread().name,
                  exc)
+
+
+def model_thread(prefix: str, threads: int | None, nice: int = 0) -> ThreadPoolExecutor:
+    """The one thread a worker runs its model calls on; with `threads`, it sets its own
+    torch thread count (and niceness) as it starts."""
+    if threads is None:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=prefix)
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=prefix,
+                              initializer=start_thread, initargs=(threads, nice))

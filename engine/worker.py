@@ -22,7 +22,7 @@ from typing import Protocol, Self
 
 import numpy as np
 
-from harken.engine.threads import CoreShare, set_thread_count, start_thread
+from harken.engine.threads import CoreShare, model_thread, set_thread_count
 from harken.models.errors import InferenceError
 
 MAX_BATCH = 16  # windows per forward pass
@@ -124,14 +124,7 @@ class InferenceWorker:
         return self._queue.qsize()
 
     async def __aenter__(self) -> Self:
-        if self.threads is None:
-            self._executor = ThreadPoolExecutor(max_workers=1,
-                                                thread_name_prefix=f"infer-{self.name}")
-        else:
-            self._executor = ThreadPoolExecutor(max_workers=1,
-                                                thread_name_prefix=f"infer-{self.name}",
-                                                initializer=start_thread,
-                                                initargs=(self.threads,))
+        self._executor = model_thread(f"infer-{self.name}", self.threads)
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"worker-{self.name}")
         return self
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -59,6 +59,7 @@ from harken.models.geometry import normalize_window, segment_stats
 from harken.models.refine import SpeechRefiner
 from harken.models.scoring import ErrorRate, char_errors, normalize_text, word_errors
 
+T = TypeVar("T")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 SYSTEMS = ("ctc_streaming", "ctc_segment", "refined", "refine_offline")
 
@@ -67,6 +68,18 @@ SYSTEMS = ("ctc_streaming", "ctc_segment", "refined", "refine_offline")
 class Utterance:
     path: Path
     reference: str
+
+
+def _keeping(make: StageFactory, kind: type[T], into: list[T]) -> StageFactory:
+    """`make`, keeping every stage of `kind` it makes in `into` (to read its state after)."""
+
+    def keep(ctx: StageContext) -> Stage:
+        stage = make(ctx)
+        if isinstance(stage, kind):
+            into.append(stage)
+        return stage
+
+    return keep
 
 
 def _audio_beside(folder: Path, stem: str) -> Path | None:
@@ -219,27 +232,10 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
         for i, utt in enumerate(utterances):
             captions: list[CaptionStage] = []
             refines: list[RefineStage] = []
-            make_captions = caption_stages(config, captioner)
-
-            def keep_captions(ctx: StageContext, make: StageFactory = make_captions,
-                              into: list[CaptionStage] = captions) -> Stage:
-                stage = make(ctx)
-                if isinstance(stage, CaptionStage):
-                    into.append(stage)
-                return stage
-
-            factories: list[StageFactory] = [keep_captions]
+            factories = [_keeping(caption_stages(config, captioner), CaptionStage, captions)]
             if refiner is not None:
-                make_refine = refine_stages(config, refiner, captioner, generator)
-
-                def keep_refine(ctx: StageContext, make: StageFactory = make_refine,
-                                into: list[RefineStage] = refines) -> Stage:
-                    stage = make(ctx)
-                    if isinstance(stage, RefineStage):
-                        into.append(stage)
-                    return stage
-
-                factories.append(keep_refine)
+                factories.append(_keeping(refine_stages(config, refiner, captioner, generator),
+                                          RefineStage, refines))
             sink = _Finals()
             engine = Engine(sources=[FileSource(path=utt.path, stream_id=f"u{i}",
                                                 realtime=realtime)],

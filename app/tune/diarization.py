@@ -50,28 +50,36 @@ def _key(window: np.ndarray) -> bytes:
                            digest_size=16).digest()
 
 
-class ReplaySegmenter:
+class _Replay:
+    """What both replaying models forward to the real one unchanged."""
+
+    def __init__(self, inner: Segmenter | Embedder) -> None:
+        self._base = inner
+
+    @property
+    def model_id(self) -> str:
+        return self._base.model_id
+
+    @property
+    def geometry(self) -> FrameGeometry:
+        return self._base.geometry
+
+    @property
+    def batchable(self) -> bool:
+        return self._base.batchable
+
+
+class ReplaySegmenter(_Replay):
     """A segmentation model that runs once per distinct window and replays afterwards."""
 
     def __init__(self, inner: Segmenter) -> None:
+        super().__init__(inner)
         self._inner = inner
         self._seen: dict[bytes, np.ndarray] = {}
 
     @property
-    def model_id(self) -> str:
-        return self._inner.model_id
-
-    @property
-    def geometry(self) -> FrameGeometry:
-        return self._inner.geometry
-
-    @property
     def num_speakers(self) -> int:
         return self._inner.num_speakers
-
-    @property
-    def batchable(self) -> bool:
-        return self._inner.batchable
 
     @property
     def windows(self) -> int:
@@ -88,7 +96,7 @@ class ReplaySegmenter:
         return [self._seen[k] for k in keys]
 
 
-class ReplayEmbedder:
+class ReplayEmbedder(_Replay):
     """An embedder that runs once per distinct window and replays its pooled embeddings.
 
     `encode` hands the stage a stand-in [feature frames, 1] array holding the window's
@@ -99,6 +107,7 @@ class ReplayEmbedder:
     """
 
     def __init__(self, inner: Embedder) -> None:
+        super().__init__(inner)
         self._inner = inner
         self._index: dict[bytes, int] = {}  # window -> its number
         self._frames: dict[int, int] = {}  # window number -> feature frames
@@ -106,20 +115,8 @@ class ReplayEmbedder:
         self._pooled: dict[int, FloatArray] = {}
 
     @property
-    def model_id(self) -> str:
-        return self._inner.model_id
-
-    @property
-    def geometry(self) -> FrameGeometry:
-        return self._inner.geometry
-
-    @property
     def tdnn_context(self) -> int:
         return self._inner.tdnn_context
-
-    @property
-    def batchable(self) -> bool:
-        return self._inner.batchable
 
     def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
         keys = [_key(w) for w in windows]

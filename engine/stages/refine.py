@@ -30,8 +30,9 @@ import numpy as np
 
 from harken.engine.events import CaptionRefined, Event, StreamError, Word
 from harken.engine.metrics import ArrivalLog, ClosedSegment, FinalLog, Percentiles
+from harken.engine.stages.recorder import SegmentRecorder, WholeSegmentStage
 from harken.engine.stages.translation import GenerationError, GenerationWorker
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.engine.vad import SegmentEnd
 from harken.models.alignment import CtcVocabulary, align_words
 from harken.models.audio import SAMPLE_RATE
 from harken.models.guard import GuardOptions, GuardReason, judge
@@ -86,7 +87,7 @@ class _Outcome:
     cer: float | None
 
 
-class RefineStage:
+class RefineStage(WholeSegmentStage):
     """The refine task on one stream (a `Stage` of engine/pipeline.py)."""
 
     name = "refine"
@@ -120,11 +121,7 @@ class RefineStage:
         self._last_final = -1  # the newest segment whose CaptionFinal went out
         self._final_at: dict[int, float] = {}  # segment -> when its final went out
         self._ended = False
-        self._segment: int | None = None
-        self._seg_start = 0
-        self._pieces: list[np.ndarray] = []
-        self._kept = 0
-        self._max_samples = round(MAX_SEGMENT_S * SAMPLE_RATE)
+        self._recorder = SegmentRecorder(max_samples=round(MAX_SEGMENT_S * SAMPLE_RATE))
 
     # ------------------------------------------------------------------ stats
 
@@ -138,45 +135,22 @@ class RefineStage:
 
     # ------------------------------------------------------------------ stage
 
-    def on_start(self, start: SegmentStart) -> None:
-        self._segment = start.segment
-        self._seg_start = start.start
-        self._pieces = []
-        self._kept = 0
-
-    def on_audio(self, audio: SegmentAudio) -> None:
-        if audio.segment != self._segment or self._kept >= self._max_samples:
-            return
-        piece = audio.samples[: self._max_samples - self._kept]
-        self._pieces.append(piece)
-        self._kept += len(piece)
-
-    async def step(self) -> list[Event]:
-        return []
-
     async def on_end(self, end: SegmentEnd) -> list[Event]:
-        if end.segment != self._segment:
+        recorded = self._recorder.finish(end)
+        if recorded is None:
             return []
-        self._segment = None
-        samples = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
-        samples = samples[: max(0, end.end - self._seg_start)]
-        self._pieces = []
         # The caption stage (before this one) has closed the segment already.
-        job = _Job(segment=end.segment, start=self._seg_start, end=end.end, samples=samples,
+        job = _Job(segment=end.segment, start=recorded.start, end=end.end,
+                   samples=recorded.samples,
                    closed=self._finals.take(end.segment))
-        if self.live:
-            while len(self._jobs) >= self._backlog:
-                self._skipped.append(self._jobs.popleft())  # the newer segments win
-            while len(self._skipped) > SKIPPED_KEPT:
-                self._skipped.popleft()  # its files have long fallen back to the CTC text
-                self.fallbacks += 1
-        else:
-            while len(self._jobs) >= self._backlog:
-                self._space.clear()
-                await self._space.wait()
-        self._jobs.append(job)
-        self._ready.set()
+        await self._enqueue(job, drop=self._skip)
         return []
+
+    def _skip(self, job: _Job) -> None:
+        self._skipped.append(job)  # the newer segments win
+        while len(self._skipped) > SKIPPED_KEPT:
+            self._skipped.popleft()  # its files have long fallen back to the CTC text
+            self.fallbacks += 1
 
     def annotate(self, event: Event) -> Event:
         """Not a change: the engine passes every segment-end event here just before it

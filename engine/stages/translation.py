@@ -33,8 +33,9 @@ import numpy as np
 
 from harken.engine.events import Event, StreamError, Translation
 from harken.engine.metrics import ArrivalLog, Percentiles
-from harken.engine.threads import CoreShare, start_thread
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.engine.stages.recorder import SegmentRecorder, WholeSegmentStage
+from harken.engine.threads import CoreShare, model_thread
+from harken.engine.vad import SegmentEnd
 from harken.models.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -81,14 +82,7 @@ class GenerationWorker:
         self._arrivals = itertools.count()
 
     async def __aenter__(self) -> Self:
-        if self.threads is None:
-            self._executor = ThreadPoolExecutor(max_workers=1,
-                                                thread_name_prefix=f"gen-{self.name}")
-        else:
-            self._executor = ThreadPoolExecutor(max_workers=1,
-                                                thread_name_prefix=f"gen-{self.name}",
-                                                initializer=start_thread,
-                                                initargs=(self.threads, self.nice))
+        self._executor = model_thread(f"gen-{self.name}", self.threads, self.nice)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -181,7 +175,7 @@ class _Job:
     samples: np.ndarray
 
 
-class TranslationStage:
+class TranslationStage(WholeSegmentStage):
     """The translation task on one stream (a `Stage` of engine/pipeline.py)."""
 
     name = "translation"
@@ -212,11 +206,7 @@ class TranslationStage:
         self._ready = asyncio.Event()  # a job was queued, or the stream ended
         self._space = asyncio.Event()  # a job was taken
         self._ended = False
-        self._segment: int | None = None
-        self._seg_start = 0
-        self._pieces: list[np.ndarray] = []
-        self._kept = 0
-        self._max_samples = round(MAX_SEGMENT_S * SAMPLE_RATE)
+        self._recorder = SegmentRecorder(max_samples=round(MAX_SEGMENT_S * SAMPLE_RATE))
 
     def counters(self) -> dict[str, int]:
         return {"translation_segments": self.translated,
@@ -228,43 +218,19 @@ class TranslationStage:
                 "translation_latency_p95_s": self.latency.get(95),
                 "translation_latency_per_audio_s_p95": self.latency_ratio.get(95)}
 
-    def on_start(self, start: SegmentStart) -> None:
-        self._segment = start.segment
-        self._seg_start = start.start
-        self._pieces = []
-        self._kept = 0
-
-    def on_audio(self, audio: SegmentAudio) -> None:
-        if audio.segment != self._segment or self._kept >= self._max_samples:
-            return
-        piece = audio.samples[: self._max_samples - self._kept]
-        self._pieces.append(piece)
-        self._kept += len(piece)
-
-    async def step(self) -> list[Event]:
-        return []
-
     async def on_end(self, end: SegmentEnd) -> list[Event]:
-        if end.segment != self._segment:
+        recorded = self._recorder.finish(end)
+        if recorded is None:
             return []
-        self._segment = None
-        samples = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
-        samples = samples[: max(0, end.end - self._seg_start)]
-        self._pieces = []
         if not self.selection.targets:
             return []  # translation is switched off
-        job = _Job(segment=end.segment, start=self._seg_start, end=end.end, samples=samples)
-        if self.live:
-            while len(self._jobs) >= self._backlog:
-                self._jobs.popleft()  # the newest segment wins; the older one is skipped
-                self.skipped += 1
-        else:
-            while len(self._jobs) >= self._backlog:
-                self._space.clear()
-                await self._space.wait()
-        self._jobs.append(job)
-        self._ready.set()
+        job = _Job(segment=end.segment, start=recorded.start, end=end.end,
+                   samples=recorded.samples)
+        await self._enqueue(job, drop=self._skip)
         return []
+
+    def _skip(self, job: _Job) -> None:
+        self.skipped += 1  # the newest segment wins; the older one is skipped
 
     def on_stream_end(self) -> None:
         """No more segments: background() ends once the queued ones are translated."""
