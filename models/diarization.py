@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harken.models.geometry import FrameGeometry, audio_batch, batchable
+from harken.models.geometry import FrameGeometry, batchable, live_batch
 from harken.models.loading import load_pretrained, resolve_device, resolve_dtype
 from harken.models.speakers import feature_extractor_of, load_feature_extractor
 
@@ -54,12 +54,11 @@ class FrameSegmenter:
         """Activity [frames, num_speakers] in 0..1 (float32) per window, one forward pass."""
         counts = [self.geometry.num_frames(len(w)) for w in windows]
         results = [np.zeros((0, self.num_speakers), dtype=np.float32)] * len(windows)
-        live = [i for i, n in enumerate(counts) if n > 0]
-        if not live:
+        batch = live_batch(self.feature_extractor, windows, counts, device=self.device,
+                           dtype=self.dtype, batched=self.batchable)
+        if batch is None:
             return results
-        values, kwargs = audio_batch(self.feature_extractor, [windows[i] for i in live],
-                                     device=self.device, dtype=self.dtype,
-                                     batched=self.batchable)
+        live, values, kwargs = batch
         with torch.inference_mode():
             logits = self.model(values, **kwargs).logits
             probs = torch.sigmoid(logits.float()).cpu().numpy()

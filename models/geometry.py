@@ -124,3 +124,17 @@ def audio_batch(extractor: Any, windows: Sequence[np.ndarray], *, device: torch.
     if batched and "attention_mask" in inputs:
         kwargs["attention_mask"] = inputs["attention_mask"].to(device)
     return values, kwargs
+
+
+def live_batch(extractor: Any, windows: Sequence[np.ndarray], counts: Sequence[int], *,
+               device: torch.device, dtype: torch.dtype, batched: bool,
+               ) -> tuple[list[int], torch.Tensor, dict[str, torch.Tensor]] | None:
+    """The windows long enough for at least one output frame (`counts`: frames per window)
+    as (their indexes, input values, model kwargs) for one forward pass; None if there are
+    none (a model must not be run on an empty batch)."""
+    live = [i for i, n in enumerate(counts) if n > 0]
+    if not live:
+        return None
+    values, kwargs = audio_batch(extractor, [windows[i] for i in live], device=device,
+                                 dtype=dtype, batched=batched)
+    return live, values, kwargs

@@ -27,7 +27,7 @@ import torch
 from harken.models.audio import SAMPLE_RATE
 from harken.models.clustering import FloatArray, l2_normalize
 from harken.models.errors import UnsupportedModelError
-from harken.models.geometry import FrameGeometry, audio_batch, batchable
+from harken.models.geometry import FrameGeometry, audio_batch, batchable, live_batch
 from harken.models.loading import (
     load_part,
     load_pretrained,
@@ -106,12 +106,11 @@ class XVectorEmbedder:
         counts = [self.feature_frames(len(w)) for w in windows]
         width = int(self.model.config.tdnn_dim[-1])
         results = [np.zeros((0, width), dtype=np.float32)] * len(windows)
-        live = [i for i, n in enumerate(counts) if n > 0]
-        if not live:
+        batch = live_batch(self.feature_extractor, windows, counts, device=self.device,
+                           dtype=self.dtype, batched=self.batchable)
+        if batch is None:
             return results
-        values, kwargs = audio_batch(self.feature_extractor, [windows[i] for i in live],
-                                     device=self.device, dtype=self.dtype,
-                                     batched=self.batchable)
+        live, values, kwargs = batch
         captured: list[torch.Tensor] = []
 
         def keep(_module: Any, _inputs: Any, output: torch.Tensor) -> None:

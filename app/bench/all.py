@@ -35,7 +35,7 @@ from harken.app.bench.architectures import (
     random_spotter,
     random_translator,
 )
-from harken.app.bench.captions import bench_audio
+from harken.app.bench.captions import bench_audio, caption_latencies
 from harken.app.bench.speakers import rss_mb
 from harken.app.config import (
     CaptionsConfig,
@@ -134,10 +134,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
                 "model": stage.captioner.model_id,
                 "rtf": _r(busy.get(stage.captioner.model_id, 0.0) / audio_s),
                 "cpu_rtf": _r(cpu.get(stage.captioner.model_id, 0.0) / audio_s),
-                "partial_latency_p50_s": _r(lat["caption_latency_p50_s"]),
-                "partial_latency_p95_s": _r(lat["caption_latency_p95_s"]),
-                "final_latency_p50_s": _r(lat["final_latency_p50_s"]),
-                "final_latency_p95_s": _r(lat["final_latency_p95_s"]),
+                **caption_latencies(lat),
                 "steps_skipped": counters["caption_steps_skipped"],
             }
         elif isinstance(stage, SpeakerStage):

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -37,6 +37,7 @@ from harken.app.config import CaptionsConfig, HarkenConfig
 from harken.app.session import Session
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.events import CaptionFinal, Event
+from harken.engine.pipeline import Engine, StreamState
 from harken.engine.sources.file import FileSource
 from harken.engine.stages.captions import CaptionStage
 from harken.engine.vad import VadOptions, clip_segments
@@ -48,6 +49,8 @@ from harken.models.streaming import StreamingCtc, StreamingOptions
 DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "assets" / "sample.wav"
 MIN_SEGMENT_S = 1.0  # shorter segments are left out of the quality comparison
 
+
+S = TypeVar("S")
 
 def _log(verbose: bool, text: str) -> None:
     if verbose:
@@ -167,20 +170,12 @@ async def _run_engine(captioner: CtcCaptioner, path: Path, *, realtime: bool,
     started = time.perf_counter()
     engine = await session.run()
     wall = time.perf_counter() - started
-    state = engine.streams["bench"]
-    stage = state.stages[0]
-    if not isinstance(stage, CaptionStage):
-        raise TypeError("the first stage of the bench engine must be the caption stage")
-    audio_s = state.audio_samples / SAMPLE_RATE
-    lat = stage.latencies()
+    state, stage, audio_s = bench_stream(engine, CaptionStage)
     return {
         "rtf": round(engine.worker.stats.busy_s / audio_s, 4),
         "wall_s": round(wall, 2),
         "overhead": round(stage.encoded_samples / state.audio_samples, 3),
-        "partial_latency_p50_s": _r(lat["caption_latency_p50_s"]),
-        "partial_latency_p95_s": _r(lat["caption_latency_p95_s"]),
-        "final_latency_p50_s": _r(lat["final_latency_p50_s"]),
-        "final_latency_p95_s": _r(lat["final_latency_p95_s"]),
+        **caption_latencies(stage.latencies()),
         "segments": state.segments,
         "finals": collect.count,
         "steps_skipped": stage.skipped_steps,
@@ -190,6 +185,24 @@ async def _run_engine(captioner: CtcCaptioner, path: Path, *, realtime: bool,
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def caption_latencies(latencies: dict[str, float | None]) -> dict[str, float | None]:
+    """A caption stage's partial and final latency percentiles, as every bench reports them."""
+    return {"partial_latency_p50_s": _r(latencies["caption_latency_p50_s"]),
+            "partial_latency_p95_s": _r(latencies["caption_latency_p95_s"]),
+            "final_latency_p50_s": _r(latencies["final_latency_p50_s"]),
+            "final_latency_p95_s": _r(latencies["final_latency_p95_s"])}
+
+
+def bench_stream(engine: Engine, kind: type[S]) -> tuple[StreamState, S, float]:
+    """The bench stream's state, its first stage (which must be a `kind`) and its audio in
+    seconds, after a bench engine ran."""
+    state = engine.streams["bench"]
+    stage = state.stages[0]
+    if not isinstance(stage, kind):
+        raise TypeError(f"the first stage of the bench engine must be a {kind.__name__}")
+    return state, stage, state.audio_samples / SAMPLE_RATE
 
 
 def bench_captions(*, model: str, seconds: float, audio: Path | None, device_type: str,

@@ -30,7 +30,13 @@ import soundfile as sf
 import torch
 
 from harken.app.bench.architectures import random_spotter, random_translator
-from harken.app.bench.captions import EventCounter, _segments, _sync, bench_audio
+from harken.app.bench.captions import (
+    EventCounter,
+    _segments,
+    _sync,
+    bench_audio,
+    bench_stream,
+)
 from harken.app.config import HarkenConfig, KeywordsConfig
 from harken.app.tasks.keywords import keyword_stages
 from harken.engine.events import Keyword
@@ -81,11 +87,7 @@ async def _keyword_engine(spotter: KeywordSpotter, path: Path, config: HarkenCon
             tg.create_task(sink.consume(sub))
             await engine.run()
         wall = time.perf_counter() - started
-    state = engine.streams["bench"]
-    stage = state.stages[0]
-    if not isinstance(stage, KeywordStage):
-        raise TypeError("the bench engine's only stage must be the keyword stage")
-    audio_s = state.audio_samples / SAMPLE_RATE
+    state, stage, audio_s = bench_stream(engine, KeywordStage)
     busy = worker.stats.busy_s
     return {
         "windows_scored": stage.scored,

@@ -69,3 +69,19 @@ class Blocker:
         )
         self.position = block.end
         return block
+
+
+class InputFormat:
+    """The rate and channel count a source reads its input at (known once it is open)."""
+
+    _rate = 0
+    _channels = 0
+
+    @property
+    def sample_rate(self) -> int:
+        """The input's own rate in Hz, before resampling to SAMPLE_RATE."""
+        return self._rate
+
+    @property
+    def channels(self) -> int:
+        return self._channels

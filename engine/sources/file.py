@@ -25,7 +25,7 @@ from harken.engine.audio import (
     sanitize,
     to_mono_float32,
 )
-from harken.engine.sources.blocks import DEFAULT_BLOCK_S, Blocker, check_block_s
+from harken.engine.sources.blocks import DEFAULT_BLOCK_S, Blocker, InputFormat, check_block_s
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import AudioFileError
 
@@ -41,7 +41,7 @@ _PLACEHOLDER_SIZE_MIN = 0x7FFF_0000  # bytes
 
 
 
-class FileSource:
+class FileSource(InputFormat):
     """Streams an audio file (any libsndfile format, rate and channel count) as AudioBlocks.
 
     Reads FILE_READ_CHUNK_S at a time in a worker thread, so memory stays bounded for files
@@ -68,14 +68,6 @@ class FileSource:
         self._rate = 0
         self._channels = 0
         self._frames = 0
-
-    @property
-    def sample_rate(self) -> int:
-        return self._rate
-
-    @property
-    def channels(self) -> int:
-        return self._channels
 
     @property
     def duration_s(self) -> float:

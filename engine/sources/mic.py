@@ -24,7 +24,7 @@ from harken.engine.audio import (
     sanitize,
     to_mono_float32,
 )
-from harken.engine.sources.blocks import DEFAULT_BLOCK_S, Blocker, check_block_s
+from harken.engine.sources.blocks import DEFAULT_BLOCK_S, Blocker, InputFormat, check_block_s
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import AudioDeviceError
 
@@ -135,7 +135,7 @@ class _Captured:
     frames_dropped_before: int  # input frames dropped since the previous queued block
 
 
-class MicSource:
+class MicSource(InputFormat):
     """Captures a microphone through PortAudio (sounddevice) as AudioBlocks.
 
     The stream runs at the device's default rate and native channel count; the PortAudio
@@ -180,15 +180,6 @@ class MicSource:
         self._input: InputDevice | None = None
         self._rate = 0
         self._channels = 0
-
-    @property
-    def sample_rate(self) -> int:
-        """The device's capture rate in Hz (valid once opened)."""
-        return self._rate
-
-    @property
-    def channels(self) -> int:
-        return self._channels
 
     @property
     def description(self) -> str:
