@@ -101,6 +101,8 @@ async def test_two_satellite_sites_at_once(tmp_path: Path) -> None:
     with Mosquitto(tmp_path / "broker") as broker:
         settings = MqttSettings(host=broker.host, port=broker.port)
         source = SatelliteSource(settings=settings, client_id="harken-hub-audio",
+                                 # fed unpaced, faster than real time: no audio-rate limit
+                                 limits=SiteLimits(max_audio_ratio=1e6),
                                  backoff_initial_s=0.05, backoff_max_s=0.2)
         sink = MqttSink(settings=settings, options=MqttSinkOptions(
             site="hub", sites_from_streams=True, hermes=True, backoff_initial_s=0.05,
@@ -175,7 +177,9 @@ async def test_a_hostile_client_cannot_stop_a_good_satellite(tmp_path: Path) -> 
     with Mosquitto(tmp_path / "broker") as broker:
         settings = MqttSettings(host=broker.host, port=broker.port)
         source = SatelliteSource(settings=settings, client_id="harken-hub-audio",
-                                 limits=SiteLimits(max_sites=4),
+                                 # The good satellite is fed unpaced, far faster than
+                                 # real time: lift the audio-rate limit for it.
+                                 limits=SiteLimits(max_sites=4, max_audio_ratio=1e6),
                                  backoff_initial_s=0.05, backoff_max_s=0.2)
         sink = MqttSink(settings=settings, options=MqttSinkOptions(
             site="hub", sites_from_streams=True, ha_discovery=True, backoff_initial_s=0.05,
