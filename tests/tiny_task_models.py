@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from harken.app.bench.architectures import SPEECH_COMMANDS_LABELS
+from harken.app.bench.tiny_models import mbart50_tokenizer
 from harken.models.audio import feature_extractor
 
 SENTENCES = (
@@ -67,15 +68,8 @@ def build_tiny_keyword_model(folder: Path, *, favour: str | None = None) -> Path
 
 
 def tiny_mbart50_tokenizer() -> MBart50Tokenizer:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    unigram = Tokenizer(models.Unigram())
-    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=80, special_tokens=["<unk>", "<s>", "</s>"],
-                                      unk_token="<unk>", show_progress=False)
-    unigram.train_from_iterator(SENTENCES, trainer)
-    pieces = [(str(p), float(s)) for p, s in json.loads(unigram.to_str())["model"]["vocab"]]
-    return MBart50Tokenizer(vocab=pieces)
+    tokenizer: MBart50Tokenizer = mbart50_tokenizer(SENTENCES)
+    return tokenizer
 
 
 def build_tiny_translation_model(folder: Path) -> Path:

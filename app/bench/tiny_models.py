@@ -8,6 +8,7 @@ keyword classification, wav2vec2 + mBART speech translation); nothing is downloa
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -96,7 +97,9 @@ def tiny_spotter() -> KeywordSpotter:
                           dtype=_F32)
 
 
-def _tokenizer() -> Any:
+def mbart50_tokenizer(sentences: Sequence[str] = SENTENCES) -> Any:
+    """An mBART-50 tokenizer (its language codes at their real ids) with a tiny unigram
+    vocabulary trained offline on `sentences` (tests use it too)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import MBart50Tokenizer
 
@@ -104,7 +107,7 @@ def _tokenizer() -> Any:
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=80, special_tokens=["<unk>", "<s>", "</s>"],
                                       unk_token="<unk>", show_progress=False)
-    unigram.train_from_iterator(SENTENCES, trainer)
+    unigram.train_from_iterator(sentences, trainer)
     pieces = [(str(p), float(s)) for p, s in json.loads(unigram.to_str())["model"]["vocab"]]
     return MBart50Tokenizer(vocab=pieces)
 
@@ -117,7 +120,7 @@ def tiny_translator() -> SpeechTranslator:
         Wav2Vec2Config,
     )
 
-    tokenizer = _tokenizer()
+    tokenizer = mbart50_tokenizer()
     encoder = Wav2Vec2Config(**_common(feat_extract_norm="layer", do_stable_layer_norm=True,
                                        add_adapter=True, adapter_kernel_size=3,
                                        adapter_stride=2, num_adapter_layers=1))
