@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,16 @@ from harken.models.errors import ConfigError, first_user_error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping the daemon, `kill`): stop exactly as on Ctrl-C, so outputs
+    are flushed and closed and the embedded broker is stopped with the run."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cmd | head`
 
 #: command -> the module whose run(args) carries it out, imported only when that command
@@ -89,14 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("run", "transcribe", "bench", "eval", "speakers", "tune"):
         _quiet_transformers()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         preflight(args)
         command = importlib.import_module(COMMANDS[args.command])
         code: int = command.run(args)
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except BaseException as exc:  # unwrap TaskGroup groups to find the user-facing error
         if _find(exc, BrokenPipeError):
             # The reader went away (`harken run --jsonl | head`): stop quietly, like cat does.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,15 +28,31 @@ def long_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_sigint_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path,
+                                                  signum: int, code: int) -> None:
+    """Ctrl-C, or SIGTERM as systemd sends it to a daemon; with SIGTERM the run also has an
+    embedded broker, which must stop with it (a stray one would hold the port)."""
     model = build_tiny_ctc("hubert", tmp_path / "model")
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
     env.update(HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    broker: list[str] = []
+    port = _free_port()
+    if signum == signal.SIGTERM and shutil.which("mosquitto"):
+        broker = ["--mqtt", "embedded"]
+        env["HARKEN_MQTT__EMBEDDED_PORT"] = str(port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "harken.app.cli", "run", "--input", str(long_sample),
          "--captions-model", str(model), "--device-type", "cpu", "--out", str(out),
-         "--format", "srt,jsonl,txt"],
+         "--format", "srt,jsonl,txt", "--no-tui", *broker],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     srt = out / "long.srt"
     deadline = time.monotonic() + 120
@@ -45,12 +63,12 @@ def test_sigint_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path) ->
                 pytest.fail(f"harken exited early: {proc.communicate()}")
             time.sleep(0.2)
         assert srt.read_text().strip(), "no final caption was written within 120 s"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     assert "stopped" in stderr
     lines = (out / "long.jsonl").read_text().splitlines()
@@ -60,3 +78,6 @@ def test_sigint_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path) ->
     assert max(e["end"] for e in finals) < 34  # it really stopped before the end
     assert srt.read_text().count(" --> ") >= 1
     assert stdout.count("→") >= len([f for f in finals if f["text"]])
+    if broker:  # the embedded mosquitto went with the run: nothing listens on its port
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
