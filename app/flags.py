@@ -148,6 +148,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _stream_counts(text: str) -> list[int]:
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        counts = []
+    if not counts:
+        raise argparse.ArgumentTypeError(f"give N or a list N,N,..., got {text!r}")
+    return counts
+
+
 def _languages(text: str) -> list[str]:
     codes = [c.strip() for c in text.split(",") if c.strip()]
     if not codes:
@@ -344,8 +354,9 @@ def add_load_bench_parsers(bsub: Any) -> None:
     ba.add_argument("--generation-threads", type=int, default=0, metavar="N",
                     help="torch threads of translation generation (0: auto)")
     bst = bsub.add_parser("streams", help="N concurrent streams through the batching worker")
-    bst.add_argument("--streams", type=int, default=1, metavar="N",
-                     help="concurrent streams (with --find-capacity: the first N tried)")
+    bst.add_argument("--streams", type=_stream_counts, default=[1], metavar="N[,N...]",
+                     help="concurrent streams; a list runs each in turn, models loaded once "
+                          "(with --find-capacity: the first N tried)")
     bst.add_argument("--find-capacity", action="store_true",
                      help="largest N with final p95 < 0.5 s and no skipped finals")
     bst.add_argument("--max-streams", type=int, default=512, metavar="N",
@@ -356,6 +367,8 @@ def add_load_bench_parsers(bsub: Any) -> None:
                      help="captions checkpoint, or a full-size architecture, random weights")
     bst.add_argument("--seconds", type=float, default=30.0, help="audio per stream")
     bst.add_argument("--max-batch", type=int, default=64, help="windows per forward pass")
+    bst.add_argument("--vad-engine", choices=VAD_ENGINES, default="both",
+                     help="the streams' VAD (every stream runs its own on the event loop)")
     for p in (ba, bst):
         p.add_argument("--inference-threads", type=int, default=0, metavar="N",
                        help="torch threads of the inference worker (0: auto)")

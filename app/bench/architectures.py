@@ -71,6 +71,13 @@ def hubert_ctc_config(arch: str) -> Any:
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(RANDOM_CTC_ARCHS)}")
 
 
+def built_on(device: torch.device, cls: Any, config: Any) -> Any:
+    """`cls(config)` with its random weights drawn on `device`: on a GPU in seconds, where
+    drawing hundreds of millions of them on the CPU first takes tens of seconds."""
+    with device:
+        return cls(config)
+
+
 def random_ctc(arch: str, *, device: str = "auto", dtype: str = "auto", precision: str = "fp32",
                seed: int = 0) -> CtcCaptioner:
     """A CtcCaptioner of a full-size architecture with random weights (nothing downloaded)."""
@@ -81,7 +88,7 @@ def random_ctc(arch: str, *, device: str = "auto", dtype: str = "auto", precisio
     torch_dtype = resolve_dtype(torch_device, dtype)
     torch.manual_seed(seed)
     config._attn_implementation = "sdpa"
-    model: Any = HubertForCTC(config)
+    model: Any = built_on(torch_device, HubertForCTC, config)
     model = apply_precision(model.to(device=torch_device, dtype=torch_dtype).eval(),
                             device=torch_device, dtype=torch_dtype, precision=precision)
     processor = ctc_processor(layer_norm=config.feat_extract_norm == "layer")
@@ -119,12 +126,12 @@ def random_speaker_models(arch: str, *, device: str = "auto", dtype: str = "auto
     torch.manual_seed(seed)
     seg_config = unispeech_sat_config(arch, num_labels=SEGMENTATION_SLOTS)
     seg_config._attn_implementation = "sdpa"
-    seg: Any = UniSpeechSatForAudioFrameClassification(seg_config)
+    seg: Any = built_on(torch_device, UniSpeechSatForAudioFrameClassification, seg_config)
     seg = apply_precision(seg.to(device=torch_device, dtype=torch_dtype).eval(),
                           device=torch_device, dtype=torch_dtype, precision=precision)
     xv_config = unispeech_sat_config(arch)
     xv_config._attn_implementation = "sdpa"
-    xv: Any = UniSpeechSatForXVector(xv_config)
+    xv: Any = built_on(torch_device, UniSpeechSatForXVector, xv_config)
     xv = apply_precision(xv.to(device=torch_device, dtype=torch_dtype).eval(),
                          device=torch_device, dtype=torch_dtype, precision=precision)
     extractor = feature_extractor(layer_norm=seg_config.feat_extract_norm == "layer")
@@ -173,7 +180,7 @@ def random_spotter(*, device: str = "auto", dtype: str = "auto", seed: int = 0,
     torch.manual_seed(seed)
     config = sewd_mid_keyword_config()
     config._attn_implementation = "eager"
-    model: Any = SEWDForSequenceClassification(config)
+    model: Any = built_on(torch_device, SEWDForSequenceClassification, config)
     model = apply_precision(model.to(device=torch_device, dtype=torch_dtype).eval(),
                             device=torch_device, dtype=torch_dtype, precision=precision)
     return KeywordSpotter(model_id="random:sew-d-mid", model=model,

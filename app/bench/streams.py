@@ -16,6 +16,7 @@ did not.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import platform
@@ -38,6 +39,7 @@ from harken.app.bench.architectures import (
     random_spotter,
 )
 from harken.app.bench.captions import bench_audio
+from harken.app.bench.soak import LagHistogram, probe_lag
 from harken.app.bench.speakers import rss_mb
 from harken.app.config import (
     CaptionsConfig,
@@ -45,6 +47,7 @@ from harken.app.config import (
     HarkenConfig,
     KeywordsConfig,
     SpeakersConfig,
+    VadConfig,
 )
 from harken.app.session import Session, file_source, thread_budget
 from harken.app.tasks.loader import ModelLoader
@@ -54,6 +57,7 @@ from harken.engine.stages.captions import CaptionStage
 from harken.engine.stages.keywords import KeywordStage
 from harken.engine.stages.speakers import SpeakerStage
 from harken.engine.threads import available_cores
+from harken.engine.vad import VadEngine
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
 from harken.models.loading import precision_of, resolve_device
@@ -129,10 +133,23 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         counter = _FinalCounter()
         session = Session(config=config, sources=sources, sinks=[counter], live=True,
                           models=models)
+        lags = LagHistogram()
+
+        async def main() -> Any:
+            # The lag probe says when the one event loop (every stream's VAD and stage
+            # stepping) is the bottleneck rather than the worker or the device.
+            probe = asyncio.create_task(probe_lag(lags), name="lag-probe")
+            try:
+                return await session.run()
+            finally:
+                probe.cancel()
+
         cpu_start = os.times()
+        loop_cpu_start = time.thread_time()  # asyncio.run runs the loop on this thread
         started = time.perf_counter()
-        engine = asyncio.run(session.run())
+        engine = asyncio.run(main())
         wall = time.perf_counter() - started
+        loop_cpu = time.thread_time() - loop_cpu_start
         cpu_end = os.times()
     final: list[float] = []
     partial: list[float] = []
@@ -175,6 +192,8 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         "batch_sizes": dict(sorted(stats.batch_sizes.items())),
         "pad_fraction": _r(stats.padded_samples / stats.samples, 3) if stats.samples else None,
         "cpu_cores_used": round(cpu_s / wall, 2),
+        "event_loop_busy": round(loop_cpu / wall, 3),
+        "event_loop_lag_p99_ms": lags.percentile(99),
         "rss_mb": round(rss_mb(), 1),
         "kept_up": p95 is not None and p95 < FINAL_P95_TARGET_S and missing_finals == 0
         and skipped["caption_steps"] == 0,
@@ -209,14 +228,15 @@ def find_capacity(trial: Any, *, start: int, limit: int) -> tuple[int, list[dict
     return good, runs
 
 
-def bench_streams(*, streams: int, find: bool, tasks: Sequence[str], model: str,
+def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[str], model: str,
                   seconds: float, audio: Path | None, device_type: str, dtype: str,
                   precision: str, max_batch: int = 64, max_streams: int = 512,
-                  inference_threads: int = 0,
+                  inference_threads: int = 0, vad_engine: VadEngine = "both",
                   verbose: bool = False, models: ModelLoader | None = None) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: `model` and the random base
     speaker and keyword architectures."""
-    if not 1 <= streams <= MAX_STREAMS or not 1 <= max_streams <= MAX_STREAMS:
+    counts = [streams] if isinstance(streams, int) else list(streams)
+    if not counts or not all(1 <= n <= MAX_STREAMS for n in (*counts, max_streams)):
         raise ValueError(f"--streams and --max-streams must be 1 to {MAX_STREAMS}")
     if not 1 <= seconds <= 3600:
         raise ValueError(f"--seconds must be between 1 and 3600, got {seconds}")
@@ -233,7 +253,8 @@ def bench_streams(*, streams: int, find: bool, tasks: Sequence[str], model: str,
                               max_batch=max_batch, inference_threads=inference_threads),
         captions=CaptionsConfig(model=model),
         speakers=SpeakersConfig(enabled="speakers" in tasks),
-        keywords=KeywordsConfig(enabled="keywords" in tasks))
+        keywords=KeywordsConfig(enabled="keywords" in tasks),
+        vad=VadConfig(engine=vad_engine))
     with tempfile.TemporaryDirectory() as store:
         if "speakers" in tasks:  # no enrolled voiceprints: a fresh, empty store
             config = config.model_copy(update={"speakers": config.speakers.model_copy(
@@ -243,12 +264,15 @@ def bench_streams(*, streams: int, find: bool, tasks: Sequence[str], model: str,
             if verbose:
                 print(f"{n} stream(s), {seconds:g} s each, real time ...", file=sys.stderr,
                       flush=True)
-            return run_streams(n, models=models, tasks=tasks, samples=samples, config=config)
+            result = run_streams(n, models=models, tasks=tasks, samples=samples, config=config)
+            # Each run's figures as it ends: a long sweep or search that is stopped keeps them.
+            print(json.dumps(result), file=sys.stderr, flush=True)
+            return result
 
         if find:
-            capacity, runs = find_capacity(trial, start=streams, limit=max_streams)
+            capacity, runs = find_capacity(trial, start=counts[0], limit=max_streams)
         else:
-            capacity, runs = -1, [trial(streams)]
+            capacity, runs = -1, [trial(n) for n in counts]
     captioner = models.captioner
     result: dict[str, Any] = {
         "model": captioner.model_id if captioner else model,
@@ -264,6 +288,7 @@ def bench_streams(*, streams: int, find: bool, tasks: Sequence[str], model: str,
         "cores": available_cores(),
         "inference_threads": thread_budget(config, device_type=device.type).inference,
         "max_batch": max_batch,
+        "vad_engine": vad_engine,
         "final_p95_target_s": FINAL_P95_TARGET_S,
         "runs": runs,
     }

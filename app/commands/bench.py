@@ -34,7 +34,7 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
                              seconds=args.seconds, audio=args.audio,
                              device_type=args.device_type, dtype=args.dtype,
                              precision=args.precision, max_batch=args.max_batch,
-                             max_streams=args.max_streams,
+                             max_streams=args.max_streams, vad_engine=args.vad_engine,
                              inference_threads=args.inference_threads, verbose=verbose)
     if args.bench_command == "speakers":
         return bench_speakers(architecture=args.architecture, minutes=args.minutes,

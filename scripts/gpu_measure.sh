@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Every GPU figure of docs/gpu.md in one device call (a lent CUDA machine, minutes of time).
+#
+# Carried with the call (ignored by git, made here first):
+#   .whl/               wheels of the packages the device image lacks (docs/gpu.md says which)
+#   .gpu/speech.wav     16 kHz speech (a copy of ../shared/audio/diarization/pyannote_sample)
+#   .gpu/whisper-files/ config, generation config and processor of Whisper base (no weights)
+# DRY=1 runs the same steps on the CPU with small sizes, to check the script for free;
+# PARTS=streams,single,encode,refine picks steps. Each bench streams run is also logged to
+# log.txt as it ends, so a step stopped at its time limit keeps the runs it finished.
+set -u
+OUT=${OUT:-/tmp/harken-gpu-out}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+export TOKENIZERS_PARALLELISM=false
+DEV=cuda PY=python3 SECONDS_PER_STREAM=12
+WEBRTC_N=${WEBRTC_N:-150,300,450} BOTH_N=${BOTH_N:-300} THREE_N=${THREE_N:-100,150} MICRO=()
+if [ "${DRY:-0}" = 1 ]; then
+    DEV=cpu PY=.venv/bin/python SECONDS_PER_STREAM=3
+    WEBRTC_N=2 BOTH_N=2 THREE_N=1 MICRO=(--dry-run)
+else
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    mkdir -p /tmp/pkg/harken
+    for root in app engine models; do ln -sfn "$PWD/$root" "/tmp/pkg/harken/$root"; done
+    export PYTHONPATH=/tmp/pkg:/tmp/site
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used \
+        --format=csv,noheader -l 1 >"$OUT/smi.csv" 2>&1 &
+fi
+{
+    date -u; nproc; lscpu | grep -m1 "Model name"
+    [ "$DEV" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm \
+        --format=csv
+} >>"$LOG" 2>&1
+
+step() {  # step NAME LIMIT_S OUTFILE COMMAND...
+    local name=$1 limit=$2 file=$3; shift 3
+    local t0=$SECONDS
+    echo "== $name" >>"$LOG"
+    timeout "$limit" "$@" >"$OUT/$file" 2>>"$LOG"
+    echo "== $name: rc=$? in $((SECONDS - t0)) s" | tee -a "$LOG"
+}
+HARKEN=("$PY" -m harken.app.cli)  # not a function: `timeout` runs programs only
+AUDIO=(--audio .gpu/speech.wav)
+STREAMS=(bench streams --model hubert-large --device-type "$DEV" --seconds
+         "$SECONDS_PER_STREAM" "${AUDIO[@]}" --json)
+
+PARTS=${PARTS:-streams,single,encode,refine}
+PROFILE=()  # py-spy (carried as a wheel) samples the default-VAD run, if it can attach
+if [ "$DEV" = cuda ] && timeout 20 /tmp/site/bin/py-spy record -d 1 -o /tmp/probe.txt -f raw \
+        -- python3 -c "import time; time.sleep(2)" >>"$LOG" 2>&1; then
+    PROFILE=(/tmp/site/bin/py-spy record -r 50 -f raw -o "$OUT/profile_both.txt" --)
+fi
+if [[ $PARTS == *streams* ]]; then
+    step streams-webrtc 110 streams_webrtc.json "${HARKEN[@]}" "${STREAMS[@]}" \
+        --vad-engine webrtc --streams "$WEBRTC_N"
+    step streams-both 80 streams_both.json "${PROFILE[@]}" "${HARKEN[@]}" "${STREAMS[@]}" \
+        --vad-engine both --streams "$BOTH_N"
+    step streams-3tasks 90 streams_3tasks.json "${HARKEN[@]}" "${STREAMS[@]}" \
+        --vad-engine webrtc --tasks captions,speakers,keywords --streams "$THREE_N"
+fi
+if [[ $PARTS == *single* ]]; then
+    step captions-1 60 captions_1.json "${HARKEN[@]}" bench captions --model hubert-large \
+        --device-type "$DEV" --seconds 20 "${AUDIO[@]}" --json
+fi
+if [[ $PARTS == *encode* ]]; then
+    step encode 100 encode.jsonl "$PY" scripts/gpu_measure.py encode "${AUDIO[@]}" \
+        "${MICRO[@]}"
+fi
+if [[ $PARTS == *refine* ]]; then
+    step refine 90 refine.jsonl "$PY" scripts/gpu_measure.py refine "${AUDIO[@]}" \
+        "${MICRO[@]}" --whisper-files .gpu/whisper-files --work /tmp/harken-gpu-models
+fi
+
+"$PY" scripts/gpu_summary.py "$OUT"
