@@ -45,6 +45,7 @@ from harken.engine.mqtt.satellites import (
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
+    MAX_SITE_LEN,
     SiteTopics,
     TopicError,
     check_filter,
@@ -56,6 +57,7 @@ from harken.engine.mqtt.topics import (
     hermes_text_captured,
     routes,
     sanitize_level,
+    satellite_id,
     site_from_topic,
 )
 from harken.models.errors import ConfigError, MqttConfigError
@@ -83,6 +85,20 @@ def wav_bytes(samples: np.ndarray, *, rate: int = 16_000, width: int = 2,
 ])
 def test_sanitize_level_removes_what_mqtt_reserves(raw: str, clean: str) -> None:
     assert sanitize_level(raw, fallback="fallback") == clean
+
+
+def test_satellite_ids_stay_distinct_when_cleaning_or_cutting_would_merge_them() -> None:
+    assert satellite_id("kitchen") == "kitchen"  # clean names are kept as they are
+    merged = ["a b", "a_b", "a\tb", "x" * 64 + "1", "x" * 64 + "2", "x" * 64]
+    ids = [satellite_id(raw) for raw in merged]
+    assert len(set(ids)) == len(ids)
+    assert ids[1] == "a_b"
+    assert ids[5] == "x" * 64
+    assert ids[0].startswith("a_b-")
+    assert ids[2].startswith("a_b-")
+    assert all(len(i) <= MAX_SITE_LEN and sanitize_level(i, fallback="") == i for i in ids)
+    assert satellite_id("a b") == ids[0]  # stable: the same name, the same stream
+    assert satellite_id("$$").startswith("satellite-")
 
 
 def test_site_from_topic_takes_the_plus_level_and_rejects_non_matches() -> None:

@@ -65,7 +65,7 @@ from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
     QOS_AT_MOST_ONCE,
     check_filter,
-    sanitize_level,
+    satellite_id,
     site_from_topic,
 )
 from harken.engine.sources.blocks import Blocker
@@ -361,7 +361,7 @@ class SatelliteSource:
             self.rejections.reject("error", f"{topic}: {type(exc).__name__}: {exc}")
             # The site's filter may be half-updated: start it afresh, other sites untouched.
             raw_site = site_from_topic(self.topic_filter, topic)
-            site = self._sites.get(sanitize_level(raw_site or "", fallback="satellite"))
+            site = self._sites.get(satellite_id(raw_site or ""))
             if site is not None:
                 site.resampler = StreamResampler(in_rate=site.rate)
 
@@ -369,7 +369,7 @@ class SatelliteSource:
         raw_site = site_from_topic(self.topic_filter, topic)
         if raw_site is None:
             return  # not an audio topic of ours (e.g. playBytes under a '#' filter)
-        site_id = sanitize_level(raw_site, fallback="satellite")
+        site_id = satellite_id(raw_site)
         now = self._clock()
         site = self._sites.get(site_id)
         if site is None:

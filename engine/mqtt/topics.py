@@ -11,6 +11,7 @@ translation) need no change here; an unknown type goes to `<prefix>/<site>/event
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -52,6 +53,19 @@ def sanitize_level(name: str, *, fallback: str) -> str:
     """
     cleaned = _TOPIC_UNSAFE.sub("_", name.strip()).strip("_").lstrip("$")
     return cleaned[:MAX_SITE_LEN] or fallback
+
+
+def satellite_id(raw: str, *, fallback: str = "satellite") -> str:
+    """The stream and topic id of a satellite named `raw` by the network: `raw` itself when it
+    is a clean level of at most MAX_SITE_LEN characters, else its sanitised, shortened form
+    plus 8 hex digits of a hash of `raw`, so that two satellites whose names clean or cut to
+    the same text ("a b" and "a_b", long names sharing 64 characters) never share a stream.
+    """
+    cleaned = sanitize_level(raw, fallback="")
+    if cleaned == raw:
+        return raw
+    digest = hashlib.blake2s(raw.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{(cleaned or fallback)[:MAX_SITE_LEN - len(digest) - 1]}-{digest}"
 
 
 def default_site() -> str:
