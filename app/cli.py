@@ -8,8 +8,10 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harken.app import flags
 from harken.engine.sources.file import FileSource
@@ -25,7 +27,18 @@ class Terminated(KeyboardInterrupt):
     are flushed and closed and the embedded broker is stopped with the run."""
 
 
-def _terminate(signum: int, frame: object) -> None:
+_TERM_RECEIVED = threading.Event()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    _TERM_RECEIVED.set()
+    on_sigint = signal.getsignal(signal.SIGINT)
+    if callable(on_sigint) and on_sigint is not signal.default_int_handler:
+        # asyncio.run's own Ctrl-C handler: it cancels the main task, lets every task
+        # clean up, then raises KeyboardInterrupt. Raising here instead would land in
+        # whichever task happens to run and leave the others' exceptions unretrieved.
+        on_sigint(signal.SIGINT, frame)
+        return
     raise Terminated
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cmd | head`
 
@@ -108,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt as exc:
         print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        terminated = isinstance(exc, Terminated) or _TERM_RECEIVED.is_set()
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BaseException as exc:  # unwrap TaskGroup groups to find the user-facing error
         if _find(exc, BrokenPipeError):
             # The reader went away (`harken run --jsonl | head`): stop quietly, like cat does.

@@ -7,6 +7,12 @@ one thread per device keeps the GPU's work ordered and the loop free. Windows of
 lengths (different streams, or a segment's first windows) share a padded forward pass when
 the model can pad; they are sorted by length and cut into buckets so that padding never
 exceeds MAX_PAD_FRACTION of the audio in a batch.
+
+Requests carry a priority, and after every forward pass the most urgent queued work runs
+next: caption windows (the text people are reading) before keyword windows, keyword
+windows before speaker windows. A request that has waited AGING_S runs before anything
+newer, whatever its priority, so that under overload the lower tasks fall behind (the
+speaker stage widens its steps) but never stop.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from harken.models.errors import InferenceError
 MAX_BATCH = 16  # windows per forward pass
 MAX_PENDING = 64  # queued requests before submitters wait
 MAX_PAD_FRACTION = 0.25  # padded samples per real sample allowed in one batch
+AGING_S = 2.0  # s a request waits before it outranks every newer one
+
+PRIORITY_CAPTIONS = 0  # live text: runs first
+PRIORITY_KEYWORDS = 1  # short windows whose hits should come within a second
+PRIORITY_SPEAKERS = 2  # labels that annotate text already shown
 
 
 class BatchEncoder(Protocol):
@@ -39,15 +50,31 @@ class BatchEncoder(Protocol):
     def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: its samples are arrays
 class _Request:
     model: BatchEncoder
     samples: np.ndarray
     future: asyncio.Future[np.ndarray]
+    priority: int = PRIORITY_SPEAKERS
+    queued: float = field(default_factory=time.monotonic)
 
     def batch_key(self) -> Hashable:
         length = None if self.model.batchable else len(self.samples)
         return (id(self.model), length)
+
+    def rank(self, now: float) -> tuple[int, float]:
+        """Lower runs first: the priority (or -1 once aged), then the age."""
+        aged = now - self.queued >= AGING_S
+        return (-1 if aged else self.priority, self.queued)
+
+
+def next_batch(pending: list[_Request], *, max_batch: int, now: float) -> list[_Request]:
+    """The forward pass to run now: windows of the highest-ranked request's model (and
+    length, for a model that cannot pad) and priority, the bucket holding that request."""
+    first = min(pending, key=lambda r: r.rank(now))
+    rank, key = first.rank(now)[0], first.batch_key()
+    group = [r for r in pending if r.batch_key() == key and r.rank(now)[0] == rank]
+    return next(b for b in buckets(group, max_batch=max_batch) if any(r is first for r in b))
 
 
 def _encode_timed(model: BatchEncoder, windows: list[np.ndarray],
@@ -112,6 +139,7 @@ class InferenceWorker:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.name = name
         self.max_batch = max_batch
+        self._max_pending = max_pending
         self.threads = threads
         self.share = share
         self.stats = WorkerStats()
@@ -143,34 +171,39 @@ class InferenceWorker:
             # the loop so that the UI and the other sinks keep running meanwhile.
             await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def encode(self, model: BatchEncoder, samples: np.ndarray) -> np.ndarray:
+    async def encode(self, model: BatchEncoder, samples: np.ndarray, *,
+                     priority: int = PRIORITY_SPEAKERS) -> np.ndarray:
+        """`model`'s output for `samples`; `priority` (PRIORITY_*) orders queued work."""
         if self._dispatcher is None:
             raise RuntimeError("InferenceWorker used outside `async with`")
         if self._dispatcher.done():
             raise InferenceError(f"the {self.name} inference worker has stopped")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(model=model, samples=samples, future=future))
+        await self._queue.put(_Request(model=model, samples=samples, future=future,
+                                       priority=priority))
         return await future
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        requests: list[_Request] = []
+        pending: list[_Request] = []
         try:
             while True:
-                requests = [await self._queue.get()]
-                while not self._queue.empty():
-                    requests.append(self._queue.get_nowait())
-                groups: dict[Hashable, list[_Request]] = {}
-                for req in requests:
-                    if not req.future.cancelled():
-                        groups.setdefault(req.batch_key(), []).append(req)
-                for group in groups.values():
-                    for batch in buckets(group, max_batch=self.max_batch):
-                        await self._run(loop, batch)
+                if not pending:
+                    pending.append(await self._queue.get())
+                # Taken from the queue only up to its size: the two together stay bounded.
+                while len(pending) < self._max_pending and not self._queue.empty():
+                    pending.append(self._queue.get_nowait())
+                pending = [r for r in pending if not r.future.cancelled()]
+                if not pending:
+                    continue
+                batch = next_batch(pending, max_batch=self.max_batch, now=time.monotonic())
+                taken = {id(r) for r in batch}
+                pending = [r for r in pending if id(r) not in taken]
+                await self._run(loop, batch)
         finally:
             # Nobody may wait forever on a request this loop took but will never run.
             stopped = InferenceError(f"the {self.name} inference worker has stopped")
-            for req in requests:
+            for req in pending:
                 if not req.future.done():
                     req.future.set_exception(stopped)
 

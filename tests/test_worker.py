@@ -9,7 +9,13 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from harken.engine.worker import MAX_PAD_FRACTION, InferenceWorker
+from harken.engine.worker import (
+    MAX_PAD_FRACTION,
+    PRIORITY_CAPTIONS,
+    PRIORITY_KEYWORDS,
+    PRIORITY_SPEAKERS,
+    InferenceWorker,
+)
 from harken.models.errors import InferenceError
 
 
@@ -116,3 +122,51 @@ async def test_windows_of_different_lengths_are_bucketed_to_bound_padding() -> N
     padded = (1050 * 3 - 3070) + (3100 * 3 - 9000)
     assert worker.stats.padded_samples == padded
     assert padded <= MAX_PAD_FRACTION * worker.stats.samples
+
+
+class OrderedModel:
+    """Appends its name to a shared log at each forward pass (the order the worker chose)."""
+
+    batchable = True
+
+    def __init__(self, name: str, log: list[str], *, delay: float = 0.0) -> None:
+        self.name, self._log, self._delay = name, log, delay
+
+    def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import time
+
+        time.sleep(self._delay)
+        self._log.append(f"{self.name}x{len(windows)}")
+        return [np.zeros(1) for _ in windows]
+
+
+async def _queue_behind_a_busy_worker(worker: InferenceWorker, log: list[str]
+                                      ) -> list[asyncio.Future[np.ndarray]]:
+    speakers = OrderedModel("speakers", log, delay=0.1)
+    captions = OrderedModel("captions", log)
+    keywords = OrderedModel("keywords", log)
+    x = np.ones(160, dtype=np.float32)
+    busy = asyncio.ensure_future(worker.encode(speakers, x, priority=PRIORITY_SPEAKERS))
+    await asyncio.sleep(0.03)  # the worker is now inside the first speakers pass
+    queued = [asyncio.ensure_future(worker.encode(speakers, x, priority=PRIORITY_SPEAKERS)),
+              asyncio.ensure_future(worker.encode(keywords, x, priority=PRIORITY_KEYWORDS)),
+              asyncio.ensure_future(worker.encode(captions, x, priority=PRIORITY_CAPTIONS))]
+    await asyncio.gather(busy, *queued)
+    return queued
+
+
+async def test_queued_captions_run_before_keywords_before_speakers() -> None:
+    log: list[str] = []
+    async with InferenceWorker(name="cpu", max_batch=8) as worker:
+        await _queue_behind_a_busy_worker(worker, log)
+    # The pass in flight finishes; then the most urgent queued work, whatever came first.
+    assert log == ["speakersx1", "captionsx1", "keywordsx1", "speakersx1"]
+
+
+async def test_a_request_that_waited_aging_s_outranks_newer_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("harken.engine.worker.AGING_S", 0.0)  # everything has waited enough
+    log: list[str] = []
+    async with InferenceWorker(name="cpu", max_batch=8) as worker:
+        await _queue_behind_a_busy_worker(worker, log)
+    assert log == ["speakersx1", "speakersx1", "keywordsx1", "captionsx1"]  # oldest first

@@ -19,7 +19,7 @@ import numpy as np
 from harken.engine.events import CaptionFinal, CaptionPartial, Event, StreamError, Word
 from harken.engine.metrics import ArrivalLog, ClosedSegment, FinalLog, Percentiles
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
-from harken.engine.worker import InferenceWorker
+from harken.engine.worker import PRIORITY_CAPTIONS, InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import InferenceError
 from harken.models.geometry import FrameGeometry
@@ -165,7 +165,8 @@ class CaptionStage:
     async def _encode(self, seg: _Segment, window: Window, events: list[Event], *,
                       emit: bool = True) -> bool:
         try:
-            logprobs = await self._worker.encode(self.captioner, window.samples)
+            logprobs = await self._worker.encode(self.captioner, window.samples,
+                                                  priority=PRIORITY_CAPTIONS)
         except InferenceError as exc:
             self.failed_windows += 1
             events.append(StreamError(stream=self.stream, start=(seg.start + window.start)

@@ -29,7 +29,7 @@ import numpy as np
 from harken.engine.events import Event, Keyword, StreamError
 from harken.engine.metrics import ArrivalLog, Percentiles
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
-from harken.engine.worker import InferenceWorker
+from harken.engine.worker import PRIORITY_KEYWORDS, InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import InferenceError, KeywordError
 from harken.models.triggers import (
@@ -320,7 +320,8 @@ class KeywordStage:
         try:
             # Submitted together, the windows share one forward pass in the worker.
             probs = await asyncio.gather(
-                *(self._worker.encode(self.spotter, x) for x in windows))
+                *(self._worker.encode(self.spotter, x, priority=PRIORITY_KEYWORDS)
+                  for x in windows))
         except InferenceError as exc:
             self.failed += len(starts)
             self._trigger.reset()

@@ -42,7 +42,7 @@ import numpy as np
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn, StreamError
 from harken.engine.metrics import ArrivalLog, Percentiles
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
-from harken.engine.worker import InferenceWorker
+from harken.engine.worker import PRIORITY_SPEAKERS, InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.clustering import (
     ActivityAggregator,
@@ -416,8 +416,9 @@ class SpeakerStage:
         samples = self._buffer.samples(start, end)
         started = time.perf_counter()
         outs = await asyncio.gather(
-            self._worker.encode(self.segmenter, samples),
-            self._worker.encode(self.embedder, samples), return_exceptions=True)
+            self._worker.encode(self.segmenter, samples, priority=PRIORITY_SPEAKERS),
+            self._worker.encode(self.embedder, samples, priority=PRIORITY_SPEAKERS),
+            return_exceptions=True)
         seg_out, emb_out = outs
         self._done = max(self._done, end)
         for out in (seg_out, emb_out):
