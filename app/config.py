@@ -88,6 +88,8 @@ class VadConfig(_Section):
                                     description="silero probability that starts speech")
     release_threshold: float = Field(0.2, gt=0, lt=1,
                                      description="silero probability below which speech stops")
+    threads: int = Field(0, ge=0, le=64, description="threads running the streams' VADs off "
+                         "the event loop (0: on the loop); for many satellite streams")
 
     @model_validator(mode="after")
     def _thresholds(self) -> VadConfig:

@@ -11,7 +11,7 @@ import argparse
 import difflib
 import importlib.metadata
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -138,6 +138,19 @@ class _KeywordsAction(argparse.Action):
         namespace.keywords_thresholds = thresholds or None
 
 
+def count(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `lo` to `hi`, else one line naming the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {value}")
+        return value
+    return parse
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -188,17 +201,19 @@ def add_bench_parsers(bsub: Any) -> None:
     bk.add_argument("--model", default="sew-d-mid", metavar="ID|DIR|sew-d-mid",
                     help="a checkpoint, or full-size SEW-D mid with random weights")
     bk.add_argument("--hop", type=float, default=0.2, help="seconds between windows")
-    bk.add_argument("--batch", type=int, default=16, help="windows per forward pass at most")
-    bk.add_argument("--repeats", type=int, default=3, help="raw-throughput repetitions")
+    bk.add_argument("--batch", type=count(1, 1024), default=16,
+                    help="windows per forward pass at most")
+    bk.add_argument("--repeats", type=count(1, 100), default=3, help="raw-throughput repetitions")
     bt = bsub.add_parser("translation", help="translation latency per segment and RTF")
     bt.add_argument("--model", default="xls-r-300m-en-to-15",
                     metavar="ID|DIR|xls-r-300m-en-to-15",
                     help="a checkpoint, or the full-size architecture with random weights")
     bt.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
-    bt.add_argument("--beams", type=int, default=1, help="beam search width")
-    bt.add_argument("--max-new-tokens", type=int, default=48,
+    bt.add_argument("--beams", type=count(1, 16), default=1, help="beam search width")
+    bt.add_argument("--max-new-tokens", type=count(1, 448), default=48,
                     help="tokens per segment at most (random weights always reach it)")
-    bt.add_argument("--max-segments", type=int, default=8, help="segments translated at most")
+    bt.add_argument("--max-segments", type=count(1, 10_000), default=8,
+                    help="segments translated at most")
     for p, length in ((bk, 60.0), (bt, 30.0)):
         p.add_argument("--seconds", type=seconds, default=length, help="audio length")
         p.add_argument("--audio", type=Path, help="speech file (default: assets sample)")
@@ -289,7 +304,8 @@ def add_tune_parser(sub: Any) -> None:
                                              "DER (Optuna), per model")
     td.add_argument("pairs", nargs="+", type=Path, metavar="AUDIO RTTM",
                     help="audio files, each followed by its RTTM")
-    td.add_argument("--trials", type=int, default=50, help="Optuna trials (default 50)")
+    td.add_argument("--trials", type=count(1, 100_000), default=50,
+                    help="Optuna trials (default 50)")
     td.add_argument("--collar", type=_seconds, default=0.25, metavar="S",
                     help="forgiveness around reference boundaries (default 0.25)")
     td.add_argument("--seed", type=int, default=0, help="sampler seed (same seed, same search)")
@@ -342,16 +358,16 @@ def add_bench(bsub: Any) -> None:
 def add_load_bench_parsers(bsub: Any) -> None:
     """`bench all` and `bench streams` (app/bench/all.py, app/bench/streams.py, docs/cpu.md)."""
     ba = bsub.add_parser("all", help="the five tasks together on one real-time speech stream")
-    ba.add_argument("--seconds", type=float, default=60.0, help="audio length")
+    ba.add_argument("--seconds", type=seconds, default=60.0, help="audio length")
     ba.add_argument("--captions-arch", default="hubert-base",
                     choices=["hubert-base", "hubert-large"],
                     help="captions architecture (random weights)")
     ba.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
-    ba.add_argument("--max-new-tokens", type=int, default=48,
+    ba.add_argument("--max-new-tokens", type=count(1, 448), default=48,
                     help="tokens per translated segment (random weights always reach it)")
     ba.add_argument("--fast", action="store_true",
                     help="unpaced, nothing skipped: cpu_rtf is each task's full demand")
-    ba.add_argument("--generation-threads", type=int, default=0, metavar="N",
+    ba.add_argument("--generation-threads", type=count(0, 256), default=0, metavar="N",
                     help="torch threads of translation generation (0: auto)")
     bst = bsub.add_parser("streams", help="N concurrent streams through the batching worker")
     bst.add_argument("--streams", type=_stream_counts, default=[1], metavar="N[,N...]",
@@ -359,18 +375,21 @@ def add_load_bench_parsers(bsub: Any) -> None:
                           "(with --find-capacity: the first N tried)")
     bst.add_argument("--find-capacity", action="store_true",
                      help="largest N with final p95 < 0.5 s and no skipped finals")
-    bst.add_argument("--max-streams", type=int, default=512, metavar="N",
+    bst.add_argument("--max-streams", type=count(1, 4096), default=512, metavar="N",
                      help="--find-capacity tries no more streams than this")
     bst.add_argument("--tasks", default="captions", metavar="captions[,speakers,keywords]")
     bst.add_argument("--model", default="hubert-large",
                      metavar="ID|DIR|hubert-base|hubert-large",
                      help="captions checkpoint, or a full-size architecture, random weights")
-    bst.add_argument("--seconds", type=float, default=30.0, help="audio per stream")
-    bst.add_argument("--max-batch", type=int, default=64, help="windows per forward pass")
+    bst.add_argument("--seconds", type=seconds, default=30.0, help="audio per stream")
+    bst.add_argument("--max-batch", type=count(1, 1024), default=64,
+                     help="windows per forward pass")
     bst.add_argument("--vad-engine", choices=VAD_ENGINES, default="both",
-                     help="the streams' VAD (every stream runs its own on the event loop)")
+                     help="the streams' VAD")
+    bst.add_argument("--vad-threads", type=count(0, 64), default=0, metavar="N",
+                     help="run the streams' VADs on N threads off the event loop (0: on it)")
     for p in (ba, bst):
-        p.add_argument("--inference-threads", type=int, default=0, metavar="N",
+        p.add_argument("--inference-threads", type=count(0, 256), default=0, metavar="N",
                        help="torch threads of the inference worker (0: auto)")
     bp = bsub.add_parser("precision", help="int8 vs fp32 per task on real speech: fidelity "
                                            "and speed-up")
@@ -378,9 +397,9 @@ def add_load_bench_parsers(bsub: Any) -> None:
                     metavar="LIST", help="captions,speakers,diarization,keywords,translation")
     bp.add_argument("--audio-root", type=Path, default=Path("../shared/audio"), metavar="DIR",
                     help="the shared real-speech folder")
-    bp.add_argument("--threads", type=int, default=0, metavar="N",
+    bp.add_argument("--threads", type=count(0, 256), default=0, metavar="N",
                     help="torch threads (0: torch's default)")
-    bp.add_argument("--max-new-tokens", type=int, default=24,
+    bp.add_argument("--max-new-tokens", type=count(1, 448), default=24,
                     help="tokens per translated segment")
     bp.add_argument("--json", action="store_true", help="print only the JSON object")
     for p in (ba, bst):
@@ -398,7 +417,7 @@ def add_bench_soak(bsub: Any) -> None:
     bs = bsub.add_parser("soak", help="all tasks for a long run over a restarting broker "
                                       "with a hostile publisher: memory, lag, lost finals")
     bs.add_argument("--minutes", type=_positive, default=60.0, help="run length")
-    bs.add_argument("--satellites", type=int, default=2, help="synthetic satellites")
+    bs.add_argument("--satellites", type=count(0, 64), default=2, help="synthetic satellites")
     bs.add_argument("--restart-every", type=_positive, default=180.0, metavar="S",
                     help="seconds between broker restarts")
     bs.add_argument("--audio", type=Path, help="speech file to loop (default: assets sample)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -132,6 +133,10 @@ class EngineOptions:
     live: bool = False
     levels: bool = True
     stats_interval_s: float = STATS_INTERVAL_S
+    #: Threads that run the streams' VADs off the event loop (0: on the loop). With many
+    #: streams the VADs (silero's network above all) are most of the loop's work; in a pool
+    #: they use other cores, since onnxruntime and numpy release the GIL.
+    vad_threads: int = 0
 
 
 @dataclass
@@ -171,6 +176,7 @@ class Engine:
         self._stage_factories = list(stages)
         self._streams: dict[str, StreamState] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._vad_pool: ThreadPoolExecutor | None = None
 
     def subscribe(self, name: str, *, maxsize: int = DEFAULT_QUEUE_SIZE) -> Subscription:
         return self.bus.subscribe(name, maxsize=maxsize)
@@ -202,6 +208,9 @@ class Engine:
 
     async def run(self) -> None:
         """Runs every source to its end; closes the bus (ending the sinks) in any case."""
+        if self.options.vad_threads > 0:
+            self._vad_pool = ThreadPoolExecutor(max_workers=self.options.vad_threads,
+                                                thread_name_prefix="vad")
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -209,7 +218,18 @@ class Engine:
                     tg.create_task(self._read(source), name=f"source-{i}")
         finally:
             self._tg = None
+            if self._vad_pool is not None:
+                await asyncio.to_thread(self._vad_pool.shutdown, wait=True)
+                self._vad_pool = None
             await self.bus.close()
+
+    async def _feed(self, vad: VadSegmenter, block: AudioBlock) -> list[VadOutput]:
+        """One block through a stream's VAD: in the pool if there is one. A stream awaits
+        each block before the next, so one segmenter never runs on two threads at once."""
+        if self._vad_pool is None:
+            return vad.feed(block)
+        return await asyncio.get_running_loop().run_in_executor(self._vad_pool, vad.feed,
+                                                                block)
 
     def _stream(self, stream_id: str) -> StreamState:
         state = self._streams.get(stream_id)
@@ -295,7 +315,7 @@ class Engine:
                     outputs = vad.flush()
                     done = True
                 else:
-                    outputs = vad.feed(self._admit(state, block))
+                    outputs = await self._feed(vad, self._admit(state, block))
                     if self.options.levels:
                         await self.bus.publish(Level(
                             stream=state.id, start=block.start / SAMPLE_RATE,

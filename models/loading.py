@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 import warnings
@@ -203,12 +204,15 @@ def hub_reachable() -> bool:
         return False
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # `name` or `owner/name`
+
+
 def looks_like_path(model_id: str) -> bool:
-    """True for a model given as a folder path (`./x`, `../x`, `/x`, `~/x`, `.`), which is
-    never a hub id (those are `name` or `owner/name`)."""
+    """True for a model given as a folder path (`./x`, `../x`, `/x`, `~/x`, `.`, `x/`,
+    `a/b/c`): anything a hub id (`name` or `owner/name`) cannot be."""
     text = model_id.strip()
     return text in (".", "..") or text.startswith(("/", "./", "../", "~", "\\")) \
-        or os.path.isabs(text)
+        or os.path.isabs(text) or _HUB_ID.fullmatch(text) is None
 
 
 def check_folder(model_id: str, task: str) -> None:

@@ -20,6 +20,7 @@ from harken.app.tasks.speakers import SpeakerModels
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
 from harken.models.diarization import FrameSegmenter
+from harken.models.errors import ConfigError
 from harken.models.keywords import KeywordSpotter
 from harken.models.speakers import XVectorEmbedder
 from harken.models.translation import SpeechTranslator
@@ -111,7 +112,7 @@ def test_find_capacity_doubles_then_bisects() -> None:
 
 def test_tasks_flag_needs_captions() -> None:
     assert parse_tasks("captions,speakers") == ("captions", "speakers")
-    with pytest.raises(ValueError, match="captions"):
+    with pytest.raises(ConfigError, match="captions"):
         parse_tasks("speakers")
 
 

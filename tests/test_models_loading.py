@@ -11,7 +11,7 @@ import torch
 from harken.models import loading
 from harken.models.captions import CtcCaptioner
 from harken.models.errors import DeviceError, ModelNotFoundError, UnsupportedModelError
-from harken.models.loading import is_cached, pull, resolve_device, resolve_dtype
+from harken.models.loading import is_cached, looks_like_path, pull, resolve_device, resolve_dtype
 
 UNKNOWN_ID = "harken-tests/no-such-model-xyz"
 
@@ -169,3 +169,12 @@ def test_hub_probe_reports_unreachable_for_a_dead_endpoint(
         assert loading.hub_reachable() is False
     finally:
         loading.hub_reachable.cache_clear()
+
+
+@pytest.mark.parametrize(("model_id", "is_path"), [
+    ("facebook/hubert-large-ls960-ft", False), ("hubert-large", False), ("a.b-c/d_e.f", False),
+    ("./x", True), ("/x", True), ("~/x", True), (".", True), ("x/", True), ("a/b/c", True),
+    ("a b", True),
+])
+def test_what_a_hub_id_cannot_be_is_taken_as_a_folder(model_id: str, is_path: bool) -> None:
+    assert looks_like_path(model_id) is is_path

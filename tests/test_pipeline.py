@@ -93,10 +93,11 @@ class SegmentEcho:
 
 
 async def run_engine(source: Any, *, engine_ref: list[Engine] | None = None,
-                     levels: bool = False) -> list[Event]:
+                     levels: bool = False, vad_threads: int = 0) -> list[Event]:
     async with InferenceWorker(name="cpu") as worker:
         engine = Engine(sources=[source], stages=[SegmentEcho], worker=worker,
-                        options=EngineOptions(levels=levels, stats_interval_s=2.0))
+                        options=EngineOptions(levels=levels, stats_interval_s=2.0,
+                                              vad_threads=vad_threads))
         if engine_ref is not None:
             engine_ref.append(engine)
         sub = engine.subscribe("test", maxsize=10_000)
@@ -130,6 +131,24 @@ async def test_two_streams_from_one_source_are_independent() -> None:
             assert int(f.text) >= round((f.end - f.start) * SAMPLE_RATE)
         assert isinstance(mine[-1], Stats)
         assert mine[-1].counters["echo_segments"] == len(finals)
+
+
+async def test_vads_on_a_thread_pool_give_the_same_segments() -> None:
+    audio = sample()
+    streams = {"kitchen": audio, "office": np.concatenate([np.zeros(4000, np.float32), audio]),
+               "hall": audio[8000:]}
+
+    def segments(events: list[Event]) -> list[tuple[str, str, float, float, str]]:
+        return [(e.stream, type(e).__name__, e.start, getattr(e, "end", 0.0),
+                 getattr(e, "text", "")) for e in events
+                if isinstance(e, SpeechStarted | SpeechEnded | CaptionFinal)]
+
+    on_loop = await run_engine(ListSource(streams))
+    pooled = await run_engine(ListSource(streams), vad_threads=2)
+    assert len(segments(on_loop)) >= 12
+    for sid in streams:  # per stream, the very same events in the same order
+        assert [x for x in segments(pooled) if x[0] == sid] == \
+            [x for x in segments(on_loop) if x[0] == sid]
 
 
 async def test_pause_hears_silence_but_keeps_the_clock() -> None:

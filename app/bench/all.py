@@ -57,6 +57,7 @@ from harken.engine.stages.translation import TranslationStage
 from harken.engine.threads import available_cores
 from harken.engine.worker import WorkerStats
 from harken.models.audio import SAMPLE_RATE
+from harken.models.errors import ConfigError
 from harken.models.loading import precision_of, resolve_device, resolve_dtype
 
 STREAM = "bench"
@@ -184,7 +185,7 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
     `realtime=False` (--fast): unpaced and in order, nothing skipped, so each task's
     `cpu_rtf` is the compute it needs per second of speech."""
     if not 1 <= seconds <= 3600:
-        raise ValueError(f"--seconds must be between 1 and 3600, got {seconds}")
+        raise ConfigError(f"--seconds must be between 1 and 3600, got {seconds}")
     speech = audio if audio is not None else default_audio()
     samples = bench_audio(speech, seconds)
     device = resolve_device(device_type)

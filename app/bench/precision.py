@@ -41,6 +41,7 @@ from harken.app.bench.architectures import (
 )
 from harken.app.bench.compare import argmax_agreement, encode_whole, mean_abs_logprob_diff
 from harken.models.audio import SAMPLE_RATE
+from harken.models.errors import ConfigError
 from harken.models.translation import GenerationOptions
 
 TASKS = ("captions", "speakers", "diarization", "keywords", "translation")
@@ -171,7 +172,7 @@ def bench_precision(*, tasks: Sequence[str], audio_root: Path, threads: int,
                     max_new_tokens: int = 24) -> dict[str, Any]:
     bad = [t for t in tasks if t not in TASKS]
     if bad:
-        raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
     if threads > 0:
         torch.set_num_threads(threads)
     out: dict[str, Any] = {"weights": "random (full-size architectures, same seed for both)",

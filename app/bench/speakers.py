@@ -33,6 +33,7 @@ from harken.app.tasks.speakers import SpeakerModels, load_speaker_models, model_
 from harken.engine.events import Event, Stats
 from harken.engine.stages.speakers import SpeakerStage
 from harken.models.audio import SAMPLE_RATE
+from harken.models.errors import ConfigError
 
 WARMUP_S = 5.0  # s of audio run through both models before measuring
 
@@ -68,7 +69,7 @@ def _models(architecture: str, *, device_type: str, dtype: str) -> SpeakerModels
         return SpeakerModels(segmenter=segmenter, embedder=embedder)
     speaker, _, diarization = architecture.partition(",")
     if not diarization:
-        raise ValueError("--architecture is base, large or SPEAKER_MODEL,DIARIZATION_MODEL")
+        raise ConfigError("--architecture is base, large or SPEAKER_MODEL,DIARIZATION_MODEL")
     return load_speaker_models(model_key(speaker), model_key(diarization), device_type, dtype)
 
 
@@ -81,7 +82,7 @@ def bench_speakers(*, architecture: str, minutes: float, audio: Path | None,
                    device_type: str, dtype: str, window_s: float, step_s: float,
                    verbose: bool) -> dict[str, Any]:
     if not 0 < minutes <= 600:
-        raise ValueError(f"--minutes must be between 0 and 600, got {minutes}")
+        raise ConfigError(f"--minutes must be between 0 and 600, got {minutes}")
     config = HarkenConfig(speakers=SpeakersConfig(enabled=True, window_s=window_s,
                                                   step_s=step_s))
     if verbose:

@@ -60,6 +60,7 @@ from harken.engine.threads import available_cores
 from harken.engine.vad import VadEngine
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
+from harken.models.errors import ConfigError
 from harken.models.loading import precision_of, resolve_device
 
 TASKS = ("captions", "speakers", "keywords")
@@ -72,7 +73,7 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     tasks = tuple(t.strip() for t in text.split(",") if t.strip())
     bad = [t for t in tasks if t not in TASKS]
     if bad or "captions" not in tasks:
-        raise ValueError(f"--tasks is captions[,speakers][,keywords], got {text!r}")
+        raise ConfigError(f"--tasks is captions[,speakers][,keywords], got {text!r}")
     return tasks
 
 
@@ -231,15 +232,15 @@ def find_capacity(trial: Any, *, start: int, limit: int) -> tuple[int, list[dict
 def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[str], model: str,
                   seconds: float, audio: Path | None, device_type: str, dtype: str,
                   precision: str, max_batch: int = 64, max_streams: int = 512,
-                  inference_threads: int = 0, vad_engine: VadEngine = "both",
+                  inference_threads: int = 0, vad_engine: VadEngine = "both", vad_threads: int = 0,
                   verbose: bool = False, models: ModelLoader | None = None) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: `model` and the random base
     speaker and keyword architectures."""
     counts = [streams] if isinstance(streams, int) else list(streams)
     if not counts or not all(1 <= n <= MAX_STREAMS for n in (*counts, max_streams)):
-        raise ValueError(f"--streams and --max-streams must be 1 to {MAX_STREAMS}")
+        raise ConfigError(f"--streams and --max-streams must be 1 to {MAX_STREAMS}")
     if not 1 <= seconds <= 3600:
-        raise ValueError(f"--seconds must be between 1 and 3600, got {seconds}")
+        raise ConfigError(f"--seconds must be between 1 and 3600, got {seconds:g}")
     speech = audio if audio is not None else default_audio()
     samples = bench_audio(speech, seconds)
     device = resolve_device(device_type)
@@ -254,7 +255,7 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
         captions=CaptionsConfig(model=model),
         speakers=SpeakersConfig(enabled="speakers" in tasks),
         keywords=KeywordsConfig(enabled="keywords" in tasks),
-        vad=VadConfig(engine=vad_engine))
+        vad=VadConfig(engine=vad_engine, threads=vad_threads))
     with tempfile.TemporaryDirectory() as store:
         if "speakers" in tasks:  # no enrolled voiceprints: a fresh, empty store
             config = config.model_copy(update={"speakers": config.speakers.model_copy(
@@ -289,6 +290,7 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
         "inference_threads": thread_budget(config, device_type=device.type).inference,
         "max_batch": max_batch,
         "vad_engine": vad_engine,
+        "vad_threads": vad_threads,
         "final_p95_target_s": FINAL_P95_TARGET_S,
         "runs": runs,
     }

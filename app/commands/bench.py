@@ -35,6 +35,7 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
                              device_type=args.device_type, dtype=args.dtype,
                              precision=args.precision, max_batch=args.max_batch,
                              max_streams=args.max_streams, vad_engine=args.vad_engine,
+                             vad_threads=args.vad_threads,
                              inference_threads=args.inference_threads, verbose=verbose)
     if args.bench_command == "speakers":
         return bench_speakers(architecture=args.architecture, minutes=args.minutes,
