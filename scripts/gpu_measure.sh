@@ -6,7 +6,8 @@
 #   .gpu/speech.wav     16 kHz speech (a copy of ../shared/audio/diarization/pyannote_sample)
 #   .gpu/whisper-files/ config, generation config and processor of Whisper base (no weights)
 # DRY=1 runs the same steps on the CPU with small sizes, to check the script for free;
-# PARTS=streams,single,encode,refine picks steps. Each bench streams run is also logged to
+# PARTS=streams,single,encode,refine picks steps. At most 8 files come back from a call:
+# log.txt, smi.csv, four streams_*.json, captions_1.json, micro.jsonl. Each bench streams run is also logged to
 # log.txt as it ends, so a step stopped at its time limit keeps the runs it finished.
 set -u
 OUT=${OUT:-/tmp/harken-gpu-out}
@@ -38,7 +39,7 @@ step() {  # step NAME LIMIT_S OUTFILE COMMAND...
     local name=$1 limit=$2 file=$3; shift 3
     local t0=$SECONDS
     echo "== $name" >>"$LOG"
-    timeout "$limit" "$@" >"$OUT/$file" 2>>"$LOG"
+    timeout "$limit" "$@" >>"$OUT/$file" 2>>"$LOG"
     echo "== $name: rc=$? in $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 HARKEN=("$PY" -m harken.app.cli)  # not a function: `timeout` runs programs only
@@ -47,17 +48,14 @@ STREAMS=(bench streams --model hubert-large --device-type "$DEV" --seconds
          "$SECONDS_PER_STREAM" "${AUDIO[@]}" --json)
 
 PARTS=${PARTS:-streams,single,encode,refine}
-PROFILE=()  # py-spy (carried as a wheel) samples the default-VAD run, if it can attach
-if [ "$DEV" = cuda ] && timeout 20 /tmp/site/bin/py-spy record -d 1 -o /tmp/probe.txt -f raw \
-        -- python3 -c "import time; time.sleep(2)" >>"$LOG" 2>&1; then
-    PROFILE=(/tmp/site/bin/py-spy record -r 50 -f raw -o "$OUT/profile_both.txt" --)
-fi
 if [[ $PARTS == *streams* ]]; then
-    step streams-webrtc 110 streams_webrtc.json "${HARKEN[@]}" "${STREAMS[@]}" \
+    step streams-webrtc 150 streams_webrtc.json "${HARKEN[@]}" "${STREAMS[@]}" \
         --vad-engine webrtc --streams "$WEBRTC_N"
-    step streams-both 80 streams_both.json "${PROFILE[@]}" "${HARKEN[@]}" "${STREAMS[@]}" \
+    step streams-both 80 streams_both.json "${HARKEN[@]}" "${STREAMS[@]}" \
         --vad-engine both --streams "$BOTH_N"
-    step streams-3tasks 90 streams_3tasks.json "${HARKEN[@]}" "${STREAMS[@]}" \
+    step streams-both-pool 80 streams_both_pool.json "${HARKEN[@]}" "${STREAMS[@]}" \
+        --vad-engine both --vad-threads 4 --streams "$BOTH_N"
+    step streams-3tasks 120 streams_3tasks.json "${HARKEN[@]}" "${STREAMS[@]}" \
         --vad-engine webrtc --tasks captions,speakers,keywords --streams "$THREE_N"
 fi
 if [[ $PARTS == *single* ]]; then
@@ -65,11 +63,11 @@ if [[ $PARTS == *single* ]]; then
         --device-type "$DEV" --seconds 20 "${AUDIO[@]}" --json
 fi
 if [[ $PARTS == *encode* ]]; then
-    step encode 100 encode.jsonl "$PY" scripts/gpu_measure.py encode "${AUDIO[@]}" \
+    step encode 100 micro.jsonl "$PY" scripts/gpu_measure.py encode "${AUDIO[@]}" \
         "${MICRO[@]}"
 fi
 if [[ $PARTS == *refine* ]]; then
-    step refine 90 refine.jsonl "$PY" scripts/gpu_measure.py refine "${AUDIO[@]}" \
+    step refine 90 micro.jsonl "$PY" scripts/gpu_measure.py refine "${AUDIO[@]}" \
         "${MICRO[@]}" --whisper-files .gpu/whisper-files --work /tmp/harken-gpu-models
 fi
 

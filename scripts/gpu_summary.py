@@ -31,7 +31,7 @@ def main(out: Path) -> None:
             row = {k: run.get(k) for k in RUN_KEYS}
             row["skipped"] = {k: v for k, v in run.get("skipped", {}).items() if v}
             print(json.dumps(row))
-    for name in ("streams_webrtc", "streams_both", "streams_3tasks"):
+    for name in ("streams_webrtc", "streams_both", "streams_both_pool", "streams_3tasks"):
         data = load(out / f"{name}.json")
         print(f"# {name}: {data.get('unreadable', '')}")
         for run in data.get("runs", []):
@@ -40,7 +40,7 @@ def main(out: Path) -> None:
             print(json.dumps(row))
     captions = load(out / "captions_1.json")
     print("# captions_1:", json.dumps(captions)[:600])
-    for name in ("encode", "refine"):
+    for name in ("micro",):
         print(f"# {name}")
         data = load(out / f"{name}.jsonl")
         for row in data if isinstance(data, list) else [data]:
