@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from harken.app.config import load_config
-from harken.app.tasks.speakers import diarization_options, overridden, thresholds
+from harken.app.tasks.speakers import diarization_options
+from harken.app.tasks.thresholds import overridden, thresholds
 from harken.models.calibration import GENERIC, KEYS, KNOWN, model_of, resolve
 from harken.models.errors import ConfigError
 

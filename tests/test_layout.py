@@ -95,3 +95,15 @@ def test_a_bad_input_file_or_setting_fails_before_torch_loads(tmp_path: Path) ->
         "assert 'captions.hop_s' in err.getvalue(), err.getvalue()")
     assert "harken.app.cli" in loaded
     assert "torch" not in loaded
+
+
+def test_config_show_resolves_speaker_thresholds_without_torch() -> None:
+    loaded = _loaded_after(
+        "import contextlib, io\n"
+        "from harken.app.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert main(['config', 'show']) == 0\n"
+        "row = next(r for r in out.getvalue().splitlines() if r.startswith('speakers.margin'))\n"
+        "assert 'null' not in row and 'generic default' in row, row")
+    assert "harken.app.commands.config" in loaded
+    assert "torch" not in loaded

@@ -336,7 +336,8 @@ def test_tune_diarization_writes_better_thresholds_under_each_model(
     import tomllib
 
     from harken.app.config import load_config
-    from harken.app.tasks.speakers import diarization_options, model_key
+    from harken.app.tasks.speakers import diarization_options
+    from harken.app.tasks.thresholds import model_key
 
     config = tmp_path / "config.toml"
     config.write_text("# mine\n[speakers]\nmax_speakers = 5  # keep\n")
@@ -368,7 +369,7 @@ def test_tune_speakers_writes_the_eer_threshold(capsys: pytest.CaptureFixture[st
                                                 tmp_path: Path) -> None:
     import tomllib
 
-    from harken.app.tasks.speakers import model_key
+    from harken.app.tasks.thresholds import model_key
 
     voices = tmp_path / "voices"
     for name in ("ann1", "ann2", "bob1", "bob2"):

@@ -29,7 +29,8 @@ from harken.app.bench.architectures import RANDOM_SPEAKER_ARCHS, random_speaker_
 from harken.app.bench.captions import bench_audio
 from harken.app.config import HarkenConfig, SpeakersConfig
 from harken.app.eval.speakers import diarize_file
-from harken.app.tasks.speakers import SpeakerModels, load_speaker_models, model_key
+from harken.app.tasks.speakers import SpeakerModels, load_speaker_models
+from harken.app.tasks.thresholds import model_key
 from harken.engine.events import Event, Stats
 from harken.engine.stages.speakers import SpeakerStage
 from harken.models.audio import SAMPLE_RATE

@@ -7,11 +7,17 @@ import json
 
 from harken.app import flags
 from harken.app.config import describe
+from harken.app.tasks.thresholds import thresholds
 
 
 def run(args: argparse.Namespace) -> int:
     loaded = flags.load(args)
-    rows = describe(loaded)
+    # Speaker thresholds left unset resolve per model (models/calibration.py): show the
+    # value a run would use and where it comes from, not a bare null.
+    resolved = {f"speakers.{key}": r for key, r in thresholds(loaded.config).items()}
+    rows = [(key, resolved[key].value, resolved[key].origin)
+            if value is None and key in resolved else (key, value, origin)
+            for key, value, origin in describe(loaded)]
     if args.json:
         print(json.dumps({k: {"value": v, "from": o} for k, v, o in rows}, indent=2))
         return 0

@@ -18,7 +18,8 @@ from harken.app.clips import (
     vad_options,
 )
 from harken.app.config import HarkenConfig
-from harken.app.tasks.speakers import load_embedder, speaker_model_id, store_of, thresholds
+from harken.app.tasks.speakers import load_embedder, store_of
+from harken.app.tasks.thresholds import speaker_model_id, thresholds
 from harken.app.voiceprints import check_name
 from harken.models.audio import SAMPLE_RATE
 from harken.models.clustering import cosine_similarity

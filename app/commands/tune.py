@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harken.app import flags
 from harken.app.config import LoadedConfig, default_config_path
-from harken.app.tasks.speakers import overridden, speaker_model_id
+from harken.app.tasks.thresholds import overridden, speaker_model_id
 from harken.app.tune import diarization, speakers
 from harken.app.tune.config_file import write_calibration
 

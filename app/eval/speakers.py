@@ -32,8 +32,8 @@ from harken.app.tasks.speakers import (
     load_embedder,
     load_models,
     speaker_stages,
-    thresholds,
 )
+from harken.app.tasks.thresholds import thresholds
 from harken.engine.events import Event, SpeakerTurn, StreamError
 from harken.engine.pipeline import Engine, StageFactory
 from harken.engine.sinks.base import Sink

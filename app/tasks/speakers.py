@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from harken.app.config import HarkenConfig
+from harken.app.tasks.thresholds import model_key, speaker_model_id, thresholds
 from harken.app.voiceprints import VoiceprintStore
 from harken.engine.pipeline import Stage, StageContext, StageFactory
 from harken.engine.stages.speakers import DiarizationOptions, DiarizationSwitch, SpeakerStage
-from harken.models.calibration import KEYS, Key, Resolved, model_of, resolve
+from harken.models.calibration import Key
 from harken.models.clustering import ClusteringOptions, Voiceprint
 from harken.models.diarization import FrameSegmenter
 from harken.models.speakers import XVectorEmbedder
@@ -45,17 +45,6 @@ def load_speaker_models(speaker_model: str, diarization_model: str, device_type:
     return SpeakerModels(segmenter=segmenter, embedder=embedder)
 
 
-def model_key(model: str) -> str:
-    """A local folder as its absolute path, so voiceprints match however it was spelt."""
-    folder = Path(model).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else model
-
-
-def speaker_model_id(config: HarkenConfig) -> str:
-    """The model id voiceprints are stored and compared under."""
-    return model_key(config.speakers.model)
-
-
 def load_embedder(config: HarkenConfig) -> XVectorEmbedder:
     c = config
     return XVectorEmbedder.from_pretrained(speaker_model_id(c), device=c.compute.device_type,
@@ -74,30 +63,6 @@ async def load_models(config: HarkenConfig,
 
 def store_of(config: HarkenConfig) -> VoiceprintStore:
     return VoiceprintStore(path=config.speakers.store)
-
-
-def threshold_models(config: HarkenConfig) -> dict[Key, str]:
-    """Which model's scores each threshold reads (the model ids calibrations are kept under)."""
-    return {key: model_of(key, speaker_model=speaker_model_id(config),
-                          diarization_model=model_key(config.speakers.diarization_model))
-            for key in KEYS}
-
-
-def thresholds(config: HarkenConfig) -> dict[Key, Resolved]:
-    """tau_active, rho_update, delta_new, threshold and margin for the configured models,
-    each with where it came from (models/calibration.py)."""
-    s = config.speakers
-    user = {model: cal.model_dump() for model, cal in s.calibration.items()}
-    return {key: resolve(key, model_id=model, explicit=getattr(s, key), user=user)
-            for key, model in threshold_models(config).items()}
-
-
-def overridden(config: HarkenConfig, keys: Sequence[Key]) -> list[str]:
-    """Notes for thresholds a plain setting fixes: a calibration of them would not apply."""
-    s = config.speakers
-    return [f"speakers.{key} = {getattr(s, key)} is set in your settings and wins over any "
-            f"calibration; remove it to use the tuned value" for key in keys
-            if getattr(s, key) is not None]
 
 
 def diarization_options(config: HarkenConfig,

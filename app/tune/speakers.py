@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harken.app.config import HarkenConfig
 from harken.app.eval.speakers import eer_figures, pair_scores
-from harken.app.tasks.speakers import thresholds
+from harken.app.tasks.thresholds import thresholds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
