@@ -18,11 +18,13 @@ from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.refine import refine_stages
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, CaptionRefined, Event
+from harken.engine.metrics import ArrivalLog, FinalLog
 from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.sources.file import FileSource
 from harken.engine.stages.recorder import RecentAudio
-from harken.engine.stages.refine import RefineStageOptions
+from harken.engine.stages.refine import RefineStage, RefineStageOptions
 from harken.engine.stages.translation import GenerationWorker
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
@@ -163,3 +165,47 @@ def test_recent_audio_keeps_the_newest_samples_with_their_positions() -> None:
     np.testing.assert_array_equal(ring.take(0, 200), [0, 0, 0, 2, 3])
     ring.add(block(102, list(range(12))))  # a block longer than the ring
     np.testing.assert_array_equal(ring.take(0, 200), [7, 8, 9, 10, 11])
+
+
+async def test_padding_never_reaches_into_a_neighbouring_segment() -> None:
+    """Segments 0 and 1 abut (the VAD clamps a pre-roll to the previous end, or splits);
+    segment 2 follows a pause. Each sample's value is its position, so the audio the
+    refiner got says where it came from."""
+    audio = np.arange(64_000, dtype=np.float32)
+    segments = [(16_000, 32_000), (32_000, 40_000), (48_000, 56_000)]
+    pb, pa = 3_200, 4_800  # 0.2 s, 0.3 s
+    # What the VAD says after each block (by the block's end): an end as soon as it comes,
+    # a start a little later than the position it names (its onset is confirmed late).
+    said: dict[int, list[object]] = {}
+    for i, (a, b) in enumerate(segments):
+        said.setdefault(a + 1_600, []).extend(
+            [SegmentStart(i, a), SegmentAudio(i, a, audio[a:b])])
+        said.setdefault(b, []).insert(0, SegmentEnd(i, b, False))
+    refiner = Recording()
+    async with GenerationWorker(name="cpu") as gen:
+        stage = RefineStage(stream="s", refiner=refiner, generator=gen, live=False,
+                            arrivals=ArrivalLog(), finals=FinalLog(), vocabulary=None,
+                            frame_s=0.02, options=RefineStageOptions(pad_before_s=0.2,
+                                                                     pad_after_s=0.3))
+        for start in range(0, len(audio), 1_600):
+            stage.on_block(AudioBlock(stream="s", start=start,
+                                      samples=audio[start:start + 1_600]))
+            for out in said.get(start + 1_600, []):
+                if isinstance(out, SegmentStart):
+                    stage.on_start(out)
+                elif isinstance(out, SegmentAudio):
+                    stage.on_audio(out)
+                elif isinstance(out, SegmentEnd):
+                    await stage.on_end(out)
+            await stage.step()
+        stage.on_stream_end()
+        events = [e async for e in stage.background()]
+    assert [e.segment for e in events if isinstance(e, CaptionRefined)] == [0, 1, 2]
+    got = [(int(x[0]), int(x[-1]) + 1) for x in refiner.inputs]
+    assert got == [
+        (16_000 - pb, 32_000),  # after-padding stops where segment 1 starts
+        (32_000, 40_000 + pa),  # no before-padding: segment 0 ends where it starts
+        (48_000 - pb, 56_000 + pa),  # the pause before it is 0.5 s: a full 0.2 s
+    ]
+    for x in refiner.inputs:
+        np.testing.assert_array_equal(np.diff(x), 1)  # contiguous stream audio

@@ -11,12 +11,15 @@ segment it emits exactly one `CaptionRefined`, after that segment's `CaptionFina
   (`empty`, `ctc_empty`, `disagrees`, `repeats`: models/guard.py), generation failed
   (`failed`), or a live run skipped it to keep up (`skipped`).
 
-Padding: the refiner gets `pad_before_s` of the stream's audio before the segment's start
-and `pad_after_s` after its end (docs/refine.md), from a small ring of the stream's recent
-audio (`RecentAudio`): a word the VAD cut at a segment's edge is whole again for the
-decoder. A segment waits for its after-padding to arrive (that much audio, no more) before
-it is queued; at the end of the stream it goes with what there is. The event's times stay
-the segment's.
+Padding: the refiner gets up to `pad_before_s` of the stream's audio before the segment's
+start and `pad_after_s` after its end (docs/refine.md), from a small ring of the stream's
+recent audio (`RecentAudio`). Padding never reaches into a neighbouring segment that is
+known when it is taken (that segment transcribes its own words; padding into it repeats
+them): before-padding stops at the previous segment's end, after-padding at the next
+segment's start if the VAD has opened it by then. A segment waits for its after-padding to
+arrive (that much audio, no more) before it is queued; at the end of the stream it goes
+with what there is. The event's times stay the segment's. Both are 0 by default: measured
+on real speech, padding did not recover a word and after-padding repeated words at cuts.
 
 Files and `--fast` (`live=False`) refine every segment in order; a full backlog makes the
 stream wait. Live runs keep at most LIVE_BACKLOG waiting segments; older ones are skipped.
@@ -154,6 +157,7 @@ class RefineStage(WholeSegmentStage):
             self._recent = RecentAudio(capacity=self._pad_before + self._pad_after +
                                        round(RECENT_SLACK_S * SAMPLE_RATE))
         self._before = np.zeros(0, np.float32)  # the open segment's before-padding
+        self._previous_end = 0  # the last closed segment's end (stream samples)
         # Closed segments waiting for their after-padding (until stream position `need`),
         # then ready to queue, in order.
         self._padding: collections.deque[tuple[_Job, int]] = collections.deque()
@@ -181,14 +185,20 @@ class RefineStage(WholeSegmentStage):
 
     def on_start(self, start: SegmentStart) -> None:
         super().on_start(start)
+        if self._padding:  # padding stops where this segment starts
+            self._padding = collections.deque((job, min(need, max(job.end, start.start)))
+                                              for job, need in self._padding)
+            self._collect_padding()
         if self._recent is not None and self._pad_before:
-            self._before = self._recent.take(start.start - self._pad_before, start.start)
+            lo = max(start.start - self._pad_before, self._previous_end)
+            self._before = self._recent.take(lo, start.start)
 
     async def on_end(self, end: SegmentEnd) -> list[Event]:
         recorded = self._recorder.finish(end)
         if recorded is None:
             return []
         samples = recorded.samples
+        self._previous_end = end.end
         if self._before.size:
             samples = np.concatenate([self._before, samples])
             self._before = np.zeros(0, np.float32)
