@@ -260,6 +260,10 @@ class RefineConfig(_Section):
     language: str = Field("en", min_length=1, description="language forced on the model")
     max_wait_s: float = Field(3.0, ge=0, le=60, description="live subtitle/transcript files "
                               "wait this long for a refinement, then keep the CTC text")
+    pad_before_s: float = Field(0.0, ge=0, le=2, description="s of audio before each "
+                                "segment's start also given to the refine model")
+    pad_after_s: float = Field(0.0, ge=0, le=2, description="s of audio after each segment's "
+                               "end also given to the refine model (its result waits that long)")
     guard: bool = Field(True, description="reject refinements that disagree with the CTC "
                         "text (hallucinations)")
     max_cer: float = Field(0.5, gt=0, le=10, description="guard: reject above this character "

@@ -67,7 +67,8 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "translate": ("translation.languages", "--translate"),
     "translation_model": ("translation.model", "--translation-model"),
     "refine_model": ("refine.model", "--refine-model"),
-    "refine_guard": ("refine.guard", "--no-guard"),
+    "refine_language": ("refine.language", "--refine-language"),
+    "refine_guard": ("refine.guard", "--no-refine-guard"),
     # speakers
     "diarize": ("speakers.enabled", "--diarize"),
     "speaker_model": ("speakers.model", "--speaker-model"),
@@ -178,6 +179,15 @@ def _languages(text: str) -> list[str]:
     return codes
 
 
+def _language_code(text: str) -> str:
+    code = text.strip()
+    if not (2 <= len(code) <= 3 and code.isascii() and code.isalpha()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a language code; give the 2 or 3 letter code the refine model "
+            "knows, e.g. en, de or yue")
+    return code.lower()
+
+
 def add_task_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("keywords and translation (docs/keywords.md, docs/translation.md)")
     g.add_argument("--keywords", nargs="?", const="", metavar="LIST", action=_KeywordsAction,
@@ -193,6 +203,11 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-model", metavar="ID|DIR",
                    help="re-decode each caption final with this sequence-to-sequence model "
                         "(Whisper...): hub id or folder (docs/refine.md)")
+    g.add_argument("--refine-language", type=_language_code, metavar="CODE",
+                   help="language forced on the refine model (default en)")
+    g.add_argument("--no-refine-guard", dest="refine_guard", action="store_false",
+                   default=None, help="accept every non-empty refinement (no hallucination "
+                                      "guard against the CTC text)")
 
 
 def add_bench_parsers(bsub: Any) -> None:
@@ -445,7 +460,7 @@ def add_eval_captions(esub: Any) -> None:
                     help="audio with transcripts (LibriSpeech *.trans.txt, LJ Speech "
                          "metadata.csv, NAME.txt beside NAME.wav) or AUDIO<TAB>TEXT lines")
     ec.add_argument("--no-guard", dest="refine_guard", action="store_false", default=None,
-                    help="accept every non-empty refinement (no hallucination guard)")
+                    help="the same as --no-refine-guard")
     ec.add_argument("--fast", action="store_true",
                     help="feed audio as fast as it decodes (no latency figures)")
     ec.add_argument("--json", action="store_true", help="print only the JSON object")

@@ -158,7 +158,10 @@ class BrokerThread:
 class MqttSetup:
     """What `harken run` needs for MQTT, from the configuration and the --input URL."""
 
-    def __init__(self, config: HarkenConfig, *, input_url: str | None = None) -> None:
+    def __init__(self, config: HarkenConfig, *, input_url: str | None = None,
+                 live: bool = True) -> None:
+        """`live`: a final waits for its refinement at most refine.max_wait_s before it
+        settles on `caption/settled` and Hermes (files and --fast: until it comes)."""
         mqtt = config.mqtt
         self.config = config
         self.site = mqtt.site or default_site()
@@ -184,7 +187,8 @@ class MqttSetup:
         try:
             self.sink_options = MqttSinkOptions(
                 prefix=mqtt.prefix, site=self.site, sites_from_streams=input_url is not None,
-                hermes=mqtt.hermes, hermes_refined=bool(config.refine.model),
+                hermes=mqtt.hermes, refined=bool(config.refine.model),
+                refine_wait_s=config.refine.max_wait_s if live else None,
                 ha_discovery=mqtt.ha_discovery, ha_prefix=mqtt.ha_prefix,
                 outbox_size=mqtt.outbox_size, partial_interval_s=mqtt.partial_interval_s,
                 # Entities for the configured keywords exist before the first is spotted.

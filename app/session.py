@@ -135,9 +135,10 @@ def result_files(config: HarkenConfig, *, stem: str, per_stream: bool) -> list[S
     return [PerStreamSink(make=make, name="files")]
 
 
-def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None) -> MqttSetup:
+def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None,
+               live: bool = True) -> MqttSetup:
     """MQTT sink, satellite source and embedded broker as configured (docs/mqtt.md)."""
-    return MqttSetup(config, input_url=input_url)
+    return MqttSetup(config, input_url=input_url, live=live)
 
 
 def terminal_sink(*, jsonl: bool) -> Sink:

@@ -96,6 +96,15 @@ class Annotator(Protocol):
     def annotate(self, event: Event) -> Event: ...
 
 
+@runtime_checkable
+class AudioListener(Protocol):
+    """Optional for a stage: sees every block of its stream as the VAD gets it (silence while
+    paused), before that block's segment events, e.g. to give the refiner audio just beyond
+    a segment's ends. It must keep only a bounded amount."""
+
+    def on_block(self, block: AudioBlock) -> None: ...
+
+
 class Pausable(Protocol):
     """What a runtime control can pause and resume (Engine has it): the TUI's space key, the
     MQTT control topic. `by` says who asks (LOCAL or REMOTE): a remote resume must not lift
@@ -303,6 +312,7 @@ class Engine:
 
     async def _process(self, state: StreamState) -> None:
         vad = VadSegmenter(self.options.vad)
+        listeners = [stage for stage in state.stages if isinstance(stage, AudioListener)]
         next_stats = self.options.stats_interval_s
         done = False
         while not done:
@@ -315,7 +325,10 @@ class Engine:
                     outputs = vad.flush()
                     done = True
                 else:
-                    outputs = await self._feed(vad, self._admit(state, block))
+                    admitted = self._admit(state, block)
+                    for listener in listeners:
+                        listener.on_block(admitted)
+                    outputs = await self._feed(vad, admitted)
                     if self.options.levels:
                         await self.bus.publish(Level(
                             stream=state.id, start=block.start / SAMPLE_RATE,

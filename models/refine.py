@@ -96,14 +96,15 @@ def whisper_language_kwargs(model: Any, code: str, *, model_id: str) -> dict[str
         if code.lower() not in ("en", "english"):
             raise UnsupportedLanguageError(
                 f"{model_id!r} is an English-only Whisper model and cannot transcribe "
-                f"{code!r}; use refine.language: en, or a multilingual Whisper model")
+                f"{code!r}; use refine.language en (--refine-language en), or a "
+                "multilingual Whisper model")
         return {}
     table = {token.strip("<|>"): token for token in (getattr(config, "lang_to_id", None) or {})}
     if code.lower() not in table:
         supported = ", ".join(sorted(table)) or "none"
         raise UnsupportedLanguageError(
             f"{model_id!r} cannot transcribe {code!r}: it has no language token for it. "
-            f"Supported codes: {supported}. Fix refine.language in the config")
+            f"Supported codes: {supported}. Fix refine.language (--refine-language)")
     return {"language": code.lower(), "task": "transcribe"}
 
 
@@ -117,7 +118,8 @@ def token_language_kwargs(tokenizer: Any, code: str, *, model_id: str) -> dict[s
     if token is None:
         raise UnsupportedLanguageError(
             f"{model_id!r} cannot transcribe {code!r}: it has no language token for it. "
-            f"Supported codes: {', '.join(sorted(table))}. Fix refine.language in the config")
+            f"Supported codes: {', '.join(sorted(table))}. Fix refine.language "
+            "(--refine-language)")
     return {"forced_bos_token_id": int(tokenizer.convert_tokens_to_ids(token))}
 
 

@@ -31,7 +31,7 @@ def use_tui(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> int:
     config = flags.load(args).config
     mqtt_input = args.input if isinstance(args.input, str) else None
-    mqtt = mqtt_setup(config, input_url=mqtt_input)
+    mqtt = mqtt_setup(config, input_url=mqtt_input, live=not args.fast)
     if mqtt_input is not None:
         if args.fast:
             raise HarkenError("--fast needs --input FILE (satellites stream in real time)")

@@ -44,8 +44,9 @@ def refine_stages(config: HarkenConfig, refiner: SpeechRefiner, captioner: CtcCa
                   generator: GenerationWorker) -> StageFactory:
     """One RefineStage per stream; it must come after the caption stage (it takes the
     caption stage's closed segments)."""
-    options = RefineStageOptions(guard=guard_options(config),
-                                 max_wait_s=config.refine.max_wait_s)
+    r = config.refine
+    options = RefineStageOptions(guard=guard_options(config), max_wait_s=r.max_wait_s,
+                                 pad_before_s=r.pad_before_s, pad_after_s=r.pad_after_s)
     vocabulary = CtcVocabulary.from_tokenizer(captioner.tokenizer)
     frame_s = captioner.geometry.frame_samples / SAMPLE_RATE
 

@@ -13,6 +13,14 @@ the unacknowledged message stays at the head and is sent again after reconnectin
 (exponential backoff with jitter): finals arrive in order, at least once (a message whose
 PUBACK was lost is delivered twice; nothing is lost unless the outbox overflows).
 
+Refinement (docs/refine.md): with `refined` on, each caption final is also held here until
+its `caption_refined` arrives, at most `refine_wait_s` (None: until it comes), and then
+published once as the caption that stands on `<prefix>/<site>/caption/settled` (the final
+with the refined text and words, or its own CTC text when the refinement was rejected or
+came too late: counted in `settled_fallbacks`). Hermes `textCaptured` and the Home
+Assistant "Last caption" sensor read that text. Only these two wait: the Harken topics of
+every event go out as they come, so `caption/final` still precedes its annotations.
+
 Bounds: the outbox holds `outbox_size` messages; beyond that the oldest is dropped and
 counted (`outbox_dropped`). QoS 0 messages (partials, stats, levels) are never kept for
 later: dropped and counted (`qos0_dropped`) while disconnected or behind a backlog.
@@ -85,6 +93,7 @@ DRAIN_TIMEOUT_S = 5.0  # s: at the end of a run, how long to try delivering what
 PUBLISH_TIMEOUT_S = 10.0  # s: a PUBACK slower than this counts as a lost connection
 OFFLINE_ON_CANCEL_S = 1.0  # s: on Ctrl-C, time allowed to publish `offline`
 MAX_KNOWN_SITES = 256  # sites (and streams) whose routing state is kept; least recent go
+MAX_SETTLING = 64  # finals waiting for their refinement; beyond, the oldest keeps its CTC text
 HA_ANNOUNCE_INTERVAL_S = 10.0  # s: at most one re-announcement per `<ha>/status online`
 ERROR_REPLIES_PER_S = 2.0  # answers on `<prefix>/<site>/error`; beyond, only counted
 ERROR_REPLY_BURST = 10  # answers that may go out at once
@@ -97,9 +106,12 @@ class MqttSinkOptions:
     #: Satellite input: each stream id is a site, with its own result topics.
     sites_from_streams: bool = False
     hermes: bool = False
-    #: Refinement is on: Hermes textCaptured waits for each caption's refinement (the refine
-    #: stage emits one per final, with the CTC text when it is rejected or skipped).
-    hermes_refined: bool = False
+    #: Refinement is on: each final waits for its caption_refined (the refine stage emits
+    #: one per final), at most `refine_wait_s` (None: until it comes, for files and
+    #: --fast), then goes to `caption/settled` and Hermes textCaptured with the text that
+    #: stands; the Home Assistant caption sensor reads `caption/settled`.
+    refined: bool = False
+    refine_wait_s: float | None = 3.0
     ha_discovery: bool = False
     ha_prefix: str = DEFAULT_HA_PREFIX
     keywords: tuple[str, ...] = ()  # keyword entities announced before any is spotted
@@ -125,6 +137,8 @@ class MqttSinkOptions:
                              f"e.g. {sanitize_level(self.site, fallback='harken')!r}")
         if self.outbox_size < 1:
             raise ValueError(f"outbox_size must be >= 1, got {self.outbox_size}")
+        if self.refine_wait_s is not None and not self.refine_wait_s >= 0:
+            raise ValueError(f"refine_wait_s must be >= 0 or None, got {self.refine_wait_s}")
         if self.partial_interval_s < 0 or self.drain_timeout_s < 0 or \
                 self.ha_announce_interval_s < 0:
             raise ValueError("partial_interval_s, drain_timeout_s and ha_announce_interval_s "
@@ -137,6 +151,15 @@ class _Outgoing:
     payload: bytes
     qos: int
     retain: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class _Settling:
+    """A caption final waiting for its refinement."""
+
+    site: str
+    final: dict[str, Any]  # the final's payload
+    timer: asyncio.TimerHandle | None
 
 
 class MqttSink:
@@ -169,7 +192,12 @@ class MqttSink:
         self.retained_coalesced = 0
         self.rejections = Rejections(logger=log, what="MQTT message")
         self.undelivered = 0
+        self.settled_refined = 0  # finals settled with their accepted refinement
+        self.settled_fallbacks = 0  # with the CTC text: rejected, too late, or overflow
         self.last_error: str | None = None
+        # (stream, segment) -> final waiting for its refinement; at most MAX_SETTLING.
+        self._settling: collections.OrderedDict[tuple[str, int], _Settling] = \
+            collections.OrderedDict()
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._inflight: _Outgoing | None = None
         self._wake = asyncio.Event()
@@ -209,6 +237,8 @@ class MqttSink:
             "error_replies_dropped": self.error_replies_dropped,
             "ha_announcements": self.ha_announcements,
             "ha_status_coalesced": self.ha_status_coalesced,
+            "settled_refined": self.settled_refined,
+            "settled_fallbacks": self.settled_fallbacks,
         }
 
     def bind(self, control: Pausable) -> None:
@@ -233,6 +263,8 @@ class MqttSink:
             finally:
                 if self._announce_later is not None:
                     self._announce_later.cancel()
+                while self._settling:  # no refinement comes any more: the CTC text stands
+                    self._settle(next(iter(self._settling)), None)
                 self._closing = True
                 self._deadline = time.monotonic() + self.options.drain_timeout_s
                 self._closed.set()
@@ -287,6 +319,7 @@ class MqttSink:
         topics = SiteTopics(prefix=self.options.prefix, site=site)
         for item in ha_discovery(topics, availability=self.topics.status,
                                  keywords=tuple(sorted(self._sites[site])),
+                                 refined=self.options.refined,
                                  ha_prefix=self.options.ha_prefix,
                                  version=self.options.version):
             self._enqueue(_Outgoing(topic=item.topic, payload=dumps(item.config),
@@ -326,17 +359,69 @@ class MqttSink:
         for route in routes(topics, data, levels=self.options.levels):
             self._enqueue(_Outgoing(topic=route.topic, payload=payload, qos=route.qos,
                                     retain=route.retain))
+        if self.options.refined and event.type in ("caption_final", "caption_refined"):
+            self._refinement(event, data, site)
+        elif self.options.hermes and event.type == "caption_final":
+            self._text_captured(data, site)
+        if self.options.hermes and event.type == "keyword":
+            name = str(first_field(data, KEYWORD_FIELDS) or "default")
+            self._enqueue(_Outgoing(topic=hermes_hotword_topic(name),
+                                    payload=dumps(hermes_hotword_detected(data, site=site)),
+                                    qos=QOS_AT_LEAST_ONCE))
+
+    def _text_captured(self, data: dict[str, Any], site: str) -> None:
+        if str(data.get("text", "")).strip():
+            self._enqueue(_Outgoing(topic=HERMES_TEXT_CAPTURED,
+                                    payload=dumps(hermes_text_captured(data, site=site)),
+                                    qos=QOS_AT_LEAST_ONCE))
+
+    # -------------------------------------------------------------- refinement
+
+    def _refinement(self, event: Event, data: dict[str, Any], site: str) -> None:
+        """A final starts waiting for its refinement; a refinement settles its final."""
+        segment = data.get("segment")
+        if not isinstance(segment, int):
+            return
+        key = (event.stream, segment)
+        if event.type == "caption_refined":
+            if key in self._settling:
+                self._settle(key, data)
+            return  # else it came after its final settled (counted then)
+        wait = self.options.refine_wait_s
+        timer = None if wait is None else asyncio.get_running_loop().call_later(
+            wait, self._settle, key, None)
+        old = self._settling.pop(key, None)
+        if old is not None and old.timer is not None:
+            old.timer.cancel()
+        self._settling[key] = _Settling(site=site, final=data, timer=timer)
+        while len(self._settling) > MAX_SETTLING:
+            self._settle(next(iter(self._settling)), None)
+
+    def _settle(self, key: tuple[str, int], refined: dict[str, Any] | None) -> None:
+        """Publishes the caption that stands: the accepted refinement's text and words,
+        else the final's own."""
+        held = self._settling.pop(key, None)
+        if held is None:
+            return
+        if held.timer is not None:
+            held.timer.cancel()
+        data = dict(held.final, type="caption_settled", refined=False)
+        reason = "late"
+        if refined is not None:
+            reason = str(refined.get("reason", ""))
+            if refined.get("accepted") is True:
+                data.update(text=refined.get("text", ""), words=refined.get("words", []),
+                            refined=True, model=refined.get("model"))
+        data["refine_reason"] = reason
+        if data["refined"]:
+            self.settled_refined += 1
+        else:
+            self.settled_fallbacks += 1
+        topics = SiteTopics(prefix=self.options.prefix, site=held.site)
+        self._enqueue(_Outgoing(topic=topics.caption_settled, payload=dumps(data),
+                                qos=QOS_AT_LEAST_ONCE))
         if self.options.hermes:
-            captured = "caption_refined" if self.options.hermes_refined else "caption_final"
-            if event.type == captured and str(data.get("text", "")).strip():
-                self._enqueue(_Outgoing(topic=HERMES_TEXT_CAPTURED,
-                                        payload=dumps(hermes_text_captured(data, site=site)),
-                                        qos=QOS_AT_LEAST_ONCE))
-            elif event.type == "keyword":
-                name = str(first_field(data, KEYWORD_FIELDS) or "default")
-                self._enqueue(_Outgoing(topic=hermes_hotword_topic(name),
-                                        payload=dumps(hermes_hotword_detected(data, site=site)),
-                                        qos=QOS_AT_LEAST_ONCE))
+            self._text_captured(data, held.site)
 
     def _enqueue(self, item: _Outgoing) -> None:
         if item.retain:

@@ -178,6 +178,11 @@ class SiteTopics:
         return f"{self.base}/caption/refined"
 
     @property
+    def caption_settled(self) -> str:
+        """With refinement on: each final once, with the text that stands (sink.py)."""
+        return f"{self.base}/caption/settled"
+
+    @property
     def speaker_turn(self) -> str:
         return f"{self.base}/speaker/turn"
 
@@ -340,23 +345,31 @@ def _common(topics: SiteTopics, availability: str, version: str, unique: str) ->
 
 
 def ha_discovery(topics: SiteTopics, *, availability: str, keywords: tuple[str, ...] = (),
-                 ha_prefix: str = DEFAULT_HA_PREFIX, version: str = "") -> list[Discovery]:
+                 ha_prefix: str = DEFAULT_HA_PREFIX, version: str = "",
+                 refined: bool = False) -> list[Discovery]:
     """Configs for a site: last-caption sensor, current-speaker sensor, one event per keyword.
 
     `availability` is the status topic of the Harken instance that serves the site (the
-    last will makes entities unavailable when Harken goes away).
+    last will makes entities unavailable when Harken goes away). With `refined`
+    (refinement on), the caption sensor reads `caption/settled`: each caption once, with
+    its refined text when that came in time, else the CTC text (a sensor on
+    `caption/final` would show the upper-case CTC text; one on both topics would change
+    twice per caption and fire automations twice).
     """
     node = f"harken_{object_id(topics.site)}"
+    caption = topics.caption_settled if refined else topics.caption_final
+    attributes = "'start': value_json.start, 'end': value_json.end, " \
+                 "'speaker': value_json.speaker, 'stream': value_json.stream"
+    if refined:
+        attributes += ", 'refined': value_json.refined"
     out = [
         Discovery(topic=f"{ha_prefix}/sensor/{node}/last_caption/config", config={
             "name": "Last caption",
             **_common(topics, availability, version, f"{node}_last_caption"),
-            "state_topic": topics.caption_final,
+            "state_topic": caption,
             "value_template": f"{{{{ value_json.text[:{HA_SENSOR_STATE_MAX}] }}}}",
-            "json_attributes_topic": topics.caption_final,
-            "json_attributes_template": "{{ {'start': value_json.start, 'end': "
-                                        "value_json.end, 'speaker': value_json.speaker, "
-                                        "'stream': value_json.stream} | tojson }}",
+            "json_attributes_topic": caption,
+            "json_attributes_template": f"{{{{ {{{attributes}}} | tojson }}}}",
             "icon": "mdi:closed-caption-outline",
         }),
         Discovery(topic=f"{ha_prefix}/sensor/{node}/current_speaker/config", config={

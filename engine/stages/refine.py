@@ -11,6 +11,16 @@ segment it emits exactly one `CaptionRefined`, after that segment's `CaptionFina
   (`empty`, `ctc_empty`, `disagrees`, `repeats`: models/guard.py), generation failed
   (`failed`), or a live run skipped it to keep up (`skipped`).
 
+Padding: the refiner gets up to `pad_before_s` of the stream's audio before the segment's
+start and `pad_after_s` after its end (docs/refine.md), from a small ring of the stream's
+recent audio (`RecentAudio`). Padding never reaches into a neighbouring segment that is
+known when it is taken (that segment transcribes its own words; padding into it repeats
+them): before-padding stops at the previous segment's end, after-padding at the next
+segment's start if the VAD has opened it by then. A segment waits for its after-padding to
+arrive (that much audio, no more) before it is queued; at the end of the stream it goes
+with what there is. The event's times stay the segment's. Both are 0 by default: measured
+on real speech, padding did not recover a word and after-padding repeated words at cuts.
+
 Files and `--fast` (`live=False`) refine every segment in order; a full backlog makes the
 stream wait. Live runs keep at most LIVE_BACKLOG waiting segments; older ones are skipped.
 The generation thread may be shared with translation: refinement goes first
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,11 +39,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionRefined, Event, StreamError, Word
 from harken.engine.metrics import ArrivalLog, ClosedSegment, FinalLog, Percentiles
-from harken.engine.stages.recorder import SegmentRecorder, WholeSegmentStage
+from harken.engine.stages.recorder import RecentAudio, SegmentRecorder, WholeSegmentStage
 from harken.engine.stages.translation import GenerationError, GenerationWorker
-from harken.engine.vad import SegmentEnd
+from harken.engine.vad import SegmentEnd, SegmentStart
 from harken.models.alignment import CtcVocabulary, align_words
 from harken.models.audio import SAMPLE_RATE
 from harken.models.guard import GuardOptions, GuardReason, judge
@@ -45,6 +57,13 @@ LIVE_BACKLOG = 2  # segments waiting at most live: older ones are skipped (CTC t
 SKIPPED_KEPT = 64  # skipped segments waiting to be announced; older ones go unannounced
 MAX_SEGMENT_S = 120.0  # s of one segment kept at most (the VAD splits long speech sooner)
 REFINE_PRIORITY = 0  # before translation (GenerationWorker: lower runs first)
+MAX_PAD_S = 2.0  # s of padding at most on each side of a segment
+DEFAULT_PAD_BEFORE_S = 0.0  # s (docs/refine.md: chosen by measurement)
+DEFAULT_PAD_AFTER_S = 0.0  # s
+# s of recent audio kept beyond the padding: a segment starts up to the VAD's split search
+# (2 s) before the block that opens it, and one block (up to 1 s from files) comes at once.
+RECENT_SLACK_S = 3.0
+PADDING_WAITING = 8  # segments waiting for their after-padding at most; older go without
 FAILED = "failed"
 SKIPPED = "skipped"
 
@@ -64,10 +83,19 @@ class RefineStageOptions:
     #: Live sinks that wait for refinements give up after this long (files fall back to the
     #: CTC text); a refinement later than that counts in `refine_late`.
     max_wait_s: float = 3.0
+    #: s of the stream's audio given to the refiner before a segment's start and after its
+    #: end, so that a word cut at the edge is whole (the refined final waits pad_after_s).
+    pad_before_s: float = DEFAULT_PAD_BEFORE_S
+    pad_after_s: float = DEFAULT_PAD_AFTER_S
 
     def __post_init__(self) -> None:
         if not self.max_wait_s >= 0:
             raise ValueError(f"refine max_wait_s must be >= 0, got {self.max_wait_s}")
+        for name in ("pad_before_s", "pad_after_s"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= MAX_PAD_S:
+                raise ValueError(f"refine {name} must be between 0 and {MAX_PAD_S} s, "
+                                 f"got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +150,18 @@ class RefineStage(WholeSegmentStage):
         self._final_at: dict[int, float] = {}  # segment -> when its final went out
         self._ended = False
         self._recorder = SegmentRecorder(max_samples=round(MAX_SEGMENT_S * SAMPLE_RATE))
+        self._pad_before = round(self.options.pad_before_s * SAMPLE_RATE)
+        self._pad_after = round(self.options.pad_after_s * SAMPLE_RATE)
+        self._recent: RecentAudio | None = None
+        if self._pad_before or self._pad_after:
+            self._recent = RecentAudio(capacity=self._pad_before + self._pad_after +
+                                       round(RECENT_SLACK_S * SAMPLE_RATE))
+        self._before = np.zeros(0, np.float32)  # the open segment's before-padding
+        self._previous_end = 0  # the last closed segment's end (stream samples)
+        # Closed segments waiting for their after-padding (until stream position `need`),
+        # then ready to queue, in order.
+        self._padding: collections.deque[tuple[_Job, int]] = collections.deque()
+        self._padded: collections.deque[_Job] = collections.deque()
 
     # ------------------------------------------------------------------ stats
 
@@ -135,16 +175,65 @@ class RefineStage(WholeSegmentStage):
 
     # ------------------------------------------------------------------ stage
 
+    def on_block(self, block: AudioBlock) -> None:
+        """Every block of the stream, before its segment events (engine/pipeline.py
+        AudioListener): kept for the padding."""
+        if self._recent is None:
+            return
+        self._recent.add(block)
+        self._collect_padding()
+
+    def on_start(self, start: SegmentStart) -> None:
+        super().on_start(start)
+        if self._padding:  # padding stops where this segment starts
+            self._padding = collections.deque((job, min(need, max(job.end, start.start)))
+                                              for job, need in self._padding)
+            self._collect_padding()
+        if self._recent is not None and self._pad_before:
+            lo = max(start.start - self._pad_before, self._previous_end)
+            self._before = self._recent.take(lo, start.start)
+
     async def on_end(self, end: SegmentEnd) -> list[Event]:
         recorded = self._recorder.finish(end)
         if recorded is None:
             return []
+        samples = recorded.samples
+        self._previous_end = end.end
+        if self._before.size:
+            samples = np.concatenate([self._before, samples])
+            self._before = np.zeros(0, np.float32)
         # The caption stage (before this one) has closed the segment already.
         job = _Job(segment=end.segment, start=recorded.start, end=end.end,
-                   samples=recorded.samples,
-                   closed=self._finals.take(end.segment))
-        await self._enqueue(job, drop=self._skip)
+                   samples=samples, closed=self._finals.take(end.segment))
+        if self._pad_after:
+            self._padding.append((job, end.end + self._pad_after))
+            self._collect_padding()
+        else:
+            self._padded.append(job)
+        await self._queue_padded()
         return []
+
+    async def step(self) -> list[Event]:
+        await self._queue_padded()
+        return []
+
+    def _collect_padding(self, *, final: bool = False) -> None:
+        """Segments whose after-padding has arrived get it; so does one that waited too
+        long, or (`final`) every one once the stream has ended, with what there is."""
+        recent = self._recent
+        while self._padding and recent is not None:
+            job, need = self._padding[0]
+            if not final and recent.end < need and len(self._padding) <= PADDING_WAITING:
+                return
+            self._padding.popleft()
+            after = recent.take(job.end, need) if recent.start <= job.end else None
+            if after is not None and after.size:
+                job = dataclasses.replace(job, samples=np.concatenate([job.samples, after]))
+            self._padded.append(job)
+
+    async def _queue_padded(self) -> None:
+        while self._padded:
+            await self._enqueue(self._padded.popleft(), drop=self._skip)
 
     def _skip(self, job: _Job) -> None:
         self._skipped.append(job)  # the newer segments win
@@ -165,6 +254,13 @@ class RefineStage(WholeSegmentStage):
 
     def on_stream_end(self) -> None:
         """No more segments: background() ends once the queued ones are refined."""
+        # No more audio either: what waits for padding goes with what there is. At most
+        # PADDING_WAITING jobs, so passing the ordered backlog here stays bounded.
+        self._collect_padding(final=True)
+        while self._padded:
+            self._jobs.append(self._padded.popleft())
+            while self.live and len(self._jobs) > self._backlog:
+                self._skip(self._jobs.popleft())
         self._ended = True
         self._ready.set()
         self._published.set()
