@@ -255,8 +255,9 @@ class RefineConfig(_Section):
     """Two-pass captions: each CTC final re-decoded by a sequence-to-sequence model
     (docs/refine.md)."""
 
-    model: str = Field("", description="AutoModelForSpeechSeq2Seq checkpoint (Whisper...): "
-                       "hub id or local folder; empty: no refinement (--refine-model)")
+    model: str = Field("auto", description="AutoModelForSpeechSeq2Seq checkpoint (Whisper...): "
+                       "hub id or local folder; auto: openai/whisper-large-v3-turbo on CUDA, "
+                       "none on CPU; none: no refinement (--refine-model)")
     language: str = Field("en", min_length=1, description="language forced on the model")
     max_wait_s: float = Field(3.0, ge=0, le=60, description="live subtitle/transcript files "
                               "wait this long for a refinement, then keep the CTC text")

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from harken.app.config import HarkenConfig, MqttConfig
+from harken.app.tasks.refine import with_refine_resolved
 from harken.engine.mqtt.broker import NOT_INSTALLED, EmbeddedBroker, mosquitto_binary
 from harken.engine.mqtt.client import MqttSettings, TlsOptions, parse_url
 from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
@@ -187,7 +188,7 @@ class MqttSetup:
         try:
             self.sink_options = MqttSinkOptions(
                 prefix=mqtt.prefix, site=self.site, sites_from_streams=input_url is not None,
-                hermes=mqtt.hermes, refined=bool(config.refine.model),
+                hermes=mqtt.hermes, refined=bool(with_refine_resolved(config).refine.model),
                 refine_wait_s=config.refine.max_wait_s if live else None,
                 ha_discovery=mqtt.ha_discovery, ha_prefix=mqtt.ha_prefix,
                 outbox_size=mqtt.outbox_size, partial_interval_s=mqtt.partial_interval_s,

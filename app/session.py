@@ -17,7 +17,7 @@ from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
 from harken.app.tasks.loader import ModelLoader
-from harken.app.tasks.refine import refine_stages, refined_sinks
+from harken.app.tasks.refine import refine_stages, refined_sinks, with_refine_resolved
 from harken.app.tasks.speakers import speaker_stages
 from harken.app.tasks.translation import (
     LanguageSwitch,
@@ -216,6 +216,10 @@ class Session:
     _tasks: TaskStages | None = field(default=None, init=False, repr=False)  # while running
     _diarization: DiarizationSwitch = field(default_factory=DiarizationSwitch, init=False,
                                             repr=False)
+
+    def __post_init__(self) -> None:
+        # refine.model = auto means a model on CUDA and none on CPU (app/tasks/refine.py).
+        self.config = with_refine_resolved(self.config)
 
     # ------------------------------------------------------------------ controls
 

@@ -42,6 +42,7 @@ from harken.app.config import (
     ComputeConfig,
     HarkenConfig,
     KeywordsConfig,
+    RefineConfig,
     SpeakersConfig,
     TranslationConfig,
 )
@@ -195,7 +196,7 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
                              precision=precision)
     _warm_up(models)
     with tempfile.TemporaryDirectory() as tmp:
-        config = HarkenConfig(
+        config = HarkenConfig(refine=RefineConfig(model="none"),
             compute=ComputeConfig(device_type=device_type, dtype=dtype, precision=precision,
                                   inference_threads=inference_threads,
                                   generation_threads=generation_threads),

@@ -33,7 +33,7 @@ from harken.app.bench.compare import (
     mean_abs_logprob_diff,
     pipeline_chunked_logprobs,
 )
-from harken.app.config import CaptionsConfig, HarkenConfig
+from harken.app.config import CaptionsConfig, HarkenConfig, RefineConfig
 from harken.app.session import Session
 from harken.app.tasks.loader import ModelLoader
 from harken.engine.events import CaptionFinal, Event
@@ -210,7 +210,8 @@ def bench_captions(*, model: str, seconds: float, audio: Path | None, device_typ
                    verbose: bool, realtime: bool = True) -> dict[str, Any]:
     options = StreamingOptions(hop_s=hop_s, left_context_s=left_context_s,
                                right_context_s=right_context_s)
-    config = HarkenConfig(captions=CaptionsConfig(hop_s=hop_s, left_context_s=left_context_s,
+    config = HarkenConfig(refine=RefineConfig(model="none"),
+                          captions=CaptionsConfig(hop_s=hop_s, left_context_s=left_context_s,
                                                   right_context_s=right_context_s))
     _log(verbose, f"loading {model} ...")
     captioner = load_bench_model(model, device_type=device_type, dtype=dtype)

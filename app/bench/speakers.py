@@ -27,7 +27,7 @@ import torch
 
 from harken.app.bench.architectures import RANDOM_SPEAKER_ARCHS, random_speaker_models
 from harken.app.bench.captions import bench_audio
-from harken.app.config import HarkenConfig, SpeakersConfig
+from harken.app.config import HarkenConfig, RefineConfig, SpeakersConfig
 from harken.app.eval.speakers import diarize_file
 from harken.app.tasks.speakers import SpeakerModels, load_speaker_models
 from harken.app.tasks.thresholds import model_key
@@ -84,7 +84,8 @@ def bench_speakers(*, architecture: str, minutes: float, audio: Path | None,
                    verbose: bool) -> dict[str, Any]:
     if not 0 < minutes <= 600:
         raise ConfigError(f"--minutes must be between 0 and 600, got {minutes}")
-    config = HarkenConfig(speakers=SpeakersConfig(enabled=True, window_s=window_s,
+    config = HarkenConfig(refine=RefineConfig(model="none"),
+                          speakers=SpeakersConfig(enabled=True, window_s=window_s,
                                                   step_s=step_s))
     if verbose:
         print(f"loading {architecture} speaker models ...", file=sys.stderr, flush=True)

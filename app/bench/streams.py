@@ -46,6 +46,7 @@ from harken.app.config import (
     ComputeConfig,
     HarkenConfig,
     KeywordsConfig,
+    RefineConfig,
     SpeakersConfig,
     VadConfig,
 )
@@ -249,7 +250,7 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
     if models is None:
         models = load_models(model=model, tasks=tasks, device_type=device_type, dtype=dtype,
                              precision=precision)
-    config = HarkenConfig(
+    config = HarkenConfig(refine=RefineConfig(model="none"),
         compute=ComputeConfig(device_type=device_type, dtype=dtype, precision=precision,
                               max_batch=max_batch, inference_threads=inference_threads),
         captions=CaptionsConfig(model=model),

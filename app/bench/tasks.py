@@ -37,7 +37,7 @@ from harken.app.bench.captions import (
     bench_audio,
     bench_stream,
 )
-from harken.app.config import HarkenConfig, KeywordsConfig
+from harken.app.config import HarkenConfig, KeywordsConfig, RefineConfig
 from harken.app.tasks.keywords import keyword_stages
 from harken.engine.events import Keyword
 from harken.engine.pipeline import Engine, EngineOptions
@@ -121,7 +121,8 @@ def bench_keywords(*, model: str, seconds: float, audio: Path | None, device_typ
     spotter = (random_spotter(device=device_type, dtype=dtype) if model == RANDOM_KEYWORD_ARCH
                else KeywordSpotter.from_pretrained(model, device=device_type, dtype=dtype))
     samples = bench_audio(audio, seconds)
-    config = HarkenConfig(keywords=KeywordsConfig(enabled=True, hop_s=hop_s))
+    config = HarkenConfig(refine=RefineConfig(model="none"),
+                          keywords=KeywordsConfig(enabled=True, hop_s=hop_s))
     window = round(config.keywords.window_s * SAMPLE_RATE)
     for _ in range(WARMUP_CALLS):  # CUDA context, kernel selection, allocator growth
         spotter.encode([samples[:window]])

@@ -7,11 +7,12 @@ import argparse
 import sys
 
 from harken.app import flags
+from harken.app.tasks.refine import with_refine_resolved
 from harken.models.loading import is_cached, pull
 
 
 def run(args: argparse.Namespace) -> int:
-    config = flags.load(args).config
+    config = with_refine_resolved(flags.load(args).config)
     configured = [("captions", config.captions.model)]
     if config.keywords.enabled or args.keywords_model:
         configured.append(("keywords", config.keywords.model))

@@ -19,6 +19,7 @@ from harken.app.session import (
     result_files,
     terminal_sink,
 )
+from harken.app.tasks.refine import with_refine_resolved
 from harken.app.tui.app import run_tui
 from harken.models.errors import HarkenError
 
@@ -29,7 +30,7 @@ def use_tui(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = flags.load(args).config
+    config = with_refine_resolved(flags.load(args).config)
     mqtt_input = args.input if isinstance(args.input, str) else None
     mqtt = mqtt_setup(config, input_url=mqtt_input, live=not args.fast)
     if mqtt_input is not None:

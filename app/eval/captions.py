@@ -44,7 +44,7 @@ from harken.app.config import HarkenConfig
 from harken.app.eval.keywords import read_audio
 from harken.app.session import engine_options
 from harken.app.tasks.captions import caption_stages
-from harken.app.tasks.refine import load_refiner, refine_stages
+from harken.app.tasks.refine import load_refiner, refine_stages, with_refine_resolved
 from harken.engine.events import CaptionFinal, CaptionRefined, Event
 from harken.engine.pipeline import Engine, Stage, StageContext, StageFactory
 from harken.engine.sources.file import FileSource
@@ -216,7 +216,7 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
                    refiner: SpeechRefiner | None = None) -> dict[str, Any]:
     """The report as a dict (the `--json` output)."""
     utterances = find_utterances(path)
-    c = config
+    c = config = with_refine_resolved(config)
     if captioner is None:
         captioner = await asyncio.to_thread(load_captioner, c)
     if refiner is None and c.refine.model:

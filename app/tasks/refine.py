@@ -4,6 +4,7 @@ subtitle/transcript file sinks that wait for refinements (docs/refine.md)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from harken.app.config import HarkenConfig
@@ -17,10 +18,48 @@ from harken.models.alignment import CtcVocabulary
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
 from harken.models.guard import GuardOptions
+from harken.models.loading import hub_offline, is_cached, resolve_device
 from harken.models.refine import RefineOptions, SpeechRefiner
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+OFF = ("", "none", "off")
+#: refine.model = auto on CUDA. Measured on one H200 (docs/gpu.md): a model of its shape
+#: refines a 20 s segment in at most 0.52 s (float16), inside the 1 s target; its accuracy
+#: could not be measured here (its weights cannot be downloaded in this workplace).
+GPU_DEFAULT_MODEL = "openai/whisper-large-v3-turbo"
 
 #: sinks that write each caption once, and so should carry the refined text
 REFINED_SINKS = (SrtSink, VttSink, TxtSink)
+
+
+def chosen_model(model: str, *, device_type: str) -> str:
+    """The checkpoint a run refines with ("" for none): `auto` is GPU_DEFAULT_MODEL when the
+    device resolves to CUDA and none on CPU, where Whisper competes with the live captions
+    for the cores (docs/refine.md); `none`, `off` or empty: none."""
+    text = model.strip()
+    if text.lower() in OFF:
+        return ""
+    if text.lower() != AUTO:
+        return text
+    return GPU_DEFAULT_MODEL if resolve_device(device_type).type == "cuda" else ""
+
+
+def with_refine_resolved(config: HarkenConfig) -> HarkenConfig:
+    """`config` with refine.model made concrete (idempotent). An automatic choice that is
+    not in the HF cache while offline is dropped with one warning, never a failed run."""
+    requested = config.refine.model
+    model = chosen_model(requested, device_type=config.compute.device_type)
+    if requested.strip().lower() == AUTO and model and hub_offline() and not is_cached(model):
+        log.warning("refinement is off: refine.model = auto picks %s on CUDA, which is not "
+                    "in the HF cache and the hub is offline; `harken models pull %s` while "
+                    "online, or set refine.model (none to silence this)", model, model)
+        model = ""
+    if model == requested:
+        return config
+    return config.model_copy(update={"refine": config.refine.model_copy(
+        update={"model": model})})
 
 
 def refine_options(config: HarkenConfig) -> RefineOptions:
