@@ -50,6 +50,7 @@ from harken.engine.mqtt.control import (
     parse_command,
 )
 from harken.engine.mqtt.guard import Rejections, TokenBucket
+from harken.engine.mqtt.inbox import OTHER, Inbox
 from harken.engine.mqtt.topics import (
     DEFAULT_HA_PREFIX,
     DEFAULT_PREFIX,
@@ -88,6 +89,8 @@ MAX_KNOWN_SITES = 256  # sites (and streams) whose routing state is kept; least 
 HA_ANNOUNCE_INTERVAL_S = 10.0  # s: at most one re-announcement per `<ha>/status online`
 ERROR_REPLIES_PER_S = 2.0  # answers on `<prefix>/<site>/error`; beyond, only counted
 ERROR_REPLY_BURST = 10  # answers that may go out at once
+INBOX_MESSAGES = 64  # per family (control, HA status, other) waiting to be handled
+INBOX_BYTES = 1024 * 1024  # per family; a command is at most 4 kB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +171,10 @@ class MqttSink:
         self.ha_status_coalesced = 0
         self.retained_coalesced = 0
         self.rejections = Rejections(logger=log, what="MQTT message")
+        # What we subscribe to (control, HA status) is filed by topic into bounded queues
+        # served in turn: a flood of `<ha>/status` never drops or delays a command.
+        self.inbox = Inbox(classify=self._family, max_messages=INBOX_MESSAGES,
+                           max_bytes=INBOX_BYTES, kinds=("control", "ha_status", OTHER))
         self.undelivered = 0
         self.last_error: str | None = None
         self._outbox: collections.deque[_Outgoing] = collections.deque()
@@ -209,6 +216,7 @@ class MqttSink:
             "error_replies_dropped": self.error_replies_dropped,
             "ha_announcements": self.ha_announcements,
             "ha_status_coalesced": self.ha_status_coalesced,
+            **self.inbox.counters(),
         }
 
     def bind(self, control: Pausable) -> None:
@@ -394,7 +402,7 @@ class MqttSink:
                 break
             try:
                 async with open_client(self.settings, client_id=self.client_id,
-                                       will=will) as client:
+                                       will=will, inbox=self.inbox) as client:
                     backoff.reset()
                     await self._session(client)
                 return
@@ -489,11 +497,25 @@ class MqttSink:
                              qos=QOS_AT_LEAST_ONCE, retain=True,
                              timeout=self.options.publish_timeout_s)
 
+    def _family(self, topic: str) -> str:
+        if topic == self.topics.control:
+            return "control"
+        if topic == f"{self.options.ha_prefix}/status":
+            return "ha_status"
+        return OTHER
+
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            raw = message.payload
-            payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
-            self.on_message(message.topic.value, payload, retain=bool(message.retain))
+        # One wait per batch, not per message: the library's iterator costs a task and a few
+        # loop turns per message, slower than its reader under a flood.
+        async for first in client.messages:
+            self._handle(first)
+            for message in self.inbox.drain():
+                self._handle(message)
+
+    def _handle(self, message: aiomqtt.Message) -> None:
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+        self.on_message(message.topic.value, payload, retain=bool(message.retain))
 
     def on_message(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """One message from a subscription (control, HA status). Never raises: anyone may
