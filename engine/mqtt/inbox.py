@@ -99,8 +99,8 @@ class Inbox:
         except Exception:  # untrusted topic names: a classifier bug must not end the read
             self.classify_errors += 1
             family = OTHER
-        if family not in self._families and len(self._families) >= self.max_families:
-            family = OVERFLOW
+        if family not in self._families and len(self._families) >= self.max_families - 1:
+            family = OVERFLOW  # the last place in the table is kept for it
         return family
 
     def put(self, message: aiomqtt.Message) -> bool:

@@ -66,9 +66,10 @@ from harken.engine.mqtt.guard import Rejections, TokenBucket
 from harken.engine.mqtt.inbox import OTHER, Inbox
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
-    QOS_AT_MOST_ONCE,
+    QOS_AT_LEAST_ONCE,
     check_filter,
     satellite_id,
+    site_filters,
     site_from_topic,
 )
 from harken.engine.sources.blocks import Blocker
@@ -419,7 +420,12 @@ class SatelliteSource:
             try:
                 async with open_client(self.settings, client_id=self.client_id,
                                        inbox=self.inbox) as client:
-                    await client.subscribe(self.topic_filter, qos=QOS_AT_MOST_ONCE)
+                    # With an allowlist, one subscription per site: frames published under
+                    # other names never reach us, however fast they come. QoS 1: frames a
+                    # satellite sends at QoS 1 are then never dropped by the broker for a
+                    # QoS 0 flood on our connection (it drops QoS 0 messages first).
+                    for topic_filter in site_filters(self.topic_filter, self.limits.allow):
+                        await client.subscribe(topic_filter, qos=QOS_AT_LEAST_ONCE)
                     self._backoff.reset()
                     self.connects += 1
                     self.reconnects = self.connects - 1

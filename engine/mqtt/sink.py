@@ -75,7 +75,7 @@ from harken.engine.mqtt.topics import (
     sanitize_level,
 )
 from harken.engine.pipeline import Pausable
-from harken.models.errors import ControlError
+from harken.models.errors import ControlError, MqttConfigError
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,11 @@ class MqttSink:
         self._up = asyncio.Event()
         self._down = asyncio.Event()
         self._down.set()
+        # Subscriptions, each on a connection of its own (`_listen`): name -> topics.
+        self._subscriptions: dict[str, list[str]] = {"control": [self.topics.control]}
+        if options.ha_discovery:
+            self._subscriptions["ha"] = [f"{options.ha_prefix}/status"]
+        self._listening = {name: asyncio.Event() for name in self._subscriptions}
         self._closing = False
         self._closed = asyncio.Event()
         self._outage_logged = False
@@ -225,8 +230,14 @@ class MqttSink:
         self._control = control
 
     async def wait_connected(self, connected: bool = True) -> None:
-        """Returns once the sink is connected (or, with False, disconnected)."""
-        await (self._up if connected else self._down).wait()
+        """Returns once the sink is connected and subscribed (or, with False, once its
+        results connection is down)."""
+        if not connected:
+            await self._down.wait()
+            return
+        await self._up.wait()
+        for listening in self._listening.values():
+            await listening.wait()
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
         if not self.options.sites_from_streams:
@@ -234,7 +245,11 @@ class MqttSink:
         for site in self.options.sites:
             self._add_site(site, announce=True)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._link(), name=f"mqtt-link-{self.options.site}")
+            link = tg.create_task(self._link(), name=f"mqtt-link-{self.options.site}")
+            listeners = [tg.create_task(self._listen(name, topics), name=f"mqtt-{name}")
+                         for name, topics in self._subscriptions.items()]
+            # They listen as long as results can still go out.
+            link.add_done_callback(lambda _: [task.cancel() for task in listeners])
             try:
                 async for event in events:
                     self._route(event)
@@ -402,7 +417,7 @@ class MqttSink:
                 break
             try:
                 async with open_client(self.settings, client_id=self.client_id,
-                                       will=will, inbox=self.inbox) as client:
+                                       will=will) as client:
                     backoff.reset()
                     await self._session(client)
                 return
@@ -437,10 +452,6 @@ class MqttSink:
         try:
             await client.publish(self.topics.status, STATUS_ONLINE.encode(),
                                  qos=QOS_AT_LEAST_ONCE, retain=True, timeout=timeout)
-            await client.subscribe(self.topics.control, qos=QOS_AT_LEAST_ONCE, timeout=timeout)
-            if self.options.ha_discovery:
-                await client.subscribe(f"{self.options.ha_prefix}/status",
-                                       qos=QOS_AT_LEAST_ONCE, timeout=timeout)
             self.connects += 1
             self._outage_logged = False
             if self.connects > 1:
@@ -457,9 +468,10 @@ class MqttSink:
             lost: aiomqtt.MqttError | None = None
             try:
                 async with asyncio.TaskGroup() as tg:
-                    receiver = tg.create_task(self._receive(client), name="mqtt-receive")
+                    # Nothing is subscribed here; iterating notices a lost connection at once.
+                    watcher = tg.create_task(self._receive(client), name="mqtt-watch")
                     await self._send(client)
-                    receiver.cancel()
+                    watcher.cancel()
             except* aiomqtt.MqttError as group:
                 first = group.exceptions[0]
                 lost = first if isinstance(first, aiomqtt.MqttError) else None
@@ -503,6 +515,41 @@ class MqttSink:
         if topic == f"{self.options.ha_prefix}/status":
             return "ha_status"
         return OTHER
+
+    async def _listen(self, name: str, topics: list[str]) -> None:
+        """One subscription's connection (`harken-<site>-control`, `-ha`), until cancelled.
+
+        Anyone may publish on these topics as fast as the network allows. On a connection of
+        their own, a flood cannot delay the acknowledgements and keepalives of the results
+        connection, and a flood of `<ha>/status` cannot make the broker drop a command: a
+        broker drops QoS 0 messages for a client that reads too slowly, per connection.
+        """
+        backoff = Backoff(initial_s=self.options.backoff_initial_s,
+                          max_s=self.options.backoff_max_s, rng=self._rng)
+        listening = self._listening[name]
+        logged = False
+        while True:
+            try:
+                async with open_client(self.settings, client_id=f"{self.client_id}-{name}",
+                                       inbox=self.inbox) as client:
+                    for topic in topics:
+                        await client.subscribe(topic, qos=QOS_AT_LEAST_ONCE,
+                                               timeout=self.options.publish_timeout_s)
+                    backoff.reset()
+                    listening.set()
+                    logged = False
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                # The results connection reports outages; this one notes its own, once.
+                if not logged:
+                    log.info("MQTT %s subscription to %s lost (%s); reconnecting", name,
+                             self.settings.address, exc)
+                logged = True
+            except MqttConfigError:
+                return  # a login the broker refuses: the results connection reports it
+            finally:
+                listening.clear()
+            await asyncio.sleep(backoff.next_delay())
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         # One wait per batch, not per message: the library's iterator costs a task and a few
