@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import random
 import time
 import wave
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import pytest
 from audio_gen import HAVE_ESPEAK, espeak, silence, trim
 from mosquitto import MOSQUITTO, SKIP_REASON, WAIT_S, Listener, Mosquitto
 from mqtt_flooder import Flooder
+from test_mqtt_hostile import SEED, good_frames, mutate_wav
 
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, Stats
@@ -403,3 +405,37 @@ async def test_a_full_speed_flood_cannot_stop_a_good_satellite(tmp_path: Path) -
     assert stats
     assert "incoming_dropped_audio_new" in stats[-1].counters
     assert stats[-1].counters["site_decode_dropped"] == 0
+
+
+@pytest.mark.broker
+@pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
+async def test_10k_mutated_frames_through_the_decoder_thread_never_escape(
+        tmp_path: Path) -> None:
+    """The fuzz of test_mqtt_hostile, through the thread: every failure is one counted
+    rejection, the thread lives on and still decodes the good frames after them."""
+    rng = random.Random(SEED)
+    bases = good_frames()
+    limits = SiteLimits(max_sites=4, max_frames_per_s=1e9, max_bytes_per_s=1e12,
+                        max_audio_ratio=1e9)
+    with Mosquitto(tmp_path / "broker") as broker:
+        async with SatelliteSource(settings=MqttSettings(host=broker.host, port=broker.port),
+                                   client_id="t", limits=limits) as source:
+            async with asyncio.timeout(4 * WAIT_S):
+                for i in range(10_000):
+                    site = rng.choice(("a", "b", "c", "d"))
+                    source.on_frame(f"hermes/audioServer/{site}/audioFrame",
+                                    mutate_wav(rng, rng.choice(bases)))
+                    if i % 50 == 49:
+                        while source._pending:  # noqa: ASYNC110 (the decoder answers)
+                            await asyncio.sleep(0.001)
+            thread = source._thread
+            assert thread is not None
+            assert thread.is_alive()
+            blocks = await run_frames(source, [("hermes/audioServer/a/audioFrame",
+                                                bases[0])] * 20, burst=False)
+    assert source.frames == 10_020
+    assert source.rejections.by_reason.get("error", 0) == 0
+    assert 0 < source.malformed_frames < 10_000
+    assert source.decode_dropped == 0
+    assert blocks  # the good frames after the fuzz were decoded
+    assert not thread.is_alive()  # and the thread ended with the source

@@ -474,6 +474,8 @@ class SatelliteSource:
                 if site.pending == 0 and idle >= self.limits.idle_evict_s:
                     del self._sites[site.id]
                 continue
+            if site.pending:
+                continue  # frames still with the decoder: not idle, only behind
             if idle >= self.limits.idle_evict_s:
                 del self._sites[site.id]  # a new frame under its name starts a new stream
                 self._submit(_Evict(site=site, now=now))

@@ -5,13 +5,16 @@
     await sink.consume(engine.subscribe(sink.name))
 
 How it never stalls the engine: `consume` only routes events into an in-memory outbox and
-returns to its subscription at once; one connection task owns the network. That task
-connects (MQTT 5, else 3.1.1), publishes `online` (retained; `offline` is the last will),
-subscribes to the control topic, then sends the outbox head-first, one QoS 1 message at a
-time, removing a message only once the broker acknowledged it. When the connection drops,
-the unacknowledged message stays at the head and is sent again after reconnecting
-(exponential backoff with jitter): finals arrive in order, at least once (a message whose
-PUBACK was lost is delivered twice; nothing is lost unless the outbox overflows).
+returns to its subscription at once; one connection task owns the results connection. That
+task connects (MQTT 5, else 3.1.1), publishes `online` (retained; `offline` is the last
+will), then sends the outbox head-first, one QoS 1 message at a time, removing a message
+only once the broker acknowledged it. It subscribes to nothing: the control topic and Home
+Assistant's status are read on connections of their own (`_listen`), through a bounded
+fair queue (engine/mqtt/inbox.py), so a flood there cannot delay its acknowledgements.
+When the connection drops, the unacknowledged message stays at the head and is sent again
+after reconnecting (exponential backoff with jitter): finals arrive in order, at least once
+(a message whose PUBACK was lost is delivered twice; nothing is lost unless the outbox
+overflows).
 
 Bounds: the outbox holds `outbox_size` messages; beyond that the oldest is dropped and
 counted (`outbox_dropped`). QoS 0 messages (partials, stats, levels) are never kept for
