@@ -325,6 +325,8 @@ class SatelliteSource:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Bounded by the pending limits: frames at most max_pending_frames per site, a flush
+        # only after a frame, an eviction once per site, one stop.
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
