@@ -24,6 +24,11 @@ A satellite that stops sending mid-utterance would leave its segment open, so af
 `idle_flush_s` without frames the site's last partial block and `flush_silence_s` of
 silence are fed to the engine (counted in `idle_flushes`; the clock advances by that much).
 The connection is retried with backoff if the broker goes away.
+
+Floods (docs/mqtt.md, "Floods"): received frames wait in a bounded fair queue, one family per
+live site (engine/mqtt/inbox.py); the event loop only admits and rate-limits a frame, one
+decoder thread does the rest (SatelliteSource's docstring); with an allowlist each allowed
+site is subscribed on its own, so frames under other names never arrive.
 """
 
 from __future__ import annotations
