@@ -453,6 +453,12 @@ class Engine:
                 value = getattr(source, attr, None)
                 if isinstance(value, int):
                     counters[attr] = counters.get(attr, 0) + value
+            # A source of many streams (MQTT satellites) adds its drops by reason and the
+            # stream's own.
+            per_stream = getattr(source, "stream_counters", None)
+            if callable(per_stream):
+                for key, value in per_stream(state.id).items():
+                    counters[key] = counters.get(key, 0) + int(value)
         arrived = state.arrivals.time_of(state.last_end)
         return Stats(
             stream=state.id, start=0.0, end=state.last_end / SAMPLE_RATE,

@@ -221,7 +221,8 @@ async def test_a_hostile_client_cannot_stop_a_good_satellite(tmp_path: Path) -> 
 
                 def behind() -> bool:  # the kitchen's clock counts its samples received
                     site = source._sites.get("kitchen")
-                    return site is None or site.blocker.position < total - FRAME
+                    return site is None or site.dsp is None or \
+                        site.dsp.blocker.position < total - FRAME
 
                 async with asyncio.timeout(WAIT_S):
                     while behind():  # noqa: ASYNC110 (waits for the broker's delivery)

@@ -27,6 +27,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from harken.engine.mqtt.guard import RateLimitFilter
+from harken.engine.mqtt.inbox import Inbox
 from harken.models.errors import MqttConfigError
 
 DEFAULT_PORT = 1883
@@ -175,22 +176,27 @@ class Will:
 
 
 def _client(settings: MqttSettings, *, client_id: str, will: Will | None,
-            version: aiomqtt.ProtocolVersion, context: ssl.SSLContext | None) -> aiomqtt.Client:
+            version: aiomqtt.ProtocolVersion, context: ssl.SSLContext | None,
+            inbox: Inbox | None = None) -> aiomqtt.Client:
     return aiomqtt.Client(
         settings.host, settings.port, username=settings.username,
         password=settings.password, identifier=client_id, protocol=version,
         will=aiomqtt.Will(will.topic, will.payload, will.qos, will.retain) if will else None,
         keepalive=settings.keepalive_s, timeout=settings.connect_timeout_s,
         tls_context=context, logger=LIBRARY_LOG,
-        # Each user reads its incoming messages at once; bound paho's queue anyway.
+        # With an inbox, incoming messages go to Harken's own bounded, fair, counted queue;
+        # without one (publish-only clients) the library's single FIFO is bounded anyway.
+        queue_type=inbox.queue_type() if inbox is not None else None,
         max_queued_incoming_messages=MAX_QUEUED_INCOMING,
     )
 
 
 @asynccontextmanager
-async def open_client(settings: MqttSettings, *, client_id: str,
-                      will: Will | None = None) -> AsyncIterator[aiomqtt.Client]:
+async def open_client(settings: MqttSettings, *, client_id: str, will: Will | None = None,
+                      inbox: Inbox | None = None) -> AsyncIterator[aiomqtt.Client]:
     """One connected client (MQTT 5, else 3.1.1); disconnects cleanly on exit.
+
+    With `inbox`, the messages it receives are filed there (engine/mqtt/inbox.py).
 
     Raises MqttConfigError for what a retry cannot fix, aiomqtt.MqttError otherwise.
     """
@@ -201,7 +207,7 @@ async def open_client(settings: MqttSettings, *, client_id: str,
     candidates = versions[settings.protocol]
     for i, version in enumerate(candidates):
         client = _client(settings, client_id=client_id, will=will, version=version,
-                         context=context)
+                         context=context, inbox=inbox)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:

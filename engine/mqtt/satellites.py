@@ -24,6 +24,11 @@ A satellite that stops sending mid-utterance would leave its segment open, so af
 `idle_flush_s` without frames the site's last partial block and `flush_silence_s` of
 silence are fed to the engine (counted in `idle_flushes`; the clock advances by that much).
 The connection is retried with backoff if the broker goes away.
+
+Floods (docs/mqtt.md, "Floods"): received frames wait in a bounded fair queue, one family per
+live site (engine/mqtt/inbox.py); the event loop only admits and rate-limits a frame, one
+decoder thread does the rest (SatelliteSource's docstring); with an allowlist each allowed
+site is subscribed on its own, so frames under other names never arrive.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ import dataclasses
 import io
 import logging
 import math
+import queue
 import random
+import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -61,11 +68,13 @@ from harken.engine.mqtt.client import (
     open_client,
 )
 from harken.engine.mqtt.guard import Rejections, TokenBucket
+from harken.engine.mqtt.inbox import OTHER, Inbox
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
-    QOS_AT_MOST_ONCE,
+    QOS_AT_LEAST_ONCE,
     check_filter,
     satellite_id,
+    site_filters,
     site_from_topic,
 )
 from harken.engine.sources.blocks import Blocker
@@ -87,6 +96,11 @@ MAX_AUDIO_RATIO = 2.0  # s of audio per s of wall time per site; a satellite str
 RATE_BURST_S = 2.0  # s of the rate limits a site may use up at once (a reconnect backlog)
 MAX_FRAME_BYTES = 512 * 1024  # one frame; Hermes frames are a few kB
 CLOCK_MEMORY = 1024  # evicted sites whose clock position is remembered (oldest forgotten)
+MAX_PENDING_FRAMES_PER_SITE = 64  # frames waiting for the decoder (4 s of 1024 at 16 kHz)
+MAX_PENDING_BYTES_PER_SITE = 2 * 1024 * 1024  # their payloads: 2 s at MAX_BYTES_PER_S
+INBOX_MESSAGES = 128  # received frames waiting to be admitted, per live site (and new sites)
+INBOX_BYTES = 2 * 1024 * 1024  # their payloads, per live site (and new sites)
+DECODER_JOIN_TIMEOUT_S = 5.0  # s: at exit, how long to wait for the decoder thread
 _PCM_DTYPES: dict[int, np.dtype[np.integer]] = {
     1: np.dtype(np.uint8), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 
@@ -176,41 +190,111 @@ class _Rejected(Exception):
 
 
 @dataclass
-class _Site:
-    id: str
+class _Dsp:
+    """A site's audio state. Only the decoder touches it (its thread once the source runs),
+    so frames, flushes and evictions of a site apply in the order they were handed over."""
+
     rate: int
     resampler: StreamResampler
     blocker: Blocker  # cuts the site's audio into blocks on its own stream clock
+    audio: TokenBucket  # seconds of audio
+    frame_samples: int = 0  # 16 kHz length of the last frame: the estimate for a lost one
+
+
+@dataclass
+class _Site:
+    """A site's admission state, on the event loop."""
+
+    id: str
     frames: TokenBucket
     bytes: TokenBucket
-    audio: TokenBucket  # seconds of audio
-    last_frame: float = 0.0
+    last_frame: float
+    dsp: _Dsp | None = None  # set by the decoder at the site's first frame that decodes
     needs_flush: bool = False
+    pending: int = 0  # frames handed to the decoder and not back yet
+    pending_bytes: int = 0
+    skipped: int = 0  # frames dropped since the last one handed over (a gap on the clock)
+    decode_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    site: _Site
+    topic: str
+    payload: bytes
+    now: float
+    skipped: int  # frames of this site dropped just before this one
+
+
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    site: _Site
+    silence: int  # samples of silence after the open audio
+
+
+@dataclass(frozen=True, slots=True)
+class _Evict:
+    site: _Site
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Handed over last by stop(): when it comes back, everything before it is queued."""
+
+
+_Job = _Frame | _Flush | _Evict | _Stop
+
+
+@dataclass(slots=True)
+class _Done:
+    """What the decoder made of one job, applied on the event loop."""
+
+    job: _Job
+    blocks: list[AudioBlock] = dataclasses.field(default_factory=list)
+    last: AudioBlock | None = None  # an evicted site's final block: never dropped
+    reason: str | None = None  # a rejected frame: its counter key ...
+    detail: str = ""  # ... and what to log
+    nonfinite: int = 0
 
 
 class SatelliteSource:
-    """An engine source (async context manager with `blocks()`) fed by MQTT audio frames."""
+    """An engine source (async context manager with `blocks()`) fed by MQTT audio frames.
+
+    The event loop does only what is cheap per frame: the site look-up, admission and the
+    frame and byte rate limits. Decoding, the audio-rate limit, resampling and block cutting
+    run on one decoder thread, fed by a bounded queue (`max_pending_frames` per site and in
+    all): a frame that does not fit is dropped and counted (`decode_dropped`, and per site in
+    its stream's stats), and the site's clock skips the frame's estimated length. One thread
+    for every site keeps each site's frames in order. Before `async with` (tests, replaying
+    captured frames) the decoder runs inline, the same code on the caller's thread.
+    """
 
     def __init__(self, *, settings: MqttSettings, client_id: str,
                  topic_filter: str = HERMES_AUDIO_FILTER, block_s: float = DEFAULT_BLOCK_S,
                  max_queued_blocks: int = MAX_QUEUED_BLOCKS, idle_flush_s: float = IDLE_FLUSH_S,
                  flush_silence_s: float = FLUSH_SILENCE_S,
                  limits: SiteLimits | None = None,
+                 max_pending_frames: int = MAX_PENDING_FRAMES_PER_SITE,
+                 inbox_messages: int = INBOX_MESSAGES,
                  backoff_initial_s: float = BACKOFF_INITIAL_S,
                  backoff_max_s: float = BACKOFF_MAX_S,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 0.01 <= block_s <= 2.0:
             raise ValueError(f"block_s must be between 0.01 and 2.0 seconds, got {block_s}")
-        if max_queued_blocks < 1 or idle_flush_s <= 0 or flush_silence_s < 0:
-            raise ValueError("max_queued_blocks >= 1, idle_flush_s > 0 and "
-                             "flush_silence_s >= 0 are required")
+        if max_queued_blocks < 1 or idle_flush_s <= 0 or flush_silence_s < 0 or \
+                max_pending_frames < 1:
+            raise ValueError("max_queued_blocks >= 1, idle_flush_s > 0, flush_silence_s >= 0 "
+                             "and max_pending_frames >= 1 are required")
         self.settings = settings
         self.client_id = client_id
         self.topic_filter = check_filter(topic_filter)
         self.limits = limits if limits is not None else SiteLimits()
         self._block = round(block_s * SAMPLE_RATE)
         self._max_queued = max_queued_blocks
+        self._max_pending = max_pending_frames
+        self._max_pending_all = max_pending_frames * self.limits.max_sites
         self._idle_flush_s = idle_flush_s
         self._flush_silence = round(flush_silence_s * SAMPLE_RATE)
         self._backoff = Backoff(initial_s=backoff_initial_s, max_s=backoff_max_s, rng=rng)
@@ -221,20 +305,35 @@ class SatelliteSource:
         self.reconnects = 0
         self.frames = 0
         self.dropped_blocks = 0
+        self.decode_dropped = 0  # frames dropped because the decoder was behind
         self.nonfinite_samples = 0
         self.idle_flushes = 0
         self.evicted_sites = 0
         self.rejections = Rejections(logger=log, what="satellite audio frame")
+        # Incoming messages: one bounded queue per live site, one for all other sites,
+        # served in turn, so a flood under made-up site names (or on one site) cannot drop
+        # or delay the frames of another live site (engine/mqtt/inbox.py).
+        self.inbox = Inbox(classify=self._family, max_messages=inbox_messages,
+                           max_bytes=INBOX_BYTES, max_families=self.limits.max_sites + 4,
+                           kinds=("audio", "audio_new", OTHER))
         self._sites: dict[str, _Site] = {}
         # Evicted sites: (clock position, when) so a returning site's clock carries on.
+        # The decoder's: it knows where a site's clock ended.
         self._clocks: collections.OrderedDict[str, tuple[int, float]] = \
             collections.OrderedDict()
         self._queue: collections.deque[AudioBlock] = collections.deque()
         self._ready = asyncio.Event()
         self._subscribed = asyncio.Event()
+        self._pending = 0  # frames with the decoder, all sites
+        self._stopping = False
         self._stopped = False
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Bounded by the pending limits: frames at most max_pending_frames per site, a flush
+        # only after a frame, an eviction once per site, one stop.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     @property
     def description(self) -> str:
@@ -242,7 +341,8 @@ class SatelliteSource:
 
     @property
     def sites(self) -> list[str]:
-        return list(self._sites)
+        """Live sites: those that sent a frame that decoded and were not evicted since."""
+        return [site.id for site in self._sites.values() if site.dsp is not None]
 
     @property
     def malformed_frames(self) -> int:
@@ -257,20 +357,30 @@ class SatelliteSource:
     def last_malformed(self) -> str | None:
         return self.rejections.last
 
+    def stream_counters(self, stream: str) -> dict[str, int]:
+        """For a stream's stats: the source's drops by reason, and this site's own."""
+        site = self._sites.get(stream)
+        return {**self.inbox.counters(), "decode_dropped": self.decode_dropped,
+                "site_decode_dropped": site.decode_dropped if site is not None else 0}
+
     async def wait_connected(self) -> None:
         """Returns once subscribed: frames published from now on are received."""
         await self._subscribed.wait()
 
     def stop(self) -> None:
         """Ends `blocks()` after what is queued, with every site's last partial block."""
-        if self._stopped:
+        if self._stopping:
             return
+        self._stopping = True
         for site in self._sites.values():
-            self._flush(site, silence=0)
-        self._stopped = True
-        self._ready.set()
+            self._submit(_Flush(site=site, silence=0))
+        self._submit(_Stop())
 
     async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._decode_loop, name="mqtt-audio-decode",
+                                        daemon=True)
+        self._thread.start()
         stack = contextlib.AsyncExitStack()
         tg = await stack.enter_async_context(asyncio.TaskGroup())
         self._tasks = [tg.create_task(self._link(), name="mqtt-audio-link"),
@@ -282,11 +392,16 @@ class SatelliteSource:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
         stack, self._stack = self._stack, None
-        if stack is None:
-            return
-        for task in self._tasks:  # both run until cancelled
-            task.cancel()
-        await stack.__aexit__(exc_type, exc, tb)
+        thread, self._thread = self._thread, None
+        try:
+            if stack is not None:
+                for task in self._tasks:  # both run until cancelled
+                    task.cancel()
+                await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            if thread is not None:
+                self._jobs.put(None)  # after every job handed over: the thread ends
+                await asyncio.to_thread(thread.join, DECODER_JOIN_TIMEOUT_S)
 
     async def blocks(self) -> AsyncIterator[AudioBlock]:
         while True:
@@ -299,20 +414,36 @@ class SatelliteSource:
 
     # ---------------------------------------------------------------- network
 
+    def _family(self, topic: str) -> str:
+        """The inbox family of a message: runs in the socket reader, so only look-ups."""
+        raw_site = site_from_topic(self.topic_filter, topic)
+        if raw_site is None:
+            return OTHER
+        site_id = satellite_id(raw_site)
+        return f"audio:{site_id}" if site_id in self._sites else "audio_new"
+
     async def _link(self) -> None:
-        while not self._stopped:
+        while not self._stopping:
             try:
-                async with open_client(self.settings, client_id=self.client_id) as client:
-                    await client.subscribe(self.topic_filter, qos=QOS_AT_MOST_ONCE)
+                async with open_client(self.settings, client_id=self.client_id,
+                                       inbox=self.inbox) as client:
+                    # With an allowlist, one subscription per site: frames published under
+                    # other names never reach us, however fast they come. QoS 1: frames a
+                    # satellite sends at QoS 1 are then never dropped by the broker for a
+                    # QoS 0 flood on our connection (it drops QoS 0 messages first).
+                    for topic_filter in site_filters(self.topic_filter, self.limits.allow):
+                        await client.subscribe(topic_filter, qos=QOS_AT_LEAST_ONCE)
                     self._backoff.reset()
                     self.connects += 1
                     self.reconnects = self.connects - 1
                     self.connected = True
                     self._subscribed.set()
-                    async for message in client.messages:
-                        raw = message.payload
-                        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
-                        self.on_frame(message.topic.value, payload)
+                    # One wait per batch: the library's iterator costs a task and a few
+                    # loop turns per message, slower than its reader under a flood.
+                    async for first in client.messages:
+                        self._receive(first)
+                        for message in self.inbox.drain():
+                            self._receive(message)
             except aiomqtt.MqttError as exc:
                 if self.connected:
                     log.warning("MQTT audio connection to %s lost (%s); reconnecting",
@@ -325,6 +456,11 @@ class SatelliteSource:
                 self._subscribed.clear()
             await asyncio.sleep(self._backoff.next_delay())
 
+    def _receive(self, message: aiomqtt.Message) -> None:
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+        self.on_frame(message.topic.value, payload)
+
     async def _watch_idle(self) -> None:
         tick = min(self._idle_flush_s, self.limits.idle_evict_s) / 4
         while True:
@@ -334,23 +470,35 @@ class SatelliteSource:
     def check_idle(self) -> None:
         """Flush sites idle for `idle_flush_s`, evict those idle for `idle_evict_s` (public so
         tests can drive it with their own clock)."""
+        if self._stopping:
+            return
         now = self._clock()
         for site in list(self._sites.values()):
             idle = now - site.last_frame
+            if site.dsp is None:
+                # Nothing decoded yet: forgotten when its frames come back bad, or (all of
+                # them refused before decoding) once it has been quiet as long as a live one.
+                if site.pending == 0 and idle >= self.limits.idle_evict_s:
+                    del self._sites[site.id]
+                continue
+            if site.pending:
+                continue  # frames still with the decoder: not idle, only behind
             if idle >= self.limits.idle_evict_s:
-                self._evict(site, now)
+                del self._sites[site.id]  # a new frame under its name starts a new stream
+                self._submit(_Evict(site=site, now=now))
             elif site.needs_flush and idle >= self._idle_flush_s:
-                self._flush(site, silence=self._flush_silence)
+                site.needs_flush = False
                 self.idle_flushes += 1
+                self._submit(_Flush(site=site, silence=self._flush_silence))
 
     # ------------------------------------------------------------------ frames
 
     def on_frame(self, topic: str, payload: bytes) -> None:
-        """Decode one frame into its site's stream (public for replaying captured frames).
+        """Admit one frame and hand it to the decoder (public for replaying captured frames).
 
         Never raises: whatever goes wrong rejects this one frame, counted in `rejections`.
         """
-        if self._stopped:
+        if self._stopping:
             return
         self.frames += 1
         try:
@@ -359,11 +507,6 @@ class SatelliteSource:
             self.rejections.reject(rejected.reason, f"{topic}: {rejected}")
         except Exception as exc:  # untrusted input: one bad frame must never end the run
             self.rejections.reject("error", f"{topic}: {type(exc).__name__}: {exc}")
-            # The site's filter may be half-updated: start it afresh, other sites untouched.
-            raw_site = site_from_topic(self.topic_filter, topic)
-            site = self._sites.get(satellite_id(raw_site or ""))
-            if site is not None:
-                site.resampler = StreamResampler(in_rate=site.rate)
 
     def _on_frame(self, topic: str, payload: bytes) -> None:
         raw_site = site_from_topic(self.topic_filter, topic)
@@ -371,103 +514,204 @@ class SatelliteSource:
             return  # not an audio topic of ours (e.g. playBytes under a '#' filter)
         site_id = satellite_id(raw_site)
         now = self._clock()
+        if len(payload) > MAX_FRAME_BYTES:
+            raise _Rejected("malformed", f"{len(payload)} bytes; a frame may have at most "
+                            f"{MAX_FRAME_BYTES}")
         site = self._sites.get(site_id)
         if site is None:
-            self._admit(site_id)
-        else:
-            # Rate limits before decoding: a flood costs a dict look-up, not a parse.
-            if not site.frames.take(1.0, now):
-                raise _Rejected("rate_limited", "more than "
-                                f"{self.limits.max_frames_per_s:g} frames/s from this site")
-            if not site.bytes.take(float(len(payload)), now):
-                raise _Rejected("rate_limited", "more than "
-                                f"{self.limits.max_bytes_per_s:g} bytes/s from this site")
-        try:
-            samples, rate = decode_wav(payload)
-        except MalformedFrame as exc:
-            raise _Rejected("malformed", str(exc)) from exc
-        if site is None:
-            site = self._new_site(site_id, rate, now)
-            site.frames.take(1.0, now)
-            site.bytes.take(float(len(payload)), now)
-        # Before the resampler, the costly part: more audio than real time allows is refused.
-        if not site.audio.take(samples.size / rate, now):
+            # Admitted for now; if none of its frames decodes it is forgotten again.
+            site = self._admit(site_id, now)
+        # Rate limits before any decoding: a flood costs a dict look-up, not a parse.
+        if not site.frames.take(1.0, now):
             raise _Rejected("rate_limited", "more than "
-                            f"{self.limits.max_audio_ratio:g} s of audio per second from "
-                            "this site")
-        if site.rate != rate:
-            # The satellite changed its format: finish the old filter's tail, then a new one.
-            self._flush(site, silence=0)
-            site.rate, site.resampler = rate, StreamResampler(in_rate=rate)
-        # Clean before the filter: one NaN would smear over every output sample it touches.
-        clean_in, bad = sanitize(samples)
-        self.nonfinite_samples += bad
-        clean = site.resampler.process(clean_in)
-        site.last_frame = now
-        site.needs_flush = True
-        self._enqueue(site.blocker.push(clean))
+                            f"{self.limits.max_frames_per_s:g} frames/s from this site")
+        if not site.bytes.take(float(len(payload)), now):
+            raise _Rejected("rate_limited", "more than "
+                            f"{self.limits.max_bytes_per_s:g} bytes/s from this site")
+        if site.pending >= self._max_pending or self._pending >= self._max_pending_all or \
+                site.pending_bytes + len(payload) > MAX_PENDING_BYTES_PER_SITE:
+            # The decoder is behind: drop at the door, not after queueing without bound.
+            site.skipped += 1
+            site.decode_dropped += 1
+            self.decode_dropped += 1
+            return
+        site.pending += 1
+        site.pending_bytes += len(payload)
+        self._pending += 1
+        skipped, site.skipped = site.skipped, 0
+        self._submit(_Frame(site=site, topic=topic, payload=payload, now=now, skipped=skipped))
 
-    def _admit(self, site_id: str) -> None:
-        """Raises _Rejected if a new site may not stream now."""
-        if self.limits.allow and site_id not in self.limits.allow:
-            raise _Rejected("not_allowed", f"site {site_id!r} is not in mqtt.allowed_sites")
-        if len(self._sites) >= self.limits.max_sites:
-            raise _Rejected("too_many_sites", f"{len(self._sites)} sites are live; the limit "
-                            f"is mqtt.max_sites = {self.limits.max_sites}")
-
-    def _new_site(self, site_id: str, rate: int, now: float) -> _Site:
+    def _admit(self, site_id: str, now: float) -> _Site:
+        """A new site's admission state; raises _Rejected if it may not stream now."""
         limits = self.limits
-        site = _Site(id=site_id, rate=rate, resampler=StreamResampler(in_rate=rate),
-                     blocker=Blocker(stream_id=site_id, block_samples=self._block),
+        if limits.allow and site_id not in limits.allow:
+            raise _Rejected("not_allowed", f"site {site_id!r} is not in mqtt.allowed_sites")
+        if len(self._sites) >= limits.max_sites:
+            raise _Rejected("too_many_sites", f"{len(self._sites)} sites are live; the limit "
+                            f"is mqtt.max_sites = {limits.max_sites}")
+        site = _Site(id=site_id, last_frame=now,
                      frames=TokenBucket.full(rate=limits.max_frames_per_s,
                                              burst=limits.max_frames_per_s * limits.burst_s,
                                              now=now),
                      bytes=TokenBucket.full(rate=limits.max_bytes_per_s,
                                             burst=limits.max_bytes_per_s * limits.burst_s,
-                                            now=now),
-                     audio=TokenBucket.full(rate=limits.max_audio_ratio,
-                                            burst=limits.max_audio_ratio * limits.burst_s,
                                             now=now))
+        self._sites[site_id] = site
+        return site
+
+    # ------------------------------------------------------------- the decoder
+
+    def _submit(self, job: _Job) -> None:
+        """To the decoder thread, or (not started) decoded here and now."""
+        if self._thread is not None:
+            self._jobs.put(job)
+        else:
+            self._apply(self._decode(job))
+
+    def _decode_loop(self) -> None:
+        """The decoder thread: jobs in the order they were handed over, results to the loop."""
+        loop = self._loop
+        while True:
+            job = self._jobs.get()
+            if job is None or loop is None:
+                return
+            done = self._decode(job)
+            try:
+                loop.call_soon_threadsafe(self._apply, done)
+            except RuntimeError:  # the loop closed under us: nobody is left to take it
+                return
+
+    def _decode(self, job: _Job) -> _Done:
+        """One job; never raises (runs on the decoder thread, or inline)."""
+        try:
+            if isinstance(job, _Frame):
+                return self._decode_frame(job)
+            if isinstance(job, _Flush):
+                dsp = job.site.dsp
+                return _Done(job=job, blocks=self._flush(dsp, silence=job.silence)
+                             if dsp is not None else [])
+            if isinstance(job, _Evict):
+                return self._evict(job)
+            return _Done(job=job)
+        except _Rejected as rejected:
+            return _Done(job=job, reason=rejected.reason, detail=str(rejected))
+        except Exception as exc:  # untrusted input: one bad frame must never end the run
+            dsp = job.site.dsp if not isinstance(job, _Stop) else None
+            if dsp is not None:
+                # The filter may be half-updated: start it afresh, other sites untouched.
+                dsp.resampler = StreamResampler(in_rate=dsp.rate)
+            done = _Done(job=job, reason="error", detail=f"{type(exc).__name__}: {exc}")
+            if isinstance(job, _Evict) and dsp is not None:  # the stream must end anyway
+                done.last = AudioBlock(stream=job.site.id, start=dsp.blocker.position,
+                                       samples=np.zeros(0, dtype=np.float32), last=True)
+            return done
+
+    def _decode_frame(self, job: _Frame) -> _Done:
+        try:
+            samples, rate = decode_wav(job.payload)
+        except MalformedFrame as exc:
+            raise _Rejected("malformed", str(exc)) from exc
+        site = job.site
+        dsp = site.dsp
+        if dsp is None:
+            dsp = site.dsp = self._new_dsp(site.id, rate, job.now)
+        blocks: list[AudioBlock] = []
+        if job.skipped and dsp.frame_samples:
+            # Frames were dropped before this one: leave a gap of their estimated length,
+            # so the site's clock stays on wall time.
+            blocks += self._flush(dsp, silence=0)
+            dsp.blocker.skip_to(dsp.blocker.position + job.skipped * dsp.frame_samples)
+        # Before the resampler, the costly part: more audio than real time allows is refused.
+        if not dsp.audio.take(samples.size / rate, job.now):
+            return _Done(job=job, blocks=blocks, reason="rate_limited", detail="more than "
+                         f"{self.limits.max_audio_ratio:g} s of audio per second from this "
+                         "site")
+        if dsp.rate != rate:
+            # The satellite changed its format: finish the old filter's tail, then a new one.
+            blocks += self._flush(dsp, silence=0)
+            dsp.rate, dsp.resampler = rate, StreamResampler(in_rate=rate)
+        # Clean before the filter: one NaN would smear over every output sample it touches.
+        clean_in, bad = sanitize(samples)
+        clean = dsp.resampler.process(clean_in)
+        dsp.frame_samples = round(samples.size * SAMPLE_RATE / rate)
+        blocks += dsp.blocker.push(clean)
+        return _Done(job=job, blocks=blocks, nonfinite=bad)
+
+    def _new_dsp(self, site_id: str, rate: int, now: float) -> _Dsp:
+        limits = self.limits
+        dsp = _Dsp(rate=rate, resampler=StreamResampler(in_rate=rate),
+                   blocker=Blocker(stream_id=site_id, block_samples=self._block),
+                   audio=TokenBucket.full(rate=limits.max_audio_ratio,
+                                          burst=limits.max_audio_ratio * limits.burst_s,
+                                          now=now))
         remembered = self._clocks.pop(site_id, None)
         if remembered is not None:
             # A returning satellite: its new stream starts where wall time says it is now.
             position, left = remembered
-            site.blocker.skip_to(position + round(max(0.0, now - left) * SAMPLE_RATE))
-        self._sites[site_id] = site
-        return site
+            dsp.blocker.skip_to(position + round(max(0.0, now - left) * SAMPLE_RATE))
+        return dsp
 
-    def _evict(self, site: _Site, now: float) -> None:
+    def _evict(self, job: _Evict) -> _Done:
         """End an idle site's stream: open audio out, then the stream's last block."""
-        tail = site.resampler.process(np.zeros(0, dtype=np.float32), last=True)
-        blocks = [*site.blocker.push(tail), *site.blocker.flush()]
+        site, dsp = job.site, job.site.dsp
+        if dsp is None:
+            return _Done(job=job)
+        tail = dsp.resampler.process(np.zeros(0, dtype=np.float32), last=True)
+        blocks = [*dsp.blocker.push(tail), *dsp.blocker.flush()]
         if blocks:
             blocks[-1] = dataclasses.replace(blocks[-1], last=True)
         else:
-            blocks = [AudioBlock(stream=site.id, start=site.blocker.position,
+            blocks = [AudioBlock(stream=site.id, start=dsp.blocker.position,
                                  samples=np.zeros(0, dtype=np.float32), last=True)]
-        self._enqueue(blocks[:-1])
-        # Never dropped, whatever the queue holds: without it the engine would keep the
-        # stream forever. At most one per live site, so the queue stays bounded.
-        self._queue.append(blocks[-1])
-        self._ready.set()
-        del self._sites[site.id]
-        self._clocks[site.id] = (blocks[-1].end, now)
+        self._clocks[site.id] = (blocks[-1].end, job.now)
         while len(self._clocks) > CLOCK_MEMORY:
             self._clocks.popitem(last=False)
-        self.evicted_sites += 1
-        log.info("satellite %s sent nothing for %.0f s: its stream ended", site.id,
-                 self.limits.idle_evict_s)
+        return _Done(job=job, blocks=blocks[:-1], last=blocks[-1])
 
-    def _flush(self, site: _Site, *, silence: int) -> None:
-        """Emit the site's open audio (the resampler's tail too), then `silence` samples."""
-        tail = site.resampler.process(np.zeros(0, dtype=np.float32), last=True)
-        site.resampler = StreamResampler(in_rate=site.rate)  # the old one has ended
+    def _flush(self, dsp: _Dsp, *, silence: int) -> list[AudioBlock]:
+        """The site's open audio (the resampler's tail too), then `silence` samples."""
+        tail = dsp.resampler.process(np.zeros(0, dtype=np.float32), last=True)
+        dsp.resampler = StreamResampler(in_rate=dsp.rate)  # the old one has ended
         # The tail's input was sanitized already; the open block ends short, then silence.
-        self._enqueue([*site.blocker.push(tail), *site.blocker.flush()])
+        blocks = [*dsp.blocker.push(tail), *dsp.blocker.flush()]
         if silence:
             silent = np.zeros(silence, dtype=np.float32)
-            self._enqueue([*site.blocker.push(silent), *site.blocker.flush()])
-        site.needs_flush = False
+            blocks += [*dsp.blocker.push(silent), *dsp.blocker.flush()]
+        return blocks
+
+    # ------------------------------------------------------ results, on the loop
+
+    def _apply(self, done: _Done) -> None:
+        job = done.job
+        if isinstance(job, _Frame):
+            site = job.site
+            site.pending -= 1
+            site.pending_bytes -= len(job.payload)
+            self._pending -= 1
+            self.nonfinite_samples += done.nonfinite
+            if done.reason is None:
+                site.last_frame = max(site.last_frame, job.now)
+                site.needs_flush = True
+            elif site.dsp is None and site.pending == 0 and \
+                    self._sites.get(site.id) is site:
+                del self._sites[site.id]  # nothing of it decoded: it leaves no state
+        if done.reason is not None:
+            where = job.topic if isinstance(job, _Frame) else \
+                job.site.id if not isinstance(job, _Stop) else "stop"
+            self.rejections.reject(done.reason, f"{where}: {done.detail}")
+        self._enqueue(done.blocks)
+        if isinstance(job, _Evict):
+            if done.last is not None:
+                # Never dropped, whatever the queue holds: without it the engine would keep
+                # the stream forever. At most one per live site, so the queue stays bounded.
+                self._queue.append(done.last)
+                self._ready.set()
+            self.evicted_sites += 1
+            log.info("satellite %s sent nothing for %.0f s: its stream ended", job.site.id,
+                     self.limits.idle_evict_s)
+        elif isinstance(job, _Stop):
+            self._stopped = True
+            self._ready.set()
 
     def _enqueue(self, blocks: list[AudioBlock]) -> None:
         for block in blocks:

@@ -5,13 +5,16 @@
     await sink.consume(engine.subscribe(sink.name))
 
 How it never stalls the engine: `consume` only routes events into an in-memory outbox and
-returns to its subscription at once; one connection task owns the network. That task
-connects (MQTT 5, else 3.1.1), publishes `online` (retained; `offline` is the last will),
-subscribes to the control topic, then sends the outbox head-first, one QoS 1 message at a
-time, removing a message only once the broker acknowledged it. When the connection drops,
-the unacknowledged message stays at the head and is sent again after reconnecting
-(exponential backoff with jitter): finals arrive in order, at least once (a message whose
-PUBACK was lost is delivered twice; nothing is lost unless the outbox overflows).
+returns to its subscription at once; one connection task owns the results connection. That
+task connects (MQTT 5, else 3.1.1), publishes `online` (retained; `offline` is the last
+will), then sends the outbox head-first, one QoS 1 message at a time, removing a message
+only once the broker acknowledged it. It subscribes to nothing: the control topic and Home
+Assistant's status are read on connections of their own (`_listen`), through a bounded
+fair queue (engine/mqtt/inbox.py), so a flood there cannot delay its acknowledgements.
+When the connection drops, the unacknowledged message stays at the head and is sent again
+after reconnecting (exponential backoff with jitter): finals arrive in order, at least once
+(a message whose PUBACK was lost is delivered twice; nothing is lost unless the outbox
+overflows).
 
 Refinement (docs/refine.md): with `refined` on, each caption final is also held here until
 its `caption_refined` arrives, at most `refine_wait_s` (None: until it comes), and then
@@ -58,6 +61,7 @@ from harken.engine.mqtt.control import (
     parse_command,
 )
 from harken.engine.mqtt.guard import Rejections, TokenBucket
+from harken.engine.mqtt.inbox import OTHER, Inbox
 from harken.engine.mqtt.topics import (
     DEFAULT_HA_PREFIX,
     DEFAULT_PREFIX,
@@ -82,7 +86,7 @@ from harken.engine.mqtt.topics import (
     sanitize_level,
 )
 from harken.engine.pipeline import Pausable
-from harken.models.errors import ControlError
+from harken.models.errors import ControlError, MqttConfigError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,8 @@ MAX_SETTLING = 64  # finals waiting for their refinement; beyond, the oldest kee
 HA_ANNOUNCE_INTERVAL_S = 10.0  # s: at most one re-announcement per `<ha>/status online`
 ERROR_REPLIES_PER_S = 2.0  # answers on `<prefix>/<site>/error`; beyond, only counted
 ERROR_REPLY_BURST = 10  # answers that may go out at once
+INBOX_MESSAGES = 64  # per family (control, HA status, other) waiting to be handled
+INBOX_BYTES = 1024 * 1024  # per family; a command is at most 4 kB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,6 +197,10 @@ class MqttSink:
         self.ha_status_coalesced = 0
         self.retained_coalesced = 0
         self.rejections = Rejections(logger=log, what="MQTT message")
+        # What we subscribe to (control, HA status) is filed by topic into bounded queues
+        # served in turn: a flood of `<ha>/status` never drops or delays a command.
+        self.inbox = Inbox(classify=self._family, max_messages=INBOX_MESSAGES,
+                           max_bytes=INBOX_BYTES, kinds=("control", "ha_status", OTHER))
         self.undelivered = 0
         self.settled_refined = 0  # finals settled with their accepted refinement
         self.settled_fallbacks = 0  # with the CTC text: rejected, too late, or overflow
@@ -204,6 +214,11 @@ class MqttSink:
         self._up = asyncio.Event()
         self._down = asyncio.Event()
         self._down.set()
+        # Subscriptions, each on a connection of its own (`_listen`): name -> topics.
+        self._subscriptions: dict[str, list[str]] = {"control": [self.topics.control]}
+        if options.ha_discovery:
+            self._subscriptions["ha"] = [f"{options.ha_prefix}/status"]
+        self._listening = {name: asyncio.Event() for name in self._subscriptions}
         self._closing = False
         self._closed = asyncio.Event()
         self._outage_logged = False
@@ -239,6 +254,7 @@ class MqttSink:
             "ha_status_coalesced": self.ha_status_coalesced,
             "settled_refined": self.settled_refined,
             "settled_fallbacks": self.settled_fallbacks,
+            **self.inbox.counters(),
         }
 
     def bind(self, control: Pausable) -> None:
@@ -247,8 +263,14 @@ class MqttSink:
         self._control = control
 
     async def wait_connected(self, connected: bool = True) -> None:
-        """Returns once the sink is connected (or, with False, disconnected)."""
-        await (self._up if connected else self._down).wait()
+        """Returns once the sink is connected and subscribed (or, with False, once its
+        results connection is down)."""
+        if not connected:
+            await self._down.wait()
+            return
+        await self._up.wait()
+        for listening in self._listening.values():
+            await listening.wait()
 
     async def consume(self, events: AsyncIterable[Event]) -> None:
         if not self.options.sites_from_streams:
@@ -256,7 +278,11 @@ class MqttSink:
         for site in self.options.sites:
             self._add_site(site, announce=True)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._link(), name=f"mqtt-link-{self.options.site}")
+            link = tg.create_task(self._link(), name=f"mqtt-link-{self.options.site}")
+            listeners = [tg.create_task(self._listen(name, topics), name=f"mqtt-{name}")
+                         for name, topics in self._subscriptions.items()]
+            # They listen as long as results can still go out.
+            link.add_done_callback(lambda _: [task.cancel() for task in listeners])
             try:
                 async for event in events:
                     self._route(event)
@@ -514,10 +540,6 @@ class MqttSink:
         try:
             await client.publish(self.topics.status, STATUS_ONLINE.encode(),
                                  qos=QOS_AT_LEAST_ONCE, retain=True, timeout=timeout)
-            await client.subscribe(self.topics.control, qos=QOS_AT_LEAST_ONCE, timeout=timeout)
-            if self.options.ha_discovery:
-                await client.subscribe(f"{self.options.ha_prefix}/status",
-                                       qos=QOS_AT_LEAST_ONCE, timeout=timeout)
             self.connects += 1
             self._outage_logged = False
             if self.connects > 1:
@@ -534,9 +556,10 @@ class MqttSink:
             lost: aiomqtt.MqttError | None = None
             try:
                 async with asyncio.TaskGroup() as tg:
-                    receiver = tg.create_task(self._receive(client), name="mqtt-receive")
+                    # Nothing is subscribed here; iterating notices a lost connection at once.
+                    watcher = tg.create_task(self._receive(client), name="mqtt-watch")
                     await self._send(client)
-                    receiver.cancel()
+                    watcher.cancel()
             except* aiomqtt.MqttError as group:
                 first = group.exceptions[0]
                 lost = first if isinstance(first, aiomqtt.MqttError) else None
@@ -574,11 +597,60 @@ class MqttSink:
                              qos=QOS_AT_LEAST_ONCE, retain=True,
                              timeout=self.options.publish_timeout_s)
 
+    def _family(self, topic: str) -> str:
+        if topic == self.topics.control:
+            return "control"
+        if topic == f"{self.options.ha_prefix}/status":
+            return "ha_status"
+        return OTHER
+
+    async def _listen(self, name: str, topics: list[str]) -> None:
+        """One subscription's connection (`harken-<site>-control`, `-ha`), until cancelled.
+
+        Anyone may publish on these topics as fast as the network allows. On a connection of
+        their own, a flood cannot delay the acknowledgements and keepalives of the results
+        connection, and a flood of `<ha>/status` cannot make the broker drop a command: a
+        broker drops QoS 0 messages for a client that reads too slowly, per connection.
+        """
+        backoff = Backoff(initial_s=self.options.backoff_initial_s,
+                          max_s=self.options.backoff_max_s, rng=self._rng)
+        listening = self._listening[name]
+        logged = False
+        while True:
+            try:
+                async with open_client(self.settings, client_id=f"{self.client_id}-{name}",
+                                       inbox=self.inbox) as client:
+                    for topic in topics:
+                        await client.subscribe(topic, qos=QOS_AT_LEAST_ONCE,
+                                               timeout=self.options.publish_timeout_s)
+                    backoff.reset()
+                    listening.set()
+                    logged = False
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                # The results connection reports outages; this one notes its own, once.
+                if not logged:
+                    log.info("MQTT %s subscription to %s lost (%s); reconnecting", name,
+                             self.settings.address, exc)
+                logged = True
+            except MqttConfigError:
+                return  # a login the broker refuses: the results connection reports it
+            finally:
+                listening.clear()
+            await asyncio.sleep(backoff.next_delay())
+
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            raw = message.payload
-            payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
-            self.on_message(message.topic.value, payload, retain=bool(message.retain))
+        # One wait per batch, not per message: the library's iterator costs a task and a few
+        # loop turns per message, slower than its reader under a flood.
+        async for first in client.messages:
+            self._handle(first)
+            for message in self.inbox.drain():
+                self._handle(message)
+
+    def _handle(self, message: aiomqtt.Message) -> None:
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+        self.on_message(message.topic.value, payload, retain=bool(message.retain))
 
     def on_message(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """One message from a subscription (control, HA status). Never raises: anyone may

@@ -128,6 +128,19 @@ def site_from_topic(topic_filter: str, topic: str) -> str | None:
     return site if site is not None else got[-1]
 
 
+def site_filters(topic_filter: str, sites: frozenset[str]) -> list[str]:
+    """The subscriptions for `topic_filter` when only `sites` may stream: the filter's
+    site level (its first `+`) replaced by each site, so the broker never sends what other
+    site names publish. The filter itself when there is no list, no `+` to replace, or a
+    site that cannot be a topic level as it is."""
+    levels = topic_filter.split("/")
+    if not sites or "+" not in levels or \
+            any(sanitize_level(site, fallback="") != site for site in sites):
+        return [topic_filter]
+    i = levels.index("+")
+    return ["/".join([*levels[:i], site, *levels[i + 1:]]) for site in sorted(sites)]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
     """Where and how one message goes."""
