@@ -59,7 +59,7 @@ def preflight(args: argparse.Namespace) -> None:
     file (and a benchmark's --audio) once, then closes them."""
     check_flag_combinations(args)
     if args.command in PREFLIGHT:
-        flags.load(args)
+        check_mqtt_flags(args, flags.load(args).config.mqtt.url)
     paths = [*([args.input] if isinstance(getattr(args, "input", None), Path) else []),
              *getattr(args, "files", []),
              *([args.audio] if isinstance(getattr(args, "audio", None), Path) else [])]
@@ -76,6 +76,21 @@ def check_flag_combinations(args: argparse.Namespace) -> None:
     if args.device is not None and args.input is not None:
         raise ConfigError("--device picks a microphone, but --input reads "
                           f"{args.input}: drop one of them")
+
+
+#: flags that only shape what the MQTT sink publishes
+MQTT_ONLY_FLAGS = ("mqtt_prefix", "site", "hermes", "ha_discovery", "mqtt_ca", "mqtt_cert",
+                   "mqtt_key", "mqtt_password_file")
+
+
+def check_mqtt_flags(args: argparse.Namespace, url: str) -> None:
+    """MQTT flags without a broker (no --mqtt, no mqtt.url) would do nothing."""
+    given = [flags.FLAG_KEYS[dest][1] for dest in MQTT_ONLY_FLAGS
+             if getattr(args, dest, None) not in (None, False)]
+    if given and not url:
+        raise ConfigError(f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} what is "
+                          "published over MQTT, but no broker is set: add --mqtt URL (or "
+                          "--mqtt embedded), or drop them")
 
 
 def check_files(paths: Sequence[Path]) -> None:

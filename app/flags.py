@@ -46,6 +46,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "right_context": ("captions.right_context_s", "--right-context"),
     "vad_aggressiveness": ("vad.aggressiveness", "--vad-aggressiveness"),
     "vad_engine": ("vad.engine", "--vad-engine"),
+    "vad_threads": ("vad.threads", "--vad-threads"),
     "max_segment": ("vad.max_segment_s", "--max-segment"),
     "out": ("output.dir", "--out"),
     "format": ("output.formats", "--format"),
@@ -163,13 +164,11 @@ def _positive(text: str) -> float:
 
 
 def _stream_counts(text: str) -> list[int]:
-    try:
-        counts = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        counts = []
-    if not counts:
+    one = count(1, 4096)
+    parts = text.split(",")
+    if not text.strip() or any(not p.strip() for p in parts):
         raise argparse.ArgumentTypeError(f"give N or a list N,N,..., got {text!r}")
-    return counts
+    return [one(p) for p in parts]
 
 
 def _languages(text: str) -> list[str]:
@@ -200,9 +199,10 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
                    help="translate each final segment into these languages, e.g. de,fr")
     g.add_argument("--translation-model", metavar="ID|DIR",
                    help="translation model (speech encoder-decoder): hub id or folder")
-    g.add_argument("--refine-model", metavar="ID|DIR",
+    g.add_argument("--refine-model", metavar="ID|DIR|none",
                    help="re-decode each caption final with this sequence-to-sequence model "
-                        "(Whisper...): hub id or folder (docs/refine.md)")
+                        "(Whisper...): hub id or folder; default auto: "
+                        "openai/whisper-large-v3-turbo on CUDA, none on CPU (docs/refine.md)")
     g.add_argument("--refine-language", type=_language_code, metavar="CODE",
                    help="language forced on the refine model (default en)")
     g.add_argument("--no-refine-guard", dest="refine_guard", action="store_false",
@@ -478,6 +478,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vad-engine", choices=VAD_ENGINES,
                    help="speech detector: both (default: webrtcvad onsets confirmed by "
                         "silero-vad), webrtc or silero alone (docs/vad.md)")
+    p.add_argument("--vad-threads", type=count(0, 64), metavar="N",
+                   help="run the streams' VADs on N threads off the event loop (many "
+                        "satellites; 0: on the loop)")
     p.add_argument("--max-segment", type=float, metavar="S", help="split longer speech")
     add_precision_flags(p)
     add_task_flags(p)

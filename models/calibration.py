@@ -99,8 +99,8 @@ def resolve(key: Key, *, model_id: str, explicit: float | None,
     entry = known.get(model_id)
     if entry is not None and key in entry.values:
         how = "measured" if entry.measured else "not measured"
-        return Resolved(value=entry.values[key],
-                        origin=f"known checkpoint {model_id} ({how}: {entry.source})")
+        said = entry.source if how in entry.source else f"{how}: {entry.source}"
+        return Resolved(value=entry.values[key], origin=f"known checkpoint {model_id} ({said})")
     return Resolved(value=GENERIC[key], origin="generic default (no calibration for "
                                                 f"{model_id}: run `harken tune`)")
 

@@ -13,6 +13,7 @@ Word times do not come from here: models/alignment.py aligns this text to the fi
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,20 @@ from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import HarkenError, UnsupportedModelError
 from harken.models.loading import load_part, load_pretrained, resolve_device, resolve_dtype
 from harken.models.translation import language_tokens
+
+#: generate() warnings that Whisper's own generate() causes on every call, whatever the
+#: caller passes (it adds suppress-token arguments to a generation config, and checkpoints
+#: ship max_length 448 next to our max_new_tokens): noise on every refined caption.
+_BENIGN_GENERATE_WARNINGS = ("Passing `generation_config` together with generation-related",
+                             "Both `max_new_tokens`")
+
+
+class _QuietBenignGenerateWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_BENIGN_GENERATE_WARNINGS)
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_QuietBenignGenerateWarnings())
 
 TASK = "refine"
 DEFAULT_LANGUAGE = "en"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages Harken uses, where this machine allows it:
 #   libportaudio2  microphone capture (sounddevice)     libsndfile1  audio files (soundfile)
-#   mosquitto      MQTT broker (--mqtt embedded, tests) espeak-ng, sox  test audio, assets/
+#   mosquitto(-clients)  MQTT broker (--mqtt embedded, tests), mosquitto_sub/_pub for the README
+#   espeak-ng, sox  test audio, assets/
 #   tmux, openssl  terminal and TLS certificates for the TUI and MQTT tests
 # Elsewhere it prints what to install and carries on: file input works without PortAudio.
 set -u
-pkgs="libportaudio2 libsndfile1 mosquitto espeak-ng sox tmux openssl"
+pkgs="libportaudio2 libsndfile1 mosquitto mosquitto-clients espeak-ng sox tmux openssl"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

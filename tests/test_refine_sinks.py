@@ -117,6 +117,18 @@ async def test_printer_replaces_the_last_final_in_place() -> None:
     assert len(lines) == 3  # a rejected refinement prints nothing
 
 
+async def test_printer_names_the_streams_once_a_second_one_speaks() -> None:
+    import dataclasses
+
+    out = io.StringIO()
+    kitchen = dataclasses.replace(final(1, "FROM THE KITCHEN"), stream="kitchen")
+    await PrinterSink(stream=out, tty=False).consume(feed([final(0), kitchen, final(2)]))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[")  # one stream so far: no name
+    assert lines[1].startswith("kitchen [")
+    assert lines[2].startswith("s [")
+
+
 def test_mqtt_route_of_refinements() -> None:
     topics = SiteTopics(prefix="harken", site="den")
     data = refined(0).to_dict()

@@ -112,6 +112,26 @@ def load_models(*, model: str, tasks: Sequence[str], device_type: str, dtype: st
     return loader
 
 
+WARM_BATCHES = (1, 8)  # windows per warm-up pass: the first passes pick kernels and grow
+#                        the allocator, which the first run would otherwise pay for
+
+
+def warm_up(models: ModelLoader) -> None:
+    """A few forward passes of every loaded model before the first timed run."""
+    parts: list[tuple[Any, float]] = []
+    if models.captioner is not None:
+        parts.append((models.captioner, 3.0))
+    if models.speakers is not None:
+        parts += [(models.speakers.segmenter, 5.0), (models.speakers.embedder, 5.0)]
+    if models.spotter is not None:
+        parts.append((models.spotter, 1.0))
+    rng = np.random.default_rng(0)
+    for model, seconds in parts:
+        window = (0.01 * rng.standard_normal(round(seconds * SAMPLE_RATE))).astype(np.float32)
+        for batch in WARM_BATCHES:
+            model.encode([window] * batch)
+
+
 def _stream_files(samples: np.ndarray, n: int, folder: Path) -> list[Path]:
     paths = []
     for i in range(n):
@@ -200,6 +220,10 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         "kept_up": p95 is not None and p95 < FINAL_P95_TARGET_S and missing_finals == 0
         and skipped["caption_steps"] == 0,
     }
+    if not segments:
+        result["note"] = ("no speech segment ended in this run, so it measured nothing: "
+                          "give more --seconds (the default conversation's first speech "
+                          "starts after about 7 s)")
     if device.type == "cuda":
         result["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         try:
@@ -250,7 +274,9 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
     if models is None:
         models = load_models(model=model, tasks=tasks, device_type=device_type, dtype=dtype,
                              precision=precision)
-    config = HarkenConfig(refine=RefineConfig(model="none"),
+    warm_up(models)
+    config = HarkenConfig(
+        refine=RefineConfig(model="none"),
         compute=ComputeConfig(device_type=device_type, dtype=dtype, precision=precision,
                               max_batch=max_batch, inference_threads=inference_threads),
         captions=CaptionsConfig(model=model),

@@ -22,7 +22,10 @@ def run(args: argparse.Namespace) -> int:
         return speakers.ACTIONS[args.eval_command](args, config)
     if args.eval_command == "captions":
         from harken.app.eval import captions
+        from harken.app.tasks.refine import check_refine_flags
 
+        check_refine_flags(language=getattr(args, "refine_language", None),
+                           guard=args.refine_guard, config=config, guard_flag="--no-guard")
         result = asyncio.run(captions.evaluate(config, args.path, realtime=not args.fast))
         if args.json:
             print(json.dumps(result))

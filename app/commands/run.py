@@ -19,7 +19,7 @@ from harken.app.session import (
     result_files,
     terminal_sink,
 )
-from harken.app.tasks.refine import with_refine_resolved
+from harken.app.tasks.refine import check_refine_flags, with_refine_resolved
 from harken.app.tui.app import run_tui
 from harken.models.errors import HarkenError
 
@@ -30,7 +30,9 @@ def use_tui(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = with_refine_resolved(flags.load(args).config)
+    loaded = flags.load(args).config
+    check_refine_flags(language=args.refine_language, guard=args.refine_guard, config=loaded)
+    config = with_refine_resolved(loaded)
     mqtt_input = args.input if isinstance(args.input, str) else None
     mqtt = mqtt_setup(config, input_url=mqtt_input, live=not args.fast)
     if mqtt_input is not None:

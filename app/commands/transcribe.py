@@ -14,7 +14,7 @@ from harken.app import flags
 from harken.app.config import HarkenConfig
 from harken.app.session import Session, check_formats, check_new, output_paths, output_sinks
 from harken.app.tasks.loader import ModelLoader
-from harken.app.tasks.refine import with_refine_resolved
+from harken.app.tasks.refine import check_refine_flags, with_refine_resolved
 from harken.engine.events import Event
 from harken.engine.pipeline import Engine
 from harken.engine.sinks.base import Sink
@@ -94,7 +94,9 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
 
 
 def run(args: argparse.Namespace) -> int:
-    config = with_refine_resolved(flags.load(args).config)
+    loaded = flags.load(args).config
+    check_refine_flags(language=args.refine_language, guard=args.refine_guard, config=loaded)
+    config = with_refine_resolved(loaded)
     check_formats(config, config.output.formats)  # before any model loads
     used: set[str] = set()
     for path in args.files:  # every file's outputs, before the first is transcribed

@@ -17,8 +17,9 @@ from harken.engine.stages.translation import GenerationWorker
 from harken.models.alignment import CtcVocabulary
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
+from harken.models.errors import ConfigError
 from harken.models.guard import GuardOptions
-from harken.models.loading import hub_offline, is_cached, resolve_device
+from harken.models.loading import hub_offline, hub_reachable, is_cached, resolve_device
 from harken.models.refine import RefineOptions, SpeechRefiner
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,32 @@ def with_refine_resolved(config: HarkenConfig) -> HarkenConfig:
     not in the HF cache while offline is dropped with one warning, never a failed run."""
     requested = config.refine.model
     model = chosen_model(requested, device_type=config.compute.device_type)
-    if requested.strip().lower() == AUTO and model and hub_offline() and not is_cached(model):
+    if requested.strip().lower() == AUTO and model and not is_cached(model) \
+            and (hub_offline() or not hub_reachable()):
         log.warning("refinement is off: refine.model = auto picks %s on CUDA, which is not "
-                    "in the HF cache and the hub is offline; `harken models pull %s` while "
+                    "in the HF cache and the hub is out of reach; `harken models pull %s` while "
                     "online, or set refine.model (none to silence this)", model, model)
         model = ""
     if model == requested:
         return config
     return config.model_copy(update={"refine": config.refine.model_copy(
         update={"model": model})})
+
+
+def check_refine_flags(*, language: str | None, guard: bool | None, config: HarkenConfig,
+                       guard_flag: str = "--no-refine-guard") -> None:
+    """--refine-language and --no-refine-guard with no refinement would do nothing.
+    `config` as loaded (refine.model not yet resolved)."""
+    given = [flag for flag, value in (("--refine-language", language),
+                                      (guard_flag, guard)) if value is not None]
+    requested = config.refine.model
+    if not given or chosen_model(requested, device_type=config.compute.device_type):
+        return
+    why = "refine.model = auto means none on CPU" if requested.strip().lower() == AUTO \
+        else "refinement is off"
+    raise ConfigError(f"{' and '.join(given)} tune{'s' if len(given) == 1 else ''} the "
+                      f"refinement, but none runs ({why}): add --refine-model ID|DIR, or "
+                      "drop them")
 
 
 def refine_options(config: HarkenConfig) -> RefineOptions:

@@ -37,6 +37,9 @@ class PrinterSink:
     """Terminal output: on a TTY the current partial is redrawn in place and finals get
     their own lines; on a pipe only finals are printed.
 
+    Lines name their stream (`kitchen [00:01.20 → 00:03.40] ...`) once a second stream has
+    been heard, or always with show_stream=True.
+
     An accepted refinement (caption_refined) replaces its final in place when that final is
     still the last line on a TTY; otherwise (later lines, or a pipe) it is printed as a line
     of its own, marked `refined:`.
@@ -50,6 +53,7 @@ class PrinterSink:
         self._out = stream if stream is not None else sys.stdout
         self._tty = self._out.isatty() if tty is None else tty
         self._show_stream = show_stream
+        self._first_stream: str | None = None  # until a second stream shows up
         self._partial_shown = False
         self._last_final: tuple[str, int] | None = None  # (stream, segment) of the last line
         self._last_rows = 0  # terminal rows that line took
@@ -58,6 +62,10 @@ class PrinterSink:
 
     def _label(self, event: Event) -> str:
         span = f"[{_clock(event.start)} → {_clock(event.end)}]"
+        if not self._show_stream:
+            # Lines name their stream from the moment a second one (a satellite) speaks.
+            self._first_stream = self._first_stream or event.stream
+            self._show_stream = event.stream != self._first_stream
         return f"{event.stream} {span}" if self._show_stream else span
 
     def _write_line(self, line: str, *, final: tuple[str, int] | None = None) -> None:
