@@ -56,3 +56,23 @@ def test_auto_offline_without_the_weights_turns_refinement_off_with_one_warning(
 def test_a_session_on_cpu_runs_without_refinement_by_default() -> None:
     session = Session(config=HarkenConfig(), sources=[], sinks=[], live=False)
     assert session.config.refine.model == ""
+
+
+def test_refine_flags_without_a_refine_model_are_one_line_errors(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from harken.app.cli import main
+
+    sample = str(Path(__file__).resolve().parent.parent / "assets" / "sample.wav")
+    assert main(["run", "--input", sample, "--fast", "--refine-language",
+                 "de"]) == 2
+    err = capsys.readouterr().err
+    assert "--refine-language" in err
+    assert "--refine-model" in err
+    assert err.count("\n") == 1
+    assert main(["run", "--input", sample, "--fast", "--hermes",
+                 "--site", "den"]) == 2
+    err = capsys.readouterr().err
+    assert "--site, --hermes" in err
+    assert "--mqtt" in err
