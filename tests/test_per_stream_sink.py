@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ import pytest
 from harken.app.config import HarkenConfig, OutputConfig
 from harken.app.session import result_files
 from harken.engine.bus import EventBus
-from harken.engine.events import CaptionFinal
+from harken.engine.events import CaptionFinal, SpeechStarted
 from harken.engine.sinks.per_stream import PerStreamSink, file_stem
 
 
@@ -59,6 +62,26 @@ async def test_streams_beyond_the_cap_are_counted_not_written(tmp_path: Path) ->
     await sink.consume(sub)
     assert made == ["s0", "s1"]
     assert sink.dropped_events == 3
+
+
+async def test_a_stream_that_never_says_anything_gets_no_files(tmp_path: Path) -> None:
+    config = HarkenConfig(output=OutputConfig(dir=tmp_path, formats=["jsonl", "txt"]))
+    (sink,) = result_files(config, stem="satellites", per_stream=True)
+    bus = EventBus()
+    consuming = asyncio.create_task(sink.consume(bus.subscribe(sink.name)))
+    for i in range(300):  # noise under made-up names: speech starts, nothing is said
+        await bus.publish(SpeechStarted(stream=f"fake{i}", start=0.0, end=0.0, segment=0))
+        await bus.publish(final(f"fake{i}", 0.0, " "))
+    await bus.publish(SpeechStarted(stream="kitchen", start=4.0, end=4.0, segment=4))
+    await bus.publish(final("kitchen", 4.0, "lights on"))
+    await bus.close()
+    await consuming
+    assert sorted(os.listdir(tmp_path)) == [
+        "satellites-kitchen.jsonl", "satellites-kitchen.txt"]
+    lines = (tmp_path / "satellites-kitchen.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["speech_started", "caption_final"]
+    assert sink.streams == ["kitchen"]
+    assert sink.dropped_events > 0  # the oldest held fake streams were let go
 
 
 @pytest.mark.parametrize(("stream", "stem"), [("kitchen", "kitchen"), ("..", "stream"),
