@@ -54,7 +54,8 @@ from harken.models.errors import ConfigError, ControlError, KeywordError, Unsupp
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 
 def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
-    return EngineOptions(vad=live_vad_options(config), live=live)
+    return EngineOptions(vad=live_vad_options(config), live=live,
+                         heap_trim_interval_s=config.compute.heap_trim_s)
 
 
 def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
