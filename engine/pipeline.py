@@ -33,7 +33,7 @@ import numpy as np
 from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
 from harken.engine.events import Event, Level, SpeechEnded, SpeechStarted, Stats
-from harken.engine.memory import HEAP_TRIM_INTERVAL_S, HeapTrimmer, tune_heap
+from harken.engine.memory import HEAP_TRIM_INTERVAL_S, HeapTrimmer
 from harken.engine.metrics import ArrivalLog, FinalLog
 from harken.engine.vad import (
     SegmentAudio,
@@ -133,8 +133,7 @@ class EngineOptions:
     live: bool = False
     levels: bool = True
     stats_interval_s: float = STATS_INTERVAL_S
-    #: s between glibc heap trims while the engine runs (engine/memory.py); 0: none, and
-    #: the mmap threshold is left as it is.
+    #: s between glibc heap trims while the engine runs (engine/memory.py); 0: none.
     heap_trim_interval_s: float = HEAP_TRIM_INTERVAL_S
 
 
@@ -210,9 +209,8 @@ class Engine:
         """Runs every source to its end; closes the bus (ending the sinks) in any case."""
         trimmer = None
         if self.heap is not None:
-            # A run lasts days: without these, glibc's freed-but-kept memory grows (RSS up
+            # A run lasts days: without it, glibc's freed-but-kept memory grows (RSS up
             # ~100 MB in 12 min of the soak while the memory in use stayed flat).
-            tune_heap()
             trimmer = asyncio.create_task(self.heap.run(), name="heap-trim")
         try:
             async with asyncio.TaskGroup() as tg:

@@ -17,7 +17,6 @@ from harken.engine.memory import (
     heap_usage,
     rss_bytes,
     trim_heap,
-    tune_heap,
 )
 from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.worker import InferenceWorker
@@ -71,23 +70,6 @@ def test_trim_gives_freed_pages_below_live_blocks_back() -> None:
         libc.free(block)
     # ~45 MB were free but resident (measured: 44 MB go back); without the trim, none.
     assert released >= 0.6 * BLOCKS * BLOCK_BYTES
-
-
-@glibc_only
-def test_tuned_heap_maps_large_blocks_after_a_larger_one_was_freed() -> None:
-    libc = _libc()
-    # Freeing an 8 MB mapped block would make glibc serve everything up to 8 MB from the
-    # heap from then on (its dynamic threshold); pinned, a 1 MB block is still mapped.
-    big = libc.malloc(8 << 20)
-    libc.free(big)
-    assert tune_heap()
-    before = heap_usage()
-    block = libc.malloc(1 << 20)
-    after = heap_usage()
-    libc.free(block)
-    assert before is not None
-    assert after is not None
-    assert after.mapped_bytes - before.mapped_bytes >= 1 << 20
 
 
 def test_trimmer_needs_a_positive_interval() -> None:
