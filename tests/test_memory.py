@@ -105,3 +105,12 @@ async def test_a_running_engine_trims_its_heap() -> None:
 async def test_heap_trim_off() -> None:
     engine = await _run_engine(0)
     assert engine.heap is None
+
+
+def test_heap_trim_is_a_setting() -> None:
+    from harken.app.config import ComputeConfig, HarkenConfig
+    from harken.app.session import engine_options
+
+    assert engine_options(HarkenConfig(), live=True).heap_trim_interval_s == 30.0
+    off = HarkenConfig(compute=ComputeConfig(heap_trim_s=0))
+    assert engine_options(off, live=True).heap_trim_interval_s == 0
