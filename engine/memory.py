@@ -1,9 +1,10 @@
-"""Keeping the heap of a long run flat: the memory glibc's malloc keeps after a free, given back.
+"""The memory glibc's malloc keeps after a free, given back to the OS on long runs.
 
 Measured with `harken bench soak` (docs/memory.md): over a run, the memory the process *uses*
 stays flat (glibc's mallinfo2 `uordblks`, ~205 MB with the tiny models) while the memory
 glibc has *freed but keeps resident* (`fordblks`) grows, 38 -> 137 MB in 12 minutes, and RSS
-grows with it; jemalloc (LD_PRELOAD) on the same run stays flat. The cause is how glibc
+grows with it (+110 MB / 10 min under heavy load; jemalloc, LD_PRELOAD, +19 on the same
+run). The cause is how glibc
 serves the engine's buffers:
 
 - After warm-up, glibc's dynamic mmap threshold has risen (each free of a mapped block
@@ -15,13 +16,13 @@ serves the engine's buffers:
   has such heaps.
 
 `HeapTrimmer` calls `malloc_trim(0)` every `interval_s` (off the event loop), which gives
-the free pages of every arena back (madvise), so RSS stays near what is in use. Measured
-cost: ~2 ms per call on the soak's heap; on HuBERT base (int8, 2 to 3.5 s windows of
-distinct lengths) a trim after every 4th window left CPU time unchanged (7.3 / 6.7 s vs
-7.2 / 6.8 s for 40 windows) and RSS at 1.04 GB instead of 1.8-2.1 GB. Pinning the mmap
-threshold instead (mallopt M_MMAP_THRESHOLD = 128 kB, so large blocks are unmapped when
-freed) also flattens RSS, but costs 10x the page faults and +58% CPU time on that model:
-not done. Where the C library is not glibc (musl, macOS, Windows) or another allocator is
+the free pages of every arena back (madvise). Measured cost: 11.6 ms per call on average
+(47.5 ms at most) over the hour-long soak, on a worker thread; on HuBERT base (int8,
+2 to 3.5 s windows of distinct lengths) a trim after every 4th window left CPU time
+unchanged (7.3 / 6.7 s vs 7.2 / 6.8 s for 40 windows) and RSS at 1.04 GB instead of
+1.6-2.1 GB. Pinning the mmap threshold instead (mallopt M_MMAP_THRESHOLD = 128 kB, so
+large blocks are unmapped when freed) also slows the growth, but costs 10x the page faults
+and +58% CPU time on that model: not done. Where the C library is not glibc (musl, macOS, Windows) or another allocator is
 preloaded, the trimmer does nothing.
 """
 
