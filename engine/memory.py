@@ -22,8 +22,8 @@ the free pages of every arena back (madvise). Measured cost: 11.6 ms per call on
 unchanged (7.3 / 6.7 s vs 7.2 / 6.8 s for 40 windows) and RSS at 1.04 GB instead of
 1.6-2.1 GB. Pinning the mmap threshold instead (mallopt M_MMAP_THRESHOLD = 128 kB, so
 large blocks are unmapped when freed) also slows the growth, but costs 10x the page faults
-and +58% CPU time on that model: not done. Where the C library is not glibc (musl, macOS, Windows) or another allocator is
-preloaded, the trimmer does nothing.
+and +58% CPU time on that model: not done. Where the C library is not glibc (musl, macOS,
+Windows) or another allocator is preloaded, the trimmer does nothing.
 """
 
 from __future__ import annotations
