@@ -31,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from harken.engine.memory import HEAP_TRIM_INTERVAL_S
 from harken.models.errors import ConfigError
 
 ENV_PREFIX = "HARKEN_"
@@ -60,6 +61,9 @@ class ComputeConfig(_Section):
         "(docs/cpu.md)")
     generation_threads: int = Field(
         0, ge=0, le=256, description="torch threads of the translation thread; 0: auto")
+    heap_trim_s: float = Field(
+        HEAP_TRIM_INTERVAL_S, ge=0, le=3600, description="seconds between returns of freed "
+        "heap memory to the OS (glibc; engine/memory.py); 0: never")
 
     @field_validator("device_type")
     @classmethod

@@ -55,7 +55,8 @@ SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine fa
 
 def engine_options(config: HarkenConfig, *, live: bool) -> EngineOptions:
     return EngineOptions(vad=live_vad_options(config), live=live,
-                         vad_threads=config.vad.threads)
+                         vad_threads=config.vad.threads,
+                         heap_trim_interval_s=config.compute.heap_trim_s)
 
 
 def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:

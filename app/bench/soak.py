@@ -39,6 +39,7 @@ import aiomqtt
 import numpy as np
 
 from harken.app.config import (
+    ComputeConfig,
     HarkenConfig,
     KeywordsConfig,
     RefineConfig,
@@ -49,6 +50,7 @@ from harken.app.session import Session
 from harken.app.voiceprints import VoiceprintStore
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event
+from harken.engine.memory import heap_usage
 from harken.engine.mqtt.broker import EmbeddedBroker
 from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
@@ -79,6 +81,7 @@ class SoakOptions:
     audio: Path = ASSET
     restart_every_s: float = 180.0
     seed: int = 0
+    heap_trim_s: float | None = None  # compute.heap_trim_s; None: the default
 
     @property
     def seconds(self) -> float:
@@ -330,8 +333,11 @@ def latency_drift(points: list[tuple[float, float]], *, start_s: float,
     return out
 
 
-def _config(store: Path) -> HarkenConfig:
-    return HarkenConfig(refine=RefineConfig(model="none"),
+def _config(store: Path, heap_trim_s: float | None = None) -> HarkenConfig:
+    compute = ComputeConfig() if heap_trim_s is None else ComputeConfig(heap_trim_s=heap_trim_s)
+    return HarkenConfig(
+        refine=RefineConfig(model="none"),
+        compute=compute,
         # A low bar: the tiny random model's hits keep keyword events flowing to MQTT.
         keywords=KeywordsConfig(enabled=True, words=["yes", "no", "stop", "go"],
                                 threshold=0.15, patience=1),
@@ -352,6 +358,8 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
     stats: dict[str, int] = {}
     lags = LagHistogram()
     rss: list[tuple[float, float]] = []
+    # glibc's in-use and freed-but-held heap at each RSS sample: which of them RSS follows
+    heap: list[tuple[float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="harken-soak-") as tmp:
         folder = Path(tmp)
         store = folder / "voiceprints.db"
@@ -374,8 +382,9 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 site="soak", sites_from_streams=True, ha_discovery=True,
                 backoff_initial_s=0.2, backoff_max_s=2.0, outbox_size=5000))
             counter = FinalCounter()
-            session = Session(config=_config(store), sources=[room, satellites],
-                              sinks=[sink, counter], live=True, models=models)
+            session = Session(config=_config(store, options.heap_trim_s),
+                              sources=[room, satellites], sinks=[sink, counter], live=True,
+                              models=models)
             counter.session = session
             subscriber = Subscriber(broker.port)
             async with asyncio.TaskGroup() as tg:
@@ -396,6 +405,10 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 while (now := time.monotonic()) < t0 + options.seconds:
                     if now >= next_sample:
                         rss.append((now - t0, rss_mb()))
+                        usage = heap_usage()
+                        if usage is not None:
+                            heap.append((now - t0, usage.in_use_bytes / 1e6,
+                                         usage.free_bytes / 1e6))
                         next_sample += SAMPLE_EVERY_S
                         if len(rss) % 6 == 1:
                             say(f"{(now - t0) / 60:.1f} min: RSS {rss[-1][1]:.1f} MB, finals "
@@ -426,6 +439,8 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
             engine = session.engine
     lost = counter.produced - subscriber.received
     warm = [(t, m) for t, m in rss if t >= options.warmup_s]
+    warm_heap = [h for h in heap if h[0] >= options.warmup_s]
+    trimmer = engine.heap if engine is not None else None
     return {
         "benchmark": "soak",
         "minutes": round(duration / 60, 2),
@@ -439,6 +454,23 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                    "warmup_s": options.warmup_s,
                    # one sample a minute: where the memory goes up, and whether it comes back
                    "per_minute": [round(m, 1) for t, m in rss if int(t) % 60 < SAMPLE_EVERY_S]},
+        "heap": {
+            "trim_interval_s": trimmer.interval_s if trimmer is not None else 0,
+            "trims": trimmer.stats.trims if trimmer is not None else 0,
+            "trim_released_mb": round(trimmer.stats.released_bytes / 1e6, 1)
+            if trimmer is not None else 0,
+            "trim_ms_mean": round(trimmer.stats.busy_s / trimmer.stats.trims * 1000, 2)
+            if trimmer is not None and trimmer.stats.trims else None,
+            "trim_ms_max": round(trimmer.stats.max_s * 1000, 2) if trimmer is not None else None,
+            # glibc mallinfo2 after warm-up (None on another allocator)
+            "in_use_mb_start_end": [round(warm_heap[0][1], 1), round(warm_heap[-1][1], 1)]
+            if warm_heap else None,
+            "free_held_mb_start_end": [round(warm_heap[0][2], 1), round(warm_heap[-1][2], 1)]
+            if warm_heap else None,
+            "in_use_slope_mb_per_10min": _round(slope_per_10min(
+                [(t, u) for t, u, _ in warm_heap]), 3),
+            "free_held_slope_mb_per_10min": _round(slope_per_10min(
+                [(t, f) for t, _, f in warm_heap]), 3)},
         "loop_lag_ms": {"p50": lags.percentile(50), "p99": lags.percentile(99),
                         "max": round(lags.max_ms, 2)},
         "latency": {stream: latency_drift(points, start_s=options.warmup_s, end_s=duration)
@@ -469,7 +501,7 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 def bench_soak(*, minutes: float, satellites: int, audio: Path | None, restart_every_s: float,
-               verbose: bool) -> dict[str, Any]:
+               verbose: bool, heap_trim_s: float | None = None) -> dict[str, Any]:
     options = SoakOptions(minutes=minutes, satellites=satellites, audio=audio or ASSET,
-                          restart_every_s=restart_every_s)
+                          restart_every_s=restart_every_s, heap_trim_s=heap_trim_s)
     return asyncio.run(soak(options, verbose=verbose))

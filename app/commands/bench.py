@@ -45,7 +45,8 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
         from harken.app.bench.soak import bench_soak
 
         return bench_soak(minutes=args.minutes, satellites=args.satellites, audio=args.audio,
-                          restart_every_s=args.restart_every, verbose=verbose)
+                          restart_every_s=args.restart_every, heap_trim_s=args.heap_trim,
+                          verbose=verbose)
     if args.bench_command == "keywords":
         return bench_keywords(
             model=args.model, seconds=args.seconds, audio=args.audio,
