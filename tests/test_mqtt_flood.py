@@ -121,8 +121,21 @@ def test_allowed_sites_are_subscribed_one_by_one() -> None:
         "hermes/audioServer/hall/audioFrame", "hermes/audioServer/kitchen/audioFrame"]
     assert site_filters(HERMES_AUDIO_FILTER, frozenset()) == [HERMES_AUDIO_FILTER]
     assert site_filters("audio/#", allow) == ["audio/#"]  # no site level to name
-    # A name that is not a topic level as it is: keep the wildcard (admission still checks).
-    assert site_filters(HERMES_AUDIO_FILTER, frozenset({"a b"})) == [HERMES_AUDIO_FILTER]
+    # Any text but + # / and NUL is a topic level: "Living Room" is subscribed as it is.
+    assert site_filters(HERMES_AUDIO_FILTER, frozenset({"Living Room"})) == [
+        "hermes/audioServer/Living Room/audioFrame"]
+    assert site_filters(HERMES_AUDIO_FILTER, frozenset({"a+b"})) == [HERMES_AUDIO_FILTER]
+
+
+def test_an_allowed_site_whose_name_is_cleaned_still_streams() -> None:
+    source = SatelliteSource(settings=MqttSettings(host="127.0.0.1"), client_id="x",
+                             limits=SiteLimits(allow=frozenset({"Living Room", "kitchen"})))
+    frame = wav(np.zeros(1600, np.float32))
+    source.on_frame("hermes/audioServer/Living Room/audioFrame", frame)
+    source.on_frame("hermes/audioServer/Hall/audioFrame", frame)
+    source.stop()
+    assert source.rejections.by_reason == {"not_allowed": 1}  # Hall only
+    assert [site.startswith("Living_Room-") for site in source.sites] == [True]
 
 
 @pytest.mark.broker

@@ -291,6 +291,9 @@ class SatelliteSource:
         self.client_id = client_id
         self.topic_filter = check_filter(topic_filter)
         self.limits = limits if limits is not None else SiteLimits()
+        # Allowed names as the stream ids their frames get ("Living Room" streams as
+        # Living_Room-<hash>, engine/mqtt/topics.py).
+        self._allowed_ids = frozenset(satellite_id(site) for site in self.limits.allow)
         self._block = round(block_s * SAMPLE_RATE)
         self._max_queued = max_queued_blocks
         self._max_pending = max_pending_frames
@@ -544,7 +547,7 @@ class SatelliteSource:
     def _admit(self, site_id: str, now: float) -> _Site:
         """A new site's admission state; raises _Rejected if it may not stream now."""
         limits = self.limits
-        if limits.allow and site_id not in limits.allow:
+        if limits.allow and site_id not in self._allowed_ids:
             raise _Rejected("not_allowed", f"site {site_id!r} is not in mqtt.allowed_sites")
         if len(self._sites) >= limits.max_sites:
             raise _Rejected("too_many_sites", f"{len(self._sites)} sites are live; the limit "

@@ -131,11 +131,12 @@ def site_from_topic(topic_filter: str, topic: str) -> str | None:
 def site_filters(topic_filter: str, sites: frozenset[str]) -> list[str]:
     """The subscriptions for `topic_filter` when only `sites` may stream: the filter's
     site level (its first `+`) replaced by each site, so the broker never sends what other
-    site names publish. The filter itself when there is no list, no `+` to replace, or a
-    site that cannot be a topic level as it is."""
+    site names publish. A site is used as it is (`Living Room` too: any text but `+`, `#`,
+    `/` and NUL is a topic level). The filter itself when there is no list, no `+` to
+    replace, or a site that cannot be a topic level."""
     levels = topic_filter.split("/")
     if not sites or "+" not in levels or \
-            any(sanitize_level(site, fallback="") != site for site in sites):
+            any(not site or any(c in site for c in "+#/\x00") for site in sites):
         return [topic_filter]
     i = levels.index("+")
     return ["/".join([*levels[:i], site, *levels[i + 1:]]) for site in sorted(sites)]
