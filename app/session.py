@@ -49,7 +49,13 @@ from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker
 from harken.engine.threads import CoreShare, ThreadBudget, available_cores, plan_threads
 from harken.engine.worker import InferenceWorker
-from harken.models.errors import ConfigError, ControlError, KeywordError, UnsupportedLanguageError
+from harken.models.errors import (
+    ConfigError,
+    ControlError,
+    KeywordError,
+    SinkError,
+    UnsupportedLanguageError,
+)
 
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 
@@ -143,6 +149,9 @@ def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None,
 
 
 def terminal_sink(*, jsonl: bool) -> Sink:
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise SinkError("standard output is closed: run with it open, or write files with "
+                        "--out DIR")
     return JsonlSink(stream=sys.stdout) if jsonl else PrinterSink()
 
 

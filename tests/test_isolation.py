@@ -4,6 +4,7 @@ own blocks and a stalled sink loses only its own events; files stay lossless."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import json
 import threading
@@ -277,3 +278,25 @@ async def test_printer_on_a_tty_redraws_partials_and_ends_clean() -> None:
     assert "\r\x1b[2K[00:00.00 → 00:01.00] f0\n" in text
     assert text.endswith("p1\x1b[0m\r\x1b[2K")  # the last partial is cleared at the end
     assert printer._out is out  # the stream is the printer's again after the run
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text: str, /) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_failing_stdout_is_one_sink_error_and_a_closed_pipe_stays_quiet() -> None:
+    from harken.engine.sinks.writer import ThreadedWriter
+    from harken.models.errors import SinkError
+
+    with pytest.raises(SinkError, match="cannot write the jsonl output: No space left"):
+        async with ThreadedWriter(name="jsonl", open=_FullDisk, close_target=False) as w:
+            await w.write("{}\n")
+
+    class _Closed(io.StringIO):
+        def write(self, text: str, /) -> int:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        async with ThreadedWriter(name="jsonl", open=_Closed, close_target=False) as w:
+            await w.write("{}\n")

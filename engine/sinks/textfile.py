@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,9 +24,8 @@ class TextFile:
         try:
             yield
         except OSError as exc:
-            raise SinkError(f"{what} {self.path}: {exc.strerror or exc}. Free some space or "
-                            "choose another folder with --out; what was written before is "
-                            "kept") from exc
+            raise SinkError(f"{what} {self.path}: {exc.strerror or exc}. {_fix(exc)}; what "
+                            "was written before is kept") from exc
 
     def write(self, text: str) -> None:
         with self._errors():
@@ -42,3 +42,12 @@ class TextFile:
     def close(self) -> None:
         with self._errors():
             self._file.close()
+
+
+def _fix(exc: OSError) -> str:
+    """What to do about a file error, by its cause."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free some space, or choose another folder with --out"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "Too many files are open: raise the limit (ulimit -n, LimitNOFILE=)"
+    return "Choose another folder with --out"

@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Protocol, Self
+
+from harken.models.errors import SinkError
 
 MAX_PENDING_WRITES = 64  # writes queued on the thread before `write()` waits
 CLOSE_GRACE_S = 5.0  # s to finish queued writes when the sink is cancelled or failed
@@ -139,16 +142,30 @@ class ThreadedWriter:
     def _write(self, text: str) -> None:
         if self._target is None:
             return  # opening failed; that error is already on its way
-        self._target.write(text)
-        self._target.flush()
+        with self._errors():
+            self._target.write(text)
+            self._target.flush()
 
     def _finish(self) -> None:
         if self._target is None:
             return
-        if self._close_target:
-            self._target.close()
-        else:
-            self._target.flush()
+        with self._errors():
+            if self._close_target:
+                self._target.close()
+            else:
+                self._target.flush()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A target's OSError (stdout on a full disk) as one SinkError line. A closed pipe
+        stays BrokenPipeError: the CLI ends quietly on it, as `cat` does."""
+        try:
+            yield
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise SinkError(f"cannot write the {self.name} output: {exc.strerror or exc}; "
+                            "what was written before is kept") from exc
 
 
 class Handover:
