@@ -5,6 +5,7 @@ the session is also what runtime controls act on."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -56,6 +57,15 @@ from harken.models.errors import (
     SinkError,
     UnsupportedLanguageError,
 )
+
+
+class Stopped(KeyboardInterrupt):
+    """A run that Ctrl-C (SIGINT) or SIGTERM stopped after it finished what it had heard."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
 
 SINK_DRAIN_S = 5.0  # s the sinks get to write queued events after the engine failed
 
@@ -291,6 +301,41 @@ class Session:
         self._diarization.set(on)
 
     # ------------------------------------------------------------------ run
+
+    async def run_stoppable(self) -> Engine:
+        """run(), where the first Ctrl-C or SIGTERM ends the input and lets every open
+        segment finish (its final made and written), and a second one stops at once.
+        Raises Stopped after a stop that finished. Main thread only (signal handlers)."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+        received: list[int] = []
+
+        def restore() -> None:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, previous[sig])
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            if len(received) == 1 and self.engine is not None:
+                print("\nharken: stopping: finishing the speech already heard "
+                      "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                self.engine.stop()
+                return
+            restore()  # the usual way: cancel now, outputs flushed and closed
+            signal.raise_signal(signum)
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            engine = await self.run()
+        finally:
+            if not received or len(received) == 1:
+                restore()
+        if received:
+            raise Stopped(received[0])
+        return engine
 
     async def run(self) -> Engine:
         captioner = await self.models.captions(self.config)

@@ -189,6 +189,7 @@ class Engine:
         self._streams: dict[str, StreamState] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._vad_pool: ThreadPoolExecutor | None = None
+        self._stopping = asyncio.Event()
         self.heap = HeapTrimmer(interval_s=options.heap_trim_interval_s) \
             if options.heap_trim_interval_s > 0 else None
 
@@ -245,6 +246,33 @@ class Engine:
                 await asyncio.wait([trimmer])
             await self.bus.close()
 
+    def stop(self) -> None:
+        """End every source now, as if its input had ended: the open segments are finished
+        (their finals made and written) before run() returns."""
+        self._stopping.set()
+
+    async def _until_stopped(self, blocks: AsyncIterator[AudioBlock]
+                             ) -> AsyncIterator[AudioBlock]:
+        """`blocks` until stop(); a source waiting for input (a quiet satellite) is not
+        waited for."""
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                following = asyncio.ensure_future(anext(blocks))
+                await asyncio.wait({following, stopping},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    await asyncio.wait({following})
+                    return
+                try:
+                    block = following.result()
+                except StopAsyncIteration:
+                    return
+                yield block
+        finally:
+            stopping.cancel()
+
     async def _feed(self, vad: VadSegmenter, block: AudioBlock) -> list[VadOutput]:
         """One block through a stream's VAD: in the pool if there is one. A stream awaits
         each block before the next, so one segmenter never runs on two threads at once."""
@@ -284,7 +312,7 @@ class Engine:
         failure: Exception | None = None
         async with source:
             try:
-                async for block in source.blocks():
+                async for block in self._until_stopped(aiter(source.blocks())):
                     state = self._stream(block.stream)
                     if state not in mine:
                         mine.append(state)

@@ -76,6 +76,11 @@ def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: P
     finals = [e for e in events if e["type"] == "caption_final"]
     assert finals
     assert max(e["end"] for e in finals) < 34  # it really stopped before the end
+    # The speech heard when the signal came was finished, not dropped: every segment that
+    # started has its final.
+    started = [e["segment"] for e in events if e["type"] == "speech_started"]
+    assert started == [f["segment"] for f in finals]
+    assert "finishing the speech already heard" in stderr
     assert srt.read_text().count(" --> ") >= 1
     assert stdout.count("→") >= len([f for f in finals if f["text"]])
     if broker:  # the embedded mosquitto went with the run: nothing listens on its port

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     sinks = [terminal_sink(jsonl=args.jsonl), *files, *mqtt.sinks()]
     session = Session(config=config, sources=[source], sinks=sinks, live=not args.fast)
     with mqtt.broker():
-        engine = asyncio.run(session.run())
+        engine = asyncio.run(session.run_stoppable())
     if args.input is not None and mqtt_input is None and \
             (note := no_speech_note(engine, name=str(args.input), config=config)):
         print(note, file=sys.stderr)
