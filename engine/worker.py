@@ -186,6 +186,7 @@ class InferenceWorker:
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         pending: list[_Request] = []
+        batch: list[_Request] = []  # the forward pass in flight
         try:
             while True:
                 if not pending:
@@ -203,7 +204,7 @@ class InferenceWorker:
         finally:
             # Nobody may wait forever on a request this loop took but will never run.
             stopped = InferenceError(f"the {self.name} inference worker has stopped")
-            for req in pending:
+            for req in [*pending, *batch]:
                 if not req.future.done():
                     req.future.set_exception(stopped)
 

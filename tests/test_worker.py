@@ -170,3 +170,12 @@ async def test_a_request_that_waited_aging_s_outranks_newer_ones(
     async with InferenceWorker(name="cpu", max_batch=8) as worker:
         await _queue_behind_a_busy_worker(worker, log)
     assert log == ["speakersx1", "speakersx1", "keywordsx1", "captionsx1"]  # oldest first
+
+
+async def test_a_pass_in_flight_when_the_worker_stops_fails_its_requests() -> None:
+    model = FakeModel(batchable=True, delay=0.3)
+    async with InferenceWorker(name="cpu") as worker:
+        waiting = asyncio.ensure_future(worker.encode(model, np.ones(10, np.float32)))
+        await asyncio.sleep(0.05)  # the pass is running when the worker stops
+    with pytest.raises(InferenceError, match="has stopped"):
+        await asyncio.wait_for(waiting, timeout=5)
