@@ -15,7 +15,6 @@ import json
 import random
 import time
 import wave
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -24,17 +23,16 @@ import pytest
 from audio_gen import HAVE_ESPEAK, espeak, silence, trim
 from mosquitto import MOSQUITTO, SKIP_REASON, WAIT_S, Listener, Mosquitto
 from mqtt_flooder import Flooder
-from test_mqtt_hostile import SEED, good_frames, mutate_wav
+from test_mqtt_hostile import SEED, good_frames, mutate_wav, segment_stage
 
 from harken.engine.audio import AudioBlock
-from harken.engine.events import CaptionFinal, Event, Stats
+from harken.engine.events import CaptionFinal, Stats
 from harken.engine.mqtt.client import MqttSettings, open_client
 from harken.engine.mqtt.inbox import OTHER, OVERFLOW, Inbox
 from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import HERMES_AUDIO_FILTER, site_filters
-from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 
@@ -266,43 +264,6 @@ async def test_frames_the_decoder_cannot_take_are_dropped_per_site_leaving_a_gap
 
 
 # ---------------------------------------------------------------- the issue's flood
-
-
-class SegmentStage:
-    """A caption stage without a model: one CaptionFinal per VAD segment."""
-
-    name = "fake-captions"
-
-    def __init__(self, ctx: StageContext) -> None:
-        self.stream = ctx.stream
-        self.starts: dict[int, int] = {}
-
-    def on_start(self, start: SegmentStart) -> None:
-        self.starts[start.segment] = start.start
-
-    def on_audio(self, audio: SegmentAudio) -> None:
-        pass
-
-    async def step(self) -> list[Event]:
-        return []
-
-    async def on_end(self, end: SegmentEnd) -> list[Event]:
-        start = self.starts.pop(end.segment) / SAMPLE_RATE
-        return [CaptionFinal(stream=self.stream, start=start, end=end.end / SAMPLE_RATE,
-                             segment=end.segment, text="said")]
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> AsyncIterator[Event] | None:
-        return None
-
-
-def segment_stage(ctx: StageContext) -> Stage:
-    return SegmentStage(ctx)
 
 
 @pytest.mark.broker
