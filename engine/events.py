@@ -19,6 +19,14 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_TIMES = frozenset({"start", "end"})  # stream times in seconds, written to the millisecond
+
+
+def _ms(seconds: float) -> float:
+    """A stream time as written: whole milliseconds (7.609999999999999 -> 7.61)."""
+    return round(seconds, 3)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Word:
     word: str
@@ -48,9 +56,12 @@ class Event:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, tuple) and value and isinstance(value[0], Word):
-                value = [dataclasses.asdict(w) for w in value]
+                value = [{**dataclasses.asdict(w), "start": _ms(w.start), "end": _ms(w.end)}
+                         for w in value]
             elif isinstance(value, tuple):
                 value = list(value)
+            elif f.name in _TIMES and isinstance(value, float):
+                value = _ms(value)
             out[f.name] = value
         return out
 

@@ -157,3 +157,13 @@ async def test_tui_replaces_the_caption_line_and_exports_the_refined_text(
         await until(pilot, lambda: bool(app.last_export), "the export")
     txt = next(p for p in app.last_export if p.suffix == ".txt")
     assert txt.read_text().splitlines() == ["S1: Hello, world.", "STAYS AS IT IS"]
+
+
+def test_event_times_are_written_to_the_millisecond() -> None:
+    event = CaptionFinal(stream="s", start=7.609999999999999, end=8.260000000000002,
+                         segment=0, text="HI",
+                         words=(Word(word="HI", start=7.609999999999999, end=7.8000001),))
+    data = event.to_dict()
+    assert (data["start"], data["end"]) == (7.61, 8.26)
+    assert data["words"] == [{"word": "HI", "start": 7.61, "end": 7.8}]
+    assert event.start == 7.609999999999999  # the event itself keeps full precision
