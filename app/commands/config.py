@@ -8,6 +8,7 @@ import json
 from harken.app import flags
 from harken.app.config import describe
 from harken.app.tasks.thresholds import thresholds
+from harken.engine.mqtt.topics import default_site
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,8 +16,12 @@ def run(args: argparse.Namespace) -> int:
     # Speaker thresholds left unset resolve per model (models/calibration.py): show the
     # value a run would use and where it comes from, not a bare null.
     resolved = {f"speakers.{key}": r for key, r in thresholds(loaded.config).items()}
-    rows = [(key, resolved[key].value, resolved[key].origin)
-            if value is None and key in resolved else (key, value, origin)
+    resolved_values: dict[str, tuple[object, str]] = {
+        key: (r.value, r.origin) for key, r in resolved.items()}
+    if not loaded.config.mqtt.site:  # empty: the host name, as a run would use it
+        resolved_values["mqtt.site"] = (default_site(), "default: this machine's host name")
+    rows = [(key, *resolved_values[key])
+            if value in (None, "") and key in resolved_values else (key, value, origin)
             for key, value, origin in describe(loaded)]
     if args.json:
         print(json.dumps({k: {"value": v, "from": o} for k, v, o in rows}, indent=2))
