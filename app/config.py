@@ -7,6 +7,7 @@ values are validated once by the pydantic models below.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass
@@ -417,6 +418,13 @@ def env_name(dotted: str) -> str:
     return ENV_PREFIX + dotted.replace(".", ENV_NESTED).upper()
 
 
+def _closest_key(key: str) -> str:
+    """'; did you mean captions.hop_s?' for a misspelt setting, else ''."""
+    known = [*_leaves(HarkenConfig().model_dump()), *HarkenConfig.model_fields]
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
 def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None,
                 flag_names: dict[str, str] | None = None) -> LoadedConfig:
     """Builds the effective configuration.
@@ -474,10 +482,13 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
                 where = next((o for k, o in origins.items() if k.startswith(key)), "default")
             value = f" (got {err['input']!r})" if "input" in err and \
                 not isinstance(err["input"], dict) else ""
-            problems.append(f"  {key}: {err['msg']}{value} — from {where}")
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "no such setting" + _closest_key(key)
+            problems.append(f"  {key}: {message}{value} — from {where}")
         raise ConfigError("bad configuration:\n" + "\n".join(problems)
-                          + "\nFix the value where it comes from; `harken config show` "
-                            "prints the effective settings.") from exc
+                          + "\nFix each where it comes from: the file, environment variable "
+                            "or flag named.") from exc
     for key in _leaves(config.model_dump()):
         origins.setdefault(key, "default")
     return LoadedConfig(config=config, origins=origins, path=used_path)
