@@ -251,28 +251,6 @@ class Engine:
         (their finals made and written) before run() returns."""
         self._stopping.set()
 
-    async def _until_stopped(self, blocks: AsyncIterator[AudioBlock]
-                             ) -> AsyncIterator[AudioBlock]:
-        """`blocks` until stop(); a source waiting for input (a quiet satellite) is not
-        waited for."""
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            while not self._stopping.is_set():
-                following = asyncio.ensure_future(anext(blocks))
-                await asyncio.wait({following, stopping},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if not following.done():
-                    following.cancel()
-                    await asyncio.wait({following})
-                    return
-                try:
-                    block = following.result()
-                except StopAsyncIteration:
-                    return
-                yield block
-        finally:
-            stopping.cancel()
-
     async def _feed(self, vad: VadSegmenter, block: AudioBlock) -> list[VadOutput]:
         """One block through a stream's VAD: in the pool if there is one. A stream awaits
         each block before the next, so one segmenter never runs on two threads at once."""
@@ -309,36 +287,18 @@ class Engine:
 
     async def _read(self, source: OpenableSource) -> None:
         mine: list[StreamState] = []
-        failure: Exception | None = None
         async with source:
+            pump = asyncio.create_task(self._pump(source, mine), name="pump")
+            stopping = asyncio.create_task(self._stopping.wait(), name="stop-wait")
             try:
-                async for block in self._until_stopped(aiter(source.blocks())):
-                    state = self._stream(block.stream)
-                    if state not in mine:
-                        mine.append(state)
-                    state.arrivals.record(block.end, time.monotonic())
-                    if not block.samples.size:
-                        pass  # an empty last block only ends its stream
-                    elif not self.options.live:
-                        await state.queue.put(block)  # lossless: the reader waits
-                    elif state.queue.full():
-                        # This stream's processing stalled: lose its audio (a gap on its
-                        # clock), not the other streams' that this reader also carries.
-                        state.dropped_blocks += 1
-                    else:
-                        state.queue.put_nowait(block)
-                    if block.last:
-                        # The source ended this stream (an idle satellite): it finishes and
-                        # its state is freed; a later block with its id starts a new stream.
-                        mine.remove(state)
-                        del self._streams[state.id]
-                        self.streams_ended += 1
-                        if self.options.live and state.queue.full():
-                            state.queue.get_nowait()  # the end must get in: lose a block
-                            state.dropped_blocks += 1
-                        await state.queue.put(None)
-            except Exception as exc:  # re-raised below, once the audio we have is processed
-                failure = exc
+                # stop() ends the input at once, even while the source waits for audio (a
+                # quiet satellite); one task per source, nothing added per block.
+                await asyncio.wait({pump, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                pump.cancel()  # nothing when it has ended
+                await asyncio.wait({pump})
+        failure = None if pump.cancelled() else pump.result()
         # Not in a `finally`: when the run is cancelled the processors are cancelled too, and
         # a put into a full queue that nobody drains would hang the shutdown.
         for state in mine:
@@ -350,6 +310,40 @@ class Engine:
             if tasks:
                 await asyncio.wait(tasks)
             raise failure
+
+    async def _pump(self, source: OpenableSource, mine: list[StreamState]
+                    ) -> Exception | None:
+        """The source's blocks into their streams' queues, to its end; its failure, if any,
+        returned to be raised once the audio already read is processed."""
+        try:
+            async for block in source.blocks():
+                state = self._stream(block.stream)
+                if state not in mine:
+                    mine.append(state)
+                state.arrivals.record(block.end, time.monotonic())
+                if not block.samples.size:
+                    pass  # an empty last block only ends its stream
+                elif not self.options.live:
+                    await state.queue.put(block)  # lossless: the reader waits
+                elif state.queue.full():
+                    # This stream's processing stalled: lose its audio (a gap on its
+                    # clock), not the other streams' that this reader also carries.
+                    state.dropped_blocks += 1
+                else:
+                    state.queue.put_nowait(block)
+                if block.last:
+                    # The source ended this stream (an idle satellite): it finishes and
+                    # its state is freed; a later block with its id starts a new stream.
+                    mine.remove(state)
+                    del self._streams[state.id]
+                    self.streams_ended += 1
+                    if self.options.live and state.queue.full():
+                        state.queue.get_nowait()  # the end must get in: lose a block
+                        state.dropped_blocks += 1
+                    await state.queue.put(None)
+        except Exception as exc:
+            return exc
+        return None
 
     async def _process(self, state: StreamState) -> None:
         vad = VadSegmenter(self.options.vad)
