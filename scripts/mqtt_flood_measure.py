@@ -94,7 +94,7 @@ async def main() -> None:
                 flood = Flooder(broker.port, flood_msgs) if FLOOD else None
                 if flood:
                     flood.__enter__()
-                await asyncio.sleep(1.0)  # warm-up
+                await asyncio.sleep(float(os.environ.get("WARMUP_S", "1")))  # warm-up
                 lags.clear()
                 base = dict(samples)
                 mon = tg.create_task(monitor())

@@ -21,6 +21,9 @@ included, and the drops are only logged. The inbox replaces that queue (aiomqtt'
 - Messages leave round-robin across the families that hold any, one at a time: a flood on
   one family gets at most its share of the reader and never drops another family's
   messages. Order within a family (one site's frames, the control topic) is kept.
+- `classify` may answer `DISCARD` for a message its owner already has another way (a
+  satellite's frame that its own subscription delivers too): dropped at once, counted in
+  `discarded`, never queued.
 - At most `max_families` families exist at once; messages of further families go to the
   `overflow` family (still bounded, still counted), so a flood of new topic names cannot
   grow the table.
@@ -46,6 +49,7 @@ DEFAULT_MAX_FAMILIES = 64
 DRAIN_BATCH = 256  # messages handled per wake-up before yielding to the event loop
 OVERFLOW = "overflow"
 OTHER = "other"
+DISCARD = "discard"  # classify's answer for a message the owner knows it does not want
 
 
 def kind(family: str) -> str:
@@ -77,6 +81,7 @@ class Inbox:
         # stats stay the same whether or not anything was dropped yet.
         self.dropped: dict[str, int] = dict.fromkeys((*kinds, OVERFLOW), 0)
         self.classify_errors = 0
+        self.discarded = 0  # classified DISCARD: not wanted, not a loss
         self.peak = 0  # most messages waiting at once
 
     def __len__(self) -> int:
@@ -99,6 +104,8 @@ class Inbox:
         except Exception:  # untrusted topic names: a classifier bug must not end the read
             self.classify_errors += 1
             family = OTHER
+        if family == DISCARD:
+            return family
         if family not in self._families and len(self._families) >= self.max_families - 1:
             family = OVERFLOW  # the last place in the table is kept for it
         return family
@@ -107,6 +114,9 @@ class Inbox:
         """Files one message; False (and counted) if its family is full. Never raises."""
         self.received += 1
         family = self.family_of(message.topic.value)
+        if family == DISCARD:
+            self.discarded += 1
+            return False
         raw = message.payload
         size = len(raw) if isinstance(raw, (bytes, bytearray)) else 0
         queue = self._families.get(family)

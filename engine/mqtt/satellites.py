@@ -28,7 +28,10 @@ The connection is retried with backoff if the broker goes away.
 Floods (docs/mqtt.md, "Floods"): received frames wait in a bounded fair queue, one family per
 live site (engine/mqtt/inbox.py); the event loop only admits and rate-limits a frame, one
 decoder thread does the rest (SatelliteSource's docstring); with an allowlist each allowed
-site is subscribed on its own, so frames under other names never arrive.
+site is subscribed on its own, so frames under other names never arrive. Without one, each
+admitted site is also subscribed by its exact topic on a second connection (`<client
+id>-sites`), so the broker queues its frames apart from the wildcard's flood; the move from
+the wildcard to that subscription follows engine/mqtt/handover.py.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from typing import Self
 
 import aiomqtt
 import numpy as np
+from paho.mqtt.reasoncodes import ReasonCode
 
 from harken.engine.audio import (
     AudioBlock,
@@ -68,7 +72,8 @@ from harken.engine.mqtt.client import (
     open_client,
 )
 from harken.engine.mqtt.guard import Rejections, TokenBucket
-from harken.engine.mqtt.inbox import OTHER, Inbox
+from harken.engine.mqtt.handover import Handover, Phase
+from harken.engine.mqtt.inbox import DISCARD, OTHER, Inbox
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
     QOS_AT_LEAST_ONCE,
@@ -101,6 +106,16 @@ MAX_PENDING_BYTES_PER_SITE = 2 * 1024 * 1024  # their payloads: 2 s at MAX_BYTES
 INBOX_MESSAGES = 128  # received frames waiting to be admitted, per live site (and new sites)
 INBOX_BYTES = 2 * 1024 * 1024  # their payloads, per live site (and new sites)
 DECODER_JOIN_TIMEOUT_S = 5.0  # s: at exit, how long to wait for the decoder thread
+# Own subscriptions (no allowlist): a live site gets one after it streamed this long without
+# hitting a rate limit and at most about real time (a satellite streams at 1; a flooder's
+# frames come faster even when the broker drops most of them), at most this many a second
+# (burst max_sites), and loses it when it hits a rate limit, is evicted, or the connection
+# stays down this long.
+OWN_AFTER_S = 2.0  # s
+OWN_MAX_AUDIO_RATIO = 1.25  # s of audio per s since admission
+OWN_SUBSCRIBES_PER_S = 2.0
+OWN_OUTAGE_S = 5.0  # s
+SUBACK_FAILURE = 0x80  # SUBACK codes from here on refuse the subscription (MQTT 3.1.1 and 5)
 _PCM_DTYPES: dict[int, np.dtype[np.integer]] = {
     1: np.dtype(np.uint8), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 
@@ -209,12 +224,17 @@ class _Site:
     frames: TokenBucket
     bytes: TokenBucket
     last_frame: float
+    since: float  # when it was admitted
     dsp: _Dsp | None = None  # set by the decoder at the site's first frame that decodes
     needs_flush: bool = False
     pending: int = 0  # frames handed to the decoder and not back yet
     pending_bytes: int = 0
     skipped: int = 0  # frames dropped since the last one handed over (a gap on the clock)
     decode_dropped: int = 0
+    topic: str | None = None  # the exact topic of its first frame that decoded
+    own: Handover | None = None  # its own subscription, while it has one
+    no_own: bool = False  # hit a rate limit, or the broker refused the subscription
+    audio_s: float = 0.0  # seconds of audio decoded since it was admitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +276,7 @@ class _Done:
     reason: str | None = None  # a rejected frame: its counter key ...
     detail: str = ""  # ... and what to log
     nonfinite: int = 0
+    seconds: float = 0.0  # a decoded frame's length
 
 
 class SatelliteSource:
@@ -279,6 +300,7 @@ class SatelliteSource:
                  inbox_messages: int = INBOX_MESSAGES,
                  backoff_initial_s: float = BACKOFF_INITIAL_S,
                  backoff_max_s: float = BACKOFF_MAX_S,
+                 own_subscriptions: bool = True,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 0.01 <= block_s <= 2.0:
@@ -301,6 +323,7 @@ class SatelliteSource:
         self._idle_flush_s = idle_flush_s
         self._flush_silence = round(flush_silence_s * SAMPLE_RATE)
         self._backoff = Backoff(initial_s=backoff_initial_s, max_s=backoff_max_s, rng=rng)
+        self._own_backoff = Backoff(initial_s=backoff_initial_s, max_s=backoff_max_s, rng=rng)
         self._clock = clock
         # Counters.
         self.connected = False
@@ -320,6 +343,31 @@ class SatelliteSource:
                            max_bytes=INBOX_BYTES, max_families=self.limits.max_sites + 4,
                            kinds=("audio", "audio_new", OTHER))
         self._sites: dict[str, _Site] = {}
+        # Own subscriptions of admitted sites (without an allowlist, which narrows the
+        # subscription itself; and only for a filter whose one `+` is the site).
+        levels = self.topic_filter.split("/")
+        self.own_enabled = own_subscriptions and not self.limits.allow and \
+            levels.count("+") == 1 and "#" not in levels
+        self._handovers: dict[str, Handover] = {}  # exact topic -> its hand-over, <= max_sites
+        self._own_changed = asyncio.Event()  # the wanted subscriptions changed
+        self._own_connected = False
+        self._own_down_since: float | None = None
+        self._own_bucket = TokenBucket.full(rate=OWN_SUBSCRIBES_PER_S,
+                                            burst=float(self.limits.max_sites), now=clock())
+        self.own_inbox = Inbox(classify=self._own_family, max_messages=inbox_messages,
+                               max_bytes=INBOX_BYTES, max_families=self.limits.max_sites + 4,
+                               kinds=("audio", OTHER))
+        self.own_connects = 0
+        self.own_subscribes = 0
+        self.own_unsubscribes = 0
+        self.own_deferred = 0  # promotions put off by OWN_SUBSCRIBES_PER_S
+        self.own_refused = 0  # subscriptions the broker refused
+        self.own_demoted = 0  # sites that lost theirs for hitting a rate limit
+        self.own_released = 0  # ... or because the connection stayed down
+        self.own_stale = 0  # frames on it for a site that no longer has one (dropped)
+        self.handovers = 0
+        self.handover_timeouts = 0
+        self.duplicates_dropped = 0  # frames both connections delivered, beyond the first
         # Evicted sites: (clock position, when) so a returning site's clock carries on.
         # The decoder's: it knows where a site's clock ended.
         self._clocks: collections.OrderedDict[str, tuple[int, float]] = \
@@ -364,7 +412,20 @@ class SatelliteSource:
         """For a stream's stats: the source's drops by reason, and this site's own."""
         site = self._sites.get(stream)
         return {**self.inbox.counters(), "decode_dropped": self.decode_dropped,
-                "site_decode_dropped": site.decode_dropped if site is not None else 0}
+                "site_decode_dropped": site.decode_dropped if site is not None else 0,
+                **self.own_counters()}
+
+    def own_counters(self) -> dict[str, int]:
+        """The own subscriptions' figures (docs/mqtt.md, "Floods")."""
+        return {"own_sites": len(self._handovers), "own_connects": self.own_connects,
+                "own_subscribes": self.own_subscribes,
+                "own_unsubscribes": self.own_unsubscribes, "own_deferred": self.own_deferred,
+                "own_refused": self.own_refused, "own_demoted": self.own_demoted,
+                "own_released": self.own_released, "own_stale": self.own_stale,
+                "handovers": self.handovers, "handover_timeouts": self.handover_timeouts,
+                "duplicates_dropped": self.duplicates_dropped + self.inbox.discarded + sum(
+                    handover.duplicates for handover in self._handovers.values()),
+                **self.own_inbox.counters("own_incoming")}
 
     async def wait_connected(self) -> None:
         """Returns once subscribed: frames published from now on are received."""
@@ -388,6 +449,8 @@ class SatelliteSource:
         tg = await stack.enter_async_context(asyncio.TaskGroup())
         self._tasks = [tg.create_task(self._link(), name="mqtt-audio-link"),
                        tg.create_task(self._watch_idle(), name="mqtt-audio-idle")]
+        if self.own_enabled:
+            self._tasks.append(tg.create_task(self._own_link(), name="mqtt-audio-sites"))
         self._stack = stack
         return self
 
@@ -422,8 +485,15 @@ class SatelliteSource:
         raw_site = site_from_topic(self.topic_filter, topic)
         if raw_site is None:
             return OTHER
+        handover = self._handovers.get(topic)
+        if handover is not None and handover.phase is Phase.OWN:
+            return DISCARD  # its own subscription delivers it: a duplicate, never queued
         site_id = satellite_id(raw_site)
         return f"audio:{site_id}" if site_id in self._sites else "audio_new"
+
+    def _own_family(self, topic: str) -> str:
+        """The inbox family on the own subscriptions' connection: one per subscribed topic."""
+        return f"audio:{topic}" if topic in self._handovers else OTHER
 
     async def _link(self) -> None:
         while not self._stopping:
@@ -459,10 +529,129 @@ class SatelliteSource:
                 self._subscribed.clear()
             await asyncio.sleep(self._backoff.next_delay())
 
+    async def _own_link(self) -> None:
+        """The admitted sites' own subscriptions, on a connection of their own."""
+        while not self._stopping:
+            try:
+                async with open_client(self.settings, client_id=f"{self.client_id}-sites",
+                                       inbox=self.own_inbox) as client:
+                    self._own_backoff.reset()
+                    self.own_connects += 1
+                    self._own_connected = True
+                    self._own_down_since = None
+                    reader = asyncio.create_task(self._own_read(client))
+                    sync = asyncio.create_task(self._own_sync(client))
+                    try:
+                        done, _ = await asyncio.wait([reader, sync],
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        reader.cancel()
+                        sync.cancel()
+                        await asyncio.wait([reader, sync])
+                    for task in done:  # each runs until the connection fails
+                        error = None if task.cancelled() else task.exception()
+                        if error is not None:
+                            raise error
+            except aiomqtt.MqttError as exc:
+                if self._own_connected:
+                    log.warning("MQTT connection for the satellites' own subscriptions to %s "
+                                "lost (%s); reconnecting", self.settings.address, exc)
+            finally:
+                if self._own_connected:
+                    self._own_down_since = self._clock()
+                self._own_connected = False
+            await asyncio.sleep(self._own_backoff.next_delay())
+
+    async def _own_read(self, client: aiomqtt.Client) -> None:
+        async for first in client.messages:
+            self._receive_own(first)
+            for message in self.own_inbox.drain():
+                self._receive_own(message)
+
+    async def _own_sync(self, client: aiomqtt.Client) -> None:
+        """Keeps the connection's subscriptions those of `_handovers` (all of them again
+        after a reconnect: a broker restart forgets them)."""
+        subscribed: set[str] = set()
+        while True:
+            self._own_changed.clear()
+            wanted = set(self._handovers)
+            # All at once: each acknowledgement comes behind what the connection already
+            # has queued, and a flooding site unsubscribed late keeps flooding it.
+            results = await asyncio.gather(
+                *[self._own_unsubscribe(client, topic, subscribed)
+                  for topic in sorted(subscribed - wanted)],
+                *[self._own_subscribe(client, topic, subscribed)
+                  for topic in sorted(wanted - subscribed)],
+                return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            if not self._own_changed.is_set():
+                await self._own_changed.wait()
+
+    async def _own_unsubscribe(self, client: aiomqtt.Client, topic: str,
+                               subscribed: set[str]) -> None:
+        await client.unsubscribe(topic)
+        subscribed.discard(topic)
+        self.own_unsubscribes += 1
+
+    async def _own_subscribe(self, client: aiomqtt.Client, topic: str,
+                             subscribed: set[str]) -> None:
+        # QoS 1, as the wildcard's: a satellite's QoS 1 frames are never dropped.
+        granted = await client.subscribe(topic, qos=QOS_AT_LEAST_ONCE)
+        self.own_subscribes += 1
+        if any((code.value if isinstance(code, ReasonCode) else code) >= SUBACK_FAILURE
+               for code in granted):
+            self.own_refused += 1  # e.g. the broker's ACL: it stays on the wildcard
+            log.warning("the broker refused the subscription to %s; its frames keep coming "
+                        "through %s", topic, self.topic_filter)
+            handover = self._handovers.get(topic)
+            for site in self._sites.values():
+                if handover is not None and site.own is handover:
+                    site.no_own = True
+                    self._release(site)
+            return
+        subscribed.add(topic)
+        handover = self._handovers.get(topic)
+        if handover is not None:  # else released meanwhile: unsubscribed next round
+            handover.subscribed(self._clock())
+
     def _receive(self, message: aiomqtt.Message) -> None:
         raw = message.payload
         payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
-        self.on_frame(message.topic.value, payload)
+        self.on_wild_frame(message.topic.value, payload)
+
+    def _receive_own(self, message: aiomqtt.Message) -> None:
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+        self.on_own_frame(message.topic.value, payload)
+
+    def on_wild_frame(self, topic: str, payload: bytes) -> None:
+        """A frame from the wildcard subscription (public for tests): through the site's
+        hand-over if it has its own subscription, else straight to `on_frame`."""
+        handover = self._handovers.get(topic)
+        if handover is None:
+            self.on_frame(topic, payload)
+            return
+        before = handover.phase
+        self._take(topic, handover, before, handover.from_wild(payload, self._clock()))
+
+    def on_own_frame(self, topic: str, payload: bytes) -> None:
+        """A frame from a site's own subscription (public for tests)."""
+        handover = self._handovers.get(topic)
+        if handover is None:
+            self.own_stale += 1  # unsubscribed meanwhile: the wildcard delivers it
+            return
+        before = handover.phase
+        self._take(topic, handover, before, handover.from_own(payload, self._clock()))
+
+    def _take(self, topic: str, handover: Handover, before: Phase,
+              frames: list[bytes]) -> None:
+        if before is not Phase.OWN and handover.phase is Phase.OWN:
+            self.handovers += 1
+            self.handover_timeouts += handover.timed_out
+        for payload in frames:
+            self.on_frame(topic, payload)
 
     async def _watch_idle(self) -> None:
         tick = min(self._idle_flush_s, self.limits.idle_evict_s) / 4
@@ -488,11 +677,60 @@ class SatelliteSource:
                 continue  # frames still with the decoder: not idle, only behind
             if idle >= self.limits.idle_evict_s:
                 del self._sites[site.id]  # a new frame under its name starts a new stream
+                self._release(site)
                 self._submit(_Evict(site=site, now=now))
             elif site.needs_flush and idle >= self._idle_flush_s:
                 site.needs_flush = False
                 self.idle_flushes += 1
                 self._submit(_Flush(site=site, silence=self._flush_silence))
+        if self.own_enabled:
+            self._check_own(now)
+
+    def _check_own(self, now: float) -> None:
+        """Own subscriptions: hand-overs past their wait, new ones, an outage's end."""
+        for topic, handover in list(self._handovers.items()):
+            before = handover.phase
+            self._take(topic, handover, before, handover.expire(now))
+        if not self._own_connected:
+            down = self._own_down_since
+            if down is not None and now - down >= OWN_OUTAGE_S and self._handovers:
+                # Down too long (not just a broker restart): back to the wildcard, which
+                # delivers them whatever happens to this connection.
+                for site in list(self._sites.values()):
+                    if site.own is not None:
+                        self.own_released += 1
+                        self._release(site)
+            return
+        for site in list(self._sites.values()):
+            age = now - site.since
+            if site.own is not None or site.no_own or site.dsp is None or \
+                    site.topic is None or age < OWN_AFTER_S or \
+                    site.audio_s > OWN_MAX_AUDIO_RATIO * age:
+                continue
+            if not self._own_bucket.take(1.0, now):
+                self.own_deferred += 1
+                break  # the rest wait for a later tick
+            site.own = self._handovers[site.topic] = Handover(now=now)
+            self._own_changed.set()
+
+    def _release(self, site: _Site) -> None:
+        """Ends a site's own subscription: its frames come from the wildcard again."""
+        handover, site.own = site.own, None
+        if handover is None or site.topic is None:
+            return
+        # Frames it held back are delivered by the wildcard too: nothing to take from them.
+        self.duplicates_dropped += handover.duplicates
+        if self._handovers.get(site.topic) is handover:
+            del self._handovers[site.topic]
+        self._own_changed.set()
+
+    def _demote(self, site: _Site) -> None:
+        """A site over its rate limits floods: never on the own connection, where its flood
+        would make the broker drop the well-behaved sites' frames."""
+        site.no_own = True
+        if site.own is not None:
+            self.own_demoted += 1
+            self._release(site)
 
     # ------------------------------------------------------------------ frames
 
@@ -526,9 +764,11 @@ class SatelliteSource:
             site = self._admit(site_id, now)
         # Rate limits before any decoding: a flood costs a dict look-up, not a parse.
         if not site.frames.take(1.0, now):
+            self._demote(site)
             raise _Rejected("rate_limited", "more than "
                             f"{self.limits.max_frames_per_s:g} frames/s from this site")
         if not site.bytes.take(float(len(payload)), now):
+            self._demote(site)
             raise _Rejected("rate_limited", "more than "
                             f"{self.limits.max_bytes_per_s:g} bytes/s from this site")
         if site.pending >= self._max_pending or self._pending >= self._max_pending_all or \
@@ -552,7 +792,7 @@ class SatelliteSource:
         if len(self._sites) >= limits.max_sites:
             raise _Rejected("too_many_sites", f"{len(self._sites)} sites are live; the limit "
                             f"is mqtt.max_sites = {limits.max_sites}")
-        site = _Site(id=site_id, last_frame=now,
+        site = _Site(id=site_id, last_frame=now, since=now,
                      frames=TokenBucket.full(rate=limits.max_frames_per_s,
                                              burst=limits.max_frames_per_s * limits.burst_s,
                                              now=now),
@@ -638,7 +878,7 @@ class SatelliteSource:
         clean = dsp.resampler.process(clean_in)
         dsp.frame_samples = round(samples.size * SAMPLE_RATE / rate)
         blocks += dsp.blocker.push(clean)
-        return _Done(job=job, blocks=blocks, nonfinite=bad)
+        return _Done(job=job, blocks=blocks, nonfinite=bad, seconds=samples.size / rate)
 
     def _new_dsp(self, site_id: str, rate: int, now: float) -> _Dsp:
         limits = self.limits
@@ -695,6 +935,11 @@ class SatelliteSource:
             if done.reason is None:
                 site.last_frame = max(site.last_frame, job.now)
                 site.needs_flush = True
+                site.audio_s += done.seconds
+                if site.topic is None:
+                    site.topic = job.topic
+            elif done.reason == "rate_limited":
+                self._demote(site)  # more audio than real time: a flood too
             elif site.dsp is None and site.pending == 0 and \
                     self._sites.get(site.id) is site:
                 del self._sites[site.id]  # nothing of it decoded: it leaves no state
