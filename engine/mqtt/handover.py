@@ -108,12 +108,13 @@ class Handover:
         """The frames to take, in order, for one frame from the site's own subscription."""
         key = _key(payload)
         if self.phase is Phase.OWN:
-            if self._expect:
-                if self._expect[0] == key:
-                    self._expect.popleft()  # taken from the wildcard already
-                    self.duplicates += 1
-                    return []
-                self._expect.clear()  # the own connection lost those: nothing more to skip
+            if key in self._expect:
+                # Taken from the wildcard already (those before it, the own connection lost).
+                while self._expect.popleft() != key:
+                    pass
+                self.duplicates += 1
+                return []
+            self._expect.clear()  # past what the wildcard delivered: nothing more to skip
             return [payload]
         if self.phase is Phase.WAIT:
             self._start(now)  # its acknowledgement may be handled after its first frame
