@@ -182,7 +182,8 @@ async def test_a_flood_under_made_up_names_no_longer_costs_the_satellite_its_aud
 def test_a_site_over_its_rate_limit_loses_its_own_subscription() -> None:
     now = [0.0]
     source = SatelliteSource(settings=MqttSettings(host="127.0.0.1"), client_id="t",
-                             limits=SiteLimits(max_frames_per_s=20, burst_s=1.0),
+                             limits=SiteLimits(max_frames_per_s=20, burst_s=1.0,
+                                               idle_evict_s=100.0),
                              clock=lambda: now[0])
     source._own_connected = True  # as when the second connection is up
     for i in range(8):  # 0.5 s of real-time audio
@@ -195,11 +196,31 @@ def test_a_site_over_its_rate_limit_loses_its_own_subscription() -> None:
         source.on_wild_frame(TOPIC, numbered(100 + i))
     assert source.own_demoted == 1
     assert TOPIC not in source._handovers
-    source.check_idle()  # never promoted again while it lives
-    assert TOPIC not in source._handovers
+    source.check_idle()
+    assert TOPIC not in source._handovers  # not promoted again before the cool-down
     assert source.own_counters()["own_sites"] == 0
     source.on_own_frame(TOPIC, numbered(0))  # late on the old subscription: dropped
     assert source.own_stale == 1
+    now[0] = 0.6 + satellites.OWN_COOLDOWN_S - 0.1
+    source.check_idle()
+    assert TOPIC not in source._handovers
+    now[0] = 0.6 + satellites.OWN_COOLDOWN_S
+    source.check_idle()  # quiet since: it may have its own again
+    assert TOPIC in source._handovers
+
+
+def test_a_site_that_sent_a_malformed_frame_is_not_promoted() -> None:
+    now = [0.0]
+    source = SatelliteSource(settings=MqttSettings(host="127.0.0.1"), client_id="t",
+                             clock=lambda: now[0])
+    source._own_connected = True
+    for i in range(8):
+        now[0] = i * FRAME / SAMPLE_RATE
+        source.on_frame(TOPIC, numbered(i) if i != 4 else b"RIFF" + bytes(40))
+    now[0] = 0.6
+    source.check_idle()
+    assert source.malformed_frames == 1
+    assert not source._handovers
 
 
 def test_faster_than_real_time_sites_and_the_allowlist_get_no_own_subscription() -> None:

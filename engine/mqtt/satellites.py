@@ -106,13 +106,14 @@ MAX_PENDING_BYTES_PER_SITE = 2 * 1024 * 1024  # their payloads: 2 s at MAX_BYTES
 INBOX_MESSAGES = 128  # received frames waiting to be admitted, per live site (and new sites)
 INBOX_BYTES = 2 * 1024 * 1024  # their payloads, per live site (and new sites)
 DECODER_JOIN_TIMEOUT_S = 5.0  # s: at exit, how long to wait for the decoder thread
-# Own subscriptions (no allowlist): a live site gets one after it streamed this long without
-# hitting a rate limit and at most about real time (a satellite streams at 1; a flooder's
-# frames come faster even when the broker drops most of them), at most this many a second
-# (burst max_sites), and loses it when it hits a rate limit, is evicted, or the connection
-# stays down this long.
+# Own subscriptions (no allowlist): a live site gets one after it streamed this long at most
+# about real time (a satellite streams at 1; a flooder's frames come faster even when the
+# broker drops most of them) with none of its frames refused for this long, at most this
+# many a second (burst max_sites); it loses it when a frame of it is refused (malformed,
+# rate limits), it is evicted, or the connection stays down this long.
 OWN_AFTER_S = 2.0  # s
 OWN_MAX_AUDIO_RATIO = 1.25  # s of audio per s since admission
+OWN_COOLDOWN_S = 30.0  # s after a refused frame before a site may have its own again
 OWN_SUBSCRIBES_PER_S = 2.0
 OWN_OUTAGE_S = 5.0  # s
 SUBACK_FAILURE = 0x80  # SUBACK codes from here on refuse the subscription (MQTT 3.1.1 and 5)
@@ -233,7 +234,8 @@ class _Site:
     decode_dropped: int = 0
     topic: str | None = None  # the exact topic of its first frame that decoded
     own: Handover | None = None  # its own subscription, while it has one
-    no_own: bool = False  # hit a rate limit, or the broker refused the subscription
+    no_own: bool = False  # the broker refused its subscription
+    own_after: float = 0.0  # no own subscription before then (a frame of it was refused)
     audio_s: float = 0.0  # seconds of audio decoded since it was admitted
 
 
@@ -570,33 +572,41 @@ class SatelliteSource:
 
     async def _own_sync(self, client: aiomqtt.Client) -> None:
         """Keeps the connection's subscriptions those of `_handovers` (all of them again
-        after a reconnect: a broker restart forgets them)."""
-        subscribed: set[str] = set()
-        while True:
-            self._own_changed.clear()
-            wanted = set(self._handovers)
-            # All at once: each acknowledgement comes behind what the connection already
-            # has queued, and a flooding site unsubscribed late keeps flooding it.
-            results = await asyncio.gather(
-                *[self._own_unsubscribe(client, topic, subscribed)
-                  for topic in sorted(subscribed - wanted)],
-                *[self._own_subscribe(client, topic, subscribed)
-                  for topic in sorted(wanted - subscribed)],
-                return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            if not self._own_changed.is_set():
-                await self._own_changed.wait()
+        after a reconnect: a broker restart forgets them). Each change is sent at once, not
+        after the acknowledgements of the last ones: those come behind whatever the
+        connection has queued, and a flooding site unsubscribed late keeps flooding it."""
+        requested: set[str] = set()
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._own_changed.clear()
+                wanted = set(self._handovers)
+                for topic in sorted(requested - wanted):
+                    requested.discard(topic)
+                    pending.add(asyncio.create_task(self._own_unsubscribe(client, topic)))
+                for topic in sorted(wanted - requested):
+                    requested.add(topic)
+                    pending.add(asyncio.create_task(self._own_subscribe(client, topic)))
+                changed = asyncio.create_task(self._own_changed.wait())
+                try:
+                    done, _ = await asyncio.wait({changed, *pending},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                for task in done - {changed}:
+                    pending.discard(task)
+                    error = None if task.cancelled() else task.exception()
+                    if error is not None:
+                        raise error  # the connection failed: _own_link reconnects
+        finally:
+            for task in pending:
+                task.cancel()
 
-    async def _own_unsubscribe(self, client: aiomqtt.Client, topic: str,
-                               subscribed: set[str]) -> None:
+    async def _own_unsubscribe(self, client: aiomqtt.Client, topic: str) -> None:
         await client.unsubscribe(topic)
-        subscribed.discard(topic)
         self.own_unsubscribes += 1
 
-    async def _own_subscribe(self, client: aiomqtt.Client, topic: str,
-                             subscribed: set[str]) -> None:
+    async def _own_subscribe(self, client: aiomqtt.Client, topic: str) -> None:
         # QoS 1, as the wildcard's: a satellite's QoS 1 frames are never dropped.
         granted = await client.subscribe(topic, qos=QOS_AT_LEAST_ONCE)
         self.own_subscribes += 1
@@ -611,7 +621,6 @@ class SatelliteSource:
                     site.no_own = True
                     self._release(site)
             return
-        subscribed.add(topic)
         handover = self._handovers.get(topic)
         if handover is not None:  # else released meanwhile: unsubscribed next round
             handover.subscribed(self._clock())
@@ -704,7 +713,7 @@ class SatelliteSource:
         for site in list(self._sites.values()):
             age = now - site.since
             if site.own is not None or site.no_own or site.dsp is None or \
-                    site.topic is None or age < OWN_AFTER_S or \
+                    site.topic is None or age < OWN_AFTER_S or now < site.own_after or \
                     site.audio_s > OWN_MAX_AUDIO_RATIO * age:
                 continue
             if not self._own_bucket.take(1.0, now):
@@ -724,10 +733,12 @@ class SatelliteSource:
             del self._handovers[site.topic]
         self._own_changed.set()
 
-    def _demote(self, site: _Site) -> None:
-        """A site over its rate limits floods: never on the own connection, where its flood
-        would make the broker drop the well-behaved sites' frames."""
-        site.no_own = True
+    def _demote(self, site: _Site, now: float) -> None:
+        """A site with a frame refused may be flooding (or a flood on its topic): off the own
+        connection for a while, where that flood would make the broker drop the other
+        admitted sites' frames. Not for good: a satellite whose frames came in a bunch (a
+        connection that lagged) gets its own subscription back after the cool-down."""
+        site.own_after = now + OWN_COOLDOWN_S
         if site.own is not None:
             self.own_demoted += 1
             self._release(site)
@@ -764,11 +775,11 @@ class SatelliteSource:
             site = self._admit(site_id, now)
         # Rate limits before any decoding: a flood costs a dict look-up, not a parse.
         if not site.frames.take(1.0, now):
-            self._demote(site)
+            self._demote(site, now)
             raise _Rejected("rate_limited", "more than "
                             f"{self.limits.max_frames_per_s:g} frames/s from this site")
         if not site.bytes.take(float(len(payload)), now):
-            self._demote(site)
+            self._demote(site, now)
             raise _Rejected("rate_limited", "more than "
                             f"{self.limits.max_bytes_per_s:g} bytes/s from this site")
         if site.pending >= self._max_pending or self._pending >= self._max_pending_all or \
@@ -938,11 +949,11 @@ class SatelliteSource:
                 site.audio_s += done.seconds
                 if site.topic is None:
                     site.topic = job.topic
-            elif done.reason == "rate_limited":
-                self._demote(site)  # more audio than real time: a flood too
             elif site.dsp is None and site.pending == 0 and \
                     self._sites.get(site.id) is site:
                 del self._sites[site.id]  # nothing of it decoded: it leaves no state
+            else:
+                self._demote(site, job.now)  # malformed, or more audio than real time
         if done.reason is not None:
             where = job.topic if isinstance(job, _Frame) else \
                 job.site.id if not isinstance(job, _Stop) else "stop"
