@@ -484,12 +484,12 @@ class SatelliteSource:
 
     def _family(self, topic: str) -> str:
         """The inbox family of a message: runs in the socket reader, so only look-ups."""
-        raw_site = site_from_topic(self.topic_filter, topic)
-        if raw_site is None:
-            return OTHER
         handover = self._handovers.get(topic)
         if handover is not None and handover.phase is Phase.OWN:
             return DISCARD  # its own subscription delivers it: a duplicate, never queued
+        raw_site = site_from_topic(self.topic_filter, topic)
+        if raw_site is None:
+            return OTHER
         site_id = satellite_id(raw_site)
         return f"audio:{site_id}" if site_id in self._sites else "audio_new"
 
