@@ -10,6 +10,8 @@ loop lag (10 ms ticks) max/p99/p50, process and loop-thread CPU per second, the 
 each satellite's audio that reached the engine (1.0 = all), rejections and the counters.
 Runs against whatever `harken` the interpreter imports (PYTHONPATH can point at an older
 tree: the before/after figures in docs/mqtt.md were made that way). Needs mosquitto.
+WARMUP_S (default 1): seconds of streaming and flooding before the measured window (the own
+subscriptions' figures use 4: a satellite gets its own subscription after 2 s).
 """
 import asyncio, io, json, os, statistics, sys, time, wave
 from pathlib import Path
