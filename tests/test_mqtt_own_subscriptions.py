@@ -237,3 +237,31 @@ def test_faster_than_real_time_sites_and_the_allowlist_get_no_own_subscription()
     allowed = SatelliteSource(settings=MqttSettings(host="127.0.0.1"), client_id="t",
                               limits=SiteLimits(allow=frozenset({"kitchen"})))
     assert not allowed.own_enabled  # its subscriptions are per site already
+
+
+def test_a_long_outage_of_the_own_connection_hands_the_sites_back_to_the_wildcard() -> None:
+    now = [0.0]
+    source = SatelliteSource(settings=MqttSettings(host="127.0.0.1"), client_id="t",
+                             clock=lambda: now[0])
+    source._own_connected = True
+    for i in range(8):
+        now[0] = i * FRAME / SAMPLE_RATE
+        source.on_frame(TOPIC, numbered(i))
+    now[0] = 0.6
+    source.check_idle()
+    assert TOPIC in source._handovers
+    source._own_connected, source._own_down_since = False, 0.6  # as _own_link leaves it
+    for i in range(8, 80):  # the satellite streams on, through the wildcard
+        now[0] = i * FRAME / SAMPLE_RATE
+        source.on_wild_frame(TOPIC, numbered(i))
+        source.check_idle()
+    assert now[0] - 0.6 < satellites.OWN_OUTAGE_S
+    assert TOPIC in source._handovers  # a broker restart is shorter: it waits
+    now[0] = 0.6 + satellites.OWN_OUTAGE_S
+    source.check_idle()
+    assert TOPIC not in source._handovers
+    assert source.own_released == 1
+    before = source.frames
+    source.on_wild_frame(TOPIC, numbered(200))  # taken from the wildcard again
+    assert source.frames == before + 1
+    assert source.rejections.total == 0
