@@ -170,6 +170,10 @@ class MqttConfig(_Section):
                                      "start); empty: any")
     idle_evict_s: float = Field(30.0, ge=2, le=86_400, description="a satellite silent this "
                                 "long is evicted: its segment ends, its state is freed")
+    forget_evicted_sites: bool = Field(True, description="when a satellite not in "
+                                       "allowed_sites is evicted, clear its retained Home "
+                                       "Assistant configs and state (it is announced "
+                                       "again on its next caption)")
     max_frames_per_s: float = Field(200.0, gt=0, le=100_000, description="audio frames per "
                                     "second one satellite may send")
     max_bytes_per_s: float = Field(1_000_000.0, gt=0, le=1e9, description="audio bytes per "
