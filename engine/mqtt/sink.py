@@ -27,6 +27,12 @@ every event go out as they come, so `caption/final` still precedes its annotatio
 Bounds: the outbox holds `outbox_size` messages; beyond that the oldest is dropped and
 counted (`outbox_dropped`). QoS 0 messages (partials, stats, levels) are never kept for
 later: dropped and counted (`qos0_dropped`) while disconnected or behind a backlog.
+Sites (satellites) are kept in a table of at most MAX_KNOWN_SITES; a site that leaves it, or
+whose stream its source ended (`stream_ended`, an idle satellite) when it is not named in
+advance, is forgotten: its retained discovery configs and state topics are cleared with
+empty retained payloads (counted in `sites_forgotten`, `retained_cleared`), so made-up
+site names leave nothing on the broker. Home Assistant ids never collide (topics.ha_site_id);
+Hermes `siteId` is the name the satellite used (topics.SiteNames).
 Counters are plain attributes so the stats topic, the TUI or a test can read them.
 """
 
