@@ -11,16 +11,14 @@ import json
 import random
 import re
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 from mosquitto import MOSQUITTO, SKIP_REASON, WAIT_S, Listener, Mosquitto
+from test_mqtt_broker import FAST, running
 from test_mqtt_hostile import AUDIO_TOPIC, FakeClock, FakeSource, segment_stage, voiced
 
 from harken.app.config import HarkenConfig, MqttConfig
 from harken.app.mqtt import MqttSetup
-from harken.engine.bus import EventBus
 from harken.engine.events import (
     CaptionFinal,
     Event,
@@ -43,9 +41,6 @@ from harken.engine.mqtt.topics import (
 from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.vad import VadOptions
 from harken.engine.worker import InferenceWorker
-
-FAST: dict[str, Any] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2,
-                        "ha_announce_interval_s": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +107,6 @@ def test_site_names_keep_clean_utf8_names_bounded() -> None:
 
 
 # --------------------------------------------------------------- the sink, with a bus
-
-
-@asynccontextmanager
-async def running(sink: MqttSink) -> AsyncIterator[EventBus]:
-    bus = EventBus()
-    sub = bus.subscribe(sink.name)
-    async with asyncio.timeout(3 * WAIT_S), asyncio.TaskGroup() as tg:
-        tg.create_task(sink.consume(sub), name="sink")
-        try:
-            async with asyncio.timeout(WAIT_S):
-                await sink.wait_connected()
-            yield bus
-        finally:
-            await bus.close()
 
 
 async def retained(broker: Mosquitto, topic: str) -> dict[str, bytes]:
