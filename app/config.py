@@ -49,6 +49,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SpeakerLane = Literal["auto", "on", "off"]
+
+
 class ComputeConfig(_Section):
     device_type: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -62,6 +65,10 @@ class ComputeConfig(_Section):
         "(docs/cpu.md)")
     generation_threads: int = Field(
         0, ge=0, le=256, description="torch threads of the translation thread; 0: auto")
+    speaker_lane: SpeakerLane = Field(
+        "auto", description="speaker windows on a worker lane of their own, so that caption "
+        "and keyword windows never wait behind a speaker pass; auto: on for a CPU with 2 cores "
+        "or more (docs/cpu.md)")
     heap_trim_s: float = Field(
         HEAP_TRIM_INTERVAL_S, ge=0, le=3600, description="seconds between returns of freed "
         "heap memory to the OS (glibc; engine/memory.py); 0: never")
