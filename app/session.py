@@ -79,10 +79,15 @@ def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
     """The torch threads of the inference worker and the generation thread (engine/threads.py):
     the configured counts, or a split of this machine's cores that never oversubscribes."""
     c = config.compute
-    return plan_threads(cores=available_cores(), device_type=device_type,
+    cores = available_cores()
+    lane = config.speakers.enabled and (
+        c.speaker_lane == "on" or (c.speaker_lane == "auto" and device_type == "cpu"
+                                   and cores >= 2))
+    return plan_threads(cores=cores, device_type=device_type,
                         # Translation and refinement both run on the generation thread.
                         translation=bool(config.translation.languages or config.refine.model),
-                        inference=c.inference_threads, generation=c.generation_threads)
+                        inference=c.inference_threads, generation=c.generation_threads,
+                        speaker_lane=lane)
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,
@@ -347,7 +352,8 @@ class Session:
         share = CoreShare(budget=budget) if budget.lend else None
         async with InferenceWorker(name=str(captioner.device),
                                    max_batch=self.config.compute.max_batch,
-                                   threads=budget.inference, share=share) as worker, \
+                                   threads=budget.inference, share=share,
+                                   speaker_threads=budget.speakers) as worker, \
                 task_stages(self.config, self.models, share) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
                             stages=[caption_stages(self.config, captioner), *tasks.factories,
