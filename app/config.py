@@ -181,6 +181,10 @@ class MqttConfig(_Section):
                                        "allowed_sites is evicted, clear its retained Home "
                                        "Assistant configs and state (it is announced "
                                        "again on its next caption)")
+    own_subscriptions: bool = Field(True, description="without allowed_sites: subscribe "
+                                    "to each admitted satellite's own topic on a second "
+                                    "connection, so a flood under made-up site names cannot "
+                                    "crowd it out (docs/mqtt.md); false: the wildcard only")
     max_frames_per_s: float = Field(200.0, gt=0, le=100_000, description="audio frames per "
                                     "second one satellite may send")
     max_bytes_per_s: float = Field(1_000_000.0, gt=0, le=1e9, description="audio bytes per "

@@ -239,6 +239,7 @@ class MqttSetup:
         return SatelliteSource(settings=self.input, client_id=f"harken-{self.site}-audio",
                                topic_filter=self.topic_filter,
                                block_s=self.config.audio.block_s, limits=self.limits,
+                               own_subscriptions=self.config.mqtt.own_subscriptions,
                                names=self.site_names)
 
     @contextlib.contextmanager

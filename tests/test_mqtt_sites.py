@@ -355,5 +355,18 @@ def test_setup_names_allowed_sites_by_their_stream_ids_and_passes_the_switch(
     assert setup.site_names.raw(satellite_id("Living Room")) == "Living Room"
     source = setup.source()
     assert isinstance(source, SatelliteSource)
+    assert source.own_enabled is False  # an allowlist subscribes per site already
     (sink,) = setup.sinks()
     assert sink._site_names is setup.site_names
+
+
+def test_own_subscriptions_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARKEN_MQTT_PASSWORD", raising=False)
+    url = "mqtt://sat/hermes/audioServer/+/audioFrame"
+    on = MqttSetup(HarkenConfig(mqtt=MqttConfig(site="hub")), input_url=url).source()
+    off = MqttSetup(HarkenConfig(mqtt=MqttConfig(site="hub", own_subscriptions=False)),
+                    input_url=url).source()
+    assert isinstance(on, SatelliteSource)
+    assert isinstance(off, SatelliteSource)
+    assert (on.own_enabled, off.own_enabled) == (True, False)
+
