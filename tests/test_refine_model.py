@@ -131,7 +131,8 @@ def test_encoder_dtype(whisper_dir: Path, choice: str, monkeypatch: pytest.Monke
     spy = Spy(r.model.generate)
     monkeypatch.setattr(r.model, "generate", spy)
     out = r.refine(speechlike_audio(1.0, seed=3))
-    assert out.text.strip() and out.pieces == 1
+    assert out.text.strip()
+    assert out.pieces == 1
     given = spy.calls[0].get("encoder_outputs")
     if choice == "float32":
         assert given is None  # generate() runs the encoder itself
