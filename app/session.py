@@ -18,7 +18,12 @@ from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
 from harken.app.tasks.loader import ModelLoader
-from harken.app.tasks.refine import refine_stages, refined_sinks, with_refine_resolved
+from harken.app.tasks.refine import (
+    chosen_model,
+    refine_stages,
+    refined_sinks,
+    with_refine_resolved,
+)
 from harken.app.tasks.speakers import speaker_stages
 from harken.app.tasks.translation import (
     LanguageSwitch,
@@ -79,9 +84,11 @@ def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
     """The torch threads of the inference worker and the generation thread (engine/threads.py):
     the configured counts, or a split of this machine's cores that never oversubscribes."""
     c = config.compute
+    refine = bool(chosen_model(config.refine.model, device_type=device_type))
     return plan_threads(cores=available_cores(), device_type=device_type,
                         # Translation and refinement both run on the generation thread.
-                        translation=bool(config.translation.languages or config.refine.model),
+                        translation=bool(config.translation.languages) or refine,
+                        refine=refine,
                         inference=c.inference_threads, generation=c.generation_threads)
 
 

@@ -14,6 +14,11 @@ each other down (oversubscription). The automatic budget splits the cores instea
   while translating. Measured demand on 2 cores (docs/cpu.md): captions, speakers and
   keywords need more than one core between them, translation much less, so a fixed 1 + 1
   split would starve the worker.
+- CPU, refinement on (captions re-decoded on the generation thread, docs/refine.md): the
+  same split, without the lower priority. A refined final has a latency target (3 s after
+  the end of speech), and a niced thread waits behind every other busy process: on a shared
+  2-core machine the refined-final p95 went from 2.5 s to 19 s with niceness 10. Captions
+  keep their share anyway: the worker lends the generation its thread only while it runs.
 - CPU, translation off: the inference worker gets every core.
 - CUDA: the GPU does the work; the threads only prepare inputs and launch kernels, so two
   each are enough and leave the cores to the sources, the VAD and the sinks.
@@ -60,9 +65,11 @@ class ThreadBudget:
             raise ValueError(f"thread budgets must be at least 1, got {self}")
 
 
-def plan_threads(*, cores: int, device_type: str, translation: bool, inference: int = 0,
-                 generation: int = 0) -> ThreadBudget:
-    """The budget for `cores` cores; `inference` or `generation` above 0 is kept as given."""
+def plan_threads(*, cores: int, device_type: str, translation: bool, refine: bool = False,
+                 inference: int = 0, generation: int = 0) -> ThreadBudget:
+    """The budget for `cores` cores; `inference` or `generation` above 0 is kept as given.
+    `translation`: the generation thread runs (translation or refinement); `refine`: it
+    refines captions (no added niceness, see above)."""
     if inference < 0 or generation < 0:
         raise ValueError("thread counts must be 0 (auto) or more")
     cores = max(1, cores)
@@ -72,7 +79,7 @@ def plan_threads(*, cores: int, device_type: str, translation: bool, inference: 
     elif translation:
         auto_gen = max(1, cores // GENERATION_SHARE)
         auto_inf = cores
-        nice = GENERATION_NICE
+        nice = 0 if refine else GENERATION_NICE
     else:
         auto_inf = auto_gen = cores
         nice = 0
