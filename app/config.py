@@ -49,6 +49,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SpeakerLane = Literal["auto", "on", "off"]
+
+
 class ComputeConfig(_Section):
     device_type: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -62,6 +65,10 @@ class ComputeConfig(_Section):
         "(docs/cpu.md)")
     generation_threads: int = Field(
         0, ge=0, le=256, description="torch threads of the translation thread; 0: auto")
+    speaker_lane: SpeakerLane = Field(
+        "auto", description="speaker windows on a worker lane of their own, so that caption "
+        "and keyword windows never wait behind a speaker pass; auto: on for a CPU with 2 cores "
+        "or more (docs/cpu.md)")
     heap_trim_s: float = Field(
         HEAP_TRIM_INTERVAL_S, ge=0, le=3600, description="seconds between returns of freed "
         "heap memory to the OS (glibc; engine/memory.py); 0: never")
@@ -170,6 +177,10 @@ class MqttConfig(_Section):
                                      "start); empty: any")
     idle_evict_s: float = Field(30.0, ge=2, le=86_400, description="a satellite silent this "
                                 "long is evicted: its segment ends, its state is freed")
+    forget_evicted_sites: bool = Field(True, description="when a satellite not in "
+                                       "allowed_sites is evicted, clear its retained Home "
+                                       "Assistant configs and state (it is announced "
+                                       "again on its next caption)")
     max_frames_per_s: float = Field(200.0, gt=0, le=100_000, description="audio frames per "
                                     "second one satellite may send")
     max_bytes_per_s: float = Field(1_000_000.0, gt=0, le=1e9, description="audio bytes per "

@@ -26,9 +26,11 @@ from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
+    SiteNames,
     TopicError,
     check_filter,
     default_site,
+    satellite_id,
 )
 from harken.engine.pipeline import OpenableSource
 from harken.models.errors import BrokerError, ConfigError, MqttConfigError
@@ -170,6 +172,11 @@ class MqttSetup:
         self.results: MqttSettings | None = None
         self.input: MqttSettings | None = None
         self.topic_filter = HERMES_AUDIO_FILTER
+        # The names satellites publish under, by site id: the source records them, the sink
+        # echoes them as Hermes siteId.
+        self.site_names = SiteNames()
+        for name in mqtt.allowed_sites:
+            self.site_names.record(satellite_id(name), name)
         if mqtt.url == EMBEDDED:
             if mosquitto_binary() is None:
                 raise ConfigError(NOT_INSTALLED)
@@ -194,7 +201,11 @@ class MqttSetup:
                 outbox_size=mqtt.outbox_size, partial_interval_s=mqtt.partial_interval_s,
                 # Entities for the configured keywords exist before the first is spotted.
                 keywords=tuple(config.keywords.words) if config.keywords.enabled else (),
-                sites=tuple(mqtt.allowed_sites) if input_url is not None else (),
+                # As the stream ids their frames get ("Living Room" streams as
+                # Living_Room-<hash>), so the entities read the topics results go to.
+                sites=tuple(satellite_id(name) for name in mqtt.allowed_sites)
+                if input_url is not None else (),
+                forget_evicted_sites=mqtt.forget_evicted_sites,
                 version=_version())
             self.limits = SiteLimits(max_sites=mqtt.max_sites,
                                      allow=frozenset(mqtt.allowed_sites),
@@ -217,7 +228,8 @@ class MqttSetup:
         """The MQTT sink (bound to the engine by the session), or none without MQTT."""
         if self.results is None:
             return []
-        return [MqttSink(settings=self.results, options=self.sink_options)]
+        return [MqttSink(settings=self.results, options=self.sink_options,
+                         site_names=self.site_names)]
 
     def source(self) -> OpenableSource:
         """The satellite source (a SatelliteSource) for --input mqtt://..."""
@@ -226,7 +238,8 @@ class MqttSetup:
                               "audioFrame")
         return SatelliteSource(settings=self.input, client_id=f"harken-{self.site}-audio",
                                topic_filter=self.topic_filter,
-                               block_s=self.config.audio.block_s, limits=self.limits)
+                               block_s=self.config.audio.block_s, limits=self.limits,
+                               names=self.site_names)
 
     @contextlib.contextmanager
     def broker(self) -> Iterator[None]:

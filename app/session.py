@@ -18,8 +18,9 @@ from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
 from harken.app.tasks.loader import ModelLoader
+from harken.app.tasks.refine import AUTO as REFINE_AUTO
+from harken.app.tasks.refine import OFF as REFINE_OFF
 from harken.app.tasks.refine import (
-    chosen_model,
     refine_stages,
     refined_sinks,
     with_refine_resolved,
@@ -84,12 +85,20 @@ def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
     """The torch threads of the inference worker and the generation thread (engine/threads.py):
     the configured counts, or a split of this machine's cores that never oversubscribes."""
     c = config.compute
-    refine = bool(chosen_model(config.refine.model, device_type=device_type))
-    return plan_threads(cores=available_cores(), device_type=device_type,
+    cores = available_cores()
+    lane = config.speakers.enabled and (
+        c.speaker_lane == "on" or (c.speaker_lane == "auto" and device_type == "cpu"
+                                   and cores >= 2))
+    # `device_type` is the device the models run on: refine.model = auto refines there only
+    # on CUDA (app/tasks/refine.py chosen_model).
+    model = config.refine.model.strip().lower()
+    refine = model not in REFINE_OFF and (model != REFINE_AUTO or device_type == "cuda")
+    return plan_threads(cores=cores, device_type=device_type,
                         # Translation and refinement both run on the generation thread.
                         translation=bool(config.translation.languages) or refine,
                         refine=refine,
-                        inference=c.inference_threads, generation=c.generation_threads)
+                        inference=c.inference_threads, generation=c.generation_threads,
+                        speaker_lane=lane)
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,
@@ -354,7 +363,8 @@ class Session:
         share = CoreShare(budget=budget) if budget.lend else None
         async with InferenceWorker(name=str(captioner.device),
                                    max_batch=self.config.compute.max_batch,
-                                   threads=budget.inference, share=share) as worker, \
+                                   threads=budget.inference, share=share,
+                                   speaker_threads=budget.speakers) as worker, \
                 task_stages(self.config, self.models, share) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
                             stages=[caption_stages(self.config, captioner), *tasks.factories,

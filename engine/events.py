@@ -195,8 +195,17 @@ class SpeakerTurn(Event):
     enrolled: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEnded(Event):
+    """Its source ended the stream while the run went on (an idle satellite was evicted):
+    the stream's last event, after every final and annotation of it. `start` and `end` are
+    where its clock stopped. Not sent for streams that end with the run."""
+
+    type: ClassVar[str] = "stream_ended"
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (SpeechStarted, SpeechEnded, CaptionPartial, CaptionFinal, CaptionRefined, Level,
-                Stats, StreamError, Keyword, Translation, SpeakerTurn)
+                Stats, StreamError, Keyword, Translation, SpeakerTurn, StreamEnded)
 }

@@ -16,7 +16,9 @@ while the other streams of the same source go on. Files and `--fast` wait instea
 Order of events, per stream (the contract in the README): `speech_started`, then the
 segment's partials (and live keyword hits), `speech_ended`, `caption_final`, and only then
 the annotations of that segment (events whose class sets `follows_final`, e.g. its
-translations), even when a background stage finishes one before the final is out.
+translations), even when a background stage finishes one before the final is out. A
+stream its source ends while the run goes on (an evicted satellite) ends with
+`stream_ended`, after all of its other events.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ import numpy as np
 
 from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
-from harken.engine.events import Event, Level, SpeechEnded, SpeechStarted, Stats
+from harken.engine.events import (
+    Event,
+    Level,
+    SpeechEnded,
+    SpeechStarted,
+    Stats,
+    StreamEnded,
+)
 from harken.engine.memory import HEAP_TRIM_INTERVAL_S, HeapTrimmer
 from harken.engine.metrics import ArrivalLog, FinalLog
 from harken.engine.vad import (
@@ -169,6 +178,8 @@ class StreamState:
     held_overflow: int = 0  # annotations published before their final: too many were held
     releasing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one release at a time
     task: asyncio.Task[None] | None = None
+    ended_by_source: bool = False  # its source ended it while the run went on
+    publishers: int = 0  # its tasks still publishing: the processor and background forwarders
 
 
 class Engine:
@@ -271,10 +282,12 @@ class Engine:
         state = StreamState(id=stream_id, stages=[make(ctx) for make in self._stage_factories],
                             arrivals=arrivals, queue=asyncio.Queue(maxsize=BLOCK_QUEUE_SIZE))
         self._streams[stream_id] = state
+        state.publishers = 1
         state.task = self._tg.create_task(self._process(state), name=f"stream-{stream_id}")
         for stage in state.stages:
             events = stage.background()
             if events is not None:
+                state.publishers += 1
                 self._tg.create_task(self._forward(state, events),
                                      name=f"{stage.name}-{stream_id}")
         return state
@@ -284,6 +297,16 @@ class Engine:
             await self._publish(state, event)
         # A background task outlives the stream's last stats: count its late work too.
         await self.bus.publish(self._stats(state))
+        await self._published_all(state)
+
+    async def _published_all(self, state: StreamState) -> None:
+        """One of the stream's publishing tasks is done; after the last, a stream its source
+        ended gets its StreamEnded (sinks forget the site: MQTT clears its retained configs),
+        unless the site already came back as a new stream of the same id."""
+        state.publishers -= 1
+        if state.publishers == 0 and state.ended_by_source and state.id not in self._streams:
+            t = state.last_end / SAMPLE_RATE
+            await self.bus.publish(StreamEnded(stream=state.id, start=t, end=t))
 
     async def _read(self, source: OpenableSource) -> None:
         mine: list[StreamState] = []
@@ -336,6 +359,7 @@ class Engine:
                     # its state is freed; a later block with its id starts a new stream.
                     mine.remove(state)
                     del self._streams[state.id]
+                    state.ended_by_source = True
                     self.streams_ended += 1
                     if self.options.live and state.queue.full():
                         state.queue.get_nowait()  # the end must get in: lose a block
@@ -384,6 +408,7 @@ class Engine:
             on_stream_end = getattr(stage, "on_stream_end", None)
             if callable(on_stream_end):
                 on_stream_end()
+        await self._published_all(state)
 
     def _admit(self, state: StreamState, block: AudioBlock) -> AudioBlock:
         state.audio_samples += len(block.samples)

@@ -115,7 +115,7 @@ class StreamingCtc:
         self._sum_sq = 0.0
         self._next_step = 1
         self._last_end = -1  # end of the last accepted window (-1: none, or invalidated)
-        self.skipped_steps = 0
+        self.merged_steps = 0
         self.encoded_samples = 0
         self.n_windows = 0
 
@@ -165,14 +165,16 @@ class StreamingCtc:
         """The next window ending on the hop grid, or None until a full new hop is pushed.
 
         latest=False takes the next grid point (deterministic: results never depend on timing);
-        latest=True jumps to the newest complete grid point, counting skipped steps.
+        latest=True jumps to the newest complete grid point: the window still starts at the
+        first frame that is not final, so the steps in between are merged into it (counted as
+        `merged_steps`): no audio goes unencoded, only their partial updates are not made.
         """
         hop = self.options.hop_samples
         newest = self.pushed_samples // hop
         if newest < self._next_step:
             return None
         step = newest if latest else self._next_step
-        self.skipped_steps += step - self._next_step
+        self.merged_steps += step - self._next_step
         self._next_step = step + 1
         return self._window(step=step, end=step * hop, final=False)
 

@@ -68,7 +68,7 @@ def test_bench_all_reports_every_task(speech: Path, tiny: dict[str, str]) -> Non
     assert out["precision"] == "int8"
     assert set(out["tasks"]) == {"captions", "speakers", "keywords", "translation"}
     assert {"rtf", "final_latency_p95_s", "partial_latency_p95_s",
-            "steps_skipped"} <= set(out["tasks"]["captions"])
+            "steps_merged"} <= set(out["tasks"]["captions"])
     assert {"rtf", "turn_latency_p95_s", "steps_widened", "steps_skipped"} <= set(
         out["tasks"]["speakers"])
     assert {"rtf", "latency_p95_s", "windows_skipped"} <= set(out["tasks"]["keywords"])
@@ -78,6 +78,7 @@ def test_bench_all_reports_every_task(speech: Path, tiny: dict[str, str]) -> Non
     assert out["audio_s"] == pytest.approx(SECONDS, abs=0.2)
     assert out["threads"]["inference"] >= 1
     assert out["threads"]["generation"] >= 1
+    assert out["threads"]["speakers"] >= 0
 
 
 def test_bench_streams_runs_n_streams_through_one_worker(speech: Path,

@@ -64,8 +64,8 @@ async def test_live_skips_stale_steps_and_counts_them_over_all_segments() -> Non
     # Audio arrives 2 s at a time (as after a slow forward pass): live jumps to the newest
     # 0.5 s step, skipping three of every four, in both segments.
     stage, events = await run_segments(live=True, chunk_s=2.0)
-    assert stage.skipped_steps == 2 * 3 * 2  # 2 segments x 2 chunks x 3 skipped steps
-    assert stage.counters()["caption_steps_skipped"] == stage.skipped_steps
+    assert stage.merged_steps == 2 * 3 * 2  # 2 segments x 2 chunks x 3 merged steps
+    assert stage.counters()["caption_steps_merged"] == stage.merged_steps
     finals = [e for e in events if isinstance(e, CaptionFinal)]
     # Finals never skip: every frame of each 4 s segment is decoded.
     assert [f.text for f in finals] == [str(FakeCaptioner.geometry.num_frames(4 * SAMPLE_RATE))] * 2
@@ -73,7 +73,7 @@ async def test_live_skips_stale_steps_and_counts_them_over_all_segments() -> Non
 
 async def test_files_never_skip() -> None:
     stage, events = await run_segments(live=False, chunk_s=2.0)
-    assert stage.skipped_steps == 0
+    assert stage.merged_steps == 0
     assert any(isinstance(e, CaptionPartial) for e in events)
     finals = [e for e in events if isinstance(e, CaptionFinal)]
     assert len(finals) == 2

@@ -185,7 +185,7 @@ def test_cost_grows_linearly_with_segment_length() -> None:
     assert costs[1] == pytest.approx(costs[0], rel=0.05)
 
 
-def test_latest_jumps_to_the_newest_grid_point_and_counts_skips() -> None:
+def test_latest_jumps_to_the_newest_grid_point_and_merges_the_steps_between() -> None:
     options = StreamingOptions(hop_s=0.5)
     stream = StreamingCtc(geometry=GEOMETRY, options=options, normalize=False)
     stream.push(np.zeros(options.hop_samples - 1, dtype=np.float32))
@@ -194,7 +194,8 @@ def test_latest_jumps_to_the_newest_grid_point_and_counts_skips() -> None:
     window = stream.next_window(latest=True)
     assert window is not None
     assert window.end == 3 * options.hop_samples
-    assert stream.skipped_steps == 2
+    assert window.start == 0  # the merged steps' audio is in the window: none goes unencoded
+    assert stream.merged_steps == 2
     assert stream.next_window() is None
     deterministic = StreamingCtc(geometry=GEOMETRY, options=options, normalize=False)
     deterministic.push(np.zeros(3 * options.hop_samples, dtype=np.float32))
@@ -202,7 +203,7 @@ def test_latest_jumps_to_the_newest_grid_point_and_counts_skips() -> None:
     while (window := deterministic.next_window()) is not None:
         ends.append(window.end)
     assert ends == [options.hop_samples * k for k in (1, 2, 3)]
-    assert deterministic.skipped_steps == 0
+    assert deterministic.merged_steps == 0
 
 
 def test_windows_use_running_segment_statistics() -> None:

@@ -179,3 +179,61 @@ async def test_a_pass_in_flight_when_the_worker_stops_fails_its_requests() -> No
         await asyncio.sleep(0.05)  # the pass is running when the worker stops
     with pytest.raises(InferenceError, match="has stopped"):
         await asyncio.wait_for(waiting, timeout=5)
+
+
+class Gate:
+    """A model whose forward pass waits until the test opens the gate."""
+
+    batchable = True
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.threads: set[str] = set()
+
+    def encode(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        self.threads.add(threading.current_thread().name)
+        self.open.wait(10.0)
+        return [np.array([w.mean()]) for w in windows]
+
+
+async def test_with_a_speaker_lane_captions_never_wait_behind_a_speaker_pass() -> None:
+    speakers, captions = Gate(), FakeModel(batchable=True)
+    x = np.ones(8, np.float32)
+    async with InferenceWorker(name="cpu", speaker_threads=1) as worker:
+        assert worker.lanes == 2
+        busy = asyncio.ensure_future(worker.encode(speakers, x, priority=PRIORITY_SPEAKERS))
+        await asyncio.sleep(0.05)  # the speaker pass is in flight, and stays there
+        # Done while the speaker pass still runs: a lane of its own, on another thread.
+        out = await asyncio.wait_for(worker.encode(captions, x, priority=PRIORITY_CAPTIONS), 5)
+        assert float(out[0]) == 1.0
+        assert not busy.done()
+        speakers.open.set()
+        await asyncio.wait_for(busy, 5)
+    assert speakers.threads.isdisjoint(captions.threads)
+
+
+async def test_without_a_speaker_lane_a_caption_waits_for_the_pass_in_flight() -> None:
+    speakers, captions = Gate(), FakeModel(batchable=True)
+    x = np.ones(8, np.float32)
+    async with InferenceWorker(name="cpu") as worker:
+        assert worker.lanes == 1
+        busy = asyncio.ensure_future(worker.encode(speakers, x, priority=PRIORITY_SPEAKERS))
+        await asyncio.sleep(0.05)
+        caption = asyncio.ensure_future(worker.encode(captions, x, priority=PRIORITY_CAPTIONS))
+        await asyncio.sleep(0.2)
+        assert not caption.done()  # one thread: it runs after the speaker pass
+        speakers.open.set()
+        await asyncio.wait_for(asyncio.gather(busy, caption), 5)
+    assert speakers.threads == captions.threads
+
+
+async def test_both_lanes_in_flight_when_the_worker_stops_fail_their_requests() -> None:
+    slow = FakeModel(batchable=True, delay=0.3)
+    x = np.ones(8, np.float32)
+    async with InferenceWorker(name="cpu", speaker_threads=1) as worker:
+        waiting = [asyncio.ensure_future(worker.encode(slow, x, priority=p))
+                   for p in (PRIORITY_SPEAKERS, PRIORITY_CAPTIONS)]
+        await asyncio.sleep(0.05)  # both passes are running when the worker stops
+    for fut in waiting:
+        with pytest.raises(InferenceError, match="has stopped"):
+            await asyncio.wait_for(fut, timeout=5)

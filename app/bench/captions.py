@@ -178,7 +178,7 @@ async def _run_engine(captioner: CtcCaptioner, path: Path, *, realtime: bool,
         **caption_latencies(stage.latencies()),
         "segments": state.segments,
         "finals": collect.count,
-        "steps_skipped": stage.skipped_steps,
+        "steps_merged": stage.merged_steps,
         "windows": engine.worker.stats.windows,
     }
 

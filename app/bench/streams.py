@@ -47,6 +47,7 @@ from harken.app.config import (
     HarkenConfig,
     KeywordsConfig,
     RefineConfig,
+    SpeakerLane,
     SpeakersConfig,
     VadConfig,
 )
@@ -175,7 +176,7 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         cpu_end = os.times()
     final: list[float] = []
     partial: list[float] = []
-    skipped = {"caption_steps": 0, "speaker_steps": 0, "speaker_steps_widened": 0,
+    skipped = {"caption_steps_merged": 0, "speaker_steps": 0, "speaker_steps_widened": 0,
                "keyword_windows": 0}
     segments = 0
     missing_finals = 0
@@ -186,7 +187,7 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
             if isinstance(stage, CaptionStage):
                 final += stage.final_latency.values()
                 partial += stage.partial_latency.values()
-                skipped["caption_steps"] += stage.skipped_steps
+                skipped["caption_steps_merged"] += stage.merged_steps
             elif isinstance(stage, SpeakerStage):
                 skipped["speaker_steps"] += stage.skipped_steps
                 skipped["speaker_steps_widened"] += stage.widened_steps
@@ -218,7 +219,7 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         "event_loop_lag_p99_ms": lags.percentile(99),
         "rss_mb": round(rss_mb(), 1),
         "kept_up": p95 is not None and p95 < FINAL_P95_TARGET_S and missing_finals == 0
-        and skipped["caption_steps"] == 0,
+        and skipped["caption_steps_merged"] == 0,
     }
     if not segments:
         result["note"] = ("no speech segment ended in this run, so it measured nothing: "
@@ -257,7 +258,8 @@ def find_capacity(trial: Any, *, start: int, limit: int) -> tuple[int, list[dict
 def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[str], model: str,
                   seconds: float, audio: Path | None, device_type: str, dtype: str,
                   precision: str, max_batch: int = 64, max_streams: int = 512,
-                  inference_threads: int = 0, vad_engine: VadEngine = "both", vad_threads: int = 0,
+                  inference_threads: int = 0, speaker_lane: SpeakerLane = "auto",
+                  vad_engine: VadEngine = "both", vad_threads: int = 0,
                   verbose: bool = False, models: ModelLoader | None = None) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: `model` and the random base
     speaker and keyword architectures."""
@@ -278,7 +280,8 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
     config = HarkenConfig(
         refine=RefineConfig(model="none"),
         compute=ComputeConfig(device_type=device_type, dtype=dtype, precision=precision,
-                              max_batch=max_batch, inference_threads=inference_threads),
+                              max_batch=max_batch, inference_threads=inference_threads,
+                              speaker_lane=speaker_lane),
         captions=CaptionsConfig(model=model),
         speakers=SpeakersConfig(enabled="speakers" in tasks),
         keywords=KeywordsConfig(enabled="keywords" in tasks),
@@ -302,6 +305,7 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
         else:
             capacity, runs = -1, [trial(n) for n in counts]
     captioner = models.captioner
+    budget = thread_budget(config, device_type=device.type)
     result: dict[str, Any] = {
         "model": captioner.model_id if captioner else model,
         "tasks": list(tasks),
@@ -314,7 +318,8 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
         "weights": "random (full-size architectures: speed holds, outputs do not)"
         if model in RANDOM_CTC_ARCHS else "checkpoint",
         "cores": available_cores(),
-        "inference_threads": thread_budget(config, device_type=device.type).inference,
+        "inference_threads": budget.inference,
+        "speaker_lane_threads": budget.speakers,
         "max_batch": max_batch,
         "vad_engine": vad_engine,
         "vad_threads": vad_threads,

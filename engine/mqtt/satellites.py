@@ -72,6 +72,7 @@ from harken.engine.mqtt.inbox import OTHER, Inbox
 from harken.engine.mqtt.topics import (
     HERMES_AUDIO_FILTER,
     QOS_AT_LEAST_ONCE,
+    SiteNames,
     check_filter,
     satellite_id,
     site_filters,
@@ -206,6 +207,7 @@ class _Site:
     """A site's admission state, on the event loop."""
 
     id: str
+    raw: str  # the name it published under (its topic level), for Hermes siteId
     frames: TokenBucket
     bytes: TokenBucket
     last_frame: float
@@ -280,7 +282,10 @@ class SatelliteSource:
                  backoff_initial_s: float = BACKOFF_INITIAL_S,
                  backoff_max_s: float = BACKOFF_MAX_S,
                  rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 names: SiteNames | None = None) -> None:
+        """`names`: where the name each site published under is recorded (by site id) when
+        one of its frames decodes, for the MQTT sink's Hermes `siteId`."""
         if not 0.01 <= block_s <= 2.0:
             raise ValueError(f"block_s must be between 0.01 and 2.0 seconds, got {block_s}")
         if max_queued_blocks < 1 or idle_flush_s <= 0 or flush_silence_s < 0 or \
@@ -302,6 +307,7 @@ class SatelliteSource:
         self._flush_silence = round(flush_silence_s * SAMPLE_RATE)
         self._backoff = Backoff(initial_s=backoff_initial_s, max_s=backoff_max_s, rng=rng)
         self._clock = clock
+        self._names = names
         # Counters.
         self.connected = False
         self.connects = 0
@@ -523,7 +529,7 @@ class SatelliteSource:
         site = self._sites.get(site_id)
         if site is None:
             # Admitted for now; if none of its frames decodes it is forgotten again.
-            site = self._admit(site_id, now)
+            site = self._admit(site_id, raw_site, now)
         # Rate limits before any decoding: a flood costs a dict look-up, not a parse.
         if not site.frames.take(1.0, now):
             raise _Rejected("rate_limited", "more than "
@@ -544,7 +550,7 @@ class SatelliteSource:
         skipped, site.skipped = site.skipped, 0
         self._submit(_Frame(site=site, topic=topic, payload=payload, now=now, skipped=skipped))
 
-    def _admit(self, site_id: str, now: float) -> _Site:
+    def _admit(self, site_id: str, raw: str, now: float) -> _Site:
         """A new site's admission state; raises _Rejected if it may not stream now."""
         limits = self.limits
         if limits.allow and site_id not in self._allowed_ids:
@@ -552,7 +558,7 @@ class SatelliteSource:
         if len(self._sites) >= limits.max_sites:
             raise _Rejected("too_many_sites", f"{len(self._sites)} sites are live; the limit "
                             f"is mqtt.max_sites = {limits.max_sites}")
-        site = _Site(id=site_id, last_frame=now,
+        site = _Site(id=site_id, raw=raw, last_frame=now,
                      frames=TokenBucket.full(rate=limits.max_frames_per_s,
                                              burst=limits.max_frames_per_s * limits.burst_s,
                                              now=now),
@@ -695,6 +701,8 @@ class SatelliteSource:
             if done.reason is None:
                 site.last_frame = max(site.last_frame, job.now)
                 site.needs_flush = True
+                if self._names is not None:  # a real site (it decodes): its own name
+                    self._names.record(site.id, site.raw)
             elif site.dsp is None and site.pending == 0 and \
                     self._sites.get(site.id) is site:
                 del self._sites[site.id]  # nothing of it decoded: it leaves no state

@@ -27,6 +27,12 @@ every event go out as they come, so `caption/final` still precedes its annotatio
 Bounds: the outbox holds `outbox_size` messages; beyond that the oldest is dropped and
 counted (`outbox_dropped`). QoS 0 messages (partials, stats, levels) are never kept for
 later: dropped and counted (`qos0_dropped`) while disconnected or behind a backlog.
+Sites (satellites) are kept in a table of at most MAX_KNOWN_SITES; a site that leaves it, or
+whose stream its source ended (`stream_ended`, an idle satellite) when it is not named in
+advance, is forgotten: its retained discovery configs and state topics are cleared with
+empty retained payloads (counted in `sites_forgotten`, `retained_cleared`), so made-up
+site names leave nothing on the broker. Home Assistant ids never collide (topics.ha_site_id);
+Hermes `siteId` is the name the satellite used (topics.SiteNames).
 Counters are plain attributes so the stats topic, the TUI or a test can read them.
 """
 
@@ -45,7 +51,7 @@ from typing import Any
 
 import aiomqtt
 
-from harken.engine.events import SCHEMA_VERSION, Event
+from harken.engine.events import SCHEMA_VERSION, Event, StreamEnded
 from harken.engine.mqtt.client import (
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
@@ -71,6 +77,7 @@ from harken.engine.mqtt.topics import (
     QOS_AT_MOST_ONCE,
     STATUS_OFFLINE,
     STATUS_ONLINE,
+    SiteNames,
     SiteTopics,
     check_prefix,
     default_site,
@@ -121,10 +128,16 @@ class MqttSinkOptions:
     ha_discovery: bool = False
     ha_prefix: str = DEFAULT_HA_PREFIX
     keywords: tuple[str, ...] = ()  # keyword entities announced before any is spotted
-    #: Satellite sites known in advance (mqtt.allowed_sites): announced at start. Other
-    #: satellite sites are announced on their first caption, so noise published under a
-    #: made-up site name leaves no retained configs behind.
+    #: Satellite sites known in advance (mqtt.allowed_sites, as site ids): announced at
+    #: start and never forgotten. Other satellite sites are announced on their first
+    #: caption, so noise published under a made-up site name leaves no retained configs
+    #: behind.
     sites: tuple[str, ...] = ()
+    #: A satellite site not in `sites` whose stream its source ended (idle eviction) is
+    #: forgotten: its retained discovery configs and state are cleared, so made-up names
+    #: that produced a caption leave nothing on the broker. It is announced again on its
+    #: next caption. Off: kept until more than MAX_KNOWN_SITES sites were seen.
+    forget_evicted_sites: bool = True
     outbox_size: int = DEFAULT_OUTBOX_SIZE
     partial_interval_s: float = PARTIAL_INTERVAL_S
     levels: bool = False
@@ -160,6 +173,14 @@ class _Outgoing:
 
 
 @dataclass(slots=True, kw_only=True)
+class _SiteState:
+    """What the sink published for one site that it may have to take back."""
+
+    keywords: set[str]  # announced with the site (or when first spotted)
+    retained: set[str] = field(default_factory=set)  # retained state topics (speaker/current)
+
+
+@dataclass(slots=True, kw_only=True)
 class _Settling:
     """A caption final waiting for its refinement."""
 
@@ -173,7 +194,10 @@ class MqttSink:
 
     def __init__(self, *, settings: MqttSettings, options: MqttSinkOptions,
                  control: Pausable | None = None, name: str = "mqtt",
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 site_names: SiteNames | None = None) -> None:
+        """`site_names`: the names satellites used, by site id (SatelliteSource records
+        them), echoed as Hermes `siteId`; without it the site id is."""
         self.name = name
         self.settings = settings
         self.options = options
@@ -196,6 +220,9 @@ class MqttSink:
         self.ha_announcements = 0
         self.ha_status_coalesced = 0
         self.retained_coalesced = 0
+        self.sites_forgotten = 0  # sites whose retained configs and state were cleared
+        self.retained_cleared = 0  # retained topics cleared for them (empty payloads)
+        self._site_names = site_names
         self.rejections = Rejections(logger=log, what="MQTT message")
         # What we subscribe to (control, HA status) is filed by topic into bounded queues
         # served in turn: a flood of `<ha>/status` never drops or delays a command.
@@ -223,9 +250,13 @@ class MqttSink:
         self._closed = asyncio.Event()
         self._outage_logged = False
         self._deadline = 0.0
-        # Bounded by MAX_KNOWN_SITES (least recently seen forgotten): site -> keywords.
-        self._sites: collections.OrderedDict[str, set[str]] = collections.OrderedDict()
+        # Bounded by MAX_KNOWN_SITES (least recently seen forgotten, their retained
+        # messages cleared), plus the pinned ones.
+        self._sites: collections.OrderedDict[str, _SiteState] = collections.OrderedDict()
         self._announced: set[str] = set()  # a subset of _sites' keys
+        # Never forgotten: Harken's own site, and the satellites named in advance.
+        self._pinned = frozenset(options.sites) | \
+            (frozenset() if options.sites_from_streams else {options.site})
         self._last_partial: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._last_announce = -math.inf
         self._announce_later: asyncio.TimerHandle | None = None
@@ -252,6 +283,8 @@ class MqttSink:
             "error_replies_dropped": self.error_replies_dropped,
             "ha_announcements": self.ha_announcements,
             "ha_status_coalesced": self.ha_status_coalesced,
+            "sites_forgotten": self.sites_forgotten,
+            "retained_cleared": self.retained_cleared,
             "settled_refined": self.settled_refined,
             "settled_fallbacks": self.settled_fallbacks,
             **self.inbox.counters(),
@@ -303,14 +336,18 @@ class MqttSink:
             return sanitize_level(stream, fallback=self.options.site)
         return self.options.site
 
-    def _add_site(self, site: str, *, announce: bool) -> set[str]:
-        """Registers a site (most recent last); returns its known keywords."""
+    def _add_site(self, site: str, *, announce: bool) -> _SiteState:
+        """Registers a site (most recent last); returns its state."""
         known = self._sites.get(site)
         if known is None:
-            known = self._sites[site] = set(self.options.keywords)
-            while len(self._sites) > MAX_KNOWN_SITES:
-                old, _ = self._sites.popitem(last=False)
-                self._announced.discard(old)
+            known = self._sites[site] = _SiteState(keywords=set(self.options.keywords))
+            if len(self._sites) > MAX_KNOWN_SITES:
+                # The least recently seen goes; its retained messages too, or nothing would
+                # ever clear them.
+                old = next((s for s in self._sites if s not in self._pinned and s != site),
+                           None)
+                if old is not None:
+                    self._forget(old)
         else:
             self._sites.move_to_end(site)
         if announce and site not in self._announced:
@@ -318,6 +355,32 @@ class MqttSink:
             if self.options.ha_discovery and self.connected:  # else: announced on connect
                 self._announce(site)
         return known
+
+    def _forget(self, site: str) -> None:
+        """Drops a site's state and clears what the broker retains for it: each discovery
+        config it announced (an empty retained payload: Home Assistant removes the entity)
+        and its retained state topics. At most 2 + its keywords messages, each replacing a
+        queued retained message of its topic, if any."""
+        known = self._sites.pop(site, None)
+        if known is None:
+            return
+        self._last_partial.pop(site, None)
+        topics = SiteTopics(prefix=self.options.prefix, site=site)
+        cleared = sorted(known.retained)
+        if site in self._announced:
+            self._announced.discard(site)
+            if self.options.ha_discovery:
+                cleared += [item.topic for item in ha_discovery(
+                    topics, availability=self.topics.status,
+                    keywords=tuple(sorted(known.keywords)), ha_prefix=self.options.ha_prefix)]
+        for topic in cleared:
+            self._enqueue(_Outgoing(topic=topic, payload=b"", qos=QOS_AT_LEAST_ONCE,
+                                    retain=True))
+        self.sites_forgotten += 1
+        self.retained_cleared += len(cleared)
+        if cleared:
+            log.info("MQTT site %s forgotten: %d retained message(s) cleared", site,
+                     len(cleared))
 
     def _announce_all(self) -> None:
         self._announce_later = None
@@ -344,7 +407,7 @@ class MqttSink:
         """Queue the retained Home Assistant configs of one site."""
         topics = SiteTopics(prefix=self.options.prefix, site=site)
         for item in ha_discovery(topics, availability=self.topics.status,
-                                 keywords=tuple(sorted(self._sites[site])),
+                                 keywords=tuple(sorted(self._sites[site].keywords)),
                                  refined=self.options.refined,
                                  ha_prefix=self.options.ha_prefix,
                                  version=self.options.version):
@@ -355,6 +418,9 @@ class MqttSink:
         if self._control is not None and self._state_paused is not None and \
                 self._control.paused != self._state_paused:
             self._publish_state()  # paused from elsewhere (the TUI): keep `state` true
+        if event.type == StreamEnded.type:
+            self._stream_ended(event)
+            return
         site = self._site_of(event.stream)
         known = self._add_site(site, announce=not self.options.sites_from_streams or
                                event.type == "caption_final")
@@ -373,8 +439,8 @@ class MqttSink:
         data = event_payload(event, site=site, extra=extra)
         if event.type == "keyword":
             name = str(first_field(data, KEYWORD_FIELDS) or "keyword")
-            if name not in known:
-                known.add(name)
+            if name not in known.keywords:
+                known.keywords.add(name)
                 if self.options.ha_discovery and site in self._announced:
                     item = ha_keyword_discovery(topics, name, availability=self.topics.status,
                                                 ha_prefix=self.options.ha_prefix,
@@ -383,6 +449,8 @@ class MqttSink:
                                             qos=QOS_AT_LEAST_ONCE, retain=True))
         payload = dumps(data)
         for route in routes(topics, data, levels=self.options.levels):
+            if route.retain:
+                known.retained.add(route.topic)
             self._enqueue(_Outgoing(topic=route.topic, payload=payload, qos=route.qos,
                                     retain=route.retain))
         if self.options.refined and event.type in ("caption_final", "caption_refined"):
@@ -391,15 +459,35 @@ class MqttSink:
             self._text_captured(data, site)
         if self.options.hermes and event.type == "keyword":
             name = str(first_field(data, KEYWORD_FIELDS) or "default")
-            self._enqueue(_Outgoing(topic=hermes_hotword_topic(name),
-                                    payload=dumps(hermes_hotword_detected(data, site=site)),
-                                    qos=QOS_AT_LEAST_ONCE))
+            self._enqueue(_Outgoing(
+                topic=hermes_hotword_topic(name),
+                payload=dumps(hermes_hotword_detected(data, site=self._hermes_site(site))),
+                qos=QOS_AT_LEAST_ONCE))
+
+    def _stream_ended(self, event: Event) -> None:
+        """A satellite's stream ended while the run goes on (evicted when idle): a site not
+        named in advance is forgotten (`forget_evicted_sites`); the event goes out as any."""
+        site = self._site_of(event.stream)
+        if self.options.sites_from_streams and self.options.forget_evicted_sites and \
+                site not in self._pinned:
+            self._forget(site)
+        topics = SiteTopics(prefix=self.options.prefix, site=site)
+        data = event_payload(event, site=site)
+        for route in routes(topics, data, levels=self.options.levels):
+            self._enqueue(_Outgoing(topic=route.topic, payload=dumps(data), qos=route.qos,
+                                    retain=route.retain))
+
+    def _hermes_site(self, site: str) -> str:
+        """Hermes `siteId`: the name the satellite published under (`living room`), which
+        Hermes clients match on, not the clean id of Harken's topics (`living_room-...`)."""
+        return self._site_names.raw(site) if self._site_names is not None else site
 
     def _text_captured(self, data: dict[str, Any], site: str) -> None:
         if str(data.get("text", "")).strip():
-            self._enqueue(_Outgoing(topic=HERMES_TEXT_CAPTURED,
-                                    payload=dumps(hermes_text_captured(data, site=site)),
-                                    qos=QOS_AT_LEAST_ONCE))
+            self._enqueue(_Outgoing(
+                topic=HERMES_TEXT_CAPTURED,
+                payload=dumps(hermes_text_captured(data, site=self._hermes_site(site))),
+                qos=QOS_AT_LEAST_ONCE))
 
     # -------------------------------------------------------------- refinement
 

@@ -11,6 +11,7 @@ translation) need no change here; an unknown type goes to `<prefix>/<site>/event
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import re
@@ -39,6 +40,11 @@ SCORE_FIELDS = ("score", "confidence", "likelihood")
 _TOPIC_UNSAFE = re.compile(r"[+#/\s\x00-\x1f\x7f]+")
 _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]+")
 MAX_SITE_LEN = 64  # characters
+HA_ID_HASH_HEX = 16  # hex digits (64 bits): finding a second name with one is out of reach
+# What a hashed Home Assistant id ends with; a plain id must not look like one.
+_HA_HASHED = re.compile(rf"_[0-9a-f]{{{HA_ID_HASH_HEX}}}$")
+MAX_HERMES_SITE_ID = 256  # characters of a satellite's own name echoed as Hermes siteId
+MAX_SITE_NAMES = 1024  # site ids whose raw satellite name is remembered (least recent go)
 
 
 class TopicError(ValueError):
@@ -76,6 +82,63 @@ def default_site() -> str:
 def object_id(name: str) -> str:
     """Home Assistant node/object id: only [a-zA-Z0-9_-], lower case."""
     return _ID_UNSAFE.sub("_", name).strip("_").lower() or "x"
+
+
+def ha_site_id(site: str) -> str:
+    """A site's Home Assistant id (device id, node id and unique_id prefix), one per site id.
+
+    `object_id(site)` alone would merge names ("Kitchen" and "kitchen", "Küche" and "Köche"
+    are one device), letting one site's publisher take over another's entities. So a site
+    whose object id is not the site id itself gets 16 hex digits of a hash of the site id
+    (`Kitchen` -> `kitchen_<hash>`). Names that already are plain ids (`kitchen`,
+    `living_room-c7b58cc3`) keep them unchanged, so existing automations go on working, and
+    the id depends on the name only, so it is the same after every restart. A plain name
+    that ends like a hashed id (`_` and 16 hex digits) is hashed too, so no name can take
+    another one's hashed id.
+    """
+    plain = object_id(site)
+    if plain == site and not _HA_HASHED.search(site):
+        return site
+    digest = hashlib.blake2s(site.encode("utf-8", "surrogatepass"),
+                             digest_size=HA_ID_HASH_HEX // 2).hexdigest()
+    return f"{plain}_{digest}"
+
+
+class SiteNames:
+    """The name each satellite used (its raw topic level), by site id, for Hermes `siteId`.
+
+    Harken's own topics use the clean site id (`living_room-c7b58cc3`); Hermes clients match
+    on the name the satellite published under (`living room`), so that is what Hermes
+    messages echo. The source records a name when a frame of the site decodes (noise under
+    made-up names never gets in); names that are not clean UTF-8 or longer than
+    MAX_HERMES_SITE_ID are not kept (the site id stands in). Bounded: the least recently
+    recorded of more than `max_names` are forgotten (their site id then stands in).
+    """
+
+    def __init__(self, *, max_names: int = MAX_SITE_NAMES) -> None:
+        if max_names < 1:
+            raise ValueError(f"max_names must be >= 1, got {max_names}")
+        self.max_names = max_names
+        self._names: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def record(self, site: str, raw: str) -> None:
+        if raw == site or len(raw) > MAX_HERMES_SITE_ID:
+            return
+        try:
+            raw.encode("utf-8")  # a lone surrogate would fail json's UTF-8 output later
+        except UnicodeEncodeError:
+            return
+        self._names[site] = raw
+        self._names.move_to_end(site)
+        while len(self._names) > self.max_names:
+            self._names.popitem(last=False)
+
+    def raw(self, site: str) -> str:
+        """The name site `site` used, or `site` itself when it is not known."""
+        return self._names.get(site, site)
 
 
 def check_prefix(prefix: str) -> str:
@@ -341,7 +404,7 @@ class Discovery:
 
 
 def _device(site: str, version: str) -> dict[str, Any]:
-    return {"identifiers": [f"harken_{object_id(site)}"], "name": f"Harken {site}",
+    return {"identifiers": [f"harken_{ha_site_id(site)}"], "name": f"Harken {site}",
             "manufacturer": "Harken", "model": "Harken listening engine",
             "sw_version": version}
 
@@ -370,7 +433,7 @@ def ha_discovery(topics: SiteTopics, *, availability: str, keywords: tuple[str, 
     `caption/final` would show the upper-case CTC text; one on both topics would change
     twice per caption and fire automations twice).
     """
-    node = f"harken_{object_id(topics.site)}"
+    node = f"harken_{ha_site_id(topics.site)}"
     caption = topics.caption_settled if refined else topics.caption_final
     attributes = "'start': value_json.start, 'end': value_json.end, " \
                  "'speaker': value_json.speaker, 'stream': value_json.stream"
@@ -403,7 +466,7 @@ def ha_discovery(topics: SiteTopics, *, availability: str, keywords: tuple[str, 
 def ha_keyword_discovery(topics: SiteTopics, name: str, *, availability: str,
                          ha_prefix: str = DEFAULT_HA_PREFIX, version: str = "") -> Discovery:
     """An `event` entity that fires `detected` each time keyword `name` is spotted."""
-    node = f"harken_{object_id(topics.site)}"
+    node = f"harken_{ha_site_id(topics.site)}"
     obj = f"keyword_{object_id(name)}"
     return Discovery(topic=f"{ha_prefix}/event/{node}/{obj}/config", config={
         "name": f"Keyword {name}",

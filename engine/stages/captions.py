@@ -3,8 +3,9 @@
 Per segment it keeps a `StreamingCtc` state (models/streaming.py) and decides which window
 to encode now. Files and `--fast` runs (`live=False`) encode every hop-grid step in order, so
 results never depend on timing and `harken transcribe` equals `harken run --fast`. Live runs
-(`live=True`) jump to the newest step when inference falls behind; skipped steps only cost
-partial updates (finals are always made) and are counted.
+(`live=True`) jump to the newest step when inference falls behind: the steps in between are
+merged into one wider window (counted), which encodes all their audio but makes one partial
+update instead of several. Finals are always made.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class CaptionStage:
         self.partial_latency = Percentiles()
         self.final_latency = Percentiles()
         self.encoded_samples = 0
-        self._skipped_closed = 0  # steps skipped in segments that have ended
+        self._merged_closed = 0  # steps skipped in segments that have ended
         self.failed_windows = 0
         self._worker = worker
         self._arrivals = arrivals
@@ -84,14 +85,15 @@ class CaptionStage:
         return self.captioner.model_id
 
     @property
-    def skipped_steps(self) -> int:
-        """Partial steps skipped under load so far (live mode only), over all segments."""
-        current = self._segment.state.skipped_steps if self._segment is not None else 0
-        return self._skipped_closed + current
+    def merged_steps(self) -> int:
+        """Steps merged into a wider window under load so far (live mode only), over all
+        segments."""
+        current = self._segment.state.merged_steps if self._segment is not None else 0
+        return self._merged_closed + current
 
     def counters(self) -> dict[str, int]:
         return {"caption_encoded_samples": self.encoded_samples,
-                "caption_steps_skipped": self.skipped_steps,
+                "caption_steps_merged": self.merged_steps,
                 "caption_failed_windows": self.failed_windows}
 
     def latencies(self) -> dict[str, float | None]:
@@ -137,7 +139,7 @@ class CaptionStage:
         if seg is None or seg.id != end.segment:
             return []
         self._segment = None
-        self._skipped_closed += seg.state.skipped_steps
+        self._merged_closed += seg.state.merged_steps
         events: list[Event] = []
         seg.state.truncate(end.end - seg.start)
         # Finals never skip: bring every step up to date, then close the segment.
