@@ -9,7 +9,7 @@ import pytest
 
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionRefined
-from harken.engine.metrics import ArrivalLog, FinalLog
+from harken.engine.metrics import ArrivalLog, ClosedSegment, FinalLog
 from harken.engine.stages.refine import RefineStage, RefineStageOptions
 from harken.engine.stages.translation import GenerationWorker
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
@@ -39,18 +39,24 @@ class Scripted:
         return RefinedText(text=self.texts.get(span, "Other words."), pieces=1)
 
 
-async def run(refiner: Scripted, *, join_short_s: float = 3.0) -> tuple[RefineStage,
-                                                                         list[CaptionRefined]]:
+async def run(refiner: Scripted, *, join_short_s: float = 3.0,
+              ctc: tuple[str, ...] | None = None) -> tuple[RefineStage, list[CaptionRefined]]:
+    """`ctc`: each segment's CTC text, and the guard on (else off, with no first pass)."""
     audio = np.arange(160_000, dtype=np.float32)
+    finals = FinalLog()
+    for i, text in enumerate(ctc or ()):
+        finals.put(ClosedSegment(segment=i, start=SEGMENTS[i][0], text=text, words=(),
+                                 logprobs=np.zeros((0, 1), np.float32)))
     said: dict[int, list[object]] = {}
     for i, (a, b) in enumerate(SEGMENTS):
         said.setdefault(a + BLOCK, []).extend(
             [SegmentStart(i, a), SegmentAudio(i, a, audio[a:b])])
         said.setdefault(b, []).insert(0, SegmentEnd(i, b, False))
-    options = RefineStageOptions(guard=GuardOptions(enabled=False), join_short_s=join_short_s)
+    options = RefineStageOptions(guard=GuardOptions(enabled=ctc is not None),
+                                 join_short_s=join_short_s)
     async with GenerationWorker(name="cpu") as gen:
         stage = RefineStage(stream="s", refiner=refiner, generator=gen, live=False,
-                            arrivals=ArrivalLog(), finals=FinalLog(), vocabulary=None,
+                            arrivals=ArrivalLog(), finals=finals, vocabulary=None,
                             frame_s=0.02, options=options)
         for start in range(0, len(audio), BLOCK):
             stage.on_block(AudioBlock(stream="s", start=start,
@@ -97,6 +103,24 @@ async def test_joining_can_be_turned_off() -> None:
     assert refiner.inputs == SEGMENTS
     assert events[1].text == "five."
     assert stage.counters()["refine_joined"] == 0
+
+
+async def test_the_guard_judges_a_joined_text_against_the_segments_own_ctc_text() -> None:
+    """A joined decode that loops (prompted and joined decodes can) is rejected like any
+    refinement, and the CTC text stands; a good one is accepted."""
+    ctc = ("ONE TWO THREE", "FOUR FIVE", "OTHER WORDS", "OTHER WORDS")
+    looping = Scripted({SEGMENTS[0]: "One, two three.",
+                        (16_000, 80_000): "One, two three four five five five five five."})
+    stage, events = await run(looping, ctc=ctc)
+    assert (events[1].accepted, events[1].reason, events[1].text) == \
+        (False, "repeats", "FOUR FIVE")
+    assert stage.counters()["refine_joined"] == 1
+    assert stage.counters()["refine_rejected"] == 1
+    good = Scripted({SEGMENTS[0]: "One, two three.",
+                     (16_000, 80_000): "One, two three four five."})
+    _, events = await run(good, ctc=ctc)
+    assert [(e.accepted, e.text) for e in events[:2]] == [(True, "One, two three."),
+                                                          (True, "four five.")]
 
 
 def test_join_option_is_checked() -> None:
