@@ -285,6 +285,9 @@ class RefineConfig(_Section):
                                 "segment's start also given to the refine model")
     pad_after_s: float = Field(0.0, ge=0, le=2, description="s of audio after each segment's "
                                "end also given to the refine model (its result waits that long)")
+    join_short_s: float = Field(3.0, ge=0, le=10, description="a segment shorter than this "
+                                "that follows the previous one without a pause is decoded "
+                                "together with it (0: never)")
     guard: bool = Field(True, description="reject refinements that disagree with the CTC "
                         "text (hallucinations)")
     max_cer: float = Field(0.5, gt=0, le=10, description="guard: reject above this character "
@@ -294,6 +297,9 @@ class RefineConfig(_Section):
     num_beams: int = Field(1, ge=1, le=16, description="beam search width (1: greedy)")
     max_new_tokens: int = Field(160, ge=1, le=1024, description="tokens per 30 s piece at "
                                 "most")
+    encoder_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Whisper's encoder dtype; auto: bfloat16 on a CPU with native "
+        "bfloat16 (same transcripts, a third less CPU: docs/refine.md), else the model's")
 
 
 def _bounded(low: float, high: float, *, above: bool = False) -> Any:

@@ -18,7 +18,13 @@ from harken.app.mqtt import MqttSetup
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.keywords import keyword_selection, keyword_stages
 from harken.app.tasks.loader import ModelLoader
-from harken.app.tasks.refine import refine_stages, refined_sinks, with_refine_resolved
+from harken.app.tasks.refine import AUTO as REFINE_AUTO
+from harken.app.tasks.refine import OFF as REFINE_OFF
+from harken.app.tasks.refine import (
+    refine_stages,
+    refined_sinks,
+    with_refine_resolved,
+)
 from harken.app.tasks.speakers import speaker_stages
 from harken.app.tasks.translation import (
     LanguageSwitch,
@@ -83,9 +89,14 @@ def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
     lane = config.speakers.enabled and (
         c.speaker_lane == "on" or (c.speaker_lane == "auto" and device_type == "cpu"
                                    and cores >= 2))
+    # `device_type` is the device the models run on: refine.model = auto refines there only
+    # on CUDA (app/tasks/refine.py chosen_model).
+    model = config.refine.model.strip().lower()
+    refine = model not in REFINE_OFF and (model != REFINE_AUTO or device_type == "cuda")
     return plan_threads(cores=cores, device_type=device_type,
                         # Translation and refinement both run on the generation thread.
-                        translation=bool(config.translation.languages or config.refine.model),
+                        translation=bool(config.translation.languages) or refine,
+                        refine=refine,
                         inference=c.inference_threads, generation=c.generation_threads,
                         speaker_lane=lane)
 

@@ -14,6 +14,11 @@ each other down (oversubscription). The automatic budget splits the cores instea
   while translating. Measured demand on 2 cores (docs/cpu.md): captions, speakers and
   keywords need more than one core between them, translation much less, so a fixed 1 + 1
   split would starve the worker.
+- CPU, refinement on (captions re-decoded on the generation thread, docs/refine.md): the
+  same split, without the lower priority. A refined final has a latency target (3 s after
+  the end of speech), and a niced thread waits behind every other busy process: on a shared
+  2-core machine the refined-final p95 went from 2.5 s to 19 s with niceness 10. Captions
+  keep their share anyway: the worker lends the generation its thread only while it runs.
 - CPU, translation off: the inference worker gets every core.
 - CPU with speakers on (`compute.speaker_lane`, auto: on CPU with 2 cores or more): speaker
   windows get a worker lane of their own (engine/worker.py), so caption and keyword windows
@@ -66,10 +71,13 @@ class ThreadBudget:
             raise ValueError(f"thread budgets must be at least 1, got {self}")
 
 
-def plan_threads(*, cores: int, device_type: str, translation: bool, inference: int = 0,
-                 generation: int = 0, speaker_lane: bool = False) -> ThreadBudget:
+def plan_threads(*, cores: int, device_type: str, translation: bool, refine: bool = False,
+                 inference: int = 0, generation: int = 0,
+                 speaker_lane: bool = False) -> ThreadBudget:
     """The budget for `cores` cores; `inference` or `generation` above 0 is kept as given.
-    `speaker_lane`: speakers get a worker lane of their own (see the module's text)."""
+    `translation`: the generation thread runs (translation or refinement); `refine`: it
+    refines captions (no added niceness, see above). `speaker_lane`: speakers get a worker
+    lane of their own (see the module's text)."""
     if inference < 0 or generation < 0:
         raise ValueError("thread counts must be 0 (auto) or more")
     cores = max(1, cores)
@@ -85,7 +93,7 @@ def plan_threads(*, cores: int, device_type: str, translation: bool, inference: 
     elif translation:
         auto_gen = max(1, cores // GENERATION_SHARE)
         auto_inf = max(1, cores - speakers)
-        nice = GENERATION_NICE
+        nice = 0 if refine else GENERATION_NICE
     else:
         auto_inf = max(1, cores - speakers)
         auto_gen = cores

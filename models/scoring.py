@@ -20,6 +20,7 @@ out, and so do most of what the models print for read speech; the rest shows up 
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -111,3 +112,26 @@ def cer(reference: str, hypothesis: str) -> float | None:
 
 def wer(reference: str, hypothesis: str) -> float | None:
     return word_errors(reference, hypothesis).rate
+
+
+def text_after(previous: str, whole: str) -> str | None:
+    """What `whole` says after it repeats `previous`: `whole` transcribes the audio of
+    `previous` and what follows it, and the words after the last one matching `previous`'s
+    end are the rest (their case and punctuation kept). None when `whole` does not repeat
+    `previous`'s last words (at least two, compared normalised) or says nothing after them:
+    then `whole` cannot be cut there."""
+    before = normalize_text(previous).split()
+    words = whole.split()
+    # Normalised tokens of `whole`, each with the word it comes from ("flour-fatten" gives two).
+    tokens = [(token, i) for i, word in enumerate(words) for token in normalize_text(word).split()]
+    if not before or not tokens:
+        return None
+    matcher = difflib.SequenceMatcher(a=before, b=[t for t, _ in tokens], autojunk=False)
+    blocks = [b for b in matcher.get_matching_blocks() if b.size]
+    if not blocks:
+        return None
+    last = blocks[-1]
+    if last.a + last.size != len(before) or last.size < min(2, len(before)):
+        return None
+    rest = words[tokens[last.b + last.size - 1][1] + 1:]
+    return " ".join(rest) if rest else None

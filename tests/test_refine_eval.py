@@ -15,6 +15,7 @@ from tiny_refine_models import build_tiny_whisper
 
 from harken.app.config import HarkenConfig, RefineConfig
 from harken.app.eval.captions import evaluate, find_utterances, print_report
+from harken.app.session import thread_budget
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
 from harken.models.errors import HarkenError
@@ -100,6 +101,14 @@ async def test_a_whole_run_with_tiny_models(tmp_path: Path) -> None:
     assert latency["n"] == utt["segments"]
     assert latency["p95_s"] >= latency["p50_s"] > 0
     assert result["counters"]["refine_segments"] == utt["segments"]
+    # The run's own thread budget (engine/threads.py), and the refine model's time on it.
+    budget = thread_budget(config, device_type="cpu")
+    assert result["threads"] == {"inference": budget.inference,
+                                 "generation": budget.generation,
+                                 "generation_nice": budget.generation_nice,
+                                 "lend": budget.lend}
+    assert result["generation"]["calls"] >= utt["segments"]
+    assert result["generation"]["busy_s"] > 0
     json.dumps(result)  # the --json output
     lines: list[str] = []
     print_report(result, out=_Lines(lines))

@@ -102,3 +102,64 @@ def test_bad_checkpoints_fail_with_the_fix(tmp_path: Path) -> None:
         SpeechRefiner.from_pretrained(str(ctc), device="cpu")
     with pytest.raises(ModelNotFoundError, match="--refine-model"):
         SpeechRefiner.from_pretrained(str(tmp_path / "missing"), device="cpu")
+
+
+class Spy:
+    """Wraps a model's generate(): records its keyword arguments."""
+
+    def __init__(self, generate: object) -> None:
+        self.generate = generate
+        self.calls: list[dict[str, object]] = []
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls.append(kwargs)
+        return self.generate(*args, **kwargs)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("choice", ["float32", "bfloat16"])
+def test_encoder_dtype(whisper_dir: Path, choice: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bfloat16: the encoder's weights and pass in bfloat16, the decoder in float32 given
+    the encoder's output (so the encoder runs once per segment, in its dtype)."""
+    import torch
+
+    r = SpeechRefiner.from_pretrained(str(whisper_dir), device="cpu",
+                                      options=RefineOptions(encoder_dtype=choice))
+    expected = getattr(torch, choice)
+    assert r.encoder_dtype == expected
+    assert next(r.model.get_encoder().parameters()).dtype == expected
+    assert next(r.model.get_decoder().parameters()).dtype == torch.float32
+    spy = Spy(r.model.generate)
+    monkeypatch.setattr(r.model, "generate", spy)
+    out = r.refine(speechlike_audio(1.0, seed=3))
+    assert out.text.strip()
+    assert out.pieces == 1
+    given = spy.calls[0].get("encoder_outputs")
+    if choice == "float32":
+        assert given is None  # generate() runs the encoder itself
+    else:
+        assert given.last_hidden_state.dtype == torch.float32  # type: ignore[attr-defined]
+        # Split pieces go through the encoder as one batch too.
+        assert r.refine(speechlike_audio(WINDOW_S * 1.5, seed=4)).pieces == 2
+
+
+def test_encoder_dtype_auto_follows_the_cpu(whisper_dir: Path) -> None:
+    import torch
+
+    r = SpeechRefiner.from_pretrained(str(whisper_dir), device="cpu")
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert r.encoder_dtype == (torch.bfloat16 if native else torch.float32)
+    with pytest.raises(ValueError, match="encoder_dtype"):
+        RefineOptions(encoder_dtype="float16")
+
+
+def test_new_tokens_are_bounded_by_the_segment_length(whisper_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A looping decoder stops after ~10 tokens a second of audio, not at max_new_tokens."""
+    r = SpeechRefiner.from_pretrained(str(whisper_dir), device="cpu",
+                                      options=RefineOptions(max_new_tokens=1024))
+    spy = Spy(r.model.generate)
+    monkeypatch.setattr(r.model, "generate", spy)
+    r.refine(speechlike_audio(0.5, seed=3))
+    r.refine(speechlike_audio(WINDOW_S * 1.5, seed=4))  # two pieces: the longer one counts
+    assert [c["max_new_tokens"] for c in spy.calls] == [
+        5 + 16, min(r.max_new_tokens, 10 * WINDOW_S + 16)]

@@ -140,3 +140,16 @@ def test_the_worker_lends_threads_while_a_generation_runs() -> None:
         assert asyncio.run(go()) == (2, 1, 2)
     finally:
         torch.set_num_threads(main_before)
+
+
+def test_refinement_splits_the_cores_without_lowering_the_priority() -> None:
+    """Refined finals have a latency target: the generation thread gets the translation split
+    but no added niceness (a niced thread waits behind every busy process on the machine)."""
+    budget = plan_threads(cores=2, device_type="cpu", translation=True, refine=True)
+    assert budget == ThreadBudget(inference=2, generation=1, generation_nice=0, lend=1)
+    refining = HarkenConfig(refine={"model": "some/whisper"})
+    assert thread_budget(refining, device_type="cpu").generation_nice == 0
+    both = HarkenConfig(refine={"model": "some/whisper"}, translation={"languages": ["de"]})
+    assert thread_budget(both, device_type="cpu").generation_nice == 0
+    translating = HarkenConfig(translation={"languages": ["de"]})
+    assert thread_budget(translating, device_type="cpu").generation_nice == GENERATION_NICE

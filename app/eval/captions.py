@@ -42,7 +42,7 @@ import numpy as np
 from harken.app.bench.architectures import RANDOM_CTC_ARCHS, random_ctc
 from harken.app.config import HarkenConfig
 from harken.app.eval.keywords import read_audio
-from harken.app.session import engine_options
+from harken.app.session import engine_options, thread_budget
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.refine import load_refiner, refine_stages, with_refine_resolved
 from harken.engine.events import CaptionFinal, CaptionRefined, Event
@@ -51,6 +51,7 @@ from harken.engine.sources.file import FileSource
 from harken.engine.stages.captions import CaptionStage
 from harken.engine.stages.refine import RefineStage
 from harken.engine.stages.translation import GenerationWorker
+from harken.engine.threads import CoreShare
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 from harken.models.captions import CtcCaptioner
@@ -225,10 +226,16 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
     final_latency: list[float] = []
     refine_latency: list[float] = []
     counters: dict[str, int] = {}
+    generation: dict[str, Any] = {}
     started = time.perf_counter()
-    async with InferenceWorker(name=str(captioner.device),
-                               max_batch=c.compute.max_batch) as worker, \
-            GenerationWorker(name="refine") as generator:
+    # The threads `harken run` gives the two workers (engine/threads.py): left to torch,
+    # both would take every core and the latency measured would be a run's that never is.
+    budget = thread_budget(c, device_type=captioner.device.type)
+    share = CoreShare(budget=budget) if budget.lend else None
+    async with InferenceWorker(name=str(captioner.device), max_batch=c.compute.max_batch,
+                               threads=budget.inference, share=share) as worker, \
+            GenerationWorker(name="refine", threads=budget.generation,
+                             nice=budget.generation_nice, share=share) as generator:
         for i, utt in enumerate(utterances):
             captions: list[CaptionStage] = []
             refines: list[RefineStage] = []
@@ -267,6 +274,8 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
                 refine_latency += refine.latency.samples()
                 for key, value in refine.counters().items():
                     counters[key] = counters.get(key, 0) + value
+        generation = {"calls": generator.calls, "busy_s": round(generator.busy_s, 2),
+                      "cpu_s": round(generator.cpu_s, 2)}
     refs = [r["reference"] for r in rows]
     systems = {name: _rates(refs, [r[name] for r in rows]) for name in SYSTEMS
                if all(name in r for r in rows)}
@@ -279,6 +288,11 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
         "guard": c.refine.guard if refiner is not None else None,
         "realtime": realtime, "normaliser": "models/scoring.py normalize_text",
         "systems": systems, "counters": counters,
+        # The two workers' torch threads, and the refine model's time on its thread: wall
+        # (busy_s) and CPU (cpu_s, the generation thread's own CPU time) over its calls.
+        "threads": {"inference": budget.inference, "generation": budget.generation,
+                    "generation_nice": budget.generation_nice, "lend": budget.lend},
+        "generation": generation if refiner is not None else None,
         "latency": ({"ctc_final": _percentiles(final_latency),
                      "refined_final": _percentiles(refine_latency)} if realtime else None),
         "utterances": [{**r, **{f"{k}_norm": normalize_text(r[k]) for k in SYSTEMS if k in r}}

@@ -83,7 +83,7 @@ def check_refine_flags(*, language: str | None, guard: bool | None, config: Hark
 def refine_options(config: HarkenConfig) -> RefineOptions:
     r = config.refine
     return RefineOptions(language=r.language, num_beams=r.num_beams,
-                         max_new_tokens=r.max_new_tokens)
+                         max_new_tokens=r.max_new_tokens, encoder_dtype=r.encoder_dtype)
 
 
 def load_refiner(config: HarkenConfig) -> SpeechRefiner:
@@ -103,7 +103,8 @@ def refine_stages(config: HarkenConfig, refiner: SpeechRefiner, captioner: CtcCa
     caption stage's closed segments)."""
     r = config.refine
     options = RefineStageOptions(guard=guard_options(config), max_wait_s=r.max_wait_s,
-                                 pad_before_s=r.pad_before_s, pad_after_s=r.pad_after_s)
+                                 pad_before_s=r.pad_before_s, pad_after_s=r.pad_after_s,
+                                 join_short_s=r.join_short_s)
     vocabulary = CtcVocabulary.from_tokenizer(captioner.tokenizer)
     frame_s = captioner.geometry.frame_samples / SAMPLE_RATE
 

@@ -48,6 +48,7 @@ from harken.engine.vad import SegmentEnd, SegmentStart
 from harken.models.alignment import CtcVocabulary, align_words
 from harken.models.audio import SAMPLE_RATE
 from harken.models.guard import GuardOptions, GuardReason, judge
+from harken.models.scoring import text_after
 
 if TYPE_CHECKING:  # models/refine.py imports torch; the engine core must not
     from harken.models.refine import RefinedText
@@ -64,6 +65,15 @@ DEFAULT_PAD_AFTER_S = 0.0  # s
 # (2 s) before the block that opens it, and one block (up to 1 s from files) comes at once.
 RECENT_SLACK_S = 3.0
 PADDING_WAITING = 8  # segments waiting for their after-padding at most; older go without
+# A segment shorter than DEFAULT_JOIN_SHORT_S that starts less than JOIN_GAP_S after the
+# previous one ended was cut inside speech (the VAD's split search), not at a pause: alone,
+# Whisper hears a fragment without its start (it dropped a word of one such segment that it
+# hears in the whole utterance, docs/refine.md). It is decoded together with the previous
+# segment (JOIN_CONTEXT_S at most: that segment's words are decoded again), and its text is
+# what follows the previous refined text.
+DEFAULT_JOIN_SHORT_S = 3.0  # s
+JOIN_GAP_S = 0.1  # s
+JOIN_CONTEXT_S = 10.0  # s
 FAILED = "failed"
 SKIPPED = "skipped"
 
@@ -87,8 +97,14 @@ class RefineStageOptions:
     #: end, so that a word cut at the edge is whole (the refined final waits pad_after_s).
     pad_before_s: float = DEFAULT_PAD_BEFORE_S
     pad_after_s: float = DEFAULT_PAD_AFTER_S
+    #: s: a shorter segment that follows the previous one without a pause is decoded with it
+    #: (0: never; see DEFAULT_JOIN_SHORT_S).
+    join_short_s: float = DEFAULT_JOIN_SHORT_S
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.join_short_s <= JOIN_CONTEXT_S:
+            raise ValueError(f"refine join_short_s must be between 0 and {JOIN_CONTEXT_S} s, "
+                             f"got {self.join_short_s}")
         if not self.max_wait_s >= 0:
             raise ValueError(f"refine max_wait_s must be >= 0, got {self.max_wait_s}")
         for name in ("pad_before_s", "pad_after_s"):
@@ -113,6 +129,15 @@ class _Outcome:
     words: tuple[Word, ...]
     reason: str
     cer: float | None
+    joined: bool = False  # decoded together with the previous segment
+
+
+@dataclass(frozen=True, slots=True)
+class _Refined:
+    """The last segment refined and accepted: the context of a short segment after it."""
+    end: int  # stream samples
+    samples: np.ndarray
+    text: str
 
 
 class RefineStage(WholeSegmentStage):
@@ -137,6 +162,8 @@ class RefineStage(WholeSegmentStage):
         self.rejected = 0
         self.fallbacks = 0
         self.late = 0
+        self.joined = 0
+        self._previous: _Refined | None = None
         self._generator = generator
         self._arrivals = arrivals
         self._finals = finals
@@ -167,7 +194,8 @@ class RefineStage(WholeSegmentStage):
 
     def counters(self) -> dict[str, int]:
         return {"refine_segments": self.refined, "refine_rejected": self.rejected,
-                "refine_fallbacks": self.fallbacks, "refine_late": self.late}
+                "refine_fallbacks": self.fallbacks, "refine_late": self.late,
+                "refine_joined": self.joined}
 
     def latencies(self) -> dict[str, float | None]:
         return {"refine_latency_p50_s": self.latency.get(50),
@@ -285,8 +313,10 @@ class RefineStage(WholeSegmentStage):
                 continue
             job = self._jobs.popleft()
             self._space.set()
+            context, self._previous = self._join_context(job), None
             try:
-                outcome = await self._generator.run(self._work, job, priority=REFINE_PRIORITY,
+                outcome = await self._generator.run(self._work, job, context,
+                                                     priority=REFINE_PRIORITY,
                                                      task="refinement")
             except GenerationError as exc:
                 self.fallbacks += 1
@@ -297,9 +327,19 @@ class RefineStage(WholeSegmentStage):
                                           f"CTC text stands: {exc}")
                 yield self._event(job, self._ctc_outcome(job, FAILED))
                 continue
+            if outcome.reason == GuardReason.OK \
+                    and len(job.samples) <= JOIN_CONTEXT_S * SAMPLE_RATE:
+                self._previous = _Refined(end=job.end, samples=job.samples, text=outcome.text)
             await self._after_final(job.segment)
             self._count(job, outcome)
             yield self._event(job, outcome)
+
+    def _join_context(self, job: _Job) -> _Refined | None:
+        """The previous segment, when `job` is short and follows it without a pause."""
+        previous = self._previous
+        if previous is None or len(job.samples) >= self.options.join_short_s * SAMPLE_RATE:
+            return None
+        return previous if 0 <= job.start - previous.end < JOIN_GAP_S * SAMPLE_RATE else None
 
     async def _after_final(self, segment: int) -> None:
         while self._last_final < segment and not self._ended:
@@ -307,6 +347,7 @@ class RefineStage(WholeSegmentStage):
             await self._published.wait()
 
     def _count(self, job: _Job, outcome: _Outcome) -> None:
+        self.joined += outcome.joined
         if outcome.reason == GuardReason.OK:
             self.refined += 1
         elif outcome.reason == GuardReason.EMPTY:
@@ -329,27 +370,37 @@ class RefineStage(WholeSegmentStage):
             return _Outcome(text="", words=(), reason=reason, cer=None)
         return _Outcome(text=closed.text, words=closed.words, reason=reason, cer=None)
 
-    def _work(self, job: _Job) -> _Outcome:
+    def _decode(self, job: _Job, context: _Refined | None) -> tuple[str, bool]:
+        """The segment's text, and whether it was decoded with the previous segment (when
+        that decode repeats the previous text and says more: otherwise alone)."""
+        if context is not None:
+            whole = self.refiner.refine(np.concatenate([context.samples, job.samples]))
+            rest = text_after(context.text, whole.text)
+            if rest is not None:
+                return rest, True
+        return self.refiner.refine(job.samples).text, False
+
+    def _work(self, job: _Job, context: _Refined | None = None) -> _Outcome:
         """On the generation thread: decode, judge, align (alignment is cheap numpy)."""
-        refined = self.refiner.refine(job.samples)
+        text, joined = self._decode(job, context)
         ctc_text = job.closed.text if job.closed is not None else ""
-        verdict = judge(refined.text, ctc_text, self.options.guard)
+        verdict = judge(text, ctc_text, self.options.guard)
         if not verdict.accepted:
             outcome = self._ctc_outcome(job, str(verdict.reason))
             return _Outcome(text=outcome.text, words=outcome.words, reason=outcome.reason,
-                            cer=verdict.cer)
+                            cer=verdict.cer, joined=joined)
         empty = np.zeros((0, 1), np.float32)
         logprobs = job.closed.logprobs if job.closed is not None else empty
         vocabulary = self.vocabulary
         if vocabulary is None:  # nothing to align to: interpolate over the segment
             vocabulary, logprobs = CtcVocabulary(ids={}, blank_id=0, delimiter_id=None,
                                                  upper=False), empty
-        aligned = align_words(refined.text, logprobs, vocabulary,
+        aligned = align_words(text, logprobs, vocabulary,
                               start_s=job.start / SAMPLE_RATE, frame_s=self.frame_s,
                               end_s=job.end / SAMPLE_RATE)
         words = tuple(Word(word=w.word, start=w.start, end=w.end) for w in aligned)
-        return _Outcome(text=refined.text.strip(), words=words, reason=str(verdict.reason),
-                        cer=verdict.cer)
+        return _Outcome(text=text.strip(), words=words, reason=str(verdict.reason),
+                        cer=verdict.cer, joined=joined)
 
     def _event(self, job: _Job, outcome: _Outcome) -> CaptionRefined:
         return CaptionRefined(
