@@ -7,7 +7,9 @@ import pytest
 from mosquitto import MOSQUITTO, SKIP_REASON
 
 from harken.app.bench.soak import (
+    FinalLedger,
     LagHistogram,
+    LatencyWindows,
     SoakOptions,
     latency_drift,
     slope_per_10min,
@@ -40,6 +42,39 @@ def test_latency_drift_compares_the_first_and_last_window() -> None:
     assert drift["window_s"] == 600.0
     assert drift["first_median_s"] == pytest.approx(0.2)
     assert drift["drift_pct"] == pytest.approx(10.0)
+
+
+def test_final_ledger_keeps_only_unmatched_ids_however_many_finals() -> None:
+    ledger = FinalLedger(recent_kept=50)
+    for i in range(20_000):  # hours of finals, received in either order
+        key = ("sat0", i, i * 2.5)
+        if i % 2:
+            ledger.produce(key)
+            ledger.receive(key)
+        else:
+            ledger.receive(key)
+            ledger.produce(key)
+    assert ledger.kept == 50  # the recent matched ids, nothing else
+    ledger.receive(("sat0", 19_999, 49_997.5))  # a QoS 1 redelivery
+    ledger.produce(("room", 1, 1.0))  # produced, never received
+    ledger.receive(("room", 7, 7.0))  # received, never produced
+    assert (ledger.produced, ledger.received) == (20_001, 20_001)
+    assert ledger.duplicates == 1
+    assert ledger.messages == 20_002
+    assert ledger.missing == [("room", 1, 1.0)]
+    assert ledger.unproduced == 1
+
+
+def test_latency_windows_stay_bounded_and_keep_first_and_last() -> None:
+    windows = LatencyWindows(start_s=60.0, window_s=600.0)
+    for t in range(0, 36_000):  # ten hours, a final a second
+        windows.add(float(t), 0.2 if t < 660 else 0.3)
+    assert len(windows.first) <= 660
+    assert len(windows.last) <= 661
+    drift = latency_drift(windows.points(), start_s=60.0, end_s=35_999.0)
+    assert drift["finals_first"] == 600
+    assert drift["finals_last"] == 601
+    assert drift["drift_pct"] == pytest.approx(50.0)
 
 
 @pytest.mark.slow

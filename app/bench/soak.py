@@ -18,6 +18,7 @@ measures the engine, not the models.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -72,6 +73,9 @@ FLOOD_SITES_PER_S = 5.0  # of those, frames under new made-up site names
 DRAIN_S = 60.0  # s after the end for the subscriber to receive what is still on its way
 LATENCY_WINDOW_S = 600.0  # s: "first vs last 10 minutes"
 SUBSCRIBER_ID = "harken-soak-subscriber"
+RECENT_FINALS_KEPT = 1000  # matched final ids remembered, to tell a QoS 1 redelivery
+WINDOW_MARGIN_S = 60.0  # s kept beyond each latency window (the run ends a little late)
+MAX_LATENCY_STREAMS = 64  # streams whose latency is followed (the good ones come first)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +94,11 @@ class SoakOptions:
     @property
     def warmup_s(self) -> float:
         return max(60.0, 0.1 * self.seconds)
+
+    @property
+    def latency_window_s(self) -> float:
+        """Of the first and the last window compared for latency drift."""
+        return min(LATENCY_WINDOW_S, (self.seconds - self.warmup_s) / 2)
 
 
 def rss_mb() -> float:
@@ -158,14 +167,103 @@ class LoopingSource:
             yield block
 
 
+FinalId = tuple[str, int, float]
+
+
+class FinalLedger:
+    """Caption-final ids produced (by the engine) and received (at the subscriber), matched
+    as they come. Only the unmatched ids are kept (and the latest matched ones, to tell a
+    redelivery), so over hours the benchmark's own bookkeeping stays the same size and does
+    not show up in the RSS slope it measures."""
+
+    def __init__(self, *, recent_kept: int = RECENT_FINALS_KEPT) -> None:
+        self.produced = 0
+        self.received = 0  # distinct ids
+        self.messages = 0  # all deliveries, redeliveries included
+        self.duplicates = 0
+        self._waiting: dict[FinalId, None] = {}  # produced, not received yet (in order)
+        self._early: set[FinalId] = set()  # received before the engine's own sink saw it
+        self._recent: collections.deque[FinalId] = collections.deque(maxlen=recent_kept)
+        self._recent_set: set[FinalId] = set()
+
+    def _matched(self, key: FinalId) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(key)
+        self._recent_set.add(key)
+
+    def produce(self, key: FinalId) -> None:
+        if key in self._waiting or key in self._recent_set:
+            return  # the same final twice from the engine: counted once
+        self.produced += 1
+        if key in self._early:
+            self._early.discard(key)
+            self._matched(key)
+        else:
+            self._waiting[key] = None
+
+    def receive(self, key: FinalId) -> None:
+        self.messages += 1
+        if key in self._recent_set or key in self._early:
+            self.duplicates += 1
+            return
+        self.received += 1
+        if key in self._waiting:
+            del self._waiting[key]
+            self._matched(key)
+        else:
+            self._early.add(key)
+
+    @property
+    def missing(self) -> list[FinalId]:
+        """Produced and (so far) never received."""
+        return list(self._waiting)
+
+    @property
+    def unproduced(self) -> int:
+        """Received and never produced (a redelivery older than the ids kept)."""
+        return len(self._early)
+
+    @property
+    def kept(self) -> int:
+        """Ids held now: what the ledger's memory grows with."""
+        return len(self._waiting) + len(self._early) + len(self._recent)
+
+
+class LatencyWindows:
+    """Final latencies of one stream in the first window after warm-up and the latest
+    window (each with a margin: latency_drift cuts them exactly, from the run's measured
+    length): both bounded by the window's length, however long the run."""
+
+    def __init__(self, *, start_s: float, window_s: float) -> None:
+        self.start_s = start_s
+        self.window_s = window_s
+        self.first: list[tuple[float, float]] = []
+        self.last: collections.deque[tuple[float, float]] = collections.deque()
+
+    def add(self, t: float, latency_s: float) -> None:
+        if self.start_s <= t < self.start_s + self.window_s + WINDOW_MARGIN_S:
+            self.first.append((t, latency_s))
+        self.last.append((t, latency_s))
+        while self.last and self.last[0][0] < t - self.window_s - WINDOW_MARGIN_S:
+            self.last.popleft()
+
+    def points(self) -> list[tuple[float, float]]:
+        """What latency_drift needs: the first window and the latest one (no overlap twice)."""
+        first = set(self.first)
+        return self.first + [p for p in self.last if p not in first]
+
+
 @dataclass
 class FinalCounter:
     """A sink: every caption final produced (by id) and its latency from audio arrival."""
 
+    ledger: FinalLedger
+    start_s: float  # warm-up: latencies before it are not kept
+    window_s: float  # of the first and the last latency window
     session: Session | None = None
     name: str = "soak-counter"
-    produced: set[tuple[str, int, float]] = field(default_factory=set)
-    latencies: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    latencies: dict[str, LatencyWindows] = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)  # events seen, by type
     t0: float = field(default_factory=time.monotonic)
 
@@ -174,28 +272,32 @@ class FinalCounter:
             self.types[event.type] = self.types.get(event.type, 0) + 1
             if not isinstance(event, CaptionFinal):
                 continue
-            self.produced.add(final_id(event.stream, event.segment, event.start))
+            self.ledger.produce(final_id(event.stream, event.segment, event.start))
             engine = self.session.engine if self.session is not None else None
             state = engine.streams.get(event.stream) if engine is not None else None
             arrived = state.arrivals.time_of(round(event.end * SAMPLE_RATE)) \
                 if state is not None else None
             if arrived is not None:
                 now = time.monotonic()
-                self.latencies.setdefault(event.stream, []).append(
-                    (now - self.t0, now - arrived))
+                windows = self.latencies.get(event.stream)
+                if windows is None:
+                    if len(self.latencies) >= MAX_LATENCY_STREAMS:
+                        continue
+                    windows = self.latencies[event.stream] = LatencyWindows(
+                        start_s=self.start_s, window_s=self.window_s)
+                windows.add(now - self.t0, now - arrived)
 
 
-def final_id(stream: str, segment: int, start: float) -> tuple[str, int, float]:
+def final_id(stream: str, segment: int, start: float) -> FinalId:
     return (stream, int(segment), round(float(start), 3))
 
 
 class Subscriber:
     """A persistent (clean_session=False) QoS 1 subscriber that survives broker restarts."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, ledger: FinalLedger) -> None:
         self.port = port
-        self.received: set[tuple[str, int, float]] = set()
-        self.messages = 0
+        self.ledger = ledger
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
@@ -210,9 +312,8 @@ class Subscriber:
                         raw = message.payload
                         data = json.loads(bytes(raw) if isinstance(raw, (bytes, bytearray))
                                           else b"{}")
-                        self.messages += 1
-                        self.received.add(final_id(data["stream"], data["segment"],
-                                                   data["start"]))
+                        self.ledger.receive(final_id(data["stream"], data["segment"],
+                                                     data["start"]))
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.5)
 
@@ -381,12 +482,14 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
             sink = MqttSink(settings=settings, options=MqttSinkOptions(
                 site="soak", sites_from_streams=True, ha_discovery=True,
                 backoff_initial_s=0.2, backoff_max_s=2.0, outbox_size=5000))
-            counter = FinalCounter()
+            ledger = FinalLedger()
+            counter = FinalCounter(ledger=ledger, start_s=options.warmup_s,
+                                   window_s=options.latency_window_s)
             session = Session(config=_config(store, options.heap_trim_s),
                               sources=[room, satellites], sinks=[sink, counter], live=True,
                               models=models)
             counter.session = session
-            subscriber = Subscriber(broker.port)
+            subscriber = Subscriber(broker.port, ledger)
             async with asyncio.TaskGroup() as tg:
                 background = [tg.create_task(subscriber.run(), name="subscriber"),
                               tg.create_task(probe_lag(lags), name="lag")]
@@ -412,8 +515,8 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                         next_sample += SAMPLE_EVERY_S
                         if len(rss) % 6 == 1:
                             say(f"{(now - t0) / 60:.1f} min: RSS {rss[-1][1]:.1f} MB, finals "
-                                f"{len(counter.produced)} produced / "
-                                f"{len(subscriber.received)} received, rejected "
+                                f"{ledger.produced} produced / "
+                                f"{ledger.received} received, rejected "
                                 f"{satellites.rejected_frames}+{sink.rejections.total}")
                     if now >= next_restart:
                         say("restarting the broker")
@@ -429,7 +532,7 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 deadline = time.monotonic() + DRAIN_S
 
                 def waiting() -> bool:
-                    behind = not counter.produced <= subscriber.received
+                    behind = bool(ledger.missing)
                     return behind and time.monotonic() < deadline
 
                 while waiting():  # noqa: ASYNC110 (a deadline poll, not a synchronisation)
@@ -437,7 +540,7 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 for task in background[:2]:
                     task.cancel()
             engine = session.engine
-    lost = counter.produced - subscriber.received
+    lost = ledger.missing
     warm = [(t, m) for t, m in rss if t >= options.warmup_s]
     warm_heap = [h for h in heap if h[0] >= options.warmup_s]
     trimmer = engine.heap if engine is not None else None
@@ -473,11 +576,13 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 [(t, f) for t, _, f in warm_heap]), 3)},
         "loop_lag_ms": {"p50": lags.percentile(50), "p99": lags.percentile(99),
                         "max": round(lags.max_ms, 2)},
-        "latency": {stream: latency_drift(points, start_s=options.warmup_s, end_s=duration)
-                    for stream, points in sorted(counter.latencies.items())},
-        "finals": {"produced": len(counter.produced), "received": len(subscriber.received),
+        "latency": {stream: latency_drift(windows.points(), start_s=options.warmup_s,
+                                          end_s=duration)
+                    for stream, windows in sorted(counter.latencies.items())},
+        "finals": {"produced": ledger.produced, "received": ledger.received,
                    "lost": len(lost), "lost_examples": sorted(lost)[:5],
-                   "duplicates_received": subscriber.messages - len(subscriber.received)},
+                   "duplicates_received": ledger.duplicates,
+                   "received_not_produced": ledger.unproduced},
         "dropped": {"satellite_blocks": satellites.dropped_blocks,
                     "bus": engine.bus.dropped() if engine is not None else {},
                     "satellite_frames_missed_during_restarts": stats.get("frames_missed", 0),
