@@ -3,6 +3,8 @@ broker with a hostile publisher loses no final."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from mosquitto import MOSQUITTO, SKIP_REASON
 
@@ -12,6 +14,8 @@ from harken.app.bench.soak import (
     LatencyWindows,
     SoakOptions,
     latency_drift,
+    rss_mb,
+    rss_parts_mb,
     slope_per_10min,
     soak,
 )
@@ -21,6 +25,16 @@ def test_slope_is_mb_per_10_minutes() -> None:
     samples = [(t, 500.0 + 0.001 * t) for t in range(0, 3600, 10)]  # 0.6 MB per 10 min
     assert slope_per_10min(samples) == pytest.approx(0.6)
     assert slope_per_10min(samples[:2]) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
+def test_rss_splits_into_anonymous_and_file_backed() -> None:
+    parts = rss_parts_mb()
+    assert parts is not None
+    anon, file = parts
+    assert anon > 0
+    assert file > 0
+    assert anon + file == pytest.approx(rss_mb(), rel=0.1)  # shared memory is the rest
 
 
 def test_lag_histogram_percentiles_in_constant_memory() -> None:

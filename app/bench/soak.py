@@ -108,6 +108,24 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
+def rss_parts_mb() -> tuple[float, float] | None:
+    """Anonymous and file-backed resident memory (Linux /proc/self/status), MB. File pages
+    (the mapped libraries) come and go with the kernel's reclaim of cold pages: what the
+    program's own allocations do shows in the anonymous part."""
+    parts: dict[str, float] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile"):
+                    parts[key] = int(value.split()[0]) * 1024 / 1e6
+    except (OSError, ValueError):
+        return None
+    if len(parts) != 2:
+        return None
+    return parts["RssAnon"], parts["RssFile"]
+
+
 def slope_per_10min(samples: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of (seconds, MB) samples, in MB per 10 minutes."""
     if len(samples) < 3:
@@ -461,6 +479,7 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
     rss: list[tuple[float, float]] = []
     # glibc's in-use and freed-but-held heap at each RSS sample: which of them RSS follows
     heap: list[tuple[float, float, float]] = []
+    parts: list[tuple[float, float, float]] = []  # (s, anonymous MB, file-backed MB)
     with tempfile.TemporaryDirectory(prefix="harken-soak-") as tmp:
         folder = Path(tmp)
         store = folder / "voiceprints.db"
@@ -508,6 +527,9 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 while (now := time.monotonic()) < t0 + options.seconds:
                     if now >= next_sample:
                         rss.append((now - t0, rss_mb()))
+                        split = rss_parts_mb()
+                        if split is not None:
+                            parts.append((now - t0, *split))
                         usage = heap_usage()
                         if usage is not None:
                             heap.append((now - t0, usage.in_use_bytes / 1e6,
@@ -543,6 +565,7 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
     lost = ledger.missing
     warm = [(t, m) for t, m in rss if t >= options.warmup_s]
     warm_heap = [h for h in heap if h[0] >= options.warmup_s]
+    warm_parts = [p for p in parts if p[0] >= options.warmup_s]
     trimmer = engine.heap if engine is not None else None
     return {
         "benchmark": "soak",
@@ -556,7 +579,16 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                    "slope_mb_per_10min": _round(slope_per_10min(warm), 3),
                    "warmup_s": options.warmup_s,
                    # one sample a minute: where the memory goes up, and whether it comes back
-                   "per_minute": [round(m, 1) for t, m in rss if int(t) % 60 < SAMPLE_EVERY_S]},
+                   "per_minute": [round(m, 1) for t, m in rss if int(t) % 60 < SAMPLE_EVERY_S],
+                   # RSS = anonymous (the program's memory) + file-backed (mapped libraries)
+                   "anon_start_end": [round(warm_parts[0][1], 1), round(warm_parts[-1][1], 1)]
+                   if warm_parts else None,
+                   "anon_slope_mb_per_10min": _round(slope_per_10min(
+                       [(t, a) for t, a, _ in warm_parts]), 3),
+                   "file_start_end": [round(warm_parts[0][2], 1), round(warm_parts[-1][2], 1)]
+                   if warm_parts else None,
+                   "file_slope_mb_per_10min": _round(slope_per_10min(
+                       [(t, f) for t, _, f in warm_parts]), 3)},
         "heap": {
             "trim_interval_s": trimmer.interval_s if trimmer is not None else 0,
             "trims": trimmer.stats.trims if trimmer is not None else 0,
