@@ -3,6 +3,7 @@ broker with a hostile publisher loses no final."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
@@ -13,6 +14,7 @@ from harken.app.bench.soak import (
     LagHistogram,
     LatencyWindows,
     SoakOptions,
+    cancel_all,
     latency_drift,
     rss_mb,
     rss_parts_mb,
@@ -89,6 +91,29 @@ def test_latency_windows_stay_bounded_and_keep_first_and_last() -> None:
     assert drift["finals_first"] == 600
     assert drift["finals_last"] == 601
     assert drift["drift_pct"] == pytest.approx(50.0)
+
+
+async def test_cancel_all_ends_a_task_that_waits_again_after_its_cancel() -> None:
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cancels = 0
+
+    async def like_aiomqtt_exit() -> None:  # waits, untimed, in its cleanup
+        nonlocal cancels
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancels += 1
+            await never  # the second cancel ends this
+            raise
+
+    async def polite() -> None:
+        await asyncio.sleep(3600)
+
+    tasks = [asyncio.create_task(like_aiomqtt_exit()), asyncio.create_task(polite())]
+    await asyncio.sleep(0)
+    assert await cancel_all(tasks, grace_s=0.05) == 0
+    assert all(task.cancelled() for task in tasks)
+    assert cancels == 1
 
 
 @pytest.mark.slow

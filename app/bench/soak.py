@@ -74,6 +74,8 @@ DRAIN_S = 60.0  # s after the end for the subscriber to receive what is still on
 LATENCY_WINDOW_S = 600.0  # s: "first vs last 10 minutes"
 SUBSCRIBER_ID = "harken-soak-subscriber"
 RECENT_FINALS_KEPT = 1000  # matched final ids remembered, to tell a QoS 1 redelivery
+CANCEL_GRACE_S = 5.0  # s a cancelled client task gets before it is cancelled again
+CANCEL_ROUNDS = 5
 WINDOW_MARGIN_S = 60.0  # s kept beyond each latency window (the run ends a little late)
 MAX_LATENCY_STREAMS = 64  # streams whose latency is followed (the good ones come first)
 
@@ -409,6 +411,25 @@ async def hostile(port: int, good: list[str], audio: np.ndarray, seed: int,
             await asyncio.sleep(0.5)
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]], *, grace_s: float = CANCEL_GRACE_S,
+                     rounds: int = CANCEL_ROUNDS) -> int:
+    """Cancels `tasks` and waits for them to end, cancelling again any still running after
+    `grace_s`; returns how many never ended. aiomqtt's `Client.__aexit__` (2.5) waits with
+    no timeout for the disconnect to be acknowledged, so a client cancelled while its
+    connection is half gone (a broker restart, a full socket) waits for ever, and the
+    benchmark with it (seen in a 12-minute soak): a second cancel ends that wait."""
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+    return len(pending)
+
+
 class LagHistogram:
     """Event-loop lags in fixed 0.1 ms bins up to LAG_MAX_MS (one overflow bin): constant
     memory, so the benchmark's own bookkeeping does not show up in the RSS slope."""
@@ -546,8 +567,8 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                         next_restart += options.restart_every_s
                     await asyncio.sleep(1.0)
                 duration = time.monotonic() - t0
-                for task in background[2:]:  # publishers stop; the subscriber keeps reading
-                    task.cancel()
+                # Publishers stop; the subscriber keeps reading.
+                stuck = await cancel_all(background[2:])
                 room.stop()
                 satellites.stop()
                 await run
@@ -559,8 +580,10 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
 
                 while waiting():  # noqa: ASYNC110 (a deadline poll, not a synchronisation)
                     await asyncio.sleep(0.5)
-                for task in background[:2]:
-                    task.cancel()
+                stuck += await cancel_all(background[:2])
+                if stuck:
+                    log.warning("%d client tasks did not end after %d cancels", stuck,
+                                CANCEL_ROUNDS)
             engine = session.engine
     lost = ledger.missing
     warm = [(t, m) for t, m in rss if t >= options.warmup_s]
@@ -630,6 +653,7 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                     "live_at_end": len(engine.streams) if engine is not None else 0},
         "events": dict(sorted(counter.types.items())),
         "reconnects": {"sink": sink.reconnects, "satellite_source": satellites.reconnects},
+        "client_tasks_stuck_at_end": stuck,
     }
 
 
