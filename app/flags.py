@@ -445,7 +445,7 @@ def add_bench_soak(bsub: Any) -> None:
     bs.add_argument("--audio", type=Path, help="speech file to loop (default: assets sample)")
     bs.add_argument("--heap-trim", type=float, default=None, metavar="S",
                     help="seconds between heap trims (compute.heap_trim_s; 0: none, the "
-                         "'before' of docs/bench/soak.md)")
+                         "'before' of docs/memory.md)")
     bs.add_argument("--json", action="store_true", help="print only the JSON object")
 
 

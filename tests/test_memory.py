@@ -111,6 +111,6 @@ def test_heap_trim_is_a_setting() -> None:
     from harken.app.config import ComputeConfig, HarkenConfig
     from harken.app.session import engine_options
 
-    assert engine_options(HarkenConfig(), live=True).heap_trim_interval_s == 30.0
+    assert engine_options(HarkenConfig(), live=True).heap_trim_interval_s == 5.0
     off = HarkenConfig(compute=ComputeConfig(heap_trim_s=0))
     assert engine_options(off, live=True).heap_trim_interval_s == 0

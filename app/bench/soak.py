@@ -18,6 +18,7 @@ measures the engine, not the models.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -72,6 +73,11 @@ FLOOD_SITES_PER_S = 5.0  # of those, frames under new made-up site names
 DRAIN_S = 60.0  # s after the end for the subscriber to receive what is still on its way
 LATENCY_WINDOW_S = 600.0  # s: "first vs last 10 minutes"
 SUBSCRIBER_ID = "harken-soak-subscriber"
+RECENT_FINALS_KEPT = 1000  # matched final ids remembered, to tell a QoS 1 redelivery
+CANCEL_GRACE_S = 5.0  # s a cancelled client task gets before it is cancelled again
+CANCEL_ROUNDS = 5
+WINDOW_MARGIN_S = 60.0  # s kept beyond each latency window (the run ends a little late)
+MAX_LATENCY_STREAMS = 64  # streams whose latency is followed (the good ones come first)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,12 +97,35 @@ class SoakOptions:
     def warmup_s(self) -> float:
         return max(60.0, 0.1 * self.seconds)
 
+    @property
+    def latency_window_s(self) -> float:
+        """Of the first and the last window compared for latency drift."""
+        return min(LATENCY_WINDOW_S, (self.seconds - self.warmup_s) / 2)
+
 
 def rss_mb() -> float:
     """Resident set size of this process (Linux /proc), MB."""
     with open("/proc/self/statm", encoding="ascii") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def rss_parts_mb() -> tuple[float, float] | None:
+    """Anonymous and file-backed resident memory (Linux /proc/self/status), MB. File pages
+    (the mapped libraries) come and go with the kernel's reclaim of cold pages: what the
+    program's own allocations do shows in the anonymous part."""
+    parts: dict[str, float] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile"):
+                    parts[key] = int(value.split()[0]) * 1024 / 1e6
+    except (OSError, ValueError):
+        return None
+    if len(parts) != 2:
+        return None
+    return parts["RssAnon"], parts["RssFile"]
 
 
 def slope_per_10min(samples: list[tuple[float, float]]) -> float | None:
@@ -158,14 +187,103 @@ class LoopingSource:
             yield block
 
 
+FinalId = tuple[str, int, float]
+
+
+class FinalLedger:
+    """Caption-final ids produced (by the engine) and received (at the subscriber), matched
+    as they come. Only the unmatched ids are kept (and the latest matched ones, to tell a
+    redelivery), so over hours the benchmark's own bookkeeping stays the same size and does
+    not show up in the RSS slope it measures."""
+
+    def __init__(self, *, recent_kept: int = RECENT_FINALS_KEPT) -> None:
+        self.produced = 0
+        self.received = 0  # distinct ids
+        self.messages = 0  # all deliveries, redeliveries included
+        self.duplicates = 0
+        self._waiting: dict[FinalId, None] = {}  # produced, not received yet (in order)
+        self._early: set[FinalId] = set()  # received before the engine's own sink saw it
+        self._recent: collections.deque[FinalId] = collections.deque(maxlen=recent_kept)
+        self._recent_set: set[FinalId] = set()
+
+    def _matched(self, key: FinalId) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(key)
+        self._recent_set.add(key)
+
+    def produce(self, key: FinalId) -> None:
+        if key in self._waiting or key in self._recent_set:
+            return  # the same final twice from the engine: counted once
+        self.produced += 1
+        if key in self._early:
+            self._early.discard(key)
+            self._matched(key)
+        else:
+            self._waiting[key] = None
+
+    def receive(self, key: FinalId) -> None:
+        self.messages += 1
+        if key in self._recent_set or key in self._early:
+            self.duplicates += 1
+            return
+        self.received += 1
+        if key in self._waiting:
+            del self._waiting[key]
+            self._matched(key)
+        else:
+            self._early.add(key)
+
+    @property
+    def missing(self) -> list[FinalId]:
+        """Produced and (so far) never received."""
+        return list(self._waiting)
+
+    @property
+    def unproduced(self) -> int:
+        """Received and never produced (a redelivery older than the ids kept)."""
+        return len(self._early)
+
+    @property
+    def kept(self) -> int:
+        """Ids held now: what the ledger's memory grows with."""
+        return len(self._waiting) + len(self._early) + len(self._recent)
+
+
+class LatencyWindows:
+    """Final latencies of one stream in the first window after warm-up and the latest
+    window (each with a margin: latency_drift cuts them exactly, from the run's measured
+    length): both bounded by the window's length, however long the run."""
+
+    def __init__(self, *, start_s: float, window_s: float) -> None:
+        self.start_s = start_s
+        self.window_s = window_s
+        self.first: list[tuple[float, float]] = []
+        self.last: collections.deque[tuple[float, float]] = collections.deque()
+
+    def add(self, t: float, latency_s: float) -> None:
+        if self.start_s <= t < self.start_s + self.window_s + WINDOW_MARGIN_S:
+            self.first.append((t, latency_s))
+        self.last.append((t, latency_s))
+        while self.last and self.last[0][0] < t - self.window_s - WINDOW_MARGIN_S:
+            self.last.popleft()
+
+    def points(self) -> list[tuple[float, float]]:
+        """What latency_drift needs: the first window and the latest one (no overlap twice)."""
+        first = set(self.first)
+        return self.first + [p for p in self.last if p not in first]
+
+
 @dataclass
 class FinalCounter:
     """A sink: every caption final produced (by id) and its latency from audio arrival."""
 
+    ledger: FinalLedger
+    start_s: float  # warm-up: latencies before it are not kept
+    window_s: float  # of the first and the last latency window
     session: Session | None = None
     name: str = "soak-counter"
-    produced: set[tuple[str, int, float]] = field(default_factory=set)
-    latencies: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    latencies: dict[str, LatencyWindows] = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)  # events seen, by type
     t0: float = field(default_factory=time.monotonic)
 
@@ -174,28 +292,32 @@ class FinalCounter:
             self.types[event.type] = self.types.get(event.type, 0) + 1
             if not isinstance(event, CaptionFinal):
                 continue
-            self.produced.add(final_id(event.stream, event.segment, event.start))
+            self.ledger.produce(final_id(event.stream, event.segment, event.start))
             engine = self.session.engine if self.session is not None else None
             state = engine.streams.get(event.stream) if engine is not None else None
             arrived = state.arrivals.time_of(round(event.end * SAMPLE_RATE)) \
                 if state is not None else None
             if arrived is not None:
                 now = time.monotonic()
-                self.latencies.setdefault(event.stream, []).append(
-                    (now - self.t0, now - arrived))
+                windows = self.latencies.get(event.stream)
+                if windows is None:
+                    if len(self.latencies) >= MAX_LATENCY_STREAMS:
+                        continue
+                    windows = self.latencies[event.stream] = LatencyWindows(
+                        start_s=self.start_s, window_s=self.window_s)
+                windows.add(now - self.t0, now - arrived)
 
 
-def final_id(stream: str, segment: int, start: float) -> tuple[str, int, float]:
+def final_id(stream: str, segment: int, start: float) -> FinalId:
     return (stream, int(segment), round(float(start), 3))
 
 
 class Subscriber:
     """A persistent (clean_session=False) QoS 1 subscriber that survives broker restarts."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, ledger: FinalLedger) -> None:
         self.port = port
-        self.received: set[tuple[str, int, float]] = set()
-        self.messages = 0
+        self.ledger = ledger
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
@@ -210,9 +332,8 @@ class Subscriber:
                         raw = message.payload
                         data = json.loads(bytes(raw) if isinstance(raw, (bytes, bytearray))
                                           else b"{}")
-                        self.messages += 1
-                        self.received.add(final_id(data["stream"], data["segment"],
-                                                   data["start"]))
+                        self.ledger.receive(final_id(data["stream"], data["segment"],
+                                                     data["start"]))
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.5)
 
@@ -290,6 +411,25 @@ async def hostile(port: int, good: list[str], audio: np.ndarray, seed: int,
             await asyncio.sleep(0.5)
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]], *, grace_s: float = CANCEL_GRACE_S,
+                     rounds: int = CANCEL_ROUNDS) -> int:
+    """Cancels `tasks` and waits for them to end, cancelling again any still running after
+    `grace_s`; returns how many never ended. aiomqtt's `Client.__aexit__` (2.5) waits with
+    no timeout for the disconnect to be acknowledged, so a client cancelled while its
+    connection is half gone (a broker restart, a full socket) waits for ever, and the
+    benchmark with it (seen in a 12-minute soak): a second cancel ends that wait."""
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+    return len(pending)
+
+
 class LagHistogram:
     """Event-loop lags in fixed 0.1 ms bins up to LAG_MAX_MS (one overflow bin): constant
     memory, so the benchmark's own bookkeeping does not show up in the RSS slope."""
@@ -360,6 +500,7 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
     rss: list[tuple[float, float]] = []
     # glibc's in-use and freed-but-held heap at each RSS sample: which of them RSS follows
     heap: list[tuple[float, float, float]] = []
+    parts: list[tuple[float, float, float]] = []  # (s, anonymous MB, file-backed MB)
     with tempfile.TemporaryDirectory(prefix="harken-soak-") as tmp:
         folder = Path(tmp)
         store = folder / "voiceprints.db"
@@ -381,12 +522,14 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
             sink = MqttSink(settings=settings, options=MqttSinkOptions(
                 site="soak", sites_from_streams=True, ha_discovery=True,
                 backoff_initial_s=0.2, backoff_max_s=2.0, outbox_size=5000))
-            counter = FinalCounter()
+            ledger = FinalLedger()
+            counter = FinalCounter(ledger=ledger, start_s=options.warmup_s,
+                                   window_s=options.latency_window_s)
             session = Session(config=_config(store, options.heap_trim_s),
                               sources=[room, satellites], sinks=[sink, counter], live=True,
                               models=models)
             counter.session = session
-            subscriber = Subscriber(broker.port)
+            subscriber = Subscriber(broker.port, ledger)
             async with asyncio.TaskGroup() as tg:
                 background = [tg.create_task(subscriber.run(), name="subscriber"),
                               tg.create_task(probe_lag(lags), name="lag")]
@@ -405,6 +548,9 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 while (now := time.monotonic()) < t0 + options.seconds:
                     if now >= next_sample:
                         rss.append((now - t0, rss_mb()))
+                        split = rss_parts_mb()
+                        if split is not None:
+                            parts.append((now - t0, *split))
                         usage = heap_usage()
                         if usage is not None:
                             heap.append((now - t0, usage.in_use_bytes / 1e6,
@@ -412,8 +558,8 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                         next_sample += SAMPLE_EVERY_S
                         if len(rss) % 6 == 1:
                             say(f"{(now - t0) / 60:.1f} min: RSS {rss[-1][1]:.1f} MB, finals "
-                                f"{len(counter.produced)} produced / "
-                                f"{len(subscriber.received)} received, rejected "
+                                f"{ledger.produced} produced / "
+                                f"{ledger.received} received, rejected "
                                 f"{satellites.rejected_frames}+{sink.rejections.total}")
                     if now >= next_restart:
                         say("restarting the broker")
@@ -421,25 +567,28 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                         next_restart += options.restart_every_s
                     await asyncio.sleep(1.0)
                 duration = time.monotonic() - t0
-                for task in background[2:]:  # publishers stop; the subscriber keeps reading
-                    task.cancel()
+                # Publishers stop; the subscriber keeps reading.
+                stuck = await cancel_all(background[2:])
                 room.stop()
                 satellites.stop()
                 await run
                 deadline = time.monotonic() + DRAIN_S
 
                 def waiting() -> bool:
-                    behind = not counter.produced <= subscriber.received
+                    behind = bool(ledger.missing)
                     return behind and time.monotonic() < deadline
 
                 while waiting():  # noqa: ASYNC110 (a deadline poll, not a synchronisation)
                     await asyncio.sleep(0.5)
-                for task in background[:2]:
-                    task.cancel()
+                stuck += await cancel_all(background[:2])
+                if stuck:
+                    log.warning("%d client tasks did not end after %d cancels", stuck,
+                                CANCEL_ROUNDS)
             engine = session.engine
-    lost = counter.produced - subscriber.received
+    lost = ledger.missing
     warm = [(t, m) for t, m in rss if t >= options.warmup_s]
     warm_heap = [h for h in heap if h[0] >= options.warmup_s]
+    warm_parts = [p for p in parts if p[0] >= options.warmup_s]
     trimmer = engine.heap if engine is not None else None
     return {
         "benchmark": "soak",
@@ -453,7 +602,16 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                    "slope_mb_per_10min": _round(slope_per_10min(warm), 3),
                    "warmup_s": options.warmup_s,
                    # one sample a minute: where the memory goes up, and whether it comes back
-                   "per_minute": [round(m, 1) for t, m in rss if int(t) % 60 < SAMPLE_EVERY_S]},
+                   "per_minute": [round(m, 1) for t, m in rss if int(t) % 60 < SAMPLE_EVERY_S],
+                   # RSS = anonymous (the program's memory) + file-backed (mapped libraries)
+                   "anon_start_end": [round(warm_parts[0][1], 1), round(warm_parts[-1][1], 1)]
+                   if warm_parts else None,
+                   "anon_slope_mb_per_10min": _round(slope_per_10min(
+                       [(t, a) for t, a, _ in warm_parts]), 3),
+                   "file_start_end": [round(warm_parts[0][2], 1), round(warm_parts[-1][2], 1)]
+                   if warm_parts else None,
+                   "file_slope_mb_per_10min": _round(slope_per_10min(
+                       [(t, f) for t, _, f in warm_parts]), 3)},
         "heap": {
             "trim_interval_s": trimmer.interval_s if trimmer is not None else 0,
             "trims": trimmer.stats.trims if trimmer is not None else 0,
@@ -473,11 +631,13 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                 [(t, f) for t, _, f in warm_heap]), 3)},
         "loop_lag_ms": {"p50": lags.percentile(50), "p99": lags.percentile(99),
                         "max": round(lags.max_ms, 2)},
-        "latency": {stream: latency_drift(points, start_s=options.warmup_s, end_s=duration)
-                    for stream, points in sorted(counter.latencies.items())},
-        "finals": {"produced": len(counter.produced), "received": len(subscriber.received),
+        "latency": {stream: latency_drift(windows.points(), start_s=options.warmup_s,
+                                          end_s=duration)
+                    for stream, windows in sorted(counter.latencies.items())},
+        "finals": {"produced": ledger.produced, "received": ledger.received,
                    "lost": len(lost), "lost_examples": sorted(lost)[:5],
-                   "duplicates_received": subscriber.messages - len(subscriber.received)},
+                   "duplicates_received": ledger.duplicates,
+                   "received_not_produced": ledger.unproduced},
         "dropped": {"satellite_blocks": satellites.dropped_blocks,
                     "bus": engine.bus.dropped() if engine is not None else {},
                     "satellite_frames_missed_during_restarts": stats.get("frames_missed", 0),
@@ -493,6 +653,7 @@ async def soak(options: SoakOptions, *, verbose: bool = True) -> dict[str, Any]:
                     "live_at_end": len(engine.streams) if engine is not None else 0},
         "events": dict(sorted(counter.types.items())),
         "reconnects": {"sink": sink.reconnects, "satellite_source": satellites.reconnects},
+        "client_tasks_stuck_at_end": stuck,
     }
 
 
