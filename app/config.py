@@ -49,7 +49,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-SpeakerLane = Literal["auto", "on", "off"]
+SpeakerLane = Literal["off", "on"]
 
 
 class ComputeConfig(_Section):
@@ -66,9 +66,9 @@ class ComputeConfig(_Section):
     generation_threads: int = Field(
         0, ge=0, le=256, description="torch threads of the translation thread; 0: auto")
     speaker_lane: SpeakerLane = Field(
-        "auto", description="speaker windows on a worker lane of their own, so that caption "
-        "and keyword windows never wait behind a speaker pass; auto: on for a CPU with 2 cores "
-        "or more (docs/cpu.md)")
+        "off", description="on: speaker windows on a worker lane of their own, so that caption "
+        "and keyword windows never wait behind a speaker pass; measured slower on 2 cores "
+        "(docs/cpu.md)")
     heap_trim_s: float = Field(
         HEAP_TRIM_INTERVAL_S, ge=0, le=3600, description="seconds between returns of freed "
         "heap memory to the OS (glibc; engine/memory.py); 0: never")

@@ -20,9 +20,9 @@ from harken.app.config import LoadedConfig, load_config
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 VAD_ENGINES = ["webrtc", "silero", "both"]  # engine/vad.py VadEngine
 PRECISIONS = ["auto", "fp32", "int8"]
-SPEAKER_LANES = ["auto", "on", "off"]
-SPEAKER_LANE_HELP = ("speaker windows on a worker lane of their own (auto: on for a CPU with "
-                     "2 cores or more)")
+SPEAKER_LANES = ["off", "on"]
+SPEAKER_LANE_HELP = ("on: speaker windows on a worker lane of their own (measured slower on "
+                     "2 cores: docs/cpu.md)")
 PRECISION_HELP = "int8: dynamic int8 Linear layers (CPU only); auto: int8 on CPU, fp32 on CUDA"
 
 
@@ -411,7 +411,7 @@ def add_load_bench_parsers(bsub: Any) -> None:
     for p in (ba, bst):
         p.add_argument("--inference-threads", type=count(0, 256), default=0, metavar="N",
                        help="torch threads of the inference worker (0: auto)")
-        p.add_argument("--speaker-lane", choices=SPEAKER_LANES, default="auto",
+        p.add_argument("--speaker-lane", choices=SPEAKER_LANES, default="off",
                        help=SPEAKER_LANE_HELP)
     bp = bsub.add_parser("precision", help="int8 vs fp32 per task on real speech: fidelity "
                                            "and speed-up")

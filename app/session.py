@@ -86,9 +86,7 @@ def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
     the configured counts, or a split of this machine's cores that never oversubscribes."""
     c = config.compute
     cores = available_cores()
-    lane = config.speakers.enabled and (
-        c.speaker_lane == "on" or (c.speaker_lane == "auto" and device_type == "cpu"
-                                   and cores >= 2))
+    lane = config.speakers.enabled and c.speaker_lane == "on"
     # `device_type` is the device the models run on: refine.model = auto refines there only
     # on CUDA (app/tasks/refine.py chosen_model).
     model = config.refine.model.strip().lower()

@@ -181,7 +181,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
 def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: str,
               precision: str, captions: str = "hubert-base", languages: tuple[str, ...] = ("de",),
               max_new_tokens: int = 48, inference_threads: int = 0, generation_threads: int = 0,
-              speaker_lane: SpeakerLane = "auto",
+              speaker_lane: SpeakerLane = "off",
               verbose: bool = False, models: ModelLoader | None = None,
               realtime: bool = True) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: the random base set.

@@ -258,7 +258,7 @@ def find_capacity(trial: Any, *, start: int, limit: int) -> tuple[int, list[dict
 def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[str], model: str,
                   seconds: float, audio: Path | None, device_type: str, dtype: str,
                   precision: str, max_batch: int = 64, max_streams: int = 512,
-                  inference_threads: int = 0, speaker_lane: SpeakerLane = "auto",
+                  inference_threads: int = 0, speaker_lane: SpeakerLane = "off",
                   vad_engine: VadEngine = "both", vad_threads: int = 0,
                   verbose: bool = False, models: ModelLoader | None = None) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: `model` and the random base
