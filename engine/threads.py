@@ -20,11 +20,10 @@ each other down (oversubscription). The automatic budget splits the cores instea
   2-core machine the refined-final p95 went from 2.5 s to 19 s with niceness 10. Captions
   keep their share anyway: the worker lends the generation its thread only while it runs.
 - CPU, translation off: the inference worker gets every core.
-- CPU with speakers on (`compute.speaker_lane`, auto: on CPU with 2 cores or more): speaker
-  windows get a worker lane of their own (engine/worker.py), so caption and keyword windows
-  never wait behind a speaker pass. The cores are split between the lanes: half (rounded
-  down) to speakers, the rest to captions and keywords; generation's threads and the loan
-  come from the captions lane. On 2 cores: 1 + 1, and generation's 1 niced thread on top.
+- `compute.speaker_lane = on` (off by default: slower on 2 cores, docs/cpu.md): speaker
+  windows get a worker lane of their own (engine/worker.py). The cores are split between
+  the lanes: half (rounded down) to speakers, the rest to captions and keywords;
+  generation's threads and the loan come from the captions lane. On 2 cores: 1 + 1.
 - CUDA: the GPU does the work; the threads only prepare inputs and launch kernels, so two
   each are enough and leave the cores to the sources, the VAD and the sinks.
 

@@ -17,8 +17,8 @@ speaker stage widens its steps) but never stop.
 A forward pass cannot be interrupted, so priorities alone still leave a caption window
 waiting for the speaker pass in flight (up to a second on a CPU). With `speaker_threads`,
 speaker windows get a lane of their own: a second thread with its own torch threads, so
-caption and keyword windows never wait behind a speaker pass. That is the CPU default
-(engine/threads.py); a GPU keeps one lane, where passes are short and batching counts.
+caption and keyword windows never wait behind a speaker pass. It is off by default: on a
+2-core CPU it measured slower than one thread of 2 (docs/cpu.md).
 """
 
 from __future__ import annotations
