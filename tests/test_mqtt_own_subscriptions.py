@@ -209,9 +209,13 @@ def test_a_site_over_its_rate_limit_loses_its_own_subscription() -> None:
     assert TOPIC in source._handovers
 
 
-def test_a_site_that_sent_a_malformed_frame_is_not_promoted() -> None:
+def test_odd_frames_anyone_can_publish_neither_block_nor_end_the_own_subscription() -> None:
+    """One malformed frame, or a few over the rate, on a real satellite's topic must not push
+    it back onto the flooded wildcard (an attacker could do it twice a minute)."""
     now = [0.0]
     source = SatelliteSource(settings=MqttSettings(host="127.0.0.1"), client_id="t",
+                             limits=SiteLimits(max_frames_per_s=20, burst_s=1.0,
+                                               idle_evict_s=100.0),
                              clock=lambda: now[0])
     source._own_connected = True
     for i in range(8):
@@ -220,7 +224,13 @@ def test_a_site_that_sent_a_malformed_frame_is_not_promoted() -> None:
     now[0] = 0.6
     source.check_idle()
     assert source.malformed_frames == 1
-    assert not source._handovers
+    assert TOPIC in source._handovers  # promoted all the same
+    for i in range(satellites.OWN_DEMOTE_REFUSALS + 5):  # a short burst: a few refused
+        source.on_wild_frame(TOPIC, numbered(100 + i))
+    refused = source.rejections.by_reason.get("rate_limited", 0)
+    assert 0 < refused < satellites.OWN_DEMOTE_REFUSALS
+    assert source.own_demoted == 0
+    assert TOPIC in source._handovers
 
 
 def test_faster_than_real_time_sites_and_the_allowlist_get_no_own_subscription() -> None:

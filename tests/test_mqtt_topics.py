@@ -101,6 +101,15 @@ def test_satellite_ids_stay_distinct_when_cleaning_or_cutting_would_merge_them()
     assert satellite_id("$$").startswith("satellite-")
 
 
+def test_no_name_takes_another_satellites_id() -> None:
+    hashed = satellite_id("living room")
+    assert hashed.startswith("living_room-")
+    assert len(hashed) == len("living_room-") + 16
+    assert satellite_id(hashed) != hashed  # a clean name spelled like a hashed id is hashed
+    assert satellite_id("") not in ("", "satellite")  # never the hub's own (empty) site
+    assert satellite_id("").startswith("satellite-")
+
+
 def test_site_from_topic_takes_the_plus_level_and_rejects_non_matches() -> None:
     assert site_from_topic(HERMES_AUDIO_FILTER, "hermes/audioServer/kitchen/audioFrame") == \
         "kitchen"

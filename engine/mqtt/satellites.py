@@ -49,7 +49,7 @@ import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
@@ -114,7 +114,12 @@ DECODER_JOIN_TIMEOUT_S = 5.0  # s: at exit, how long to wait for the decoder thr
 # rate limits), it is evicted, or the connection stays down this long.
 OWN_AFTER_S = 2.0  # s
 OWN_MAX_AUDIO_RATIO = 1.25  # s of audio per s since admission
-OWN_COOLDOWN_S = 30.0  # s after a refused frame before a site may have its own again
+OWN_COOLDOWN_S = 30.0  # s after a demotion before a site may have its own again
+# Demoted only for a sustained flood: this many frames refused for rate within
+# OWN_DEMOTE_WINDOW_S. A single odd frame (which anyone may publish on a satellite's topic)
+# must not push a real satellite back onto the flooded wildcard; malformed frames never do.
+OWN_DEMOTE_REFUSALS = 20
+OWN_DEMOTE_WINDOW_S = 1.0  # s
 OWN_SUBSCRIBES_PER_S = 2.0
 OWN_OUTAGE_S = 5.0  # s
 SUBACK_FAILURE = 0x80  # SUBACK codes from here on refuse the subscription (MQTT 3.1.1 and 5)
@@ -237,7 +242,10 @@ class _Site:
     topic: str | None = None  # the exact topic of its first frame that decoded
     own: Handover | None = None  # its own subscription, while it has one
     no_own: bool = False  # the broker refused its subscription
-    own_after: float = 0.0  # no own subscription before then (a frame of it was refused)
+    own_after: float = 0.0  # no own subscription before then (it was demoted)
+    # times of its latest frames refused for rate (OWN_DEMOTE_REFUSALS at most)
+    refused: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=OWN_DEMOTE_REFUSALS))
     audio_s: float = 0.0  # seconds of audio decoded since it was admitted
 
 
@@ -740,10 +748,15 @@ class SatelliteSource:
         self._own_changed.set()
 
     def _demote(self, site: _Site, now: float) -> None:
-        """A site with a frame refused may be flooding (or a flood on its topic): off the own
-        connection for a while, where that flood would make the broker drop the other
-        admitted sites' frames. Not for good: a satellite whose frames came in a bunch (a
-        connection that lagged) gets its own subscription back after the cool-down."""
+        """A site whose frames are refused for rate, OWN_DEMOTE_REFUSALS of them within
+        OWN_DEMOTE_WINDOW_S, is flooding (or a flood is on its topic): off the own connection
+        for a while, where that flood would make the broker drop the other admitted sites'
+        frames. Not for good: it gets its own subscription back after the cool-down."""
+        site.refused.append(now)
+        if len(site.refused) < OWN_DEMOTE_REFUSALS or \
+                now - site.refused[0] > OWN_DEMOTE_WINDOW_S:
+            return
+        site.refused.clear()
         site.own_after = now + OWN_COOLDOWN_S
         if site.own is not None:
             self.own_demoted += 1
@@ -960,8 +973,8 @@ class SatelliteSource:
             elif site.dsp is None and site.pending == 0 and \
                     self._sites.get(site.id) is site:
                 del self._sites[site.id]  # nothing of it decoded: it leaves no state
-            else:
-                self._demote(site, job.now)  # malformed, or more audio than real time
+            elif done.reason == "rate_limited":
+                self._demote(site, job.now)  # more audio than real time
         if done.reason is not None:
             where = job.topic if isinstance(job, _Frame) else \
                 job.site.id if not isinstance(job, _Stop) else "stop"

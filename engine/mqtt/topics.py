@@ -42,6 +42,8 @@ _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]+")
 MAX_SITE_LEN = 64  # characters
 HA_ID_HASH_HEX = 16  # hex digits (64 bits): finding a second name with one is out of reach
 # What a hashed Home Assistant id ends with; a plain id must not look like one.
+SAT_ID_HASH_HEX = 16  # hex digits of a satellite id's hash: 64 bits, not worth searching
+_SAT_HASHED = re.compile(rf"-[0-9a-f]{{{SAT_ID_HASH_HEX}}}$")
 _HA_HASHED = re.compile(rf"_[0-9a-f]{{{HA_ID_HASH_HEX}}}$")
 MAX_HERMES_SITE_ID = 256  # characters of a satellite's own name echoed as Hermes siteId
 MAX_SITE_NAMES = 1024  # site ids whose raw satellite name is remembered (least recent go)
@@ -64,13 +66,16 @@ def sanitize_level(name: str, *, fallback: str) -> str:
 def satellite_id(raw: str, *, fallback: str = "satellite") -> str:
     """The stream and topic id of a satellite named `raw` by the network: `raw` itself when it
     is a clean level of at most MAX_SITE_LEN characters, else its sanitised, shortened form
-    plus 8 hex digits of a hash of `raw`, so that two satellites whose names clean or cut to
+    plus 16 hex digits of a hash of `raw`, so that two satellites whose names clean or cut to
     the same text ("a b" and "a_b", long names sharing 64 characters) never share a stream.
     """
     cleaned = sanitize_level(raw, fallback="")
-    if cleaned == raw:
+    # A clean name that ends like a hashed id is hashed too: "living_room-d2cbc083b0e02f0c"
+    # published by anyone must not share the stream of "living room". An empty level is never the hub's own (empty) id.
+    if cleaned and cleaned == raw and not _SAT_HASHED.search(raw):
         return raw
-    digest = hashlib.blake2s(raw.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    digest = hashlib.blake2s(raw.encode("utf-8", "surrogatepass"),
+                             digest_size=SAT_ID_HASH_HEX // 2).hexdigest()
     return f"{(cleaned or fallback)[:MAX_SITE_LEN - len(digest) - 1]}-{digest}"
 
 
@@ -91,7 +96,7 @@ def ha_site_id(site: str) -> str:
     are one device), letting one site's publisher take over another's entities. So a site
     whose object id is not the site id itself gets 16 hex digits of a hash of the site id
     (`Kitchen` -> `kitchen_<hash>`). Names that already are plain ids (`kitchen`,
-    `living_room-c7b58cc3`) keep them unchanged, so existing automations go on working, and
+    `living_room-d2cbc083b0e02f0c`) keep them unchanged, so existing automations go on working, and
     the id depends on the name only, so it is the same after every restart. A plain name
     that ends like a hashed id (`_` and 16 hex digits) is hashed too, so no name can take
     another one's hashed id.
@@ -107,7 +112,7 @@ def ha_site_id(site: str) -> str:
 class SiteNames:
     """The name each satellite used (its raw topic level), by site id, for Hermes `siteId`.
 
-    Harken's own topics use the clean site id (`living_room-c7b58cc3`); Hermes clients match
+    Harken's own topics use the clean site id (`living_room-d2cbc083b0e02f0c`); Hermes clients match
     on the name the satellite published under (`living room`), so that is what Hermes
     messages echo. The source records a name when a frame of the site decodes (noise under
     made-up names never gets in); names that are not clean UTF-8 or longer than
