@@ -84,10 +84,12 @@ MQTT_ONLY_FLAGS = ("mqtt_prefix", "site", "hermes", "ha_discovery", "mqtt_ca", "
 
 
 def check_mqtt_flags(args: argparse.Namespace, url: str) -> None:
-    """MQTT flags without a broker (no --mqtt, no mqtt.url) would do nothing."""
+    """MQTT flags without a broker (no --mqtt, no mqtt.url, no mqtt:// input: results then
+    go back to the satellites' broker) would do nothing."""
     given = [flags.FLAG_KEYS[dest][1] for dest in MQTT_ONLY_FLAGS
              if getattr(args, dest, None) not in (None, False)]
-    if given and not url:
+    satellites = isinstance(getattr(args, "input", None), str)  # an mqtt:// URL (input_arg)
+    if given and not url and not satellites:
         raise ConfigError(f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} what is "
                           "published over MQTT, but no broker is set: add --mqtt URL (or "
                           "--mqtt embedded), or drop them")

@@ -71,7 +71,16 @@ class ComputeConfig(_Section):
         "(docs/cpu.md)")
     heap_trim_s: float = Field(
         HEAP_TRIM_INTERVAL_S, ge=0, le=3600, description="seconds between returns of freed "
-        "heap memory to the OS (glibc; engine/memory.py); 0: never")
+        "heap memory to the OS (glibc; engine/memory.py); 0: never, else at least 1 "
+        "(each trim costs CPU)")
+
+    @field_validator("heap_trim_s")
+    @classmethod
+    def _trim(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("must be 0 (never) or at least 1 second: back-to-back trims "
+                             "cost CPU for no memory")
+        return v
 
     @field_validator("device_type")
     @classmethod
@@ -105,6 +114,10 @@ class VadConfig(_Section):
 
     @model_validator(mode="after")
     def _thresholds(self) -> VadConfig:
+        if self.max_segment_s <= self.split_search_s:
+            raise ValueError(f"max_segment_s ({self.max_segment_s}) must be longer than "
+                             f"split_search_s ({self.split_search_s}), where a long segment "
+                             "is split")
         if self.release_threshold > self.speech_threshold:
             raise ValueError(f"release_threshold ({self.release_threshold}) must not exceed "
                              f"speech_threshold ({self.speech_threshold})")

@@ -443,7 +443,7 @@ def add_bench_soak(bsub: Any) -> None:
     bs.add_argument("--restart-every", type=_positive, default=180.0, metavar="S",
                     help="seconds between broker restarts")
     bs.add_argument("--audio", type=Path, help="speech file to loop (default: assets sample)")
-    bs.add_argument("--heap-trim", type=float, default=None, metavar="S",
+    bs.add_argument("--heap-trim", type=trim_interval, default=None, metavar="S",
                     help="seconds between heap trims (compute.heap_trim_s; 0: none, the "
                          "'before' of docs/memory.md)")
     bs.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -535,6 +535,17 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}; e.g. 30")
+    return value
+
+
+def trim_interval(text: str) -> float:
+    """Seconds between heap trims: 0 (none) or 1 to 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value == 0 or 1 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be 0 (none) or from 1 to 3600, got {text}")
     return value
 
 

@@ -76,3 +76,16 @@ def test_refine_flags_without_a_refine_model_are_one_line_errors(
     err = capsys.readouterr().err
     assert "--site, --hermes" in err
     assert "--mqtt" in err
+
+
+def test_mqtt_flags_with_satellite_input_publish_to_the_satellites_broker() -> None:
+    import argparse
+
+    from harken.app.cli import check_mqtt_flags
+    from harken.models.errors import ConfigError
+
+    flags = {"hermes": True, "site": "hub", "ha_discovery": True}
+    check_mqtt_flags(argparse.Namespace(
+        input="mqtt://127.0.0.1/hermes/audioServer/+/audioFrame", **flags), "")
+    with pytest.raises(ConfigError, match="no broker is set"):
+        check_mqtt_flags(argparse.Namespace(input=None, **flags), "")

@@ -71,7 +71,8 @@ def satellite_id(raw: str, *, fallback: str = "satellite") -> str:
     """
     cleaned = sanitize_level(raw, fallback="")
     # A clean name that ends like a hashed id is hashed too: "living_room-d2cbc083b0e02f0c"
-    # published by anyone must not share the stream of "living room". An empty level is never the hub's own (empty) id.
+    # published by anyone must not share the stream of "living room". An empty level is
+    # never the hub's own (empty) id.
     if cleaned and cleaned == raw and not _SAT_HASHED.search(raw):
         return raw
     digest = hashlib.blake2s(raw.encode("utf-8", "surrogatepass"),
