@@ -121,7 +121,6 @@ OWN_COOLDOWN_S = 30.0  # s after a demotion before a site may have its own again
 OWN_DEMOTE_REFUSALS = 20
 OWN_DEMOTE_WINDOW_S = 1.0  # s
 OWN_SUBSCRIBES_PER_S = 2.0
-OWN_OUTAGE_S = 5.0  # s
 SUBACK_FAILURE = 0x80  # SUBACK codes from here on refuse the subscription (MQTT 3.1.1 and 5)
 _PCM_DTYPES: dict[int, np.dtype[np.integer]] = {
     1: np.dtype(np.uint8), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
@@ -367,7 +366,6 @@ class SatelliteSource:
         self._handovers: dict[str, Handover] = {}  # exact topic -> its hand-over, <= max_sites
         self._own_changed = asyncio.Event()  # the wanted subscriptions changed
         self._own_connected = False
-        self._own_down_since: float | None = None
         self._own_bucket = TokenBucket.full(rate=OWN_SUBSCRIBES_PER_S,
                                             burst=float(self.limits.max_sites), now=clock())
         self.own_inbox = Inbox(classify=self._own_family, max_messages=inbox_messages,
@@ -554,7 +552,6 @@ class SatelliteSource:
                     self._own_backoff.reset()
                     self.own_connects += 1
                     self._own_connected = True
-                    self._own_down_since = None
                     reader = asyncio.create_task(self._own_read(client))
                     sync = asyncio.create_task(self._own_sync(client))
                     try:
@@ -574,7 +571,7 @@ class SatelliteSource:
                                 "lost (%s); reconnecting", self.settings.address, exc)
             finally:
                 if self._own_connected:
-                    self._own_down_since = self._clock()
+                    self._own_lost()
                 self._own_connected = False
             await asyncio.sleep(self._own_backoff.next_delay())
 
@@ -715,14 +712,6 @@ class SatelliteSource:
             before = handover.phase
             self._take(topic, handover, before, handover.expire(now))
         if not self._own_connected:
-            down = self._own_down_since
-            if down is not None and now - down >= OWN_OUTAGE_S and self._handovers:
-                # Down too long (not just a broker restart): back to the wildcard, which
-                # delivers them whatever happens to this connection.
-                for site in list(self._sites.values()):
-                    if site.own is not None:
-                        self.own_released += 1
-                        self._release(site)
             return
         for site in list(self._sites.values()):
             age = now - site.since
@@ -735,6 +724,15 @@ class SatelliteSource:
                 break  # the rest wait for a later tick
             site.own = self._handovers[site.topic] = Handover(now=now)
             self._own_changed.set()
+
+    def _own_lost(self) -> None:
+        """The own connection dropped: its sites go back to the wildcard at once, so that
+        their copies there are taken, not discarded, however often it drops (a blip, or a
+        peer taking over its client id); they are handed over again once it is back."""
+        for site in list(self._sites.values()):
+            if site.own is not None:
+                self.own_released += 1
+                self._release(site)
 
     def _release(self, site: _Site) -> None:
         """Ends a site's own subscription: its frames come from the wildcard again."""
