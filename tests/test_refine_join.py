@@ -107,15 +107,22 @@ async def test_joining_can_be_turned_off() -> None:
 
 async def test_the_guard_judges_a_joined_text_against_the_segments_own_ctc_text() -> None:
     """A joined decode that loops (prompted and joined decodes can) is rejected like any
-    refinement, and the CTC text stands; a good one is accepted."""
+    refinement; the segment is then decoded alone, and only if that is rejected too does the
+    CTC text stand. A good joined decode is accepted."""
     ctc = ("ONE TWO THREE", "FOUR FIVE", "OTHER WORDS", "OTHER WORDS")
-    looping = Scripted({SEGMENTS[0]: "One, two three.",
-                        (16_000, 80_000): "One, two three four five five five five five."})
+    loop = {SEGMENTS[0]: "One, two three.",
+            (16_000, 80_000): "One, two three four five five five five five."}
+    looping = Scripted(loop)
     stage, events = await run(looping, ctc=ctc)
     assert (events[1].accepted, events[1].reason, events[1].text) == \
-        (False, "repeats", "FOUR FIVE")
-    assert stage.counters()["refine_joined"] == 1
+        (False, "disagrees", "FOUR FIVE")  # alone it says "Other words.": rejected too
+    assert looping.inputs[1:3] == [(16_000, 80_000), SEGMENTS[1]]
+    assert stage.counters()["refine_joined"] == 0
     assert stage.counters()["refine_rejected"] == 1
+    alone_is_fine = Scripted({**loop, SEGMENTS[1]: "Four five."})
+    stage, events = await run(alone_is_fine, ctc=ctc)
+    assert (events[1].accepted, events[1].text) == (True, "Four five.")
+    assert stage.counters()["refine_rejected"] == 0
     good = Scripted({SEGMENTS[0]: "One, two three.",
                      (16_000, 80_000): "One, two three four five."})
     _, events = await run(good, ctc=ctc)

@@ -385,6 +385,11 @@ class RefineStage(WholeSegmentStage):
         text, joined = self._decode(job, context)
         ctc_text = job.closed.text if job.closed is not None else ""
         verdict = judge(text, ctc_text, self.options.guard)
+        if joined and not verdict.accepted:
+            # The joint decode may have been cut at the wrong repeat: the segment alone
+            # still deserves its chance before the CTC text stands.
+            text, joined = self._decode(job, None)
+            verdict = judge(text, ctc_text, self.options.guard)
         if not verdict.accepted:
             outcome = self._ctc_outcome(job, str(verdict.reason))
             return _Outcome(text=outcome.text, words=outcome.words, reason=outcome.reason,
