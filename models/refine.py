@@ -28,9 +28,12 @@ from harken.models.translation import language_tokens
 
 #: generate() warnings that Whisper's own generate() causes on every call, whatever the
 #: caller passes (it adds suppress-token arguments to a generation config, and checkpoints
-#: ship max_length 448 next to our max_new_tokens): noise on every refined caption.
+#: ship max_length 448 next to our max_new_tokens): noise on every refined caption. The
+#: attention-mask one (pad token == eos token) does not apply: every input is a full
+#: 30 s window of log-mel features, which Whisper's encoder takes without a mask.
 _BENIGN_GENERATE_WARNINGS = ("Passing `generation_config` together with generation-related",
-                             "Both `max_new_tokens`")
+                             "Both `max_new_tokens`",
+                             "The attention mask is not set with a batched input")
 
 
 class _QuietBenignGenerateWarnings(logging.Filter):
