@@ -59,11 +59,7 @@ def preflight(args: argparse.Namespace) -> None:
     file (and a benchmark's --audio) once, then closes them."""
     check_flag_combinations(args)
     if args.command in PREFLIGHT:
-        config = flags.load(args).config
-        check_mqtt_flags(args, config.mqtt.url)
-        if getattr(args, "speaker_lane", None) == "on" and not config.speakers.enabled:
-            raise ConfigError("--speaker-lane on gives speaker windows a lane of their own, "
-                              "but speakers are off: add --diarize, or drop it")
+        check_mqtt_flags(args, flags.load(args).config.mqtt.url)
     paths = [*([args.input] if isinstance(getattr(args, "input", None), Path) else []),
              *getattr(args, "files", []),
              *([args.audio] if isinstance(getattr(args, "audio", None), Path) else [])]

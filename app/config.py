@@ -49,9 +49,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-SpeakerLane = Literal["off", "on"]
-
-
 class ComputeConfig(_Section):
     device_type: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -65,10 +62,6 @@ class ComputeConfig(_Section):
         "(docs/cpu.md)")
     generation_threads: int = Field(
         0, ge=0, le=256, description="torch threads of the translation thread; 0: auto")
-    speaker_lane: SpeakerLane = Field(
-        "off", description="on: speaker windows on a worker lane of their own, so that caption "
-        "and keyword windows never wait behind a speaker pass; measured slower on 2 cores "
-        "(docs/cpu.md)")
     heap_trim_s: float = Field(
         HEAP_TRIM_INTERVAL_S, ge=0, le=3600, description="seconds between returns of freed "
         "heap memory to the OS (glibc; engine/memory.py); 0: never, else at least 1 "

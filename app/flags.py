@@ -20,9 +20,6 @@ from harken.app.config import LoadedConfig, load_config
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 VAD_ENGINES = ["webrtc", "silero", "both"]  # engine/vad.py VadEngine
 PRECISIONS = ["auto", "fp32", "int8"]
-SPEAKER_LANES = ["off", "on"]
-SPEAKER_LANE_HELP = ("on: speaker windows on a worker lane of their own (measured slower on "
-                     "2 cores: docs/cpu.md)")
 PRECISION_HELP = "int8: dynamic int8 Linear layers (CPU only); auto: int8 on CPU, fp32 on CUDA"
 
 
@@ -34,7 +31,6 @@ def add_precision_flags(p: argparse.ArgumentParser | Any, *, threads: bool = Tru
                        help="torch threads of the inference worker (0: auto)")
         p.add_argument("--generation-threads", type=int, metavar="N",
                        help="torch threads of translation generation (0: auto)")
-        p.add_argument("--speaker-lane", choices=SPEAKER_LANES, help=SPEAKER_LANE_HELP)
 
 #: flag dest -> (dotted config key, flag spelling): flags override the file and environment
 FLAG_KEYS: dict[str, tuple[str, str]] = {
@@ -44,7 +40,6 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "precision": ("compute.precision", "--precision"),
     "inference_threads": ("compute.inference_threads", "--inference-threads"),
     "generation_threads": ("compute.generation_threads", "--generation-threads"),
-    "speaker_lane": ("compute.speaker_lane", "--speaker-lane"),
     "device": ("audio.device", "--device"),
     "hop": ("captions.hop_s", "--hop"),
     "left_context": ("captions.left_context_s", "--left-context"),
@@ -411,8 +406,6 @@ def add_load_bench_parsers(bsub: Any) -> None:
     for p in (ba, bst):
         p.add_argument("--inference-threads", type=count(0, 256), default=0, metavar="N",
                        help="torch threads of the inference worker (0: auto)")
-        p.add_argument("--speaker-lane", choices=SPEAKER_LANES, default="off",
-                       help=SPEAKER_LANE_HELP)
     bp = bsub.add_parser("precision", help="int8 vs fp32 per task on real speech: fidelity "
                                            "and speed-up")
     bp.add_argument("--tasks", default="captions,speakers,diarization,keywords,translation",

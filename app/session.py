@@ -85,18 +85,15 @@ def thread_budget(config: HarkenConfig, *, device_type: str) -> ThreadBudget:
     """The torch threads of the inference worker and the generation thread (engine/threads.py):
     the configured counts, or a split of this machine's cores that never oversubscribes."""
     c = config.compute
-    cores = available_cores()
-    lane = config.speakers.enabled and c.speaker_lane == "on"
     # `device_type` is the device the models run on: refine.model = auto refines there only
     # on CUDA (app/tasks/refine.py chosen_model).
     model = config.refine.model.strip().lower()
     refine = model not in REFINE_OFF and (model != REFINE_AUTO or device_type == "cuda")
-    return plan_threads(cores=cores, device_type=device_type,
+    return plan_threads(cores=available_cores(), device_type=device_type,
                         # Translation and refinement both run on the generation thread.
                         translation=bool(config.translation.languages) or refine,
                         refine=refine,
-                        inference=c.inference_threads, generation=c.generation_threads,
-                        speaker_lane=lane)
+                        inference=c.inference_threads, generation=c.generation_threads)
 
 
 def file_source(path: Path, *, stream_id: str, realtime: bool,
@@ -361,8 +358,7 @@ class Session:
         share = CoreShare(budget=budget) if budget.lend else None
         async with InferenceWorker(name=str(captioner.device),
                                    max_batch=self.config.compute.max_batch,
-                                   threads=budget.inference, share=share,
-                                   speaker_threads=budget.speakers) as worker, \
+                                   threads=budget.inference, share=share) as worker, \
                 task_stages(self.config, self.models, share) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
                             stages=[caption_stages(self.config, captioner), *tasks.factories,

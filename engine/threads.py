@@ -20,10 +20,6 @@ each other down (oversubscription). The automatic budget splits the cores instea
   2-core machine the refined-final p95 went from 2.5 s to 19 s with niceness 10. Captions
   keep their share anyway: the worker lends the generation its thread only while it runs.
 - CPU, translation off: the inference worker gets every core.
-- `compute.speaker_lane = on` (off by default: slower on 2 cores, docs/cpu.md): speaker
-  windows get a worker lane of their own (engine/worker.py). The cores are split between
-  the lanes: half (rounded down) to speakers, the rest to captions and keywords;
-  generation's threads and the loan come from the captions lane. On 2 cores: 1 + 1.
 - CUDA: the GPU does the work; the threads only prepare inputs and launch kernels, so two
   each are enough and leave the cores to the sources, the VAD and the sinks.
 
@@ -62,48 +58,37 @@ class ThreadBudget:
     generation: int  # torch intra-op threads of the generation thread
     generation_nice: int = 0  # niceness added to the generation thread (0: none)
     lend: int = 0  # threads the worker gives up while a generation runs
-    speakers: int = 0  # torch threads of the worker's speaker lane (0: no lane of their own)
 
     def __post_init__(self) -> None:
         if self.inference < 1 or self.generation < 1 or self.generation_nice < 0 \
-                or not 0 <= self.lend < self.inference or self.speakers < 0:
+                or not 0 <= self.lend < self.inference:
             raise ValueError(f"thread budgets must be at least 1, got {self}")
 
 
 def plan_threads(*, cores: int, device_type: str, translation: bool, refine: bool = False,
-                 inference: int = 0, generation: int = 0,
-                 speaker_lane: bool = False) -> ThreadBudget:
+                 inference: int = 0, generation: int = 0) -> ThreadBudget:
     """The budget for `cores` cores; `inference` or `generation` above 0 is kept as given.
     `translation`: the generation thread runs (translation or refinement); `refine`: it
-    refines captions (no added niceness, see above). `speaker_lane`: speakers get a worker
-    lane of their own (see the module's text)."""
+    refines captions (no added niceness, see above)."""
     if inference < 0 or generation < 0:
         raise ValueError("thread counts must be 0 (auto) or more")
     cores = max(1, cores)
-    if not speaker_lane:
-        speakers = 0
-    elif device_type != "cpu":
-        speakers = min(cores, CUDA_HOST_THREADS)
-    else:
-        speakers = max(1, cores // 2)
     if device_type != "cpu":
         auto_inf = auto_gen = min(cores, CUDA_HOST_THREADS)
         nice = 0
     elif translation:
         auto_gen = max(1, cores // GENERATION_SHARE)
-        auto_inf = max(1, cores - speakers)
+        auto_inf = cores
         nice = 0 if refine else GENERATION_NICE
     else:
-        auto_inf = max(1, cores - speakers)
-        auto_gen = cores
+        auto_inf = auto_gen = cores
         nice = 0
     inf, gen = inference or auto_inf, generation or auto_gen
     lend = 0
     if device_type == "cpu" and translation and not inference:
         # Only what the automatic budget takes from the cores is lent back.
-        lend = max(0, min(inf - 1, inf + speakers + gen - cores))
-    return ThreadBudget(inference=inf, generation=gen, generation_nice=nice, lend=lend,
-                        speakers=speakers)
+        lend = max(0, min(inf - 1, inf + gen - cores))
+    return ThreadBudget(inference=inf, generation=gen, generation_nice=nice, lend=lend)
 
 
 class CoreShare:

@@ -2,23 +2,17 @@
 
 Requests ("encode this window with that model") wait in a bounded queue. The dispatcher
 takes everything queued at once, groups what can share a forward pass (same model and, for
-models that cannot pad, the same length) and runs each group as batches on a thread of its
-own: one thread per device keeps the GPU's work ordered and the loop free. Windows of
-different lengths (different streams, or a segment's first windows) share a padded forward
-pass when the model can pad; they are sorted by length and cut into buckets so that padding
-never exceeds MAX_PAD_FRACTION of the audio in a batch.
+models that cannot pad, the same length) and runs each group as batches on a single thread:
+one thread per device keeps the GPU's work ordered and the loop free. Windows of different
+lengths (different streams, or a segment's first windows) share a padded forward pass when
+the model can pad; they are sorted by length and cut into buckets so that padding never
+exceeds MAX_PAD_FRACTION of the audio in a batch.
 
 Requests carry a priority, and after every forward pass the most urgent queued work runs
 next: caption windows (the text people are reading) before keyword windows, keyword
 windows before speaker windows. A request that has waited AGING_S runs before anything
 newer, whatever its priority, so that under overload the lower tasks fall behind (the
 speaker stage widens its steps) but never stop.
-
-A forward pass cannot be interrupted, so priorities alone still leave a caption window
-waiting for the speaker pass in flight (up to a second on a CPU). With `speaker_threads`,
-speaker windows get a lane of their own: a second thread with its own torch threads, so
-caption and keyword windows never wait behind a speaker pass. It is off by default: on a
-2-core CPU it measured slower than one thread of 2 (docs/cpu.md).
 """
 
 from __future__ import annotations
@@ -135,45 +129,30 @@ class InferenceWorker:
 
     def __init__(self, *, name: str, max_batch: int = MAX_BATCH,
                  max_pending: int = MAX_PENDING, threads: int | None = None,
-                 share: CoreShare | None = None, speaker_threads: int = 0) -> None:
+                 share: CoreShare | None = None) -> None:
         """`threads`: torch intra-op threads of the worker's thread (engine/threads.py);
         None leaves torch's setting alone. `share`: re-read before each forward pass, while
-        the generation thread borrows some of them. `speaker_threads` > 0: speaker windows
-        run on a lane of their own with that many torch threads (0: one lane for all)."""
+        the generation thread borrows some of them."""
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
-        if speaker_threads < 0:
-            raise ValueError(f"speaker_threads must be 0 or more, got {speaker_threads}")
         self.name = name
         self.max_batch = max_batch
         self._max_pending = max_pending
         self.threads = threads
         self.share = share
-        self.speaker_threads = speaker_threads
         self.stats = WorkerStats()
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=max_pending)
-        self._wake = asyncio.Event()  # a request queued, or a lane finished its pass
-        self._executors: list[ThreadPoolExecutor] = []
+        self._executor: ThreadPoolExecutor | None = None
         self._dispatcher: asyncio.Task[None] | None = None
-
-    @property
-    def lanes(self) -> int:
-        return 2 if self.speaker_threads else 1
-
-    def _lane(self, req: _Request) -> int:
-        return 1 if self.speaker_threads and req.priority == PRIORITY_SPEAKERS else 0
 
     @property
     def pending(self) -> int:
         return self._queue.qsize()
 
     async def __aenter__(self) -> Self:
-        self._executors = [model_thread(f"infer-{self.name}", self.threads)]
-        if self.speaker_threads:
-            self._executors.append(model_thread(f"infer-{self.name}-speakers",
-                                                self.speaker_threads))
+        self._executor = model_thread(f"infer-{self.name}", self.threads)
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"worker-{self.name}")
         return self
 
@@ -187,10 +166,10 @@ class InferenceWorker:
             req = self._queue.get_nowait()
             if not req.future.done():
                 req.future.cancel()
-        for executor in self._executors:
+        if self._executor is not None:
             # Waits for a forward pass in flight (a thread cannot be interrupted safely), off
             # the loop so that the UI and the other sinks keep running meanwhile.
-            await asyncio.to_thread(executor.shutdown, wait=True)
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def encode(self, model: BatchEncoder, samples: np.ndarray, *,
                      priority: int = PRIORITY_SPEAKERS) -> np.ndarray:
@@ -202,58 +181,41 @@ class InferenceWorker:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Request(model=model, samples=samples, future=future,
                                        priority=priority))
-        self._wake.set()
         return await future
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         pending: list[_Request] = []
-        running: dict[int, tuple[asyncio.Task[None], list[_Request]]] = {}  # lane -> pass
+        batch: list[_Request] = []  # the forward pass in flight
         try:
             while True:
+                if not pending:
+                    pending.append(await self._queue.get())
                 # Taken from the queue only up to its size: the two together stay bounded.
                 while len(pending) < self._max_pending and not self._queue.empty():
                     pending.append(self._queue.get_nowait())
                 pending = [r for r in pending if not r.future.cancelled()]
-                for lane in range(self.lanes):
-                    if lane in running:
-                        continue
-                    mine = [r for r in pending if self._lane(r) == lane]
-                    if not mine:
-                        continue
-                    batch = next_batch(mine, max_batch=self.max_batch, now=time.monotonic())
-                    taken = {id(r) for r in batch}
-                    pending = [r for r in pending if id(r) not in taken]
-                    task = asyncio.create_task(self._run(loop, batch, lane),
-                                               name=f"worker-{self.name}-lane{lane}")
-                    task.add_done_callback(lambda _: self._wake.set())
-                    running[lane] = (task, batch)
-                await self._wake.wait()
-                self._wake.clear()
-                for lane, (task, _) in list(running.items()):
-                    if task.done():
-                        del running[lane]
-                        task.result()  # _run fails its requests, never raises: re-raise bugs
+                if not pending:
+                    continue
+                batch = next_batch(pending, max_batch=self.max_batch, now=time.monotonic())
+                taken = {id(r) for r in batch}
+                pending = [r for r in pending if id(r) not in taken]
+                await self._run(loop, batch)
         finally:
             # Nobody may wait forever on a request this loop took but will never run.
             stopped = InferenceError(f"the {self.name} inference worker has stopped")
-            for task, _ in running.values():
-                task.cancel()
-            for req in [*pending, *(r for _, batch in running.values() for r in batch)]:
+            for req in [*pending, *batch]:
                 if not req.future.done():
                     req.future.set_exception(stopped)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Request],
-                   lane: int) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         model = batch[0].model
         windows = [r.samples for r in batch]
         started = time.perf_counter()
         try:
-            # The generation thread borrows threads from the main lane only.
-            threads = self.share.inference_threads() if self.share is not None and lane == 0 \
-                else None
-            outputs, cpu_s = await loop.run_in_executor(self._executors[lane], _encode_timed,
-                                                        model, windows, threads)
+            threads = self.share.inference_threads() if self.share is not None else None
+            outputs, cpu_s = await loop.run_in_executor(self._executor, _encode_timed, model,
+                                                        windows, threads)
             self.stats.cpu_s += cpu_s
             key = str(getattr(model, "model_id", type(model).__name__))
             self.stats.cpu_by_model[key] = self.stats.cpu_by_model.get(key, 0.0) + cpu_s

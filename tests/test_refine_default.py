@@ -89,16 +89,3 @@ def test_mqtt_flags_with_satellite_input_publish_to_the_satellites_broker() -> N
         input="mqtt://127.0.0.1/hermes/audioServer/+/audioFrame", **flags), "")
     with pytest.raises(ConfigError, match="no broker is set"):
         check_mqtt_flags(argparse.Namespace(input=None, **flags), "")
-
-
-def test_a_speaker_lane_without_speakers_is_a_one_line_error(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    from pathlib import Path
-
-    from harken.app.cli import main
-
-    sample = str(Path(__file__).resolve().parent.parent / "assets" / "sample.wav")
-    assert main(["run", "--input", sample, "--fast", "--speaker-lane", "on"]) == 2
-    err = capsys.readouterr().err
-    assert "--diarize" in err
-    assert err.count("\n") == 1

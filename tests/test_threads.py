@@ -14,7 +14,7 @@ from harken.app.config import ComputeConfig, HarkenConfig
 from harken.app.session import thread_budget
 from harken.engine.stages.translation import GenerationWorker
 from harken.engine.threads import GENERATION_NICE, CoreShare, ThreadBudget, plan_threads
-from harken.engine.worker import PRIORITY_CAPTIONS, PRIORITY_SPEAKERS, InferenceWorker
+from harken.engine.worker import InferenceWorker
 
 
 class ThreadProbe:
@@ -47,53 +47,6 @@ def test_configured_counts_are_kept() -> None:
         inference=3, generation=2, generation_nice=GENERATION_NICE, lend=0)
     with pytest.raises(ValueError, match="at least 1"):
         ThreadBudget(inference=0, generation=1)
-
-
-@pytest.mark.parametrize(("cores", "device", "translation", "want"), [
-    (2, "cpu", False, (1, 1, 2, 0)),  # captions + keywords 1, speakers 1
-    (2, "cpu", True, (1, 1, 1, 0)),  # nothing left to lend: generation is niced instead
-    (8, "cpu", True, (4, 4, 2, 2)),
-    (8, "cuda", False, (2, 2, 2, 0)),
-])
-def test_a_speaker_lane_takes_its_threads_from_the_cores(
-        cores: int, device: str, translation: bool, want: tuple[int, int, int, int]) -> None:
-    budget = plan_threads(cores=cores, device_type=device, translation=translation,
-                          speaker_lane=True)
-    assert (budget.inference, budget.speakers, budget.generation, budget.lend) == want
-    if device == "cpu" and cores > 2:
-        # While translating the worker lends threads: together they fit the cores.
-        assert budget.inference - budget.lend + budget.speakers + budget.generation <= cores
-
-
-@pytest.mark.parametrize(("lane", "speakers", "device", "want"), [
-    ("off", True, "cpu", False), ("on", True, "cpu", True), ("on", False, "cpu", False),
-    ("on", True, "cuda", True),
-])
-def test_the_speaker_lane_setting(lane: str, speakers: bool, device: str, want: bool) -> None:
-    config = HarkenConfig(compute=ComputeConfig(speaker_lane=lane),
-                          speakers={"enabled": speakers})
-    assert (thread_budget(config, device_type=device).speakers > 0) == want
-
-
-def test_the_speaker_lane_is_off_by_default() -> None:
-    config = HarkenConfig(speakers={"enabled": True})
-    assert thread_budget(config, device_type="cpu").speakers == 0
-
-
-def test_the_speaker_lane_runs_with_its_own_threads() -> None:
-    main_before = torch.get_num_threads()
-
-    async def go() -> tuple[int, int]:
-        async with InferenceWorker(name="t", threads=1, speaker_threads=2) as worker:
-            x = np.zeros(4, np.float32)
-            main = int((await worker.encode(ThreadProbe(), x, priority=PRIORITY_CAPTIONS))[0])
-            lane = int((await worker.encode(ThreadProbe(), x, priority=PRIORITY_SPEAKERS))[0])
-            return main, lane
-
-    try:
-        assert asyncio.run(go()) == (1, 2)
-    finally:
-        torch.set_num_threads(main_before)
 
 
 def test_each_worker_thread_runs_with_its_own_budget() -> None:

@@ -43,7 +43,6 @@ from harken.app.config import (
     HarkenConfig,
     KeywordsConfig,
     RefineConfig,
-    SpeakerLane,
     SpeakersConfig,
     TranslationConfig,
 )
@@ -181,7 +180,6 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
 def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: str,
               precision: str, captions: str = "hubert-base", languages: tuple[str, ...] = ("de",),
               max_new_tokens: int = 48, inference_threads: int = 0, generation_threads: int = 0,
-              speaker_lane: SpeakerLane = "off",
               verbose: bool = False, models: ModelLoader | None = None,
               realtime: bool = True) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: the random base set.
@@ -201,8 +199,7 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
         config = HarkenConfig(refine=RefineConfig(model="none"),
             compute=ComputeConfig(device_type=device_type, dtype=dtype, precision=precision,
                                   inference_threads=inference_threads,
-                                  generation_threads=generation_threads,
-                                  speaker_lane=speaker_lane),
+                                  generation_threads=generation_threads),
             captions=CaptionsConfig(model=captions),
             speakers=SpeakersConfig(enabled=True, store=Path(tmp) / "voiceprints.sqlite"),
             keywords=KeywordsConfig(enabled=True),
@@ -240,8 +237,7 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
         "precision": precision_of(models.captioner.model) if models.captioner else None,
         "weights": "random (full-size architectures: speed holds, outputs do not)",
         "cores": cores,
-        "threads": {"inference": budget.inference, "speakers": budget.speakers,
-                    "generation": budget.generation},
+        "threads": {"inference": budget.inference, "generation": budget.generation},
         "tasks": stage_figures(engine, audio_s, worker),
         "worker": {"rtf": _r(worker.busy_s / audio_s),
                    "cpu_rtf": _r(worker.cpu_s / audio_s), "batches": worker.batches,

@@ -47,7 +47,6 @@ from harken.app.config import (
     HarkenConfig,
     KeywordsConfig,
     RefineConfig,
-    SpeakerLane,
     SpeakersConfig,
     VadConfig,
 )
@@ -258,8 +257,7 @@ def find_capacity(trial: Any, *, start: int, limit: int) -> tuple[int, list[dict
 def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[str], model: str,
                   seconds: float, audio: Path | None, device_type: str, dtype: str,
                   precision: str, max_batch: int = 64, max_streams: int = 512,
-                  inference_threads: int = 0, speaker_lane: SpeakerLane = "off",
-                  vad_engine: VadEngine = "both", vad_threads: int = 0,
+                  inference_threads: int = 0, vad_engine: VadEngine = "both", vad_threads: int = 0,
                   verbose: bool = False, models: ModelLoader | None = None) -> dict[str, Any]:
     """`models`: ready models (tests pass tiny ones); default: `model` and the random base
     speaker and keyword architectures."""
@@ -280,8 +278,7 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
     config = HarkenConfig(
         refine=RefineConfig(model="none"),
         compute=ComputeConfig(device_type=device_type, dtype=dtype, precision=precision,
-                              max_batch=max_batch, inference_threads=inference_threads,
-                              speaker_lane=speaker_lane),
+                              max_batch=max_batch, inference_threads=inference_threads),
         captions=CaptionsConfig(model=model),
         speakers=SpeakersConfig(enabled="speakers" in tasks),
         keywords=KeywordsConfig(enabled="keywords" in tasks),
@@ -305,7 +302,6 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
         else:
             capacity, runs = -1, [trial(n) for n in counts]
     captioner = models.captioner
-    budget = thread_budget(config, device_type=device.type)
     result: dict[str, Any] = {
         "model": captioner.model_id if captioner else model,
         "tasks": list(tasks),
@@ -318,8 +314,7 @@ def bench_streams(*, streams: int | Sequence[int], find: bool, tasks: Sequence[s
         "weights": "random (full-size architectures: speed holds, outputs do not)"
         if model in RANDOM_CTC_ARCHS else "checkpoint",
         "cores": available_cores(),
-        "inference_threads": budget.inference,
-        "speaker_lane_threads": budget.speakers,
+        "inference_threads": thread_budget(config, device_type=device.type).inference,
         "max_batch": max_batch,
         "vad_engine": vad_engine,
         "vad_threads": vad_threads,

@@ -20,8 +20,7 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
                          dtype=args.dtype, precision=args.precision, captions=args.captions_arch,
                          languages=tuple(args.translate), max_new_tokens=args.max_new_tokens,
                          inference_threads=args.inference_threads,
-                         generation_threads=args.generation_threads,
-                         speaker_lane=args.speaker_lane, verbose=verbose,
+                         generation_threads=args.generation_threads, verbose=verbose,
                          realtime=not args.fast)
     if args.bench_command == "precision":
         from harken.app.bench.precision import bench_precision
@@ -37,8 +36,7 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
                              precision=args.precision, max_batch=args.max_batch,
                              max_streams=args.max_streams, vad_engine=args.vad_engine,
                              vad_threads=args.vad_threads,
-                             inference_threads=args.inference_threads,
-                             speaker_lane=args.speaker_lane, verbose=verbose)
+                             inference_threads=args.inference_threads, verbose=verbose)
     if args.bench_command == "speakers":
         return bench_speakers(architecture=args.architecture, minutes=args.minutes,
                               audio=args.audio, device_type=args.device_type, dtype=args.dtype,
