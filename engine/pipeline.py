@@ -24,6 +24,7 @@ stream its source ends while the run goes on (an evicted satellite) ends with
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ import numpy as np
 from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
 from harken.engine.events import (
+    CaptionFinal,
     Event,
     Level,
     SpeechEnded,
@@ -44,7 +46,7 @@ from harken.engine.events import (
     StreamEnded,
 )
 from harken.engine.memory import HEAP_TRIM_INTERVAL_S, HeapTrimmer
-from harken.engine.metrics import ArrivalLog, FinalLog
+from harken.engine.metrics import ArrivalLog, FinalLog, Percentiles
 from harken.engine.vad import (
     SegmentAudio,
     SegmentEnd,
@@ -80,10 +82,13 @@ class Stage(Protocol):
     """One task (captions, speakers, keywords...) on one stream, fed by the VAD.
 
     The engine calls these in stream order from the stream's processing task; what they
-    return is published in that order. Slow work that must not delay other stages (e.g.
-    translation) belongs in `background()`, which the engine runs as its own task; such a
-    stage also has `on_stream_end()`, called once the stream's last segment has ended, after
-    which its background iterator must finish (the engine waits for it).
+    return is published in that order. Live, each stage's `step()` runs as a task of its own
+    while the VAD goes on, so `on_start`/`on_audio` may come while a step awaits the worker
+    (a step must copy the audio it submits); a stage's `on_end` always waits for its own
+    step in flight. Slow work that must not delay other stages (e.g. translation) belongs in
+    `background()`, which the engine runs as its own task; such a stage also has
+    `on_stream_end()`, called once the stream's last segment has ended, after which its
+    background iterator must finish (the engine waits for it).
     """
 
     name: str
@@ -101,9 +106,12 @@ class Stage(Protocol):
 class Annotator(Protocol):
     """Optional for a stage: may return a copy of another stage's segment-end event with a
     field filled in (dataclasses.replace), e.g. CaptionFinal.speaker from the speakers stage.
+    `settled(event)`: whether that answer is already what it will be once this stage has
+    closed the segment too; the engine then publishes the event without waiting for that.
     """
 
     def annotate(self, event: Event) -> Event: ...
+    def settled(self, event: Event) -> bool: ...
 
 
 @runtime_checkable
@@ -180,6 +188,14 @@ class StreamState:
     task: asyncio.Task[None] | None = None
     ended_by_source: bool = False  # its source ended it while the run went on
     publishers: int = 0  # its tasks still publishing: the processor and background forwarders
+    #: Live: each stage's step in flight (by stage index), at most one per stage.
+    stepping: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    #: From the end of a segment's audio arriving to its caption_final on the bus: what a
+    #: reader waits for (the caption stage's own figure stops before the other stages close
+    #: the segment, e.g. the speaker label). Segments that ended at a pause; a VAD split is
+    #: decided up to split_search_s after its split point, so its finals are kept apart.
+    final_latency: Percentiles = field(default_factory=Percentiles)
+    split_final_latency: Percentiles = field(default_factory=Percentiles)
 
 
 class Engine:
@@ -370,6 +386,12 @@ class Engine:
         return None
 
     async def _process(self, state: StreamState) -> None:
+        # Live steps are tasks of this group: an error in one ends the stream as it would
+        # in the loop, and none outlives it.
+        async with asyncio.TaskGroup() as steps:
+            await self._process_blocks(state, steps)
+
+    async def _process_blocks(self, state: StreamState, steps: asyncio.TaskGroup) -> None:
         vad = VadSegmenter(self.options.vad)
         listeners = [stage for stage in state.stages if isinstance(stage, AudioListener)]
         next_stats = self.options.stats_interval_s
@@ -397,11 +419,12 @@ class Engine:
                 if not self.options.live:
                     await self._step(state)
             if self.options.live:
-                await self._step(state)
+                self._start_steps(state, steps)
             if state.last_end / SAMPLE_RATE >= next_stats or done:
                 await self.bus.publish(self._stats(state))
                 interval = self.options.stats_interval_s
                 next_stats = (state.last_end / SAMPLE_RATE // interval + 1) * interval
+        await self._steps_done(state)
         for segment in list(state.held):  # segments the VAD never closed: nothing to wait for
             await self._release(state, segment)
         for stage in state.stages:  # optional hook: lets background() iterators finish
@@ -423,8 +446,28 @@ class Engine:
 
     async def _step(self, state: StreamState) -> None:
         for stage in state.stages:
-            for event in await stage.step():
-                await self._publish(state, event)
+            await self._step_stage(state, stage)
+
+    async def _step_stage(self, state: StreamState, stage: Stage) -> None:
+        for event in await stage.step():
+            await self._publish(state, event)
+
+    def _start_steps(self, state: StreamState, steps: asyncio.TaskGroup) -> None:
+        """Live: a step for each stage that has none in flight. Not awaited, so the VAD keeps
+        up with the audio (a segment's end is seen when it arrives, not after a slow
+        speaker pass), and the stages' windows meet in the worker, which runs the most
+        urgent first; a stage whose step is still running catches up on its next one."""
+        for i, stage in enumerate(state.stages):
+            task = state.stepping.get(i)
+            if task is None or task.done():
+                state.stepping[i] = steps.create_task(self._step_stage(state, stage),
+                                                      name=f"{stage.name}-{state.id}")
+
+    async def _steps_done(self, state: StreamState) -> None:
+        """Waits for the steps in flight (a failed one fails the stream via its group)."""
+        running = [task for task in state.stepping.values() if not task.done()]
+        if running:
+            await asyncio.wait(running)
 
     async def _handle(self, state: StreamState, outputs: list[VadOutput]) -> None:
         for out in outputs:
@@ -441,21 +484,36 @@ class Engine:
                 for stage in state.stages:
                     stage.on_audio(out)
             else:
-                # Bring deterministic stages up to date before the segment is cut at `end`.
+                # Bring deterministic stages up to date before the segment is cut at `end`;
+                # live, let the steps in flight finish (their partials and keyword hits
+                # come before speech_ended).
                 if not self.options.live:
                     await self._step(state)
+                await self._steps_done(state)
                 start = state.segment_starts.pop(out.segment, out.end)
                 await self.bus.publish(SpeechEnded(stream=state.id, start=start / SAMPLE_RATE,
                                                    end=out.end / SAMPLE_RATE,
                                                    segment=out.segment))
-                # Every stage closes the segment first, so an annotator (e.g. the speakers
-                # stage labelling caption finals) sees the whole segment before publishing.
-                ended: list[Event] = []
-                for stage in state.stages:
-                    ended += await stage.on_end(out)
-                for event in ended:
-                    await self._publish(state, self._annotate(state, event))
+                await self._close(state, out)
                 await self._release(state, out.segment)
+
+    async def _close(self, state: StreamState, end: SegmentEnd) -> None:
+        """Every stage closes the segment, in stage order, and their end events go out in
+        that order. An event goes out as soon as no stage still to close it could change
+        its annotation: a caption final need not wait for the speakers stage's last pass
+        when the speaker who talked most in it is already decided."""
+        arrived = state.arrivals.time_of(end.end)
+        ended: collections.deque[Event] = collections.deque()
+        for i, stage in enumerate(state.stages):
+            ended.extend(await stage.on_end(end))
+            later = [s for s in state.stages[i + 1:] if isinstance(s, Annotator)]
+            while ended and (i == len(state.stages) - 1
+                             or all(s.settled(ended[0]) for s in later)):
+                event = ended.popleft()
+                await self._publish(state, self._annotate(state, event))
+                if isinstance(event, CaptionFinal) and arrived is not None:
+                    kept = state.split_final_latency if end.split else state.final_latency
+                    kept.add(time.monotonic() - arrived)
 
     async def _publish(self, state: StreamState, event: Event) -> None:
         """Publishes `event`, or holds it if it annotates a segment whose final is not out."""

@@ -175,9 +175,10 @@ async def test_a_stalled_stream_drops_its_own_blocks_and_the_others_go_on() -> N
              for s in ("a", "b")}
     assert stats["b"].counters["stream_dropped_blocks"] == 0
     assert stats["b"].counters["audio_samples"] == len(audio)
-    # a kept its first block and the ones its queue held, dropped the rest while stalled...
+    # a's steps run beside its VAD, so it stalls at its first segment end (which waits for
+    # them): it kept what it read until then and what its queue held, dropped the rest...
     dropped = stats["a"].counters["stream_dropped_blocks"]
-    assert abs(dropped - (release_after - 1 - BLOCK_QUEUE_SIZE)) <= 1
+    assert 0 < dropped <= release_after - 1 - BLOCK_QUEUE_SIZE
     assert stats["a"].counters["audio_samples"] == len(audio) - dropped * BLOCK
     # ...and went on after the gap on its true clock: its last block ends where the audio does.
     assert stats["a"].end == pytest.approx(len(audio) / SAMPLE_RATE)

@@ -136,7 +136,7 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
                 "model": stage.captioner.model_id,
                 "rtf": _r(busy.get(stage.captioner.model_id, 0.0) / audio_s),
                 "cpu_rtf": _r(cpu.get(stage.captioner.model_id, 0.0) / audio_s),
-                **caption_latencies(lat),
+                **caption_latencies(state, stage),
                 "steps_merged": counters["caption_steps_merged"],
             }
         elif isinstance(stage, SpeakerStage):

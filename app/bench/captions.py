@@ -175,7 +175,7 @@ async def _run_engine(captioner: CtcCaptioner, path: Path, *, realtime: bool,
         "rtf": round(engine.worker.stats.busy_s / audio_s, 4),
         "wall_s": round(wall, 2),
         "overhead": round(stage.encoded_samples / state.audio_samples, 3),
-        **caption_latencies(stage.latencies()),
+        **caption_latencies(state, stage),
         "segments": state.segments,
         "finals": collect.count,
         "steps_merged": stage.merged_steps,
@@ -187,12 +187,21 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def caption_latencies(latencies: dict[str, float | None]) -> dict[str, float | None]:
-    """A caption stage's partial and final latency percentiles, as every bench reports them."""
+def caption_latencies(state: StreamState, stage: CaptionStage) -> dict[str, float | None]:
+    """A stream's partial and final latency percentiles, as every bench reports them: the
+    final when it is published (what a reader waits for) after a pause, and after a VAD
+    split (`split_final`: decided up to split_search_s after the split point), and when the
+    caption stage had it (`final_ready`, both kinds: the difference is the other stages
+    closing the segment)."""
+    latencies = stage.latencies()
     return {"partial_latency_p50_s": _r(latencies["caption_latency_p50_s"]),
             "partial_latency_p95_s": _r(latencies["caption_latency_p95_s"]),
-            "final_latency_p50_s": _r(latencies["final_latency_p50_s"]),
-            "final_latency_p95_s": _r(latencies["final_latency_p95_s"])}
+            "final_latency_p50_s": _r(state.final_latency.get(50)),
+            "final_latency_p95_s": _r(state.final_latency.get(95)),
+            "split_final_latency_p50_s": _r(state.split_final_latency.get(50)),
+            "split_final_latency_p95_s": _r(state.split_final_latency.get(95)),
+            "final_ready_latency_p50_s": _r(latencies["final_ready_latency_p50_s"]),
+            "final_ready_latency_p95_s": _r(latencies["final_ready_latency_p95_s"])}
 
 
 def bench_stream(engine: Engine, kind: type[S]) -> tuple[StreamState, S, float]:

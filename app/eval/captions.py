@@ -268,8 +268,8 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
                                           for f in sink.finals if f.segment in sink.refined]
                 row["refine_offline"] = (await asyncio.to_thread(refiner.refine, audio)).text
             rows.append(row)
-            for stage in captions:
-                final_latency += stage.final_latency.samples()
+            for state in engine.streams.values():
+                final_latency += state.final_latency.samples()
             for refine in refines:
                 refine_latency += refine.latency.samples()
                 for key, value in refine.counters().items():

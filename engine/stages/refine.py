@@ -280,6 +280,9 @@ class RefineStage(WholeSegmentStage):
             self._published.set()
         return event
 
+    def settled(self, event: Event) -> bool:
+        return True  # annotate() changes nothing
+
     def on_stream_end(self) -> None:
         """No more segments: background() ends once the queued ones are refined."""
         # No more audio either: what waits for padding goes with what there is. At most

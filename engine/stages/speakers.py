@@ -389,6 +389,37 @@ class SpeakerStage:
         speaker = max(talk.items(), key=lambda item: (item[1], item[0]))[0]
         return dataclasses.replace(event, speaker=speaker)
 
+    def settled(self, event: Event) -> bool:
+        """Whether annotate()'s speaker for `event` is already decided before this stage
+        closes the segment: the leader's lead is longer than all the talk that could still
+        count against it (the frames not released yet, a merge gap by which an open turn
+        may still bridge a pause, and the leader's own open turns too short to be kept
+        yet). The engine then publishes a caption final without waiting for the segment's
+        last analysis, which would label it the same."""
+        if not isinstance(event, CaptionFinal) or event.stream != self.stream \
+                or event.speaker is not None or not self.switch.on:
+            return True
+        position = self._tracker.position
+        if position is None:
+            return False
+        pending = max(0.0, event.end - self._stream_s(position * self._frame, end=True)) \
+            + self.options.merge_gap_s
+        sure: dict[str, float] = {}  # talk that can only grow
+        talk: dict[str, float] = {}  # and with open turns that may yet be dropped
+        for span, kept in [*((s, True) for s in self._history),
+                           *((self._span(t), t.end - t.start >= self._tracker.min_turn)
+                             for t in self._tracker.open_turns())]:
+            overlap = min(span.end, event.end) - max(span.start, event.start)
+            if overlap > 0:
+                talk[span.label] = talk.get(span.label, 0.0) + overlap
+                if kept:
+                    sure[span.label] = sure.get(span.label, 0.0) + overlap
+        if not talk:
+            return False
+        leader = max(talk.items(), key=lambda item: (item[1], item[0]))[0]
+        runner_up = max((t for label, t in talk.items() if label != leader), default=0.0)
+        return sure.get(leader, 0.0) - runner_up > pending
+
     # ------------------------------------------------------------------ internals
 
     def _widen(self, behind: int) -> int:
