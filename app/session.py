@@ -181,6 +181,10 @@ class TaskStages:
     """What `task_stages` yields."""
 
     factories: list[StageFactory]
+    #: Stages that close a segment after the speakers stage: translation, so that its
+    #: generation (which borrows a core from the worker) starts once the speakers stage's
+    #: last pass, which the segment's caption final waits for, is done.
+    after_speakers: list[StageFactory] = field(default_factory=list)
     keywords: KeywordSelection | None = None  # None: keyword spotting is off
     languages: LanguageSwitch | None = None  # None: translation is off
 
@@ -218,10 +222,12 @@ async def task_stages(config: HarkenConfig, models: ModelLoader,
             captioner = await models.captions(config)
             # Right after the caption stage: it takes each segment's first pass at once.
             factories.insert(0, refine_stages(config, refiner, captioner, generator))
+        after: list[StageFactory] = []
         if translator is not None and languages is not None:
-            factories.append(translation_stages(translator, languages.selection.targets,
-                                                generator, selection=languages.selection))
-        yield TaskStages(factories=factories, keywords=keywords, languages=languages)
+            after.append(translation_stages(translator, languages.selection.targets,
+                                            generator, selection=languages.selection))
+        yield TaskStages(factories=factories, after_speakers=after, keywords=keywords,
+                         languages=languages)
 
 
 DIARIZATION_NOT_RUNNING = ("diarization is not running in this Harken session; start it with "
@@ -362,7 +368,7 @@ class Session:
                 task_stages(self.config, self.models, share) as tasks:
             engine = Engine(sources=self.sources, worker=worker,
                             stages=[caption_stages(self.config, captioner), *tasks.factories,
-                                    *diarize],
+                                    *diarize, *tasks.after_speakers],
                             options=engine_options(self.config, live=self.live))
             self.engine = engine
             self._tasks = tasks

@@ -115,6 +115,16 @@ class Annotator(Protocol):
 
 
 @runtime_checkable
+class Superseded(Protocol):
+    """Optional for a stage: live, when `end_supersedes_step()` is true at a segment's end,
+    the engine cancels the stage's step in flight instead of waiting for it, because its
+    on_end redoes that work (the speakers stage's last pass covers the frames of a pass
+    still queued). The stage must then be as it was before the step."""
+
+    def end_supersedes_step(self) -> bool: ...
+
+
+@runtime_checkable
 class AudioListener(Protocol):
     """Optional for a stage: sees every block of its stream as the VAD gets it (silence while
     paused), before that block's segment events, e.g. to give the refiner audio just beyond
@@ -190,6 +200,7 @@ class StreamState:
     publishers: int = 0  # its tasks still publishing: the processor and background forwarders
     #: Live: each stage's step in flight (by stage index), at most one per stage.
     stepping: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    superseded_steps: int = 0  # steps in flight cancelled by a segment end (Superseded)
     #: From the end of a segment's audio arriving to its caption_final on the bus: what a
     #: reader waits for (the caption stage's own figure stops before the other stages close
     #: the segment, e.g. the speaker label). Segments that ended at a pause; a VAD split is
@@ -484,36 +495,57 @@ class Engine:
                 for stage in state.stages:
                     stage.on_audio(out)
             else:
-                # Bring deterministic stages up to date before the segment is cut at `end`;
-                # live, let the steps in flight finish (their partials and keyword hits
-                # come before speech_ended).
+                # Bring deterministic stages up to date before the segment is cut at `end`.
                 if not self.options.live:
                     await self._step(state)
-                await self._steps_done(state)
-                start = state.segment_starts.pop(out.segment, out.end)
-                await self.bus.publish(SpeechEnded(stream=state.id, start=start / SAMPLE_RATE,
-                                                   end=out.end / SAMPLE_RATE,
-                                                   segment=out.segment))
                 await self._close(state, out)
                 await self._release(state, out.segment)
 
     async def _close(self, state: StreamState, end: SegmentEnd) -> None:
-        """Every stage closes the segment, in stage order, and their end events go out in
-        that order. An event goes out as soon as no stage still to close it could change
-        its annotation: a caption final need not wait for the speakers stage's last pass
-        when the speaker who talked most in it is already decided."""
+        """Every stage closes the segment, in stage order, each once its own step in flight
+        is done: the caption final is decoded while a slower stage's step still runs.
+        speech_ended goes out once every step is done (their partials and keyword hits come
+        before it), then the end events in stage order. An event goes out as soon as no
+        stage still to close the segment could change its annotation: a caption final need
+        not wait for the speakers stage's last pass when the speaker who talked most in it
+        is already decided."""
         arrived = state.arrivals.time_of(end.end)
-        ended: collections.deque[Event] = collections.deque()
         for i, stage in enumerate(state.stages):
-            ended.extend(await stage.on_end(end))
-            later = [s for s in state.stages[i + 1:] if isinstance(s, Annotator)]
-            while ended and (i == len(state.stages) - 1
-                             or all(s.settled(ended[0]) for s in later)):
-                event = ended.popleft()
-                await self._publish(state, self._annotate(state, event))
-                if isinstance(event, CaptionFinal) and arrived is not None:
-                    kept = state.split_final_latency if end.split else state.final_latency
-                    kept.add(time.monotonic() - arrived)
+            step = state.stepping.get(i)
+            if step is not None and not step.done() and isinstance(stage, Superseded) \
+                    and stage.end_supersedes_step():
+                step.cancel()
+                state.superseded_steps += 1
+        async with asyncio.TaskGroup() as closing:
+            closes: list[asyncio.Task[list[Event]]] = []
+            for i, stage in enumerate(state.stages):
+                closes.append(closing.create_task(
+                    self._close_stage(state, i, end, closes[-1] if closes else None),
+                    name=f"{stage.name}-close-{state.id}"))
+            await self._steps_done(state)
+            start = state.segment_starts.pop(end.segment, end.end)
+            await self.bus.publish(SpeechEnded(stream=state.id, start=start / SAMPLE_RATE,
+                                               end=end.end / SAMPLE_RATE, segment=end.segment))
+            ended: collections.deque[Event] = collections.deque()
+            for i, close in enumerate(closes):
+                ended.extend(await close)
+                later = [s for s in state.stages[i + 1:] if isinstance(s, Annotator)]
+                while ended and all(s.settled(ended[0]) for s in later):
+                    event = ended.popleft()
+                    await self._publish(state, self._annotate(state, event))
+                    if isinstance(event, CaptionFinal) and arrived is not None:
+                        kept = state.split_final_latency if end.split else state.final_latency
+                        kept.add(time.monotonic() - arrived)
+
+    async def _close_stage(self, state: StreamState, i: int, end: SegmentEnd,
+                           previous: asyncio.Task[list[Event]] | None) -> list[Event]:
+        """Stage `i`'s end events, once the stage before it has closed the segment (e.g.
+        the refine stage takes the caption stage's closed segment) and its own step in
+        flight is done."""
+        waits = [task for task in (previous, state.stepping.get(i)) if task is not None]
+        if waits:
+            await asyncio.wait(waits)
+        return await state.stages[i].on_end(end)
 
     async def _publish(self, state: StreamState, event: Event) -> None:
         """Publishes `event`, or holds it if it annotates a segment whose final is not out."""
@@ -558,6 +590,7 @@ class Engine:
             "segments": state.segments,
             "stream_dropped_blocks": state.dropped_blocks,
             "order_held_overflow": state.held_overflow,
+            "superseded_steps": state.superseded_steps,
             "worker_batches": self.worker.stats.batches,
             "worker_windows": self.worker.stats.windows,
         }

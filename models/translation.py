@@ -33,6 +33,12 @@ MIN_SEGMENT_S = 0.25  # s: shorter audio is too short for the encoder's conv sta
 _MBART_TOKEN = re.compile(r"^([a-z]{2,3})_[A-Z]{2}$")
 # M2M100/NLLB-style tokens, accepted too: __de__
 _DUNDER_TOKEN = re.compile(r"^__([a-z]{2,3})__$")
+# Tokens a segment may generate at most, from its length: speech is 2 to 4 words a second,
+# 1 to 3 mBART-50 tokens a word in the 15 target languages (more in Japanese and Chinese),
+# so this bounds a decoder that loops on a short segment (up to max_new_tokens steps, seconds
+# on a CPU) and leaves a real translation alone, as models/refine.py bounds Whisper.
+TOKENS_PER_S = 12.0  # tokens per second of audio
+MIN_NEW_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,11 @@ class SpeechTranslator:
     def supported_languages(self) -> tuple[str, ...]:
         return tuple(sorted(language_tokens(self.tokenizer)))
 
+    def max_new_tokens(self, seconds: float) -> int:
+        """The most tokens a segment of `seconds` may generate (TOKENS_PER_S)."""
+        return min(self.options.max_new_tokens, math.ceil(TOKENS_PER_S * seconds)
+                   + MIN_NEW_TOKENS)
+
     def translate(self, samples: np.ndarray,
                   targets: Sequence[TargetLanguage]) -> list[TranslatedText]:
         """Translate one segment (16 kHz float32) into every target; blocking (run it off
@@ -177,8 +188,8 @@ class SpeechTranslator:
                 fresh = type(encoder_outputs)(**encoder_outputs)
                 generated = self.model.generate(
                     values, encoder_outputs=fresh, forced_bos_token_id=target.token_id,
-                    num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
-                    **kwargs,
+                    num_beams=self.options.num_beams, max_new_tokens=self.max_new_tokens(
+                        len(samples) / SAMPLE_RATE), **kwargs,
                 )
                 # generate() returns the decoder start token first; what follows was generated.
                 ids = [int(i) for i in generated[0, 1:].tolist()]

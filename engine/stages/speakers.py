@@ -282,6 +282,7 @@ class SpeakerStage:
         self._history: collections.deque[_TurnSpan] = collections.deque(maxlen=TURNS_KEPT)
         self._active = self.switch.on  # what the stage last acted on
         self._flush_due = False  # switched off: release what was heard before
+        self._supersedable = False  # a step's analysis in flight that a segment end may cancel
 
     # ------------------------------------------------------------------ Stage protocol
 
@@ -322,17 +323,28 @@ class SpeakerStage:
         if not on:
             return events
         while self._buffer.end >= self._next_end:
-            width = self._window
+            end, behind = self._next_end, 0
             if self.live:
                 behind = (self._buffer.end - self._next_end) // self._step
-                self._next_end += behind * self._step
-                width = self._widen(behind)
-            await self._analyse(self._next_end, events, width=width)
-            self._next_end += self._step
+                end += behind * self._step
+            # Live, a segment's end cancels this analysis (end_supersedes_step) when the
+            # step has nothing else to lose: the stage is changed only after the await.
+            self._supersedable = self.live and not events
+            try:
+                await self._analyse(end, events, behind=behind)
+            finally:
+                self._supersedable = False
+            self._next_end = end + self._step
             if self.live:
                 break
         self._prune()
         return events
+
+    def end_supersedes_step(self) -> bool:
+        """Whether a segment's end may cancel the step in flight: on_end's last analysis
+        covers its frames, so its passes still queued in the worker would only delay the
+        segment's final (which waits for this stage's speaker label)."""
+        return self._supersedable
 
     async def on_end(self, end: SegmentEnd) -> list[Event]:
         """Analyse the rest of the segment and release every frame heard so far."""
@@ -361,10 +373,8 @@ class SpeakerStage:
         follows, so the open turns end too."""
         final = self._buffer.end // self._frame * self._frame
         if final > self._done:
-            width = self._window
-            if self.live:
-                width = self._widen(max(0, (final - self._done - 1) // self._step))
-            await self._analyse(final, events, width=width)
+            behind = max(0, (final - self._done - 1) // self._step) if self.live else 0
+            await self._analyse(final, events, behind=behind)
         events += self._release(self._done // self._frame)
         if close:  # a gap in the stream follows: no turn runs across it
             events += self._turn_events(self._tracker.close())
@@ -422,27 +432,32 @@ class SpeakerStage:
 
     # ------------------------------------------------------------------ internals
 
-    def _widen(self, behind: int) -> int:
-        """The window length (samples) of one analysis standing in for `behind` steps that
-        a live run fell behind on; counts them."""
+    def _merged(self, behind: int) -> int:
+        """How many of `behind` steps a live run fell behind on one analysis stands in for
+        (its window widened by as many steps); the rest are skipped."""
+        return min(behind * self._step, (MAX_WIDEN - 1) * self._window) // self._step
+
+    def _count_widened(self, behind: int) -> None:
         if behind <= 0:
-            return self._window
-        extra = min(behind * self._step, (MAX_WIDEN - 1) * self._window)
-        merged = extra // self._step
+            return
+        merged = self._merged(behind)
         self.widened_steps += 1
         self.merged_steps += merged
         self.skipped_steps += behind - merged
         # The clustering's clock counts steps of speech: one analysis stands in for these.
         self.clustering.skip(behind)
-        return self._window + merged * self._step
 
-    async def _analyse(self, end: int, events: list[Event], *, width: int | None = None) -> None:
+    async def _analyse(self, end: int, events: list[Event], *, behind: int = 0) -> None:
         """One rolling-window analysis ending at speech sample `end` (a frame multiple),
-        over the last `width` samples (default: window_s)."""
-        start = max(self._buffer.start, end - (self._window if width is None else width))
+        over the last window_s, widened by the steps it stands in for when `behind` steps
+        were fallen behind on. Nothing of the stage changes before the models' answer, so
+        a cancelled analysis leaves it as it was."""
+        width = self._window + self._merged(behind) * self._step if behind > 0 else self._window
+        start = max(self._buffer.start, end - width)
         start += (-start) % self._frame  # windows start on the frame grid
         if end - start < self._frame:
             self._done = max(self._done, end)
+            self._count_widened(behind)
             return
         samples = self._buffer.samples(start, end)
         started = time.perf_counter()
@@ -452,6 +467,7 @@ class SpeakerStage:
             return_exceptions=True)
         seg_out, emb_out = outs
         self._done = max(self._done, end)
+        self._count_widened(behind)
         for out in (seg_out, emb_out):
             if isinstance(out, BaseException):
                 if not isinstance(out, InferenceError):
