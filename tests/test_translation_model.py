@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from harken.app.bench.architectures import mbart50_sized_tokenizer
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import UnsupportedModelError
 from harken.models.translation import (
+    MIN_NEW_TOKENS,
+    TOKENS_PER_S,
     GenerationOptions,
     SpeechTranslator,
     UnsupportedLanguageError,
@@ -137,3 +140,18 @@ def test_a_sentencepiece_only_tokenizer_loads_with_real_language_ids(tmp_path: P
     de, fr = resolve_languages(["de", "fr"], tok, model_id="spm")
     assert (de.token_id, fr.token_id) == (60 + 1 + 2, 60 + 1 + 7)
     assert tok.decode(tok("guten morgen").input_ids, skip_special_tokens=True) == "guten morgen"
+
+
+def test_a_short_segment_generates_tokens_bounded_by_its_length(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A random decoder never stops early: it runs to the bound a segment's length sets,
+    not to max_new_tokens."""
+    folder = build_tiny_translation_model(tmp_path_factory.mktemp("tr") / "s2t")
+    long = SpeechTranslator.from_pretrained(str(folder), device="cpu",
+                                            options=GenerationOptions(max_new_tokens=200))
+    audio = speechlike_audio(0.5, seed=3)
+    bound = long.max_new_tokens(0.5)
+    assert bound == math.ceil(TOKENS_PER_S * 0.5) + MIN_NEW_TOKENS < 200
+    (result,) = long.translate(audio, long.languages(["de"]))
+    assert 1 < len(result.token_ids) <= bound
+    assert long.max_new_tokens(60.0) == 200  # a long segment keeps the configured cap
