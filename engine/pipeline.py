@@ -115,7 +115,7 @@ class Annotator(Protocol):
 
 
 @runtime_checkable
-class Superseded(Protocol):
+class EndSupersedesStep(Protocol):
     """Optional for a stage: live, when `end_supersedes_step()` is true at a segment's end,
     the engine cancels the stage's step in flight instead of waiting for it, because its
     on_end redoes that work (the speakers stage's last pass covers the frames of a pass
@@ -200,7 +200,7 @@ class StreamState:
     publishers: int = 0  # its tasks still publishing: the processor and background forwarders
     #: Live: each stage's step in flight (by stage index), at most one per stage.
     stepping: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    superseded_steps: int = 0  # steps in flight cancelled by a segment end (Superseded)
+    superseded_steps: int = 0  # steps in flight cancelled by a segment end (EndSupersedesStep)
     #: From the end of a segment's audio arriving to its caption_final on the bus: what a
     #: reader waits for (the caption stage's own figure stops before the other stages close
     #: the segment, e.g. the speaker label). Segments that ended at a pause; a VAD split is
@@ -512,7 +512,7 @@ class Engine:
         arrived = state.arrivals.time_of(end.end)
         for i, stage in enumerate(state.stages):
             step = state.stepping.get(i)
-            if step is not None and not step.done() and isinstance(stage, Superseded) \
+            if step is not None and not step.done() and isinstance(stage, EndSupersedesStep) \
                     and stage.end_supersedes_step():
                 step.cancel()
                 state.superseded_steps += 1
