@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -24,27 +23,16 @@ from harken.engine.worker import PRIORITY_CAPTIONS, InferenceWorker
 LOW = 120.0  # Hz: the band models' low voice
 
 
-class _Quiet:
-    """The Stage protocol's reporting methods, empty."""
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> AsyncIterator[Event] | None:
-        return None
-
-
-async def run(stages: list[object], *, live: bool, audio: np.ndarray | None = None,
-              vad: VadOptions | None = None) -> tuple[Engine, list[Event]]:
+async def run(stages: list[object], *, live: bool, vad: VadOptions | None = None,
+              engine_ref: list[Engine] | None = None) -> tuple[Engine, list[Event]]:
     async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[ListSource({"a": sample() if audio is None else audio})],
+        engine = Engine(sources=[ListSource({"a": sample()})],
                         stages=stages,  # type: ignore[arg-type]
                         worker=worker,
                         options=EngineOptions(live=live, levels=False,
                                               vad=vad or VadOptions()))
+        if engine_ref is not None:
+            engine_ref.append(engine)
         sub = engine.subscribe("test", maxsize=10_000)
         events: list[Event] = []
 
@@ -105,24 +93,16 @@ async def test_final_latency_is_taken_when_the_final_is_published() -> None:
     assert all(v >= 0 for v in state.final_latency.values())
 
 
-class Annotating(_Quiet):
+class Annotating(SegmentEcho):
     """An annotator whose on_end takes a while; says the label is settled or not."""
 
     name = "annotating"
 
-    def __init__(self, *, settled: bool, engine: list[Engine]) -> None:
+    def __init__(self, ctx: StageContext, *, settled: bool, engine: list[Engine]) -> None:
+        super().__init__(ctx)
         self._settled = settled
         self._engine = engine
         self.published_before_my_end: list[bool] = []
-
-    def on_start(self, start: SegmentStart) -> None:
-        pass
-
-    def on_audio(self, audio: SegmentAudio) -> None:
-        pass
-
-    async def step(self) -> list[Event]:
-        return []
 
     async def on_end(self, end: SegmentEnd) -> list[Event]:
         await asyncio.sleep(0.02)  # the last analysis
@@ -146,23 +126,10 @@ async def test_a_settled_final_does_not_wait_for_the_annotators_end(settled: boo
     made: list[Annotating] = []
 
     def annotating(ctx: StageContext) -> Annotating:
-        made.append(Annotating(settled=settled, engine=engines))
+        made.append(Annotating(ctx, settled=settled, engine=engines))
         return made[-1]
 
-    async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[ListSource({"a": sample()})], worker=worker,
-                        stages=[SegmentEcho, annotating],  # type: ignore[list-item]
-                        options=EngineOptions(live=True, levels=False))
-        engines.append(engine)
-        sub = engine.subscribe("test", maxsize=10_000)
-        events: list[Event] = []
-
-        async def collect() -> None:
-            events.extend([e async for e in sub])
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(collect())
-            await asyncio.wait_for(engine.run(), timeout=60)
+    _, events = await run([SegmentEcho, annotating], live=True, engine_ref=engines)
     finals = [e for e in events if isinstance(e, CaptionFinal)]
     assert finals
     assert all(f.speaker == "S1" for f in finals)
