@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import soundfile as sf
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, Level, SpeechEnded, SpeechStarted, Stats
 from harken.engine.pipeline import Engine, EngineOptions, StageContext
-from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
+from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 
@@ -93,11 +93,14 @@ class SegmentEcho:
 
 
 async def run_engine(source: Any, *, engine_ref: list[Engine] | None = None,
-                     levels: bool = False, vad_threads: int = 0) -> list[Event]:
+                     levels: bool = False, vad_threads: int = 0,
+                     stages: Sequence[Any] = (SegmentEcho,), live: bool = False,
+                     vad: VadOptions | None = None) -> list[Event]:
     async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[source], stages=[SegmentEcho], worker=worker,
+        engine = Engine(sources=[source], stages=list(stages), worker=worker,
                         options=EngineOptions(levels=levels, stats_interval_s=2.0,
-                                              vad_threads=vad_threads))
+                                              vad_threads=vad_threads, live=live,
+                                              vad=vad or VadOptions()))
         if engine_ref is not None:
             engine_ref.append(engine)
         sub = engine.subscribe("test", maxsize=10_000)

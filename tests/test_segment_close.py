@@ -9,13 +9,13 @@ import threading
 
 import numpy as np
 import pytest
-from test_pipeline import ListSource, SegmentEcho, sample
+from test_pipeline import ListSource, SegmentEcho, run_engine, sample
 from test_speakers_stage import OPTIONS, BandEmbedder, BandSegmenter
 from tiny_speaker_models import voice
 
 from harken.engine.events import CaptionFinal, Event, Stats
 from harken.engine.metrics import ArrivalLog
-from harken.engine.pipeline import Engine, EngineOptions, StageContext
+from harken.engine.pipeline import Engine, StageContext
 from harken.engine.stages.speakers import SpeakerStage
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import PRIORITY_CAPTIONS, InferenceWorker
@@ -25,24 +25,11 @@ LOW = 120.0  # Hz: the band models' low voice
 
 async def run(stages: list[object], *, live: bool, vad: VadOptions | None = None,
               engine_ref: list[Engine] | None = None) -> tuple[Engine, list[Event]]:
-    async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[ListSource({"a": sample()})],
-                        stages=stages,  # type: ignore[arg-type]
-                        worker=worker,
-                        options=EngineOptions(live=live, levels=False,
-                                              vad=vad or VadOptions()))
-        if engine_ref is not None:
-            engine_ref.append(engine)
-        sub = engine.subscribe("test", maxsize=10_000)
-        events: list[Event] = []
-
-        async def collect() -> None:
-            events.extend([e async for e in sub])
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(collect())
-            await asyncio.wait_for(engine.run(), timeout=60)
-    return engine, events
+    engines = engine_ref if engine_ref is not None else []
+    events = await asyncio.wait_for(
+        run_engine(ListSource({"a": sample()}), stages=stages, live=live, vad=vad,
+                   engine_ref=engines), timeout=60)
+    return engines[-1], events
 
 
 class SlowStep(SegmentEcho):
