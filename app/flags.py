@@ -163,6 +163,23 @@ def _positive(text: str) -> float:
     return value
 
 
+def _within(low: float, high: float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (`above`: low itself excluded), as the
+    matching config key accepts."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        ok = math.isfinite(value) and (value > low if above else value >= low) \
+            and value <= high
+        if not ok:
+            bound = f"more than {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound} and at most {high:g}, got {text}")
+        return value
+    return parse
+
+
 def _stream_counts(text: str) -> list[int]:
     one = count(1, 4096)
     parts = text.split(",")
@@ -647,9 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
     bc.add_argument("--device-type", default="auto")
     bc.add_argument("--dtype", default="auto", choices=DTYPES)
-    bc.add_argument("--hop", type=float, default=0.5)
-    bc.add_argument("--left-context", type=float, default=2.0)
-    bc.add_argument("--right-context", type=float, default=0.5)
+    # The ranges of the captions.* config keys they stand for.
+    bc.add_argument("--hop", type=_within(0.05, 5, above=True), default=0.5, metavar="S",
+                    help="seconds between partial updates")
+    bc.add_argument("--left-context", type=_within(0, 60), default=2.0, metavar="S",
+                    help="seconds of left context re-encoded")
+    bc.add_argument("--right-context", type=_within(0, 10), default=0.5, metavar="S",
+                    help="seconds of context a frame needs to become final")
     bc.add_argument("--fast", action="store_true",
                     help="feed the engine unpaced (latencies then include queueing)")
     bc.add_argument("--json", action="store_true", help="print only the JSON object")

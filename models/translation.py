@@ -66,6 +66,9 @@ class TranslatedText:
     lang: str  # the requested code
     text: str
     token_ids: tuple[int, ...]  # generated ids, the forced language token first
+    # Generation reached the token bound: the model did not end it (mBART forces its end
+    # token at the bound, so the last token cannot tell).
+    truncated: bool = False
 
 
 def language_tokens(tokenizer: Any) -> dict[str, str]:
@@ -178,6 +181,7 @@ class SpeechTranslator:
         if "attention_mask" in inputs:
             kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
         results: list[TranslatedText] = []
+        limit = self.max_new_tokens(len(samples) / SAMPLE_RATE)
         with torch.inference_mode():
             # The encoder is the same for every language: run it once.
             encoder_outputs = self.model.encoder(values, **kwargs)
@@ -188,11 +192,11 @@ class SpeechTranslator:
                 fresh = type(encoder_outputs)(**encoder_outputs)
                 generated = self.model.generate(
                     values, encoder_outputs=fresh, forced_bos_token_id=target.token_id,
-                    num_beams=self.options.num_beams, max_new_tokens=self.max_new_tokens(
-                        len(samples) / SAMPLE_RATE), **kwargs,
+                    num_beams=self.options.num_beams, max_new_tokens=limit, **kwargs,
                 )
                 # generate() returns the decoder start token first; what follows was generated.
                 ids = [int(i) for i in generated[0, 1:].tolist()]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                results.append(TranslatedText(lang=target.code, text=text, token_ids=tuple(ids)))
+                results.append(TranslatedText(lang=target.code, text=text, token_ids=tuple(ids),
+                                              truncated=len(ids) >= limit))
         return results

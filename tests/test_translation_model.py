@@ -142,16 +142,26 @@ def test_a_sentencepiece_only_tokenizer_loads_with_real_language_ids(tmp_path: P
     assert tok.decode(tok("guten morgen").input_ids, skip_special_tokens=True) == "guten morgen"
 
 
+@pytest.mark.filterwarnings("ignore:Unfeasible length constraints")
 def test_a_short_segment_generates_tokens_bounded_by_its_length(
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A random decoder never stops early: it runs to the bound a segment's length sets,
-    not to max_new_tokens."""
+    """A decoder that never ends by itself (the tiny one made to need more tokens than it
+    may have, as a looping model) stops at the bound a segment's length sets, not at
+    max_new_tokens, and says so."""
     folder = build_tiny_translation_model(tmp_path_factory.mktemp("tr") / "s2t")
-    long = SpeechTranslator.from_pretrained(str(folder), device="cpu",
-                                            options=GenerationOptions(max_new_tokens=200))
-    audio = speechlike_audio(0.5, seed=3)
-    bound = long.max_new_tokens(0.5)
+    looping = SpeechTranslator.from_pretrained(str(folder), device="cpu",
+                                               options=GenerationOptions(max_new_tokens=200))
+    # No end token before the bound (transformers warns that it cannot be met: wanted).
+    looping.model.generation_config.min_new_tokens = 1000
+    bound = looping.max_new_tokens(0.5)
     assert bound == math.ceil(TOKENS_PER_S * 0.5) + MIN_NEW_TOKENS < 200
-    (result,) = long.translate(audio, long.languages(["de"]))
-    assert 1 < len(result.token_ids) <= bound
-    assert long.max_new_tokens(60.0) == 200  # a long segment keeps the configured cap
+    (result,) = looping.translate(speechlike_audio(0.5, seed=3), looping.languages(["de"]))
+    assert len(result.token_ids) == bound
+    assert result.truncated
+    assert looping.max_new_tokens(60.0) == 200  # a long segment keeps the configured cap
+
+
+def test_a_translation_that_ends_itself_is_not_truncated(translator: SpeechTranslator) -> None:
+    (result,) = translator.translate(speechlike_audio(2.0, seed=4), translator.languages(["de"]))
+    assert len(result.token_ids) < MAX_NEW  # the tiny decoder ends early by itself
+    assert not result.truncated

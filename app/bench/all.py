@@ -152,6 +152,8 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
                 "steps_widened": stage.widened_steps,
                 "steps_merged": stage.merged_steps,
                 "steps_skipped": stage.skipped_steps,
+                # Steps in flight cancelled at a segment's end: its last pass covers them.
+                "steps_superseded": state.superseded_steps,
             }
         elif isinstance(stage, KeywordStage):
             tasks["keywords"] = {

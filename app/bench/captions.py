@@ -189,19 +189,21 @@ def _r(value: float | None) -> float | None:
 
 def caption_latencies(state: StreamState, stage: CaptionStage) -> dict[str, float | None]:
     """A stream's partial and final latency percentiles, as every bench reports them: the
-    final when it is published (what a reader waits for) after a pause, and after a VAD
-    split (`split_final`: decided up to split_search_s after the split point), and when the
-    caption stage had it (`final_ready`, both kinds: the difference is the other stages
-    closing the segment)."""
+    final when it is published (what a reader waits for) after a pause; after a VAD split
+    (`split_final`: decided up to split_search_s after the split point); and, after a pause,
+    when the caption stage had it (`final_ready`: the difference is the other stages
+    closing the segment). `finals` and `split_finals`: how many finals they are over."""
     latencies = stage.latencies()
     return {"partial_latency_p50_s": _r(latencies["caption_latency_p50_s"]),
             "partial_latency_p95_s": _r(latencies["caption_latency_p95_s"]),
             "final_latency_p50_s": _r(state.final_latency.get(50)),
             "final_latency_p95_s": _r(state.final_latency.get(95)),
+            "final_ready_latency_p50_s": _r(latencies["final_ready_latency_p50_s"]),
+            "final_ready_latency_p95_s": _r(latencies["final_ready_latency_p95_s"]),
             "split_final_latency_p50_s": _r(state.split_final_latency.get(50)),
             "split_final_latency_p95_s": _r(state.split_final_latency.get(95)),
-            "final_ready_latency_p50_s": _r(latencies["final_ready_latency_p50_s"]),
-            "final_ready_latency_p95_s": _r(latencies["final_ready_latency_p95_s"])}
+            "finals": len(state.final_latency),
+            "split_finals": len(state.split_final_latency)}
 
 
 def bench_stream(engine: Engine, kind: type[S]) -> tuple[StreamState, S, float]:

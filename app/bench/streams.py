@@ -175,9 +175,10 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         cpu_end = os.times()
     final: list[float] = []
     split_final: list[float] = []
+    ready: list[float] = []
     partial: list[float] = []
     skipped = {"caption_steps_merged": 0, "speaker_steps": 0, "speaker_steps_widened": 0,
-               "keyword_windows": 0}
+               "keyword_windows": 0, "speaker_steps_superseded": 0}
     segments = 0
     missing_finals = 0
     for stream_id, state in engine.streams.items():
@@ -187,10 +188,12 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
             if isinstance(stage, CaptionStage):
                 final += state.final_latency.values()
                 split_final += state.split_final_latency.values()
+                ready += stage.final_ready_latency.values()
                 partial += stage.partial_latency.values()
                 skipped["caption_steps_merged"] += stage.merged_steps
             elif isinstance(stage, SpeakerStage):
                 skipped["speaker_steps"] += stage.skipped_steps
+                skipped["speaker_steps_superseded"] += state.superseded_steps
                 skipped["speaker_steps_widened"] += stage.widened_steps
             elif isinstance(stage, KeywordStage):
                 skipped["keyword_windows"] += stage.skipped
@@ -204,7 +207,12 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         "wall_s": round(wall, 1),
         "final_latency_p50_s": _pct(final, 50),
         "final_latency_p95_s": p95,
+        "final_ready_latency_p50_s": _pct(ready, 50),
+        "final_ready_latency_p95_s": _pct(ready, 95),
+        "split_final_latency_p50_s": _pct(split_final, 50),
         "split_final_latency_p95_s": _pct(split_final, 95),
+        "finals": len(final),
+        "split_finals": len(split_final),
         "partial_latency_p50_s": _pct(partial, 50),
         "partial_latency_p95_s": _pct(partial, 95),
         "segments": segments,

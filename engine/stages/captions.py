@@ -71,8 +71,9 @@ class CaptionStage:
         self.options = options
         self.live = live
         self.partial_latency = Percentiles()
-        # End of the segment's audio -> its final decoded here. What a reader waits for is
-        # longer when other stages close the segment too (the engine's StreamState.final_latency).
+        # End of the segment's audio -> its final decoded here, for segments that ended at a
+        # pause (as the engine's StreamState.final_latency, which times the final when it is
+        # published: later when other stages close the segment too, e.g. the speaker label).
         self.final_ready_latency = Percentiles()
         self.encoded_samples = 0
         self._merged_closed = 0  # steps skipped in segments that have ended
@@ -154,7 +155,7 @@ class CaptionStage:
         logprobs = seg.state.logprobs()
         transcript = self.captioner.decode(logprobs, start_s=seg.start / SAMPLE_RATE)
         arrived = self._arrivals.time_of(end.end)
-        if arrived is not None:
+        if arrived is not None and not end.split:
             self.final_ready_latency.add(time.monotonic() - arrived)
         words = _words(transcript)
         if self._finals is not None:

@@ -199,6 +199,7 @@ class TranslationStage(WholeSegmentStage):
         self.translated = 0
         self.skipped = 0
         self.failed = 0
+        self.truncated = 0  # translations (one per language) stopped by the token bound
         self._generator = generator
         self._arrivals = arrivals
         self._backlog = LIVE_BACKLOG if live else ORDERED_BACKLOG
@@ -211,7 +212,9 @@ class TranslationStage(WholeSegmentStage):
     def counters(self) -> dict[str, int]:
         return {"translation_segments": self.translated,
                 "translation_segments_skipped": self.skipped,
-                "translation_failed": self.failed}
+                "translation_failed": self.failed,
+                # Cut by the token bound (models/translation.py), not ended by the model.
+                "translation_truncated": self.truncated}
 
     def latencies(self) -> dict[str, float | None]:
         return {"translation_latency_p50_s": self.latency.get(50),
@@ -270,6 +273,7 @@ class TranslationStage(WholeSegmentStage):
             self.generation_s += time.perf_counter() - started
             self.generation_cpu_s += self._generator.cpu_s - cpu_before
         self.translated += 1
+        self.truncated += sum(r.truncated for r in results)
         arrived = self._arrivals.time_of(job.end)
         if arrived is not None:
             latency = time.monotonic() - arrived
