@@ -271,7 +271,8 @@ class TranslationConfig(_Section):
     model: str = Field(DEFAULT_TRANSLATION_MODEL, description="hub id or local folder "
                        "(speech encoder-decoder)")
     num_beams: int = Field(1, ge=1, le=16, description="beam search width (1: greedy)")
-    max_new_tokens: int = Field(96, ge=1, le=1024, description="tokens per segment at most")
+    max_new_tokens: int = Field(96, ge=1, le=1024, description="tokens per segment at most "
+                                "(short segments: 12 a second + 16, docs/translation.md)")
     language_tokens: dict[str, str] = Field(default_factory=dict, description="code -> "
                                             "language token, for tokens that are not "
                                             "mBART-50 style")

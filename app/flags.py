@@ -243,7 +243,8 @@ def add_bench_parsers(bsub: Any) -> None:
     bt.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
     bt.add_argument("--beams", type=count(1, 16), default=1, help="beam search width")
     bt.add_argument("--max-new-tokens", type=count(1, 448), default=48,
-                    help="tokens per segment at most (random weights always reach it)")
+                    help="tokens per segment at most; fewer for short segments (12/s + 16), "
+                         "which random weights always reach")
     bt.add_argument("--max-segments", type=count(1, 10_000), default=8,
                     help="segments translated at most")
     for p, length in ((bk, 60.0), (bt, 30.0)):
@@ -396,7 +397,8 @@ def add_load_bench_parsers(bsub: Any) -> None:
                     help="captions architecture (random weights)")
     ba.add_argument("--translate", type=_languages, default=["de"], metavar="LANGS")
     ba.add_argument("--max-new-tokens", type=count(1, 448), default=48,
-                    help="tokens per translated segment (random weights always reach it)")
+                    help="tokens per translated segment at most; fewer for short segments "
+                         "(12/s + 16), which random weights always reach")
     ba.add_argument("--fast", action="store_true",
                     help="unpaced, nothing skipped: cpu_rtf is each task's full demand")
     ba.add_argument("--generation-threads", type=count(0, 256), default=0, metavar="N",
@@ -606,8 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="live captions from the microphone or a file")
     add_common(run)
     run.add_argument("--input", metavar="FILE|URL", type=input_arg,
-                     help="read a file instead of the mic, or satellite audio: "
-                          "mqtt://host/hermes/audioServer/+/audioFrame")
+                     help="read a file (paced in real time unless --fast) instead of the mic, "
+                          "or satellite audio: mqtt://host/hermes/audioServer/+/audioFrame")
     run.add_argument("--fast", action="store_true", help="process the file as fast as possible")
     run.add_argument("--device", metavar="N|NAME", help="input device (see `harken devices`)")
     run.add_argument("--jsonl", action="store_true", help="print one JSON event per line")

@@ -141,6 +141,10 @@ class Stats(Event):
     queue_depth: int = 0
     caption_latency_p50_s: float | None = None
     caption_latency_p95_s: float | None = None
+    #: Caption finals after a pause, from the end of the segment's audio to the final's
+    #: publication (with its speaker label); a VAD split's finals are not in it.
+    final_latency_p50_s: float | None = None
+    final_latency_p95_s: float | None = None
     #: Refined finals after the end of speech (None unless refining: docs/refine.md).
     refine_latency_p50_s: float | None = None
     refine_latency_p95_s: float | None = None

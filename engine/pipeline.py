@@ -620,6 +620,8 @@ class Engine:
             refine_latency_p50_s=latencies.get("refine_latency_p50_s"),
             refine_latency_p95_s=latencies.get("refine_latency_p95_s"),
             caption_latency_p95_s=latencies.get("caption_latency_p95_s"),
+            final_latency_p50_s=state.final_latency.get(50),
+            final_latency_p95_s=state.final_latency.get(95),
             dropped=self.bus.dropped(),
             lost=self.bus.lost(),
             counters=counters,

@@ -67,10 +67,13 @@ def test_bench_all_reports_every_task(speech: Path, tiny: dict[str, str]) -> Non
     json.dumps(out)
     assert out["precision"] == "int8"
     assert set(out["tasks"]) == {"captions", "speakers", "keywords", "translation"}
-    assert {"rtf", "final_latency_p95_s", "partial_latency_p95_s",
-            "steps_merged"} <= set(out["tasks"]["captions"])
-    assert {"rtf", "turn_latency_p95_s", "steps_widened", "steps_skipped"} <= set(
-        out["tasks"]["speakers"])
+    captions = out["tasks"]["captions"]
+    assert {"rtf", "final_latency_p95_s", "final_ready_latency_p95_s",
+            "split_final_latency_p95_s", "partial_latency_p95_s", "steps_merged"} <= set(captions)
+    # Every segment's final is counted once: after a pause or after a split.
+    assert captions["finals"] + captions["split_finals"] >= 1
+    assert {"rtf", "turn_latency_p95_s", "steps_widened", "steps_skipped",
+            "steps_superseded"} <= set(out["tasks"]["speakers"])
     assert {"rtf", "latency_p95_s", "windows_skipped"} <= set(out["tasks"]["keywords"])
     assert {"rtf", "latency_p95_s", "latency_per_audio_s_p95", "segments_skipped"} <= set(
         out["tasks"]["translation"])
@@ -91,8 +94,10 @@ def test_bench_streams_runs_n_streams_through_one_worker(speech: Path,
     assert [r["streams"] for r in out["runs"]] == [1, 2]  # a list: each N in turn
     run = out["runs"][1]
     assert {"final_latency_p50_s", "final_latency_p95_s", "partial_latency_p95_s",
+            "final_ready_latency_p95_s", "split_final_latency_p95_s", "finals", "split_finals",
             "batch_sizes", "skipped", "finals_missing", "kept_up",
             "event_loop_lag_p99_ms"} <= set(run)
+    assert run["finals"] + run["split_finals"] == run["segments"] - run["finals_missing"]
     assert 0 < run["event_loop_busy"] <= 1.05  # CPU time of the loop's thread over wall time
     assert run["audio_s_per_stream"] == pytest.approx(SECONDS, abs=0.2)
     assert sum(run["batch_sizes"].values()) == run["batches"] > 0

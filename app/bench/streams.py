@@ -9,8 +9,9 @@ lengths padded together, in length buckets, when the model can pad: engine/worke
 Reports final (after a pause; VAD splits apart) and partial caption latency p50/p95 over all
 streams, skipped steps, finals vs segments, the batch-size histogram, compute per
 stream-second, and GPU memory/utilisation on CUDA. `--find-capacity` doubles N while the run
-keeps up (final p95 under the target and no missing or skipped finals), then bisects between
-the last N that kept up and the first that did not.
+keeps up (p95 of the finals after a pause under the target, and no missing or skipped
+finals; a run with no such final does not count as keeping up), then bisects between the
+last N that kept up and the first that did not.
 """
 
 from __future__ import annotations

@@ -224,6 +224,7 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
         refiner = await asyncio.to_thread(load_refiner, c)
     rows: list[dict[str, Any]] = []
     final_latency: list[float] = []
+    split_latency: list[float] = []
     refine_latency: list[float] = []
     counters: dict[str, int] = {}
     generation: dict[str, Any] = {}
@@ -270,6 +271,7 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
             rows.append(row)
             for state in engine.streams.values():
                 final_latency += state.final_latency.samples()
+                split_latency += state.split_final_latency.samples()
             for refine in refines:
                 refine_latency += refine.latency.samples()
                 for key, value in refine.counters().items():
@@ -293,7 +295,10 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
         "threads": {"inference": budget.inference, "generation": budget.generation,
                     "generation_nice": budget.generation_nice, "lend": budget.lend},
         "generation": generation if refiner is not None else None,
+        # CTC finals after a pause; a VAD split's are decided up to split_search_s after
+        # their split point, so they are apart. Refined finals: every segment.
         "latency": ({"ctc_final": _percentiles(final_latency),
+                     "ctc_split_final": _percentiles(split_latency),
                      "refined_final": _percentiles(refine_latency)} if realtime else None),
         "utterances": [{**r, **{f"{k}_norm": normalize_text(r[k]) for k in SYSTEMS if k in r}}
                        for r in rows],
