@@ -483,7 +483,8 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
         env_data = EnvSettingsSource(HarkenConfig, env_prefix=ENV_PREFIX,
                                      env_nested_delimiter=ENV_NESTED)()
     except ValueError as exc:  # e.g. a HARKEN_*__FORMATS value that is not JSON
-        raise ConfigError(f"bad HARKEN_* environment variable: {exc}") from exc
+        raise ConfigError(f"bad HARKEN_* environment variable: {exc}. List and table values "
+                          "are JSON, e.g. HARKEN_TRANSLATION__LANGUAGES='[\"de\"]'") from exc
     env_data.pop("config", None)
     flag_data = flags or {}
     names = flag_names or {}
