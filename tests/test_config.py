@@ -87,6 +87,15 @@ def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
         load_config()
 
 
+def test_a_list_env_value_that_is_not_json_says_how_to_write_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", "de")
+    with pytest.raises(ConfigError, match=r"are JSON, e\.g\. HARKEN_TRANSLATION__LANGUAGES"):
+        load_config()
+    monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", '["de"]')
+    assert load_config().translation.languages == ["de"]
+
+
 def test_missing_explicit_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
