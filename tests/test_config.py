@@ -93,7 +93,7 @@ def test_a_list_env_value_that_is_not_json_says_how_to_write_it(
     with pytest.raises(ConfigError, match=r"are JSON, e\.g\. HARKEN_TRANSLATION__LANGUAGES"):
         load_config()
     monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", '["de"]')
-    assert load_config().translation.languages == ["de"]
+    assert load_config().config.translation.languages == ["de"]
 
 
 def test_missing_explicit_file(tmp_path: Path) -> None:
