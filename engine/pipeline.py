@@ -106,12 +106,12 @@ class Stage(Protocol):
 class Annotator(Protocol):
     """Optional for a stage: may return a copy of another stage's segment-end event with a
     field filled in (dataclasses.replace), e.g. CaptionFinal.speaker from the speakers stage.
-    `settled(event)`: whether that answer is already what it will be once this stage has
-    closed the segment too; the engine then publishes the event without waiting for that.
+    It may also have `settled(event) -> bool`: whether that answer is already what it will
+    be once this stage has closed the segment too; the engine then publishes the event
+    without waiting for that. Without it, an event always waits for the stage's close.
     """
 
     def annotate(self, event: Event) -> Event: ...
-    def settled(self, event: Event) -> bool: ...
 
 
 @runtime_checkable
@@ -207,6 +207,12 @@ class StreamState:
     #: decided up to split_search_s after its split point, so its finals are kept apart.
     final_latency: Percentiles = field(default_factory=Percentiles)
     split_final_latency: Percentiles = field(default_factory=Percentiles)
+
+
+def _settled(annotator: Annotator, event: Event) -> bool:
+    """Whether `annotator` already gives `event` the annotation its close would (Annotator)."""
+    settled = getattr(annotator, "settled", None)
+    return bool(settled(event)) if callable(settled) else False
 
 
 class Engine:
@@ -429,7 +435,7 @@ class Engine:
                 await self._handle(state, outputs)
                 if not self.options.live:
                     await self._step(state)
-            if self.options.live:
+            if self.options.live and not done:
                 self._start_steps(state, steps)
             if state.last_end / SAMPLE_RATE >= next_stats or done:
                 await self.bus.publish(self._stats(state))
@@ -530,7 +536,7 @@ class Engine:
             for i, close in enumerate(closes):
                 ended.extend(await close)
                 later = [s for s in state.stages[i + 1:] if isinstance(s, Annotator)]
-                while ended and all(s.settled(ended[0]) for s in later):
+                while ended and all(_settled(s, ended[0]) for s in later):
                     event = ended.popleft()
                     await self._publish(state, self._annotate(state, event))
                     if isinstance(event, CaptionFinal) and arrived is not None:

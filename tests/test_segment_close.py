@@ -16,7 +16,7 @@ from tiny_speaker_models import voice
 from harken.engine.events import CaptionFinal, Event, Stats
 from harken.engine.metrics import ArrivalLog
 from harken.engine.pipeline import Engine, StageContext
-from harken.engine.stages.speakers import SpeakerStage
+from harken.engine.stages.speakers import DiarizationSwitch, SpeakerStage
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import PRIORITY_CAPTIONS, InferenceWorker
 
@@ -227,3 +227,46 @@ async def test_a_speakers_label_is_settled_once_its_lead_outruns_what_is_left() 
                                           text="x"))
         await stage.on_end(SegmentEnd(0, len(audio), False))
         assert stage.annotate(final(3.0, 4.0)).speaker == "S1"
+
+
+class LabelOnly(SegmentEcho):
+    """An annotator with annotate() alone (no settled()): its events wait for its close."""
+
+    name = "label-only"
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        return []
+
+    def annotate(self, event: Event) -> Event:
+        if isinstance(event, CaptionFinal):
+            return dataclasses.replace(event, speaker="Ann")
+        return event
+
+
+@pytest.mark.parametrize("live", [True, False])
+async def test_an_annotator_without_settled_still_annotates(live: bool) -> None:
+    _, events = await run([SegmentEcho, LabelOnly], live=live)
+    finals = [e for e in events if isinstance(e, CaptionFinal)]
+    assert finals
+    assert all(f.speaker == "Ann" for f in finals)
+
+
+async def test_a_final_is_not_settled_while_diarization_is_off() -> None:
+    """Switched off during a close and back on before the speakers stage's last pass: the
+    final must wait for that pass, which labels it."""
+    async with InferenceWorker(name="test") as worker:
+        switch = DiarizationSwitch()
+        stage = SpeakerStage(stream="mic", segmenter=BandSegmenter(), embedder=BandEmbedder(),
+                             worker=worker, options=OPTIONS, live=True, arrivals=ArrivalLog(),
+                             switch=switch)
+        audio = voice(4.0, pitch_hz=LOW)
+        stage.on_start(SegmentStart(0, 0))
+        stage.on_audio(SegmentAudio(0, 0, audio))
+        await stage.step()
+        final = CaptionFinal(stream="mic", start=0.0, end=4.0, segment=0, text="x")
+        assert stage.settled(final)
+        switch.set(False)  # a control command while the caption stage closes the segment
+        assert not stage.settled(final)
+        switch.set(True)  # back on before the speakers stage's last pass
+        await stage.on_end(SegmentEnd(0, len(audio), False))
+        assert stage.annotate(final).speaker == "S1"

@@ -407,8 +407,10 @@ class SpeakerStage:
         yet). The engine then publishes a caption final without waiting for the segment's
         last analysis, which would label it the same."""
         if not isinstance(event, CaptionFinal) or event.stream != self.stream \
-                or event.speaker is not None or not self.switch.on:
+                or event.speaker is not None:
             return True
+        if not self.switch.on:
+            return False  # it may be back on before the close, which is then quick anyway
         position = self._tracker.position
         if position is None:
             return False
