@@ -32,8 +32,11 @@ class ListSource:
     """Yields pre-made blocks for one or more streams, interleaved like a satellite hub."""
 
     def __init__(self, streams: dict[str, np.ndarray], *, pause_at: float | None = None,
-                 engine_ref: list[Engine] | None = None) -> None:
+                 engine_ref: list[Engine] | None = None, pace_s: float = 0.0) -> None:
+        """`pace_s`: seconds slept after each round of blocks (0: as fast as the engine
+        takes them)."""
         self.streams = streams
+        self.pace_s = pace_s
         self.description = "test"
         self._pause_at = pause_at
         self._engine_ref = engine_ref
@@ -53,7 +56,7 @@ class ListSource:
             for sid, audio in self.streams.items():
                 if start < len(audio):
                     yield AudioBlock(stream=sid, start=start, samples=audio[start:start + BLOCK])
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.pace_s)
 
 
 class SegmentEcho:
@@ -95,7 +98,7 @@ class SegmentEcho:
 async def run_engine(source: Any, *, engine_ref: list[Engine] | None = None,
                      levels: bool = False, vad_threads: int = 0,
                      stages: Sequence[Any] = (SegmentEcho,), live: bool = False,
-                     vad: VadOptions | None = None) -> list[Event]:
+                     vad: VadOptions | None = None, maxsize: int = 10_000) -> list[Event]:
     async with InferenceWorker(name="cpu") as worker:
         engine = Engine(sources=[source], stages=list(stages), worker=worker,
                         options=EngineOptions(levels=levels, stats_interval_s=2.0,
@@ -103,7 +106,7 @@ async def run_engine(source: Any, *, engine_ref: list[Engine] | None = None,
                                               vad=vad or VadOptions()))
         if engine_ref is not None:
             engine_ref.append(engine)
-        sub = engine.subscribe("test", maxsize=10_000)
+        sub = engine.subscribe("test", maxsize=maxsize)
         events: list[Event] = []
 
         async def collect() -> None:

@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from test_pipeline import ListSource, sample
+from test_pipeline import ListSource, run_engine, sample
 
-from harken.engine.audio import AudioBlock
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
@@ -193,32 +192,36 @@ def check_order(events: list[Event]) -> list[str]:
     return bad
 
 
-async def run_fuzz(seed: int, *, streams: int = 3) -> tuple[list[Event], Engine]:
+FUZZ_VAD = VadOptions(max_segment_s=1.5, split_search_s=0.5)  # splits as well as pauses
+
+
+async def run_fuzz(seed: int, *, streams: int = 3, pace_s: float = 0.0,
+                   stop_after_s: float | None = None) -> list[Event]:
+    """`streams` offset copies of the sample through the four fake stages, live; `stop_after_s`:
+    engine.stop() that long after the start."""
     rng = random.Random(seed)
     audio = sample()
     makers = [lambda ctx, k=k: k(ctx, rng) for k in (Captions, Keywords, Speakers, Translate)]
-    async with InferenceWorker(name="cpu") as worker:
-        source = ListSource({f"s{i}": np.roll(audio, 1600 * i) for i in range(streams)})
-        engine = Engine(sources=[source], stages=makers,  # type: ignore[arg-type]
-                        worker=worker,
-                        options=EngineOptions(live=True, levels=False,
-                                              vad=VadOptions(max_segment_s=1.5,
-                                                             split_search_s=0.5)))
-        sub = engine.subscribe("test", maxsize=100_000)
-        events: list[Event] = []
+    source = ListSource({f"s{i}": np.roll(audio, 1600 * i) for i in range(streams)},
+                        pace_s=pace_s)
+    engines: list[Engine] = []
 
-        async def collect() -> None:
-            events.extend([e async for e in sub])
+    async def stop() -> None:
+        if stop_after_s is None:
+            return
+        await asyncio.sleep(stop_after_s)
+        engines[0].stop()
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(collect())
-            await asyncio.wait_for(engine.run(), timeout=120)
-    return events, engine
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(stop())
+        run = run_engine(source, stages=makers, live=True, vad=FUZZ_VAD, maxsize=100_000,
+                         engine_ref=engines)
+        return await asyncio.wait_for(run, timeout=120)
 
 
 @pytest.mark.parametrize("seed", range(3))
 async def test_live_order_holds_with_random_step_times(seed: int) -> None:
-    events, _ = await run_fuzz(seed)
+    events = await run_fuzz(seed)
     assert sum(isinstance(e, CaptionFinal) for e in events) > 3
     assert sum(isinstance(e, SpeechStarted) for e in events) == \
         sum(isinstance(e, SpeechEnded) for e in events)
@@ -259,37 +262,8 @@ async def test_a_live_step_that_raises_ends_the_run_with_its_error() -> None:
     assert [str(e) for e in leaves] == ["a bug in a step"]
 
 
-class _Paced(ListSource):
-    async def blocks(self) -> AsyncIterator[AudioBlock]:
-        async for block in super().blocks():
-            yield block
-            await asyncio.sleep(0.003)
-
-
 @pytest.mark.parametrize("seed", range(4))
 async def test_stop_at_any_time_keeps_the_order_and_closes_every_segment(seed: int) -> None:
-    rng = random.Random(seed)
-    audio = sample()
-    makers = [lambda ctx, k=k: k(ctx, rng) for k in (Captions, Keywords, Speakers, Translate)]
-    async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[_Paced({f"s{i}": np.roll(audio, 1600 * i) for i in range(3)})],
-                        stages=makers,  # type: ignore[arg-type]
-                        worker=worker,
-                        options=EngineOptions(live=True, levels=False,
-                                              vad=VadOptions(max_segment_s=1.5,
-                                                             split_search_s=0.5)))
-        sub = engine.subscribe("test", maxsize=100_000)
-        events: list[Event] = []
-
-        async def collect() -> None:
-            events.extend([e async for e in sub])
-
-        async def stop() -> None:
-            await asyncio.sleep(rng.uniform(0.05, 0.4))
-            engine.stop()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(collect())
-            tg.create_task(stop())
-            await asyncio.wait_for(engine.run(), timeout=60)
+    stop_after = random.Random(seed).uniform(0.05, 0.4)
+    events = await run_fuzz(seed, pace_s=0.003, stop_after_s=stop_after)
     assert check_order(events) == []

@@ -7,18 +7,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+from test_pipeline import ListSource, run_engine
 from test_speakers_stage import OPTIONS, WEBRTC, BandEmbedder, BandSegmenter, FinalStage
 from tiny_speaker_models import voice
 
-from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, Stats
-from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
+from harken.engine.pipeline import Stage, StageContext
 from harken.engine.stages.speakers import SpeakerStage
 from harken.engine.vad import SegmentEnd, SegmentStart
-from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 
 PASS_S = 0.03  # s of (sleeping) model time per window: the speaker passes fall behind
@@ -60,24 +59,6 @@ class Recording(SpeakerStage):
         return events
 
 
-class Paced:
-    description = "paced"
-
-    def __init__(self, audio: np.ndarray) -> None:
-        self.audio = audio
-
-    async def __aenter__(self) -> Paced:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    async def blocks(self) -> AsyncIterator[AudioBlock]:
-        for s in range(0, len(self.audio), SAMPLE_RATE // 10):
-            yield AudioBlock(stream="a", start=s, samples=self.audio[s:s + SAMPLE_RATE // 10])
-            await asyncio.sleep(PACE_S)
-
-
 def conversation(seed: int) -> np.ndarray:
     """Segments of one to three turns of two voices, some close to even."""
     rng = random.Random(seed)
@@ -98,19 +79,10 @@ async def test_an_early_final_has_the_label_waiting_would_give() -> None:
         made.append(Recording(ctx))
         return made[-1]
 
-    async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[Paced(conversation(0))],
-                        stages=[lambda ctx: FinalStage(ctx.stream), speakers],  # type: ignore[list-item]
-                        worker=worker, options=EngineOptions(live=True, levels=False, vad=WEBRTC))
-        sub = engine.subscribe("test", maxsize=10_000)
-        events: list[Event] = []
-
-        async def collect() -> None:
-            events.extend([e async for e in sub])
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(collect())
-            await asyncio.wait_for(engine.run(), timeout=120)
+    events = await asyncio.wait_for(run_engine(
+        ListSource({"a": conversation(0)}, pace_s=PACE_S),
+        stages=[lambda ctx: FinalStage(ctx.stream), speakers], live=True, vad=WEBRTC),
+        timeout=120)
     stage = made[0]
     finals = [e for e in events if isinstance(e, CaptionFinal)]
     assert len(finals) >= 10
