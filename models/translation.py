@@ -36,7 +36,8 @@ _DUNDER_TOKEN = re.compile(r"^__([a-z]{2,3})__$")
 # Tokens a segment may generate at most, from its length: speech is 2 to 4 words a second,
 # 1 to 3 mBART-50 tokens a word in the 15 target languages (more in Japanese and Chinese),
 # so this bounds a decoder that loops on a short segment (up to max_new_tokens steps, seconds
-# on a CPU) and leaves a real translation alone, as models/refine.py bounds Whisper.
+# on a CPU) and, by those rates, leaves a real translation alone (not measured with a trained
+# translator; `truncated` says when it cuts one), as models/refine.py bounds Whisper.
 TOKENS_PER_S = 12.0  # tokens per second of audio
 MIN_NEW_TOKENS = 16
 
