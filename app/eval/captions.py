@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +46,8 @@ from harken.app.session import engine_options, thread_budget
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.refine import load_refiner, refine_stages, with_refine_resolved
 from harken.engine.events import CaptionFinal, CaptionRefined, Event
-from harken.engine.pipeline import Engine, Stage, StageContext, StageFactory
+from harken.engine.pipeline import Engine
 from harken.engine.sources.file import FileSource
-from harken.engine.stages.captions import CaptionStage
 from harken.engine.stages.refine import RefineStage
 from harken.engine.stages.translation import GenerationWorker
 from harken.engine.threads import CoreShare
@@ -60,7 +59,6 @@ from harken.models.geometry import normalize_window, segment_stats
 from harken.models.refine import SpeechRefiner
 from harken.models.scoring import ErrorRate, char_errors, normalize_text, word_errors
 
-T = TypeVar("T")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 SYSTEMS = ("ctc_streaming", "ctc_segment", "refined", "refine_offline")
 
@@ -69,18 +67,6 @@ SYSTEMS = ("ctc_streaming", "ctc_segment", "refined", "refine_offline")
 class Utterance:
     path: Path
     reference: str
-
-
-def _keeping(make: StageFactory, kind: type[T], into: list[T]) -> StageFactory:
-    """`make`, keeping every stage of `kind` it makes in `into` (to read its state after)."""
-
-    def keep(ctx: StageContext) -> Stage:
-        stage = make(ctx)
-        if isinstance(stage, kind):
-            into.append(stage)
-        return stage
-
-    return keep
 
 
 def _audio_beside(folder: Path, stem: str) -> Path | None:
@@ -238,12 +224,9 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
             GenerationWorker(name="refine", threads=budget.generation,
                              nice=budget.generation_nice, share=share) as generator:
         for i, utt in enumerate(utterances):
-            captions: list[CaptionStage] = []
-            refines: list[RefineStage] = []
-            factories = [_keeping(caption_stages(config, captioner), CaptionStage, captions)]
+            factories = [caption_stages(config, captioner)]
             if refiner is not None:
-                factories.append(_keeping(refine_stages(config, refiner, captioner, generator),
-                                          RefineStage, refines))
+                factories.append(refine_stages(config, refiner, captioner, generator))
             sink = _Finals()
             engine = Engine(sources=[FileSource(path=utt.path, stream_id=f"u{i}",
                                                 realtime=realtime)],
@@ -272,10 +255,10 @@ async def evaluate(config: HarkenConfig, path: Path, *, realtime: bool = True,
             for state in engine.streams.values():
                 final_latency += state.final_latency.samples()
                 split_latency += state.split_final_latency.samples()
-            for refine in refines:
-                refine_latency += refine.latency.samples()
-                for key, value in refine.counters().items():
-                    counters[key] = counters.get(key, 0) + value
+                for refine in (s for s in state.stages if isinstance(s, RefineStage)):
+                    refine_latency += refine.latency.samples()
+                    for key, value in refine.counters().items():
+                        counters[key] = counters.get(key, 0) + value
         generation = {"calls": generator.calls, "busy_s": round(generator.busy_s, 2),
                       "cpu_s": round(generator.cpu_s, 2)}
     refs = [r["reference"] for r in rows]

@@ -290,6 +290,12 @@ class _Done:
     seconds: float = 0.0  # a decoded frame's length
 
 
+def _payload(message: aiomqtt.Message) -> bytes:
+    """A frame's bytes (anything but bytes from the network is an empty, malformed frame)."""
+    raw = message.payload
+    return bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
+
+
 class SatelliteSource:
     """An engine source (async context manager with `blocks()`) fed by MQTT audio frames.
 
@@ -637,14 +643,10 @@ class SatelliteSource:
             handover.subscribed(self._clock())
 
     def _receive(self, message: aiomqtt.Message) -> None:
-        raw = message.payload
-        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
-        self.on_wild_frame(message.topic.value, payload)
+        self.on_wild_frame(message.topic.value, _payload(message))
 
     def _receive_own(self, message: aiomqtt.Message) -> None:
-        raw = message.payload
-        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b""
-        self.on_own_frame(message.topic.value, payload)
+        self.on_own_frame(message.topic.value, _payload(message))
 
     def on_wild_frame(self, topic: str, payload: bytes) -> None:
         """A frame from the wildcard subscription (public for tests): through the site's
