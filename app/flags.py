@@ -115,11 +115,15 @@ def parse_keywords(text: str) -> tuple[list[str], dict[str, float]]:
                                              "yes,no,stop:0.9")
         if sep:
             try:
-                thresholds[word] = float(value)
+                threshold = float(value)
             except ValueError:
+                threshold = math.nan
+            # The range of keywords.thresholds, checked here so the error names the flag.
+            if not 0 < threshold <= 1:
                 raise argparse.ArgumentTypeError(
-                    f"bad threshold {value!r} for {word!r}; write a probability such as "
-                    "stop:0.9") from None
+                    f"bad threshold {value.strip()!r} for {word!r}; write WORD:P with a "
+                    "probability above 0 and at most 1, e.g. stop:0.9")
+            thresholds[word] = threshold
         if word not in words:
             words.append(word)
     return words, thresholds

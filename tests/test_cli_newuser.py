@@ -221,3 +221,71 @@ def test_eval_captions_given_an_audio_file_names_the_fix(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "captions", str(SAMPLE)]) == 2
     assert "is an audio file" in one_error_line(capsys)
+
+
+def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """Every line of stderr, each of which must be a self-contained `harken: error:` line."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert lines, err
+    assert all(line.startswith("harken: error: ") for line in lines), err
+    return lines
+
+
+def test_one_bad_setting_is_one_line_naming_key_origin_and_expectation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[captions]\nhop_s = "x"\n')
+    assert main(["run", "--config", str(config), "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert f"captions.hop_s in {config} is 'x'" in line
+    assert "must be a valid number" in line
+
+    assert main(["run", "--hop", "99", "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert "--hop (captions.hop_s) is 99.0: must be less than or equal to 5" in line
+
+    monkeypatch.setenv("HARKEN_CAPTIONS__HOP_S", "x")
+    assert main(["run", "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert "environment variable HARKEN_CAPTIONS__HOP_S (captions.hop_s) is 'x'" in line
+
+    monkeypatch.delenv("HARKEN_CAPTIONS__HOP_S")
+    monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", "de")  # JSON expected
+    assert main(["run", "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith("harken: error: HARKEN_TRANSLATION__LANGUAGES: ")
+    assert "write it as JSON" in line
+
+
+def test_several_bad_settings_are_one_line_each(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[captions]\nhop_s = "x"\nleft_context_s = -1\n[vad]\nbogus = 1\n')
+    assert main(["transcribe", "--config", str(config), str(SAMPLE)]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 3
+    for key in ("vad.bogus", "captions.hop_s", "captions.left_context_s"):
+        assert sum(f"{key} in {config}" in x for x in lines) == 1, key
+    assert "no such setting; remove it" in lines[0]
+
+
+@pytest.mark.parametrize("value", ["yes:1.5", "yes:0", "yes:-1", "yes:nan", "yes:abc", "yes:"])
+def test_a_bad_keyword_threshold_flag_names_the_flag_and_its_form(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["run", "--keywords", value])
+    assert "argument --keywords: bad threshold" in line
+    assert "WORD:P" in line
+    assert "keywords.thresholds" not in line
+
+
+def test_a_bad_keyword_threshold_in_the_file_names_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "kw.toml"
+    config.write_text("[keywords]\nthresholds = {yes = 1.5}\n")
+    assert main(["run", "--config", str(config), "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert f"keywords.thresholds in {config}" in line
+    assert "above 0 and at most 1" in line
