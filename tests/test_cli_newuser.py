@@ -289,3 +289,69 @@ def test_a_bad_keyword_threshold_in_the_file_names_the_key(
     (line,) = error_lines(capsys)
     assert f"keywords.thresholds in {config}" in line
     assert "above 0 and at most 1" in line
+
+
+@pytest.fixture
+def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench that gets as far as its figures (and so its models) fails the test."""
+    from harken.app.commands import bench
+
+    def loaded(args: object) -> None:
+        raise AssertionError("the bench went on to load its models")
+
+    monkeypatch.setattr(bench, "_figures", loaded)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["bench", "captions", "--device-type", "gpu"], "argument --device-type: unknown device"),
+    (["bench", "streams", "--device-type", "tpu"], "argument --device-type: unknown device"),
+    (["bench", "keywords", "--hop", "0"], "argument --hop: must be at least 0.01"),
+    (["bench", "speakers", "--window", "0.5"], "argument --window: must be at least 1"),
+    (["bench", "speakers", "--step", "9"], "argument --step: must be at least 0.1 and at most 5"),
+])
+def test_bad_bench_flags_are_refused_by_the_parser(
+        argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert needle in usage_error(capsys, argv)
+
+
+@pytest.mark.usefixtures("no_models")
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["bench", "all", "--translate", "xx"], ("'xx'", "--translate", "Supported codes: af")),
+    (["bench", "translation", "--translate", "de,xx"], ("'xx'", "--translate")),
+    (["bench", "speakers", "--step", "3", "--window", "2"], ("--step (3)", "--window (2)")),
+    (["bench", "precision", "--audio-root", "no/such/folder"], ("--audio-root no/such/folder",)),
+])
+def test_bench_flags_are_checked_before_the_models_load(
+        argv: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    for needle in needles:
+        assert needle in line
+
+
+@pytest.mark.usefixtures("no_models")
+@pytest.mark.parametrize("bench", ["captions", "all", "streams", "speakers"])
+def test_cuda_without_cuda_is_refused_before_the_models_load(
+        bench: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device-type cuda is valid here")
+    assert main(["bench", bench, "--device-type", "cuda"]) == 2
+    assert "CUDA is not available" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["bench", "captions", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "streams", "--model", "./no/such/folder"], "given with --model:"),
+    (["bench", "keywords", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "translation", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "speakers", "--architecture", "./no/sv,./no/sd"], "given with --architecture:"),
+])
+def test_a_bench_model_error_names_the_flag_typed(
+        argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert flag in line
+    assert "-model" not in line.replace("--model", "")  # no --captions-model and the like
+    assert "in the config" not in line
