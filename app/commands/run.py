@@ -57,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
         with mqtt.broker():
             return run_tui(config, stem=stream_id, source=source,
                            file_sinks=[*files, *mqtt.sinks()], live=not args.fast)
-    sinks = [terminal_sink(jsonl=args.jsonl), *files, *mqtt.sinks()]
+    # Satellites: the first site's first caption names its site too, not only the lines
+    # after a second site has spoken.
+    sinks = [terminal_sink(jsonl=args.jsonl, show_stream=mqtt_input is not None), *files,
+             *mqtt.sinks()]
     session = Session(config=config, sources=[source], sinks=sinks, live=not args.fast)
     with mqtt.broker():
         engine = asyncio.run(session.run_stoppable())
