@@ -165,6 +165,12 @@ def test_with_satellites_the_first_caption_names_its_site(
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("kitchen [")
     assert lines[1].startswith("den [")
+    # The terminal app (on a terminal) is told the same.
+    shown: list[object] = []
+    monkeypatch.setattr(run, "use_tui", lambda args: True)
+    monkeypatch.setattr(run, "run_tui", lambda *a, **kw: shown.append(kw["show_streams"]) or 0)
+    assert main(["run", "--input", "mqtt://127.0.0.1:1/hermes/audioServer/+/audioFrame"]) == 0
+    assert shown == [True]
 
 def test_mqtt_route_of_refinements() -> None:
     topics = SiteTopics(prefix="harken", site="den")
