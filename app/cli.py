@@ -149,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = first_user_error(exc)
         if error is None or os.environ.get("HARKEN_DEBUG"):
             raise
-        print(f"harken: error: {error}", file=sys.stderr)
+        # Several problems (bad settings) are one self-contained line each.
+        for line in str(error).splitlines():
+            print(f"harken: error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -453,6 +453,55 @@ def _closest_key(key: str) -> str:
     return f"; did you mean {match[0]}?" if match else ""
 
 
+def _flag_name(key: str, names: dict[str, str]) -> str:
+    """The flag that set `key`, also for a leaf under a table flag: --keywords yes:0.9 sets
+    keywords.thresholds.yes through keywords.thresholds."""
+    for dotted, flag in names.items():
+        if key == dotted or key.startswith(dotted + "."):
+            return flag
+    return key
+
+
+def _bad_env_names(exc: ValueError) -> str:
+    """The HARKEN_* variables of the section pydantic-settings could not parse (its message
+    names only the section, e.g. `field "translation"`)."""
+    section = str(exc).partition('field "')[2].partition('"')[0]
+    prefix = f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}" if section else ENV_PREFIX
+    names = sorted(name for name in os.environ if name.upper().startswith(prefix))
+    return " or ".join(names) if names else "a HARKEN_* environment variable"
+
+
+def _subject(key: str, where: str) -> str:
+    """The setting as the user wrote it: the flag, the variable or the file's key."""
+    kind, _, name = where.partition(" ")
+    if kind == "flag":
+        return f"{name} ({key})"
+    if kind == "env":
+        return f"environment variable {name} ({key})"
+    if kind == "file":
+        return f"{key} in {name}"
+    return key
+
+
+def _problem(err: Any, origins: dict[str, str]) -> str:
+    """One pydantic error as one line: the key, where its value came from, what is
+    expected."""
+    key = ".".join(_part(p) for p in err["loc"])
+    where = origins.get(key, "")
+    if not where:  # a section-level problem, e.g. an unknown key
+        where = next((o for k, o in origins.items() if k.startswith(key)), "default")
+    got = f" is {err['input']!r}" if "input" in err and \
+        not isinstance(err["input"], dict) else ""
+    message: str = err["msg"]
+    if err["type"] == "extra_forbidden":
+        fix = _closest_key(key) or "; remove it (`harken config show` lists every setting)"
+        return f"{_subject(key, where)}: no such setting{fix}"
+    message = message.removeprefix("Value error, ")
+    if message.startswith("Input should"):
+        message = "must" + message.removeprefix("Input should")
+    return f"{_subject(key, where)}{got}: {message}"
+
+
 def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None,
                 flag_names: dict[str, str] | None = None) -> LoadedConfig:
     """Builds the effective configuration.
@@ -483,8 +532,9 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
         env_data = EnvSettingsSource(HarkenConfig, env_prefix=ENV_PREFIX,
                                      env_nested_delimiter=ENV_NESTED)()
     except ValueError as exc:  # e.g. a HARKEN_*__FORMATS value that is not JSON
-        raise ConfigError(f"bad HARKEN_* environment variable: {exc}. List and table values "
-                          "are JSON, e.g. HARKEN_TRANSLATION__LANGUAGES='[\"de\"]'") from exc
+        raise ConfigError(f"{_bad_env_names(exc)}: a list or table value that is not JSON; "
+                          "write it as JSON, e.g. HARKEN_TRANSLATION__LANGUAGES='[\"de\"]'"
+                          ) from exc
     env_data.pop("config", None)
     flag_data = flags or {}
     names = flag_names or {}
@@ -497,27 +547,14 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
             if label == "env":
                 origins[key] = f"env {env_name(key)}"
             elif label == "flag":
-                origins[key] = f"flag {names.get(key, key)}"
+                origins[key] = f"flag {_flag_name(key, names)}"
             else:
                 origins[key] = label
     try:
         config = HarkenConfig(**merged)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(_part(p) for p in err["loc"])
-            where = origins.get(key, "")
-            if not where:  # a section-level problem, e.g. an unknown key
-                where = next((o for k, o in origins.items() if k.startswith(key)), "default")
-            value = f" (got {err['input']!r})" if "input" in err and \
-                not isinstance(err["input"], dict) else ""
-            message = err["msg"]
-            if err["type"] == "extra_forbidden":
-                message = "no such setting" + _closest_key(key)
-            problems.append(f"  {key}: {message}{value} — from {where}")
-        raise ConfigError("bad configuration:\n" + "\n".join(problems)
-                          + "\nFix each where it comes from: the file, environment variable "
-                            "or flag named.") from exc
+        # One self-contained line per problem: the CLI prints each as its own error line.
+        raise ConfigError("\n".join(_problem(err, origins) for err in exc.errors())) from exc
     for key in _leaves(config.model_dump()):
         origins.setdefault(key, "default")
     return LoadedConfig(config=config, origins=origins, path=used_path)

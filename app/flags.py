@@ -115,11 +115,15 @@ def parse_keywords(text: str) -> tuple[list[str], dict[str, float]]:
                                              "yes,no,stop:0.9")
         if sep:
             try:
-                thresholds[word] = float(value)
+                threshold = float(value)
             except ValueError:
+                threshold = math.nan
+            # The range of keywords.thresholds, checked here so the error names the flag.
+            if not 0 < threshold <= 1:
                 raise argparse.ArgumentTypeError(
-                    f"bad threshold {value!r} for {word!r}; write a probability such as "
-                    "stop:0.9") from None
+                    f"bad threshold {value.strip()!r} for {word!r}; write WORD:P with a "
+                    "probability above 0 and at most 1, e.g. stop:0.9")
+            thresholds[word] = threshold
         if word not in words:
             words.append(word)
     return words, thresholds
@@ -188,6 +192,16 @@ def _stream_counts(text: str) -> list[int]:
     return [one(p) for p in parts]
 
 
+def device_type(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N (compute.device_type), checked without
+    torch; whether CUDA is there is checked before the models load (app/bench/checks.py)."""
+    choice = text.strip().lower()
+    if choice in ("auto", "cpu", "cuda") or (choice.startswith("cuda:") and choice[5:].isdigit()):
+        return choice
+    raise argparse.ArgumentTypeError(f"unknown device type {text!r}; use auto, cpu, cuda or "
+                                     "cuda:N")
+
+
 def _languages(text: str) -> list[str]:
     codes = [c.strip() for c in text.split(",") if c.strip()]
     if not codes:
@@ -232,7 +246,8 @@ def add_bench_parsers(bsub: Any) -> None:
     bk = bsub.add_parser("keywords", help="keyword windows scored per second vs real time")
     bk.add_argument("--model", default="sew-d-mid", metavar="ID|DIR|sew-d-mid",
                     help="a checkpoint, or full-size SEW-D mid with random weights")
-    bk.add_argument("--hop", type=float, default=0.2, help="seconds between windows")
+    bk.add_argument("--hop", type=_within(0.01, 10), default=0.2, metavar="S",
+                    help="seconds between windows (the range of keywords.hop_s)")
     bk.add_argument("--batch", type=count(1, 1024), default=16,
                     help="windows per forward pass at most")
     bk.add_argument("--repeats", type=count(1, 100), default=3, help="raw-throughput repetitions")
@@ -250,7 +265,8 @@ def add_bench_parsers(bsub: Any) -> None:
     for p, length in ((bk, 60.0), (bt, 30.0)):
         p.add_argument("--seconds", type=seconds, default=length, help="audio length")
         p.add_argument("--audio", type=Path, help="speech file (default: assets sample)")
-        p.add_argument("--device-type", default="auto")
+        p.add_argument("--device-type", type=device_type, default="auto",
+                       metavar="auto|cpu|cuda[:N]", help="compute device")
         p.add_argument("--dtype", default="auto",
                        choices=["auto", "float32", "float16", "bfloat16"])
         p.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -381,10 +397,14 @@ def add_bench(bsub: Any) -> None:
                     help="full-size random UniSpeech-SAT, or two checkpoints")
     bs.add_argument("--minutes", type=seconds, default=1.0, help="audio length")
     bs.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
-    bs.add_argument("--device-type", default="auto")
+    bs.add_argument("--device-type", type=device_type, default="auto",
+                    metavar="auto|cpu|cuda[:N]", help="compute device")
     bs.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    bs.add_argument("--window", type=float, default=5.0, metavar="S")
-    bs.add_argument("--step", type=float, default=0.5, metavar="S")
+    # The ranges of speakers.window_s and speakers.step_s.
+    bs.add_argument("--window", type=_within(1, 30), default=5.0, metavar="S",
+                    help="speech each analysis sees")
+    bs.add_argument("--step", type=_within(0.1, 5), default=0.5, metavar="S",
+                    help="new speech between analyses, at most --window")
     bs.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
@@ -440,7 +460,8 @@ def add_load_bench_parsers(bsub: Any) -> None:
         p.add_argument("--audio", type=Path,
                        help="speech file (default: ../shared/audio conversation, else the "
                             "assets sample)")
-        p.add_argument("--device-type", default="auto")
+        p.add_argument("--device-type", type=device_type, default="auto",
+                       metavar="auto|cpu|cuda[:N]", help="compute device")
         p.add_argument("--dtype", default="auto", choices=DTYPES)
         p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
         p.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -664,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a checkpoint, or a full-size architecture with random weights")
     bc.add_argument("--seconds", type=seconds, default=60.0, help="audio length")
     bc.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
-    bc.add_argument("--device-type", default="auto")
+    bc.add_argument("--device-type", type=device_type, default="auto",
+                    metavar="auto|cpu|cuda[:N]", help="compute device")
     bc.add_argument("--dtype", default="auto", choices=DTYPES)
     # The ranges of the captions.* config keys they stand for.
     bc.add_argument("--hop", type=_within(0.05, 5, above=True), default=0.5, metavar="S",

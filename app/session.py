@@ -169,11 +169,13 @@ def mqtt_setup(config: HarkenConfig, *, input_url: str | None = None,
     return MqttSetup(config, input_url=input_url, live=live)
 
 
-def terminal_sink(*, jsonl: bool) -> Sink:
+def terminal_sink(*, jsonl: bool, show_stream: bool = False) -> Sink:
+    """`show_stream`: every printed line names its stream (satellites: the site), not only
+    once a second one has spoken."""
     if sys.stdout is None:  # started with stdout closed (`>&-`)
         raise SinkError("standard output is closed: run with it open, or write files with "
                         "--out DIR")
-    return JsonlSink(stream=sys.stdout) if jsonl else PrinterSink()
+    return JsonlSink(stream=sys.stdout) if jsonl else PrinterSink(show_stream=show_stream)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -221,3 +221,137 @@ def test_eval_captions_given_an_audio_file_names_the_fix(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "captions", str(SAMPLE)]) == 2
     assert "is an audio file" in one_error_line(capsys)
+
+
+def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """Every line of stderr, each of which must be a self-contained `harken: error:` line."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert lines, err
+    assert all(line.startswith("harken: error: ") for line in lines), err
+    return lines
+
+
+def test_one_bad_setting_is_one_line_naming_key_origin_and_expectation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[captions]\nhop_s = "x"\n')
+    assert main(["run", "--config", str(config), "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert f"captions.hop_s in {config} is 'x'" in line
+    assert "must be a valid number" in line
+
+    assert main(["run", "--hop", "99", "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert "--hop (captions.hop_s) is 99.0: must be less than or equal to 5" in line
+
+    monkeypatch.setenv("HARKEN_CAPTIONS__HOP_S", "x")
+    assert main(["run", "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert "environment variable HARKEN_CAPTIONS__HOP_S (captions.hop_s) is 'x'" in line
+
+    monkeypatch.delenv("HARKEN_CAPTIONS__HOP_S")
+    monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", "de")  # JSON expected
+    assert main(["run", "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith("harken: error: HARKEN_TRANSLATION__LANGUAGES: ")
+    assert "write it as JSON" in line
+
+
+def test_several_bad_settings_are_one_line_each(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[captions]\nhop_s = "x"\nleft_context_s = -1\n[vad]\nbogus = 1\n')
+    assert main(["transcribe", "--config", str(config), str(SAMPLE)]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 3
+    for key in ("vad.bogus", "captions.hop_s", "captions.left_context_s"):
+        assert sum(f"{key} in {config}" in x for x in lines) == 1, key
+    assert "no such setting; remove it" in lines[0]
+
+
+@pytest.mark.parametrize("value", ["yes:1.5", "yes:0", "yes:-1", "yes:nan", "yes:abc", "yes:"])
+def test_a_bad_keyword_threshold_flag_names_the_flag_and_its_form(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["run", "--keywords", value])
+    assert "argument --keywords: bad threshold" in line
+    assert "WORD:P" in line
+    assert "keywords.thresholds" not in line
+
+
+def test_a_bad_keyword_threshold_in_the_file_names_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "kw.toml"
+    config.write_text("[keywords]\nthresholds = {yes = 1.5}\n")
+    assert main(["run", "--config", str(config), "--input", str(SAMPLE)]) == 2
+    (line,) = error_lines(capsys)
+    assert f"keywords.thresholds in {config}" in line
+    assert "above 0 and at most 1" in line
+
+
+@pytest.fixture
+def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench that gets as far as its figures (and so its models) fails the test."""
+    from harken.app.commands import bench
+
+    def loaded(args: object) -> None:
+        raise AssertionError("the bench went on to load its models")
+
+    monkeypatch.setattr(bench, "_figures", loaded)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["bench", "captions", "--device-type", "gpu"], "argument --device-type: unknown device"),
+    (["bench", "streams", "--device-type", "tpu"], "argument --device-type: unknown device"),
+    (["bench", "keywords", "--hop", "0"], "argument --hop: must be at least 0.01"),
+    (["bench", "speakers", "--window", "0.5"], "argument --window: must be at least 1"),
+    (["bench", "speakers", "--step", "9"], "argument --step: must be at least 0.1 and at most 5"),
+])
+def test_bad_bench_flags_are_refused_by_the_parser(
+        argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert needle in usage_error(capsys, argv)
+
+
+@pytest.mark.usefixtures("no_models")
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["bench", "all", "--translate", "xx"], ("'xx'", "--translate", "Supported codes: af")),
+    (["bench", "translation", "--translate", "de,xx"], ("'xx'", "--translate")),
+    (["bench", "speakers", "--step", "3", "--window", "2"], ("--step (3)", "--window (2)")),
+    (["bench", "precision", "--audio-root", "no/such/folder"], ("--audio-root no/such/folder",)),
+])
+def test_bench_flags_are_checked_before_the_models_load(
+        argv: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    for needle in needles:
+        assert needle in line
+
+
+@pytest.mark.usefixtures("no_models")
+@pytest.mark.parametrize("bench", ["captions", "all", "streams", "speakers"])
+def test_cuda_without_cuda_is_refused_before_the_models_load(
+        bench: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device-type cuda is valid here")
+    assert main(["bench", bench, "--device-type", "cuda"]) == 2
+    assert "CUDA is not available" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["bench", "captions", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "streams", "--model", "./no/such/folder"], "given with --model:"),
+    (["bench", "keywords", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "translation", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "speakers", "--architecture", "./no/sv,./no/sd"], "given with --architecture:"),
+])
+def test_a_bench_model_error_names_the_flag_typed(
+        argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert flag in line
+    assert "-model" not in line.replace("--model", "")  # no --captions-model and the like
+    assert "in the config" not in line

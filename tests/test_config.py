@@ -90,7 +90,7 @@ def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 def test_a_list_env_value_that_is_not_json_says_how_to_write_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", "de")
-    with pytest.raises(ConfigError, match=r"are JSON, e\.g\. HARKEN_TRANSLATION__LANGUAGES"):
+    with pytest.raises(ConfigError, match=r"^HARKEN_TRANSLATION__LANGUAGES: .*write it as JSON"):
         load_config()
     monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", '["de"]')
     assert load_config().config.translation.languages == ["de"]
@@ -107,3 +107,10 @@ def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     shown = {k: v for k, v, _ in describe(loaded)}
     assert shown["mqtt.password"] == "***"
     assert "s3cret-value" not in repr(describe(loaded))
+
+
+def test_a_table_flag_is_named_as_typed_for_its_leaves() -> None:
+    loaded = load_config(flags={"keywords": {"thresholds": {"yes": 0.5}}},
+                         flag_names={"keywords.thresholds": "--keywords"})
+    origins = {k: o for k, _, o in describe(loaded)}
+    assert origins["keywords.thresholds.yes"] == "flag --keywords"

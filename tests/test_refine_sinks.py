@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+
+import pytest
 
 from harken.engine.events import CaptionFinal, CaptionRefined, Event, Keyword, Word
 from harken.engine.mqtt.topics import SiteTopics, routes
@@ -128,6 +131,46 @@ async def test_printer_names_the_streams_once_a_second_one_speaks() -> None:
     assert lines[1].startswith("kitchen [")
     assert lines[2].startswith("s [")
 
+
+def test_with_satellites_the_first_caption_names_its_site(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`harken run --input mqtt://...`: the first site's first final names the site; without
+    that it would be bare until a second site spoke."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from harken.app.cli import main
+    from harken.app.commands import run
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    for name in [n for n in os.environ if n.startswith("HARKEN_")]:
+        monkeypatch.delenv(name)
+    built: list[Sequence[object]] = []
+
+    class NoSession:  # the sinks run() builds, and no engine, broker or models
+        def __init__(self, *, sinks: Sequence[object], **_: object) -> None:
+            built.append(sinks)
+
+        async def run_stoppable(self) -> object:
+            return SimpleNamespace()
+
+    monkeypatch.setattr(run, "Session", NoSession)
+    assert main(["run", "--input", "mqtt://127.0.0.1:1/hermes/audioServer/+/audioFrame",
+                 "--no-tui"]) == 0
+    (printer,) = [sink for sink in built[0] if isinstance(sink, PrinterSink)]
+    out = io.StringIO()
+    printer._out = out  # its own stream, as PrinterSink(stream=...) would have it
+    kitchen = dataclasses.replace(final(0), stream="kitchen")
+    asyncio.run(printer.consume(feed([kitchen, dataclasses.replace(final(1), stream="den")])))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("kitchen [")
+    assert lines[1].startswith("den [")
+    # The terminal app (on a terminal) is told the same.
+    shown: list[object] = []
+    monkeypatch.setattr(run, "use_tui", lambda args: True)
+    monkeypatch.setattr(run, "run_tui", lambda *a, **kw: shown.append(kw["show_streams"]) or 0)
+    assert main(["run", "--input", "mqtt://127.0.0.1:1/hermes/audioServer/+/audioFrame"]) == 0
+    assert shown == [True]
 
 def test_mqtt_route_of_refinements() -> None:
     topics = SiteTopics(prefix="harken", site="den")

@@ -117,6 +117,22 @@ async def test_partial_is_shown_then_replaced_by_its_final(tmp_path: Path) -> No
         assert app.state == "finished"
 
 
+@pytest.mark.parametrize("show_streams", [True, False])
+async def test_with_satellites_the_first_caption_names_its_site(
+        tmp_path: Path, show_streams: bool) -> None:
+    """Satellites (show_streams): the first site's first line names it; otherwise a lone
+    stream's lines stay bare until a second stream is heard."""
+    import dataclasses
+
+    kitchen = dataclasses.replace(final(0, 0.5, 2.0, "lights on please"), stream="kitchen")
+    app = build_app(fake_config(tmp_path), stem="satellites", device="satellites",
+                    session=lambda tui: ScriptedSession([kitchen], [tui]),
+                    show_streams=show_streams)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.session_done, "the script to end")
+        (line,) = app.captions.lines
+        assert ("kitchen" in str(line.content)) is show_streams
+
 async def test_speakers_keep_their_colour_and_get_timeline_rows(tmp_path: Path) -> None:
     script = demo_script()
     app, _ = scripted_app(script, out_dir=tmp_path)

@@ -41,7 +41,7 @@ from harken.app.bench.architectures import (
 )
 from harken.app.bench.compare import argmax_agreement, encode_whole, mean_abs_logprob_diff
 from harken.models.audio import SAMPLE_RATE
-from harken.models.errors import ConfigError
+from harken.models.errors import AudioFileError, ConfigError
 from harken.models.translation import GenerationOptions
 
 TASKS = ("captions", "speakers", "diarization", "keywords", "translation")
@@ -62,8 +62,8 @@ def _load(path: str, limit_s: float | None = None) -> np.ndarray:
 def _files(root: Path, *patterns: str) -> list[str]:
     found = [p for pattern in patterns for p in sorted(glob.glob(str(root / pattern)))]
     if not found:
-        raise FileNotFoundError(f"no speech under {root} matching {patterns}; pass "
-                                "--audio-root pointing at the shared audio folder")
+        raise AudioFileError(f"no speech under {root} matching {patterns}; pass "
+                             "--audio-root pointing at the shared audio folder")
     return found
 
 

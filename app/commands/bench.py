@@ -8,6 +8,7 @@ from typing import Any
 
 from harken.app.bench.all import bench_all
 from harken.app.bench.captions import bench_captions
+from harken.app.bench.checks import bench_model_flags, check_bench_args
 from harken.app.bench.speakers import bench_speakers
 from harken.app.bench.streams import bench_streams, parse_tasks
 from harken.app.bench.tasks import bench_keywords, bench_translation
@@ -65,5 +66,8 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(json.dumps(_figures(args), indent=None if args.json else 2))
+    with bench_model_flags(args.bench_command):
+        check_bench_args(args)  # before any model loads
+        figures = _figures(args)
+    print(json.dumps(figures, indent=None if args.json else 2))
     return 0

@@ -50,14 +50,18 @@ def run(args: argparse.Namespace) -> int:
         stream_id = "mic"
         source = mic_source(config, stream_id=stream_id)
         asyncio.run(check_source(source))
-    files = result_files(config, stem=stream_id, per_stream=mqtt_input is not None) \
+    # Satellites: the first site's first caption names its site too, not only the lines
+    # after a second site has spoken.
+    satellites = mqtt_input is not None
+    files = result_files(config, stem=stream_id, per_stream=satellites) \
         if args.out is not None else []
     check_new(config, output_paths(files))  # before the model loads and before any write
     if use_tui(args):
         with mqtt.broker():
             return run_tui(config, stem=stream_id, source=source,
-                           file_sinks=[*files, *mqtt.sinks()], live=not args.fast)
-    sinks = [terminal_sink(jsonl=args.jsonl), *files, *mqtt.sinks()]
+                           file_sinks=[*files, *mqtt.sinks()], live=not args.fast,
+                           show_streams=satellites)
+    sinks = [terminal_sink(jsonl=args.jsonl, show_stream=satellites), *files, *mqtt.sinks()]
     session = Session(config=config, sources=[source], sinks=sinks, live=not args.fast)
     with mqtt.broker():
         engine = asyncio.run(session.run_stoppable())

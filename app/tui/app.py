@@ -91,6 +91,7 @@ class AppInfo:
     models: tuple[str, ...] = ()
     compute: str = ""
     outputs: tuple[str, ...] = ()  # files the run writes (--out)
+    show_streams: bool = False  # every caption names its stream (satellites: the site)
 
 
 
@@ -133,7 +134,8 @@ class HarkenApp(App[int]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield CaptionsLog(colours=self.colours, id="captions")
+                yield CaptionsLog(colours=self.colours, show_streams=self.info.show_streams,
+                                  id="captions")
                 yield TranslationPane(id="translations")
             with Vertical(id="side"):
                 yield LevelMeter(device=self.info.device, sample_rate=self.info.sample_rate,
@@ -439,7 +441,7 @@ def outputs_label(paths: Sequence[Path]) -> tuple[str, ...]:
 def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSource] = (),
               file_sinks: Sequence[Sink] = (), live: bool = True,
               models: ModelLoader | None = None, session: SessionFactory | None = None,
-              device: str | None = None) -> HarkenApp:
+              device: str | None = None, show_streams: bool = False) -> HarkenApp:
     """The one way to make the app: the CLI passes sources and output sinks (files, MQTT);
     tests pass `session`, a factory of a fake session around the TUI sink."""
     paths = [p for p in (getattr(s, "path", None) for s in file_sinks) if isinstance(p, Path)]
@@ -458,16 +460,19 @@ def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSour
         models=configured_models(config),
         compute=config.compute.device_type,
         outputs=outputs_label(paths),
+        show_streams=show_streams,
     )
     return HarkenApp(config=config, info=info, make_session=make_session, sources=sources,
                      mqtt_sinks=[s for s in file_sinks if isinstance(s, MqttSink)])
 
 
 def run_tui(config: HarkenConfig, *, stem: str, source: OpenableSource,
-            file_sinks: Sequence[Sink] = (), live: bool = True) -> int:
+            file_sinks: Sequence[Sink] = (), live: bool = True,
+            show_streams: bool = False) -> int:
     """`harken run` on a terminal: run the app; re-raise the engine's failure after it
     closes so the CLI prints it and exits non-zero."""
-    app = build_app(config, stem=stem, sources=[source], file_sinks=file_sinks, live=live)
+    app = build_app(config, stem=stem, sources=[source], file_sinks=file_sinks, live=live,
+                    show_streams=show_streams)
     app.run()
     if app.failure is not None:
         raise app.failure

@@ -76,9 +76,11 @@ class CaptionLine(Static):
 class CaptionsLog(VerticalScroll):
     """Finals as CaptionLine children, then one dimmed partial line per active stream."""
 
-    def __init__(self, *, colours: SpeakerColours, id: str | None = None) -> None:
+    def __init__(self, *, colours: SpeakerColours, show_streams: bool = False,
+                 id: str | None = None) -> None:
         super().__init__(id=id)
         self._colours = colours
+        self._show_streams = show_streams  # else only once a second stream is heard
         self._partials: dict[str, Static] = {}
         self._partial_text: dict[str, str] = {}
         self._streams: set[str] = set()
@@ -100,6 +102,10 @@ class CaptionsLog(VerticalScroll):
         """The partial shown for each stream ('' when none)."""
         return dict(self._partial_text)
 
+    def _named(self) -> bool:
+        """Lines name their stream: always (satellites), else from the second stream on."""
+        return self._show_streams or len(self._streams) > 1
+
     def _placeholder(self, visible: bool) -> None:
         self.query_one("#captions-placeholder", Static).display = visible
 
@@ -113,7 +119,7 @@ class CaptionsLog(VerticalScroll):
             self._partials[event.stream] = widget
             self.mount(widget)
         widget.update(Text.assemble((clock(event.start) + " ", "dim"),
-                                    (f"{event.stream} " if len(self._streams) > 1 else "",
+                                    (f"{event.stream} " if self._named() else "",
                                      "dim italic"),
                                     (text, "dim italic")))
         widget.display = bool(text)
@@ -131,7 +137,7 @@ class CaptionsLog(VerticalScroll):
             return
         entry = CaptionEntry(stream=event.stream, segment=event.segment, start=event.start,
                              text=event.text.strip(), speaker=event.speaker)
-        line = CaptionLine(entry, colours=self._colours, show_stream=len(self._streams) > 1,
+        line = CaptionLine(entry, colours=self._colours, show_stream=self._named(),
                            inline_translations=self._inline_translations)
         first_partial = next(iter(self._partials.values()), None)
         if first_partial is not None:

@@ -1,0 +1,93 @@
+"""Bench flags argparse cannot check alone (they need torch or a tokenizer), checked before
+any model loads, and model errors that name the bench's own flags.
+
+A mistake in a flag then fails in seconds, not after minutes of building full-size models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from harken.app.bench.architectures import mbart50_sized_tokenizer
+from harken.app.bench.tasks import RANDOM_TRANSLATION_ARCH
+from harken.models.errors import AudioFileError, ConfigError, ModelError
+from harken.models.loading import check_head, load_part, resolve_device, resolve_precision
+from harken.models.translation import TASK as TRANSLATION_TASK
+from harken.models.translation import resolve_languages
+
+
+def check_bench_args(args: argparse.Namespace) -> None:
+    """Raises the HarkenError a bench run would raise late: the device (CUDA present?),
+    --precision int8 on CUDA, --step over --window, a missing --audio-root, --translate
+    languages the model lacks."""
+    device_type = getattr(args, "device_type", None)
+    if device_type is not None:
+        device = resolve_device(device_type)
+        precision = getattr(args, "precision", None)
+        if precision is not None:
+            resolve_precision(device, precision)
+    if args.bench_command == "speakers" and args.step > args.window:
+        raise ConfigError(f"--step ({args.step:g}) must not exceed --window "
+                          f"({args.window:g}): each analysis adds --step of new speech to a "
+                          "--window; lower --step or raise --window")
+    if args.bench_command == "precision" and not args.audio_root.is_dir():
+        raise AudioFileError(f"--audio-root {args.audio_root} is not a folder; pass the shared "
+                             "real-speech folder, e.g. --audio-root ../shared/audio")
+    if args.bench_command == "all":
+        check_languages(RANDOM_TRANSLATION_ARCH, args.translate)
+    elif args.bench_command == "translation":
+        check_languages(args.model, args.translate)
+
+
+def check_languages(model: str, codes: list[str]) -> None:
+    """UnsupportedLanguageError unless the model (its tokenizer alone) has every code."""
+    if model == RANDOM_TRANSLATION_ARCH:
+        tokenizer, model_id = mbart50_sized_tokenizer(), f"random:{RANDOM_TRANSLATION_ARCH}"
+    else:
+        from transformers import AutoModelForSpeechSeq2Seq, AutoTokenizer
+
+        # The head first, as SpeechTranslator.from_pretrained: a checkpoint of another task
+        # is named as such, not as one without a tokenizer.
+        check_head(AutoModelForSpeechSeq2Seq, model, task=TRANSLATION_TASK)
+        tokenizer = load_part(AutoTokenizer, model, part="tokenizer", task=TRANSLATION_TASK)
+        model_id = model
+    resolve_languages(codes, tokenizer, model_id=model_id)
+
+
+#: bench command -> (model task in models/loading.py messages, the bench's flag, and how a
+#: folder is given with it)
+MODEL_FLAGS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "captions": (("captions", "--model", "--model /path/to/folder"),),
+    "streams": (("captions", "--model", "--model /path/to/folder"),),
+    "keywords": (("keywords", "--model", "--model /path/to/folder"),),
+    "translation": (("translation", "--model", "--model /path/to/folder"),),
+    "speakers": tuple((task, "--architecture", "--architecture SPEAKER_FOLDER,DIARIZATION_FOLDER")
+                      for task in ("speaker", "diarization")),
+}
+
+
+def _named(flag: str, folder: str) -> Callable[[re.Match[str]], str]:
+    def name(match: re.Match[str]) -> str:
+        return folder if match.group(1) else flag
+    return name
+
+
+@contextmanager
+def bench_model_flags(command: str) -> Iterator[None]:
+    """Model errors name the run's flags (--captions-model, and the config key); a bench
+    takes its model from --model (or --architecture): name that one."""
+    try:
+        yield
+    except ModelError as exc:
+        text = str(exc)
+        for task, flag, folder in MODEL_FLAGS.get(command, ()):
+            # "--captions-model /path/to/folder" and "--captions-model (or captions.model in
+            # the config)": a bench has no config file
+            pattern = rf"--{task}-model( /path/to/folder)?(?: \(or [\w.]+ in the config\))?"
+            text = re.sub(pattern, _named(flag, folder), text)
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from exc
