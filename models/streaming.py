@@ -116,6 +116,7 @@ class StreamingCtc:
         self._next_step = 1
         self._last_end = -1  # end of the last accepted window (-1: none, or invalidated)
         self.merged_steps = 0
+        self._before_push = 0  # audio pushed before the newest push (for merged_steps)
         self.encoded_samples = 0
         self.n_windows = 0
 
@@ -140,6 +141,7 @@ class StreamingCtc:
     # ---------------------------------------------------------------- audio in
     def push(self, samples: np.ndarray) -> None:
         chunk = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._before_push = self._audio.size
         self._audio.extend(chunk)
 
     def truncate(self, n_samples: int) -> None:
@@ -150,6 +152,7 @@ class StreamingCtc:
                 f"cannot truncate to {n_samples} samples: {self.pushed_samples} were pushed"
             )
         self._audio.truncate(n_samples)
+        self._before_push = min(self._before_push, n_samples)
         keep = self.geometry.num_frames(n_samples)
         if self._final is not None:
             self._final.truncate(keep)
@@ -166,15 +169,20 @@ class StreamingCtc:
 
         latest=False takes the next grid point (deterministic: results never depend on timing);
         latest=True jumps to the newest complete grid point: the window still starts at the
-        first frame that is not final, so the steps in between are merged into it (counted as
-        `merged_steps`): no audio goes unencoded, only their partial updates are not made.
+        first frame that is not final, so the steps in between are merged into it: no audio
+        goes unencoded, only their partial updates are not made. `merged_steps` counts the
+        merged steps that were due apart, i.e. complete before the newest push: a caller that
+        kept up would have taken them one by one. Grid points that one push completed
+        together never were: a segment opened by a VAD split arrives with up to
+        split_search_s of audio, whose partials the segment before it already showed.
         """
         hop = self.options.hop_samples
         newest = self.pushed_samples // hop
         if newest < self._next_step:
             return None
         step = newest if latest else self._next_step
-        self.merged_steps += step - self._next_step
+        due_apart = min(step, self._before_push // hop + 1)
+        self.merged_steps += max(0, due_apart - self._next_step)
         self._next_step = step + 1
         return self._window(step=step, end=step * hop, final=False)
 

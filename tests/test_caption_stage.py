@@ -39,7 +39,10 @@ class FakeCaptioner:
         return Transcript(text=str(len(logprobs)), words=())
 
 
-async def run_segments(*, live: bool, chunk_s: float) -> tuple[CaptionStage, list[object]]:
+async def run_segments(*, live: bool, chunk_s: float, block_s: float | None = None
+                       ) -> tuple[CaptionStage, list[object]]:
+    """Two 4 s segments; a step after every `chunk_s` of audio, pushed in `block_s` blocks
+    (one push per chunk when None)."""
     captioner = FakeCaptioner()
     events: list[object] = []
     async with InferenceWorker(name="cpu") as worker:
@@ -50,10 +53,13 @@ async def run_segments(*, live: bool, chunk_s: float) -> tuple[CaptionStage, lis
             stage.on_start(SegmentStart(segment, position))
             length = 4 * SAMPLE_RATE
             chunk = round(chunk_s * SAMPLE_RATE)
+            block = round((block_s or chunk_s) * SAMPLE_RATE)
             for offset in range(0, length, chunk):
                 n = min(chunk, length - offset)
-                stage.on_audio(SegmentAudio(segment, position + offset,
-                                            np.zeros(n, np.float32)))
+                for at in range(offset, offset + n, block):
+                    stage.on_audio(SegmentAudio(segment, position + at,
+                                                np.zeros(min(block, offset + n - at),
+                                                         np.float32)))
                 events += await stage.step()
             events += await stage.on_end(SegmentEnd(segment, position + length, False))
             position += length
@@ -61,9 +67,9 @@ async def run_segments(*, live: bool, chunk_s: float) -> tuple[CaptionStage, lis
 
 
 async def test_live_skips_stale_steps_and_counts_them_over_all_segments() -> None:
-    # Audio arrives 2 s at a time (as after a slow forward pass): live jumps to the newest
-    # 0.5 s step, skipping three of every four, in both segments.
-    stage, events = await run_segments(live=True, chunk_s=2.0)
+    # 0.1 s blocks, a step every 2 s (as after a slow forward pass): live jumps to the
+    # newest 0.5 s step, skipping three of every four, in both segments.
+    stage, events = await run_segments(live=True, chunk_s=2.0, block_s=0.1)
     assert stage.merged_steps == 2 * 3 * 2  # 2 segments x 2 chunks x 3 merged steps
     assert stage.counters()["caption_steps_merged"] == stage.merged_steps
     finals = [e for e in events if isinstance(e, CaptionFinal)]

@@ -190,7 +190,9 @@ def test_latest_jumps_to_the_newest_grid_point_and_merges_the_steps_between() ->
     stream = StreamingCtc(geometry=GEOMETRY, options=options, normalize=False)
     stream.push(np.zeros(options.hop_samples - 1, dtype=np.float32))
     assert stream.next_window() is None  # less than a full hop
-    stream.push(np.zeros(3 * options.hop_samples, dtype=np.float32))
+    block = options.hop_samples // 5
+    for _ in range(15):  # 0.1 s blocks while the caller was busy: steps 1 and 2 were due
+        stream.push(np.zeros(block, dtype=np.float32))
     window = stream.next_window(latest=True)
     assert window is not None
     assert window.end == 3 * options.hop_samples
@@ -204,6 +206,32 @@ def test_latest_jumps_to_the_newest_grid_point_and_merges_the_steps_between() ->
         ends.append(window.end)
     assert ends == [options.hop_samples * k for k in (1, 2, 3)]
     assert deterministic.merged_steps == 0
+
+
+def test_grid_points_one_push_completes_together_are_not_counted_as_merged() -> None:
+    # A segment opened by a VAD split arrives with up to split_search_s of audio at once:
+    # its steps were never due apart, so jumping to the newest is not falling behind.
+    options = StreamingOptions(hop_s=0.5)
+    stream = StreamingCtc(geometry=GEOMETRY, options=options, normalize=False)
+    stream.push(np.zeros(round(3.9 * options.hop_samples), dtype=np.float32))
+    window = stream.next_window(latest=True)
+    assert window is not None
+    assert window.end == 3 * options.hop_samples
+    assert stream.merged_steps == 0
+    # Two more hops in 0.1 s blocks before the next call: the first was due apart.
+    for _ in range(10):
+        stream.push(np.zeros(options.hop_samples // 5, dtype=np.float32))
+    window = stream.next_window(latest=True)
+    assert window is not None
+    assert window.end == 5 * options.hop_samples
+    assert stream.merged_steps == 1
+    # A truncation (a VAD split) keeps the count of what was pushed before consistent.
+    stream.truncate(2 * options.hop_samples)
+    stream.push(np.zeros(2 * options.hop_samples, dtype=np.float32))
+    assert stream.next_window(latest=True) is None  # steps up to 5 were taken
+    stream.push(np.zeros(2 * options.hop_samples, dtype=np.float32))
+    assert stream.next_window(latest=True) is not None
+    assert stream.merged_steps == 1
 
 
 def test_windows_use_running_segment_statistics() -> None:
