@@ -101,6 +101,21 @@ def test_satellite_ids_stay_distinct_when_cleaning_or_cutting_would_merge_them()
     assert satellite_id("$$").startswith("satellite-")
 
 
+@pytest.mark.parametrize("raw", [
+    "kitchen\u200b",  # zero-width space: would pass for "kitchen" on screen
+    "\u202ekitchen",  # right-to-left override: would reverse the caption line
+    "a\x9b2J",  # C1 CSI: an escape sequence on 8-bit terminals
+    "\x9d0;title\x9c",  # C1 OSC ... ST
+    "kit\u2028chen",  # line separator
+])
+def test_site_ids_keep_no_invisible_or_control_characters(raw: str) -> None:
+    site = satellite_id(raw)
+    assert site != "kitchen"
+    assert all(ch.isprintable() and not ch.isspace() for ch in site), ascii(site)
+    assert satellite_id("台所") == "台所"  # visible text of any script is kept as it is
+    assert satellite_id("e\u0301te\u0301") == "e\u0301te\u0301"  # combining accents too
+
+
 def test_no_name_takes_another_satellites_id() -> None:
     hashed = satellite_id("living room")
     assert hashed.startswith("living_room-")

@@ -11,8 +11,16 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 
-from harken.engine.events import CaptionFinal, CaptionRefined, Event, Keyword, Word
+from harken.engine.events import (
+    CaptionFinal,
+    CaptionPartial,
+    CaptionRefined,
+    Event,
+    Keyword,
+    Word,
+)
 from harken.engine.mqtt.topics import SiteTopics, routes
 from harken.engine.sinks.files import SrtSink, TxtSink
 from harken.engine.sinks.printer import PrinterSink
@@ -118,6 +126,24 @@ async def test_printer_replaces_the_last_final_in_place() -> None:
     lines = pipe.getvalue().splitlines()
     assert lines[-1].endswith("refined: Hello, world.")
     assert len(lines) == 3  # a rejected refinement prints nothing
+
+
+async def test_printer_counts_screen_cells_for_wide_characters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *_: os.terminal_size((40, 24)))
+    out = io.StringIO()
+    wide = dataclasses.replace(final(0, "台所" * 12), stream="s")  # 48 cells, 24 characters
+    partial = CaptionPartial(stream="s", start=0.0, end=0.5, segment=0, text="台所" * 30)
+    await PrinterSink(stream=out, tty=True).consume(feed([partial, wide, refined(0)]))
+    text = out.getvalue()
+    # The final took two 40-cell rows (label + 48 cells): the rewrite goes up two, not one.
+    assert "\x1b[2F\x1b[0J" in text
+    # The partial is cut to the row (39 cells), wide characters counted twice.
+    shown = text.split("\x1b[2m", 1)[1].split("\x1b[0m", 1)[0]
+    assert shown.startswith("…")
+    assert cell_len(shown) <= 39
 
 
 async def test_printer_names_the_streams_once_a_second_one_speaks() -> None:

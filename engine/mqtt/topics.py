@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import socket
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,9 @@ LANGUAGE_FIELDS = ("lang", "language", "target_lang")
 SCORE_FIELDS = ("score", "confidence", "likelihood")
 
 _TOPIC_UNSAFE = re.compile(r"[+#/\s\x00-\x1f\x7f]+")
+# Unicode categories dropped from ids: controls (C1 too), format (bidi, zero-width),
+# surrogates, private use, unassigned, line and paragraph separators.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]+")
 MAX_SITE_LEN = 64  # characters
 HA_ID_HASH_HEX = 16  # hex digits (64 bits): finding a second name with one is out of reach
@@ -54,12 +58,15 @@ class TopicError(ValueError):
 
 
 def sanitize_level(name: str, *, fallback: str) -> str:
-    """One topic level from free text: no `+`, `#`, `/`, whitespace or control characters.
+    """One topic level from free text: no `+`, `#`, `/`, whitespace, control characters
+    (C0 and C1) or invisible format characters (bidi overrides, zero-width ones), which
+    would otherwise reach terminals and let "kitchen\u200b" pass for "kitchen".
 
     Runs of unsafe characters become `_`; a leading `$` (reserved for broker topics) is
     dropped; an empty result becomes `fallback`.
     """
-    cleaned = _TOPIC_UNSAFE.sub("_", name.strip()).strip("_").lstrip("$")
+    visible = "".join(" " if unicodedata.category(ch) in _INVISIBLE else ch for ch in name)
+    cleaned = _TOPIC_UNSAFE.sub("_", visible.strip()).strip("_").lstrip("$")
     return cleaned[:MAX_SITE_LEN] or fallback
 
 

@@ -13,6 +13,8 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import IO
 
+from rich.cells import cell_len
+
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
@@ -32,6 +34,16 @@ def _clock(seconds: float) -> str:
 
 SPEAKERS_KEPT = 64  # finals whose speaker is remembered for their refinement
 
+
+
+def _tail_cells(text: str, cells: int) -> str:
+    """The end of `text` that fits in `cells` terminal cells (wide characters take two)."""
+    used = 0
+    for i in range(len(text) - 1, -1, -1):
+        used += cell_len(text[i])
+        if used > cells:
+            return text[i + 1:]
+    return text
 
 class PrinterSink:
     """Terminal output: on a TTY the current partial is redrawn in place and finals get
@@ -72,7 +84,8 @@ class PrinterSink:
         self._out.write(line + "\n")
         width = max(1, shutil.get_terminal_size((80, 24)).columns)
         self._last_final = final
-        self._last_rows = max(1, -(-len(line) // width))
+        # Screen cells, not characters: a wide (CJK) character takes two, a combining one none.
+        self._last_rows = max(1, -(-cell_len(line) // width))
 
     def _show_refined(self, event: CaptionRefined) -> None:
         key = (event.stream, event.segment)
@@ -120,8 +133,8 @@ class PrinterSink:
                     width = shutil.get_terminal_size((80, 24)).columns
                     line = f"{self._label(event)} {event.text}"
                     # Keep the last part: that is where the words change.
-                    if len(line) > width - 1:
-                        line = "…" + line[-(width - 2):]
+                    if cell_len(line) > width - 1:
+                        line = "…" + _tail_cells(line, width - 2)
                     self._out.write(f"\r\x1b[2K\x1b[2m{line}\x1b[0m")
                     self._partial_shown = True
                     self._out.flush()
