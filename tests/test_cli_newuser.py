@@ -355,3 +355,11 @@ def test_a_bench_model_error_names_the_flag_typed(
     assert flag in line
     assert "-model" not in line.replace("--model", "")  # no --captions-model and the like
     assert "in the config" not in line
+
+
+def test_a_model_path_is_quoted_as_typed_in_a_bench_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "captions", "--model", "./no/--captions-model/x"]) == 2
+    line = one_error_line(capsys)
+    assert "'./no/--captions-model/x'" in line  # the user's path, not rewritten
+    assert "given with --model:" in line

@@ -84,9 +84,11 @@ def bench_model_flags(command: str) -> Iterator[None]:
     except ModelError as exc:
         text = str(exc)
         for task, flag, folder in MODEL_FLAGS.get(command, ()):
-            # "--captions-model /path/to/folder" and "--captions-model (or captions.model in
-            # the config)": a bench has no config file
-            pattern = rf"--{task}-model( /path/to/folder)?(?: \(or [\w.]+ in the config\))?"
+            # "with --captions-model /path/to/folder" and "with --captions-model (or
+            # captions.model in the config)": a bench has no config file. Only after
+            # "with ", so a path the user typed is quoted as it is.
+            pattern = (rf"(?<=with )--{task}-model( /path/to/folder)?"
+                       r"(?: \(or [\w.]+ in the config\))?")
             text = re.sub(pattern, _named(flag, folder), text)
         if text == str(exc):
             raise
