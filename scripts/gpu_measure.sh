@@ -17,6 +17,17 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 export TOKENIZERS_PARALLELISM=false
 DEV=cuda PY=python3 SECONDS_PER_STREAM=12
 WEBRTC_N=${WEBRTC_N:-300,450} BOTH_N=${BOTH_N:-300} THREE_N=${THREE_N:-100,150} MICRO=()
+# What the call must carry (scripts/gpu_prepare.sh makes it): fail in one line, not later.
+missing=""
+[ -f .gpu/speech.wav ] || missing+=" .gpu/speech.wav"
+[ "${DRY:-0}" = 1 ] || compgen -G ".whl/*.whl" >/dev/null || missing+=" .whl/*.whl"
+[[ ${PARTS:-streams} != *refine* ]] || [ -f .gpu/whisper-files/config.json ] \
+    || missing+=" .gpu/whisper-files/config.json"
+if [ -n "$missing" ]; then
+    echo "gpu_measure: missing$missing; run bash scripts/gpu_prepare.sh here, then carry .whl and .gpu" \
+        | tee -a "$LOG" >&2
+    exit 2
+fi
 if [ "${DRY:-0}" = 1 ]; then
     DEV=cpu PY=.venv/bin/python SECONDS_PER_STREAM=10
     WEBRTC_N=2 BOTH_N=2 THREE_N=1 MICRO=(--dry-run)
@@ -76,7 +87,7 @@ if [[ $PARTS == *encode* ]]; then
 fi
 if [[ $PARTS == *refine* ]]; then
     step refine 90 micro.jsonl "$PY" scripts/gpu_measure.py refine "${AUDIO[@]}" \
-        "${MICRO[@]}" --whisper-files .gpu/whisper-files --work /tmp/harken-gpu-models
+        "${MICRO[@]}" --whisper-files .gpu/whisper-files --work "$(mktemp -d)"
 fi
 
 "$PY" scripts/gpu_summary.py "$OUT"
