@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from harken.app.config import LoadedConfig, load_config
+from harken.app.config import LoadedConfig, load_config, printable
 
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 VAD_ENGINES = ["webrtc", "silero", "both"]  # engine/vad.py VadEngine
@@ -609,7 +609,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """One line that names the fix, not argparse's usage block."""
-        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+        # printable: a flag value with a newline or an ANSI escape stays on this one line
+        self.exit(2, f"{self.prog}: error: {printable(message)}; see `{self.prog} --help`\n")
 
 
 def version() -> str:
