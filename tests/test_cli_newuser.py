@@ -408,3 +408,22 @@ def test_thousands_of_bad_settings_give_a_bounded_error(
     assert lines[-1] == "harken: error: ... and 4981 more problems like these"
     assert sum(map(len, lines)) < 21 * 250
 
+
+@pytest.mark.parametrize("bench", ["captions", "keywords", "translation"])
+@pytest.mark.parametrize("value", ["0.5", "3601", "1e12"])
+def test_a_bench_length_is_bounded_by_the_parser(bench: str, value: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["bench", bench, "--seconds", value])
+    assert f"argument --seconds: must be from 1 to 3600 seconds, got {value}" in line
+
+
+def test_a_keyword_given_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["run", "--keywords", "a:0.5,b,a:0.9"])
+    assert "argument --keywords: keyword 'a' is given twice in 'a:0.5,b,a:0.9'" in line
+
+
+def test_a_flag_value_with_escapes_stays_on_the_usage_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["run", "--hop", "1\n\x1b[2J"])
+    assert "'1\\n\\x1b[2J' is not" in line or "\\n\\x1b[2J" in line
+    assert line.isprintable()
