@@ -672,9 +672,7 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {shown}: "
                               f"{printable(str(exc))}") from exc
-    unknown = _unknown_env()
-    if unknown:
-        raise SettingsError(_capped(unknown, str))
+    unknown = _unknown_env()  # reported with the settings' own problems, all at once
     try:
         env_data = EnvSettingsSource(HarkenConfig, env_prefix=ENV_PREFIX,
                                      env_nested_delimiter=ENV_NESTED)()
@@ -704,7 +702,11 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
         config = HarkenConfig(**merged)
     except ValidationError as exc:
         # One self-contained line per problem: the CLI prints each as its own error line.
-        raise SettingsError(_capped(exc.errors(), lambda err: _problem(err, origins))) from exc
+        problems = [*unknown, *exc.errors()]
+        raise SettingsError(_capped(problems, lambda p: p if isinstance(p, str)
+                                    else _problem(p, origins))) from exc
+    if unknown:
+        raise SettingsError(_capped(unknown, str))
     for key in _leaves(config.model_dump()):
         origins.setdefault(key, "default")
     return LoadedConfig(config=config, origins=origins, path=used_path)

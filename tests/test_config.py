@@ -233,3 +233,15 @@ def test_did_you_mean_offers_only_keys_valid_there(tmp_path: Path, text: str, ne
         load_config(write(tmp_path, text))
     assert needle in str(err.value)
     assert not wrong or wrong not in str(err.value)
+
+
+def test_an_unknown_variable_is_reported_with_the_other_problems(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_VADD__THREADS", "1")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[vad]\nthreads = -1\n"))
+    lines = str(err.value).split("\n")
+    assert len(lines) == 2
+    assert lines[0].startswith("environment variable HARKEN_VADD__THREADS: no such setting "
+                               "section; did you mean HARKEN_VAD__THREADS?")
+    assert lines[1].startswith("vad.threads in ")
