@@ -11,6 +11,7 @@ import difflib
 import os
 import tomllib
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -597,8 +598,8 @@ def _subject(key: str, where: str) -> str:
 
 def _where(key: str, origins: dict[str, str]) -> str:
     """Where the user set the keys under a section or table (a cross-field or unknown-key
-    problem): every file, variable and flag, e.g. "c.toml, environment variable
-    HARKEN_VAD__MAX_SEGMENT_S"."""
+    problem): the one origin as it is, or every file, variable and flag, e.g. "from c.toml
+    and environment variable HARKEN_VAD__MAX_SEGMENT_S"."""
     found = list(dict.fromkeys(o for k, o in origins.items() if k.startswith(key + ".")))
     if len(found) <= 1:
         return found[0] if found else "default"
@@ -633,7 +634,7 @@ def _problem(err: Any, origins: dict[str, str]) -> str:
     return f"{subject}{got}: {message}"
 
 
-def _capped(problems: list[Any], line: Any) -> list[str]:
+def _capped(problems: Sequence[Any], line: Callable[[Any], str]) -> list[str]:
     """The first MAX_ERROR_LINES problems, one line each, then how many more there are."""
     lines = [line(p) for p in problems[:MAX_ERROR_LINES]]
     if len(problems) > MAX_ERROR_LINES:
