@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from harken.app import flags
+from harken.app.config import printable
 from harken.engine.sources.file import FileSource
-from harken.models.errors import ConfigError, first_user_error
+from harken.models.errors import ConfigError, SettingsError, first_user_error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -149,9 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = first_user_error(exc)
         if error is None or os.environ.get("HARKEN_DEBUG"):
             raise
-        # Several problems (bad settings) are one self-contained line each.
-        for line in str(error).splitlines():
-            print(f"harken: error: {line}", file=sys.stderr)
+        # Several bad settings are one self-contained line each (app/config.py); any other
+        # line break or escape in a message is the user's (a path, a key) and is shown
+        # escaped, never obeyed.
+        lines = error.lines if isinstance(error, SettingsError) else (str(error),)
+        for line in lines:
+            print(f"harken: error: {printable(line)}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,10 +35,20 @@ from pydantic_settings import (
 )
 
 from harken.engine.memory import HEAP_TRIM_INTERVAL_S
-from harken.models.errors import ConfigError
+from harken.engine.sources.blocks import MAX_BLOCK_S, MIN_BLOCK_S
+from harken.models.errors import ConfigError, SettingsError
 
 ENV_PREFIX = "HARKEN_"
 ENV_NESTED = "__"
+#: HARKEN_* variables that are not settings: the config file, tracebacks, the broker
+#: password (app/mqtt.py) and the dev tests' real-speech folder (tests/oracle_diarization.py)
+ENV_OTHER = frozenset({"HARKEN_CONFIG", "HARKEN_DEBUG", "HARKEN_MQTT_PASSWORD",
+                       "HARKEN_SHARED_AUDIO"})
+#: error lines shown at most, then one "... and N more" line: a file of 5,000 bad keys
+#: must not flood the terminal
+MAX_ERROR_LINES = 20
+#: characters of a key or value echoed in an error at most (then an ellipsis)
+MAX_ECHO_CHARS = 80
 DEFAULT_CAPTIONS_MODEL = "facebook/hubert-large-ls960-ft"
 SECRET_KEYS = frozenset({"password"})
 DEFAULT_KEYWORDS_MODEL = "anton-l/sew-d-mid-400k-ft-keyword-spotting"
@@ -85,7 +97,9 @@ class ComputeConfig(_Section):
 
 class AudioConfig(_Section):
     device: str = Field("", description="input device index or name; empty: the default")
-    block_s: float = Field(0.1, gt=0.005, le=1.0, description="seconds per capture block")
+    # The range every source accepts (engine/sources/blocks.py check_block_s).
+    block_s: float = Field(0.1, ge=MIN_BLOCK_S, le=MAX_BLOCK_S,
+                           description="seconds per capture block")
 
 
 class VadConfig(_Section):
@@ -442,13 +456,71 @@ def _leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
     return [key for key, _ in _items(data, prefix)]
 
 
+def _paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The key path of every leaf, e.g. ("keywords", "thresholds", "yes")."""
+    out: list[tuple[str, ...]] = []
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        out.extend(_paths(value, path) if isinstance(value, dict) else [path])
+    return out
+
+
 def env_name(dotted: str) -> str:
     return ENV_PREFIX + dotted.replace(".", ENV_NESTED).upper()
 
 
-def _closest_key(key: str) -> str:
-    """'; did you mean captions.hop_s?' for a misspelt setting, else ''."""
-    known = [*_leaves(HarkenConfig().model_dump()), *HarkenConfig.model_fields]
+def printable(text: str) -> str:
+    """`text` with control and format characters (newlines, carriage returns, line
+    separators, ANSI escapes, bidi marks) escaped as repr escapes them: a key or path a user
+    wrote can neither break an error line in two nor reach the terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    return repr(ch)[1:-1]  # "\\n", "\\x1b", "\\u2028"
+
+
+def _echo(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """A user-written key or value for an error line: escaped, and cut with an ellipsis
+    beyond `limit` characters."""
+    text = printable(text[:limit * 4 + 1])  # escapes only make it longer
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The settings model whose fields live at `loc` (() is the top level; a table of
+    models such as speakers.calibration skips its key), or None if none does."""
+    model: type[BaseModel] = HarkenConfig
+    expect_key = False
+    for part in loc:
+        if expect_key:
+            expect_key = False
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        kind = field.annotation
+        if typing.get_origin(kind) is dict:
+            kind = typing.get_args(kind)[1]
+            expect_key = True
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return None
+        model = kind
+    return None if expect_key else model
+
+
+def _closest_key(loc: tuple[str, ...]) -> str:
+    """'; did you mean captions.hop_s?' for a misspelt setting, else ''. Only the keys
+    valid at that place are offered: a section for a section, a setting of the same
+    section for a setting."""
+    model = _model_at(loc[:-1])
+    if model is None or len(loc[-1]) > 4 * MAX_ECHO_CHARS:
+        return ""
+    parent = "".join(_part(p) + "." for p in loc[:-1])
+    known = [parent + name for name in model.model_fields]
+    key = parent + _part(loc[-1])
     match = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     return f"; did you mean {match[0]}?" if match else ""
 
@@ -462,44 +534,112 @@ def _flag_name(key: str, names: dict[str, str]) -> str:
     return key
 
 
+def _env_origin(path: tuple[str, ...], environ: dict[str, str]) -> str:
+    """The variable that set the leaf at `path`: the leaf's own (HARKEN_VAD__HANGOVER_S) or
+    the one holding a JSON table around it (HARKEN_KEYWORDS__THRESHOLDS='{"yes": 0.9}')."""
+    for end in range(len(path), 0, -1):
+        name = (ENV_PREFIX + ENV_NESTED.join(path[:end])).upper()
+        if name in environ:
+            return environ[name]
+    return env_name(".".join(path))
+
+
 def _bad_env_names(exc: ValueError) -> str:
     """The HARKEN_* variables of the section pydantic-settings could not parse (its message
     names only the section, e.g. `field "translation"`)."""
     section = str(exc).partition('field "')[2].partition('"')[0]
     prefix = f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}" if section else ENV_PREFIX
-    names = sorted(name for name in os.environ if name.upper().startswith(prefix))
+    names = sorted(printable(name) for name in os.environ if name.upper().startswith(prefix))
     return " or ".join(names) if names else "a HARKEN_* environment variable"
+
+
+def _unknown_env() -> list[str]:
+    """One line per HARKEN_* variable that is neither a setting's (HARKEN_SECTION__KEY, or
+    HARKEN_SECTION holding the section as JSON) nor one of ENV_OTHER: pydantic-settings
+    skips those in silence, so a misspelt section would leave its value unused. Misspelt
+    keys of a known section are caught by validation."""
+    sections = list(HarkenConfig.model_fields)
+    lines = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in ENV_OTHER:
+            continue
+        section, nested, rest = upper.removeprefix(ENV_PREFIX).partition(ENV_NESTED)
+        if section.lower() in sections:
+            continue
+        if nested:
+            close = difflib.get_close_matches(section.lower(), sections, n=1, cutoff=0.6)
+            hint = f"{ENV_PREFIX}{close[0].upper()}{ENV_NESTED}{rest}" if close else ""
+        else:  # HARKEN_MQTT_PASWORD, or HARKEN_CAPTIONS_HOP_S (one underscore too few)
+            close = difflib.get_close_matches(upper, sorted(ENV_OTHER), n=1, cutoff=0.8)
+            hint = close[0] if close else next(
+                (f"{ENV_PREFIX}{s.upper()}{ENV_NESTED}{section[len(s) + 1:]}"
+                 for s in sections if section.startswith(s.upper() + "_")), "")
+        fix = f"did you mean {_echo(hint)}?" if hint else \
+            f"settings are {ENV_PREFIX}SECTION{ENV_NESTED}KEY with a section of " \
+            f"{', '.join(sections)}"
+        lines.append(f"environment variable {_echo(name)}: no such setting section; {fix} "
+                     "(or unset it)")
+    return lines
 
 
 def _subject(key: str, where: str) -> str:
     """The setting as the user wrote it: the flag, the variable or the file's key."""
+    key = _echo(key)
     kind, _, name = where.partition(" ")
     if kind == "flag":
         return f"{name} ({key})"
     if kind == "env":
-        return f"environment variable {name} ({key})"
+        return f"environment variable {printable(name)} ({key})"
     if kind == "file":
-        return f"{key} in {name}"
+        return f"{key} in {printable(name)}"
     return key
+
+
+def _where(key: str, origins: dict[str, str]) -> str:
+    """Where the user set the keys under a section or table (a cross-field or unknown-key
+    problem): the one origin as it is, or every file, variable and flag, e.g. "from c.toml
+    and environment variable HARKEN_VAD__MAX_SEGMENT_S"."""
+    found = list(dict.fromkeys(o for k, o in origins.items() if k.startswith(key + ".")))
+    if len(found) <= 1:
+        return found[0] if found else "default"
+    parts = []
+    for where in found:
+        kind, _, name = where.partition(" ")
+        parts.append(f"environment variable {printable(name)}" if kind == "env"
+                     else printable(name))
+    return "from " + ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _problem(err: Any, origins: dict[str, str]) -> str:
     """One pydantic error as one line: the key, where its value came from, what is
     expected."""
-    key = ".".join(_part(p) for p in err["loc"])
-    where = origins.get(key, "")
-    if not where:  # a section-level problem, e.g. an unknown key
-        where = next((o for k, o in origins.items() if k.startswith(key)), "default")
-    got = f" is {err['input']!r}" if "input" in err and \
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(_part(p) for p in loc)
+    where = origins.get(key) or _where(key, origins)
+    subject = f"{_echo(key)} ({where})" if where.startswith("from ") else _subject(key, where)
+    got = f" is {_echo(repr(err['input']))}" if "input" in err and \
         not isinstance(err["input"], dict) else ""
-    message: str = err["msg"]
     if err["type"] == "extra_forbidden":
-        fix = _closest_key(key) or "; remove it (`harken config show` lists every setting)"
-        return f"{_subject(key, where)}: no such setting{fix}"
-    message = message.removeprefix("Value error, ")
+        fix = _closest_key(loc) or "; remove it (`harken config show` lists every setting)"
+        return f"{subject}: no such setting{fix}"
+    message: str = err["msg"].removeprefix("Value error, ")
     if message.startswith("Input should"):
         message = "must" + message.removeprefix("Input should")
-    return f"{_subject(key, where)}{got}: {message}"
+    # A validator's message may echo values (a table of thresholds): keep its start, where
+    # the rule is, and its end.
+    message = printable(message)
+    if len(message) > 4 * MAX_ECHO_CHARS:
+        message = message[:3 * MAX_ECHO_CHARS] + " … " + message[-MAX_ECHO_CHARS // 2:]
+    return f"{subject}{got}: {message}"
+
+
+def _capped(problems: Sequence[Any], line: Callable[[Any], str]) -> list[str]:
+    """The first MAX_ERROR_LINES problems, one line each, then how many more there are."""
+    lines = [line(p) for p in problems[:MAX_ERROR_LINES]]
+    if len(problems) > MAX_ERROR_LINES:
+        lines.append(f"... and {len(problems) - MAX_ERROR_LINES} more problems like these")
+    return lines
 
 
 def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None,
@@ -514,8 +654,9 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
     if path is None:
         path = Path(os.environ["HARKEN_CONFIG"]) if "HARKEN_CONFIG" in os.environ \
             else default_config_path()
+    shown = printable(str(path))
     if explicit and not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (or is not a file); create it "
+        raise ConfigError(f"config file {shown} does not exist (or is not a file); create it "
                           "or leave out --config / HARKEN_CONFIG to use the defaults")
     used_path = path if path.is_file() else None
 
@@ -524,10 +665,15 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
         try:
             file_data = TomlConfigSettingsSource(HarkenConfig, toml_file=used_path)()
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{used_path} is not valid TOML: {exc}. Fix the file "
-                              "(see the configuration reference in the README)") from exc
+            raise ConfigError(f"{shown} is not valid TOML: {printable(str(exc))}. Fix the "
+                              "file (see the configuration reference in the README)") from exc
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+            raise ConfigError(f"config file {shown} is not UTF-8 text (byte {exc.start} "
+                              "cannot be read); save it as UTF-8") from exc
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {used_path}: {exc}") from exc
+            raise ConfigError(f"cannot read config file {shown}: "
+                              f"{printable(str(exc))}") from exc
+    unknown = _unknown_env()  # reported with the settings' own problems, all at once
     try:
         env_data = EnvSettingsSource(HarkenConfig, env_prefix=ENV_PREFIX,
                                      env_nested_delimiter=ENV_NESTED)()
@@ -538,14 +684,17 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
     env_data.pop("config", None)
     flag_data = flags or {}
     names = flag_names or {}
+    # pydantic-settings reads the variables whatever their case: the name as the user wrote it
+    environ = {name.upper(): name for name in os.environ}
 
     origins: dict[str, str] = {}
     merged: dict[str, Any] = {}
     for label, data in ((f"file {used_path}", file_data), ("env", env_data), ("flag", flag_data)):
         _deep_merge(merged, data)
-        for key in _leaves(data):
+        for parts in _paths(data):
+            key = ".".join(_part(p) for p in parts)
             if label == "env":
-                origins[key] = f"env {env_name(key)}"
+                origins[key] = f"env {_env_origin(parts, environ)}"
             elif label == "flag":
                 origins[key] = f"flag {_flag_name(key, names)}"
             else:
@@ -554,7 +703,11 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
         config = HarkenConfig(**merged)
     except ValidationError as exc:
         # One self-contained line per problem: the CLI prints each as its own error line.
-        raise ConfigError("\n".join(_problem(err, origins) for err in exc.errors())) from exc
+        problems = [*unknown, *exc.errors()]
+        raise SettingsError(_capped(problems, lambda p: p if isinstance(p, str)
+                                    else _problem(p, origins))) from exc
+    if unknown:
+        raise SettingsError(_capped(unknown, str))
     for key in _leaves(config.model_dump()):
         origins.setdefault(key, "default")
     return LoadedConfig(config=config, origins=origins, path=used_path)

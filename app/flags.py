@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from harken.app.config import LoadedConfig, load_config
+from harken.app.config import LoadedConfig, load_config, printable
 
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 VAD_ENGINES = ["webrtc", "silero", "both"]  # engine/vad.py VadEngine
@@ -124,8 +124,10 @@ def parse_keywords(text: str) -> tuple[list[str], dict[str, float]]:
                     f"bad threshold {value.strip()!r} for {word!r}; write WORD:P with a "
                     "probability above 0 and at most 1, e.g. stop:0.9")
             thresholds[word] = threshold
-        if word not in words:
-            words.append(word)
+        if word in words:  # which of two thresholds was meant is the user's call
+            raise argparse.ArgumentTypeError(
+                f"keyword {word!r} is given twice in {text!r}; give each keyword once")
+        words.append(word)
     return words, thresholds
 
 
@@ -263,7 +265,8 @@ def add_bench_parsers(bsub: Any) -> None:
     bt.add_argument("--max-segments", type=count(1, 10_000), default=8,
                     help="segments translated at most")
     for p, length in ((bk, 60.0), (bt, 30.0)):
-        p.add_argument("--seconds", type=seconds, default=length, help="audio length")
+        p.add_argument("--seconds", type=bench_seconds, default=length, metavar="S",
+                       help="audio length (1 to 3600)")
         p.add_argument("--audio", type=Path, help="speech file (default: assets sample)")
         p.add_argument("--device-type", type=device_type, default="auto",
                        metavar="auto|cpu|cuda[:N]", help="compute device")
@@ -571,6 +574,19 @@ def seconds(text: str) -> float:
     return value
 
 
+#: s: the audio a bench synthesises or reads is held in memory whole (as bench streams)
+MIN_BENCH_S, MAX_BENCH_S = 1.0, 3600.0
+
+
+def bench_seconds(text: str) -> float:
+    """A bench's audio length: from MIN_BENCH_S to MAX_BENCH_S (an hour), else one line."""
+    value = seconds(text)
+    if not MIN_BENCH_S <= value <= MAX_BENCH_S:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_BENCH_S:g} to {MAX_BENCH_S:g} "
+                                         f"seconds, got {text}; e.g. 30")
+    return value
+
+
 def trim_interval(text: str) -> float:
     """Seconds between heap trims: 0 (none) or 1 to 3600."""
     try:
@@ -609,7 +625,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """One line that names the fix, not argparse's usage block."""
-        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+        # printable: a flag value with a newline or an ANSI escape stays on this one line
+        self.exit(2, f"{self.prog}: error: {printable(message)}; see `{self.prog} --help`\n")
 
 
 def version() -> str:
@@ -683,7 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--model", default="hubert-base",
                     metavar="ID|DIR|hubert-base|hubert-large",
                     help="a checkpoint, or a full-size architecture with random weights")
-    bc.add_argument("--seconds", type=seconds, default=60.0, help="audio length")
+    bc.add_argument("--seconds", type=bench_seconds, default=60.0, metavar="S",
+                    help="audio length (1 to 3600)")
     bc.add_argument("--audio", type=Path, help="speech file to use (default: assets sample)")
     bc.add_argument("--device-type", type=device_type, default="auto",
                     metavar="auto|cpu|cuda[:N]", help="compute device")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class HarkenError(Exception):
     """Base class: an error a user can cause and fix. The CLI prints it without a traceback."""
@@ -48,6 +50,15 @@ class SinkError(HarkenError):
 
 class ConfigError(HarkenError):
     """The configuration file, an environment variable or a flag has a bad value."""
+
+
+class SettingsError(ConfigError):
+    """Several bad settings, one self-contained line each: the CLI prints each as its own
+    error line (any other error is one line, whatever line breaks its text holds)."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
 
 
 class EvalError(HarkenError):

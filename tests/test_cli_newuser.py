@@ -363,3 +363,75 @@ def test_a_model_path_is_quoted_as_typed_in_a_bench_error(
     line = one_error_line(capsys)
     assert "'./no/--captions-model/x'" in line  # the user's path, not rewritten
     assert "given with --model:" in line
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_bytes(b'[captions]\nhop_s = "\xff"\n')
+    monkeypatch.setenv("HARKEN_CONFIG", str(config))
+    assert main(["config", "show"]) == 2
+    (line,) = error_lines(capsys)
+    assert line == (f"harken: error: config file {config} is not UTF-8 text (byte 20 cannot "
+                    "be read); save it as UTF-8")
+
+
+def test_a_block_the_sources_refuse_is_refused_by_the_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_AUDIO__BLOCK_S", "0.006")
+    assert main(["transcribe", str(SAMPLE), "--out", str(tmp_path)]) == 2
+    (line,) = error_lines(capsys)
+    assert "HARKEN_AUDIO__BLOCK_S (audio.block_s) is '0.006': must be greater than or " \
+        "equal to 0.01" in line
+
+
+@pytest.mark.parametrize("argv", [["config", "show"], ["transcribe", str(SAMPLE)]])
+def test_user_text_with_line_breaks_and_escapes_stays_on_one_line(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[captions]\n"a\\nb\\r\\u2028\\u001b[2J" = 1\n')
+    assert main([*argv, "--config", str(config)]) == 2
+    (line,) = error_lines(capsys)
+    assert "captions.a\\nb\\r\\u2028\\x1b[2J in" in line
+
+
+def test_a_path_with_a_newline_in_an_error_is_shown_escaped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audio = tmp_path / "two\nlines\x1b[2J.wav"
+    assert main(["transcribe", str(audio)]) == 2
+    (line,) = error_lines(capsys)
+    assert "two\\nlines\\x1b[2J.wav" in line
+
+
+def test_thousands_of_bad_settings_give_a_bounded_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[captions]\n" + "".join(f"k{i} = 1\n" for i in range(5000))
+                      + 'model = ["' + "A" * 100_000 + '"]\n')
+    assert main(["config", "show", "--config", str(config)]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 21
+    assert lines[-1] == "harken: error: ... and 4981 more problems like these"
+    assert sum(map(len, lines)) < 21 * 250
+
+
+@pytest.mark.parametrize("bench", ["captions", "keywords", "translation"])
+@pytest.mark.parametrize("value", ["0.5", "3601", "1e12"])
+def test_a_bench_length_is_bounded_by_the_parser(bench: str, value: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["bench", bench, "--seconds", value])
+    assert f"argument --seconds: must be from 1 to 3600 seconds, got {value}" in line
+
+
+def test_a_keyword_given_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["run", "--keywords", "a:0.5,b,a:0.9"])
+    assert "argument --keywords: keyword 'a' is given twice in 'a:0.5,b,a:0.9'" in line
+
+
+def test_a_flag_value_with_escapes_stays_on_the_usage_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, ["run", "--hop", "1\n\x1b[2J"])
+    assert "'1\\n\\x1b[2J' is not" in line or "\\n\\x1b[2J" in line
+    assert line.isprintable()

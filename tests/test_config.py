@@ -114,3 +114,134 @@ def test_a_table_flag_is_named_as_typed_for_its_leaves() -> None:
                          flag_names={"keywords.thresholds": "--keywords"})
     origins = {k: o for k, _, o in describe(loaded)}
     assert origins["keywords.thresholds.yes"] == "flag --keywords"
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[captions]\nmodel = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text .*save it as UTF-8$") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_block_s_takes_the_range_every_source_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harken.engine.sources.blocks import MAX_BLOCK_S, MIN_BLOCK_S, check_block_s
+
+    for ok in (MIN_BLOCK_S, 1.5, MAX_BLOCK_S):
+        monkeypatch.setenv("HARKEN_AUDIO__BLOCK_S", str(ok))
+        assert check_block_s(load_config().config.audio.block_s) > 0
+    for bad in ("0.006", "2.5"):
+        monkeypatch.setenv("HARKEN_AUDIO__BLOCK_S", bad)
+        with pytest.raises(ConfigError, match=r"HARKEN_AUDIO__BLOCK_S \(audio.block_s\) is"):
+            load_config()
+
+
+def test_a_json_table_variable_is_named_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_KEYWORDS__THRESHOLDS", '{"yes": 5}')
+    with pytest.raises(ConfigError) as err:
+        load_config()
+    assert str(err.value).startswith("environment variable HARKEN_KEYWORDS__THRESHOLDS "
+                                     "(keywords.thresholds)")
+    assert "THRESHOLDS__YES" not in str(err.value)
+    monkeypatch.setenv("HARKEN_KEYWORDS__THRESHOLDS", '{"yes": "loud"}')
+    with pytest.raises(ConfigError, match=r"^environment variable HARKEN_KEYWORDS__THRESHOLDS "
+                       r"\(keywords.thresholds.yes\) is 'loud'"):
+        load_config()
+    monkeypatch.setenv("HARKEN_KEYWORDS__THRESHOLDS", '{"yes": 0.5}')
+    origins = {k: o for k, _, o in describe(load_config())}
+    assert origins["keywords.thresholds.yes"] == "env HARKEN_KEYWORDS__THRESHOLDS"
+
+
+def test_a_cross_field_error_names_every_origin(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[vad]\nsplit_search_s = 5\n")
+    monkeypatch.setenv("HARKEN_VAD__MAX_SEGMENT_S", "4")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(
+        f"vad (from {path} and environment variable HARKEN_VAD__MAX_SEGMENT_S): "
+        "max_segment_s (4.0) must be longer than split_search_s (5.0)")
+    monkeypatch.delenv("HARKEN_VAD__MAX_SEGMENT_S")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, flags={"vad": {"max_segment_s": 4}},
+                    flag_names={"vad.max_segment_s": "--max-segment"})
+    assert str(err.value).startswith(f"vad (from {path} and --max-segment): ")
+
+
+@pytest.mark.parametrize(("name", "fix"), [
+    ("HARKEN_CAPTION__HOP_S", "did you mean HARKEN_CAPTIONS__HOP_S?"),
+    ("HARKEN_CAPTIONS_HOP_S", "did you mean HARKEN_CAPTIONS__HOP_S?"),
+    ("HARKEN_MQTT_PASWORD", "did you mean HARKEN_MQTT_PASSWORD?"),
+    ("HARKEN_BOGUS", "settings are HARKEN_SECTION__KEY with a section of compute, audio"),
+])
+def test_an_unknown_variable_section_is_an_error(name: str, fix: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError) as err:
+        load_config()
+    assert str(err.value).startswith(f"environment variable {name}: no such setting "
+                                     f"section; {fix}")
+    assert str(err.value).endswith(" (or unset it)")
+
+
+def test_the_projects_own_variables_are_no_settings(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    for name in ("HARKEN_DEBUG", "HARKEN_MQTT_PASSWORD", "HARKEN_SHARED_AUDIO"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("HARKEN_CONFIG", str(write(tmp_path, "[vad]\nthreads = 1\n")))
+    monkeypatch.setenv("HARKEN_CAPTIONS", '{"hop_s": 0.25}')  # a whole section as JSON
+    config = load_config().config
+    assert (config.vad.threads, config.captions.hop_s) == (1, 0.25)
+
+
+@pytest.mark.parametrize("key", ["a\\nb", "a\\rb", "a\\u2028b", "\\u001b[2J", "a\\u202eb"])
+def test_a_key_with_control_characters_is_shown_escaped(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f'[captions]\n"{key}" = 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert text.isprintable(), text
+    assert key.replace("\\u00", "\\x") in text, text
+
+
+def test_many_problems_are_capped_and_long_keys_shortened(tmp_path: Path) -> None:
+    from harken.app.config import MAX_ECHO_CHARS, MAX_ERROR_LINES
+
+    long = "B" * 10_000
+    path = write(tmp_path, "[captions]\n" + "".join(f"k{i} = 1\n" for i in range(300))
+                 + f'model = ["{"A" * 10_000}"]\n"{long}" = 2\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).split("\n")
+    assert len(lines) == MAX_ERROR_LINES + 1
+    assert lines[-1] == f"... and {302 - MAX_ERROR_LINES} more problems like these"
+    assert all(len(line) < 4 * MAX_ECHO_CHARS + len(str(path)) for line in lines)
+    assert any("AAAA\u2026" in line for line in lines)  # the value, cut
+
+
+@pytest.mark.parametrize(("text", "needle", "wrong"), [
+    ("[mqtt]\nq = 1\n", "mqtt.q in", "did you mean"),
+    ("[captions]\nhopp_s = 1\n", "did you mean captions.hop_s?", ""),
+    ("[captionz]\nhop_s = 1\n", "did you mean captions?", ""),
+    ("[vad]\ncaptions = 1\n", "vad.captions in", "did you mean"),
+    ('[speakers.calibration."org/m"]\ndelta_nw = 0.3\n',
+     'did you mean speakers.calibration."org/m".delta_new?', ""),
+])
+def test_did_you_mean_offers_only_keys_valid_there(tmp_path: Path, text: str, needle: str,
+                                                   wrong: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert needle in str(err.value)
+    assert not wrong or wrong not in str(err.value)
+
+
+def test_an_unknown_variable_is_reported_with_the_other_problems(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_VADD__THREADS", "1")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[vad]\nthreads = -1\n"))
+    lines = str(err.value).split("\n")
+    assert len(lines) == 2
+    assert lines[0].startswith("environment variable HARKEN_VADD__THREADS: no such setting "
+                               "section; did you mean HARKEN_VAD__THREADS?")
+    assert lines[1].startswith("vad.threads in ")

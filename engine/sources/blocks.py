@@ -10,11 +10,14 @@ from harken.engine.audio import AudioBlock, Float32Array
 from harken.models.audio import SAMPLE_RATE
 
 DEFAULT_BLOCK_S = 0.1  # s: block length handed to the VAD
+MIN_BLOCK_S = 0.01  # s: shorter blocks cost a task switch per 160 samples
+MAX_BLOCK_S = 2.0  # s: longer ones delay every onset by that much
 
 
 def check_block_s(block_s: float) -> int:
-    if not (math.isfinite(block_s) and 0.01 <= block_s <= 2.0):
-        raise ValueError(f"block_s must be between 0.01 and 2.0 seconds, got {block_s}")
+    if not (math.isfinite(block_s) and MIN_BLOCK_S <= block_s <= MAX_BLOCK_S):
+        raise ValueError(f"block_s must be between {MIN_BLOCK_S} and {MAX_BLOCK_S} seconds, "
+                         f"got {block_s}")
     return round(block_s * SAMPLE_RATE)
 
 
