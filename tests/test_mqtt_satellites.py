@@ -152,7 +152,8 @@ async def test_two_satellite_sites_at_once(tmp_path: Path) -> None:
         assert final["end"] - final["start"] >= speech_s - 0.1
     assert sorted(m.json()["siteId"] for m in captured) == ["bedroom", "kitchen"]
     assert source.malformed_frames == 2
-    assert source.sites == ["kitchen", "bedroom"]
+    # Both sites, in whichever order their first frames were decoded (not guaranteed).
+    assert sorted(source.sites) == ["bedroom", "kitchen"]
     stats = [e for e in seen if isinstance(e, Stats)]
     assert {s.stream for s in stats} == {"kitchen", "bedroom"}
     assert all(s.counters["malformed_frames"] == 2 for s in stats[-2:])
