@@ -224,6 +224,8 @@ def test_many_problems_are_capped_and_long_keys_shortened(tmp_path: Path) -> Non
     ("[captions]\nhopp_s = 1\n", "did you mean captions.hop_s?", ""),
     ("[captionz]\nhop_s = 1\n", "did you mean captions?", ""),
     ("[vad]\ncaptions = 1\n", "vad.captions in", "did you mean"),
+    ("hop_s = 1\n", "did you mean captions.hop_s (under [captions]) or", "remove it"),
+    ("[vad]\ndevice_type = 1\n", "did you mean compute.device_type (under [compute])?", ""),
     ('[speakers.calibration."org/m"]\ndelta_nw = 0.3\n',
      'did you mean speakers.calibration."org/m".delta_new?', ""),
 ])
