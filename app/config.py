@@ -633,7 +633,10 @@ def _problem(err: Any, origins: dict[str, str]) -> str:
     expected."""
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(_part(p) for p in loc)
-    where = origins.get(key) or _where(key, origins)
+    # A list item (mqtt.allowed_sites.1) has no origin of its own: its list's is the one.
+    where = next((origins[k] for end in range(len(loc), 0, -1)
+                  if (k := ".".join(_part(p) for p in loc[:end])) in origins), None) \
+        or _where(key, origins)
     subject = f"{_echo(key)} ({where})" if where.startswith("from ") else _subject(key, where)
     got = f" is {_echo(repr(err['input']))}" if "input" in err and \
         not isinstance(err["input"], dict) else ""
