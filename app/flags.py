@@ -205,9 +205,12 @@ def device_type(text: str) -> str:
 
 
 def _languages(text: str) -> list[str]:
-    codes = [c.strip() for c in text.split(",") if c.strip()]
-    if not codes:
+    codes = [c.strip() for c in text.split(",")]
+    if not any(codes):
         raise argparse.ArgumentTypeError("give at least one language code, e.g. --translate de")
+    if not all(codes):
+        raise argparse.ArgumentTypeError(f"an empty language code in {text!r}; separate the "
+                                         "codes with single commas, e.g. --translate de,fr")
     return codes
 
 

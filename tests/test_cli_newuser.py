@@ -134,6 +134,16 @@ def test_no_flag_is_taken_for_an_abbreviation(capsys: pytest.CaptureFixture[str]
                 subparsers += choices.values()
 
 
+@pytest.mark.parametrize("argv", [["run", "--translate", "de,,fr"],
+                                  ["bench", "translation", "--translate", "de,"],
+                                  ["bench", "all", "--translate", ","]])
+def test_an_empty_language_code_is_refused(capsys: pytest.CaptureFixture[str],
+                                           argv: list[str]) -> None:
+    line = usage_error(capsys, argv)
+    assert "argument --translate:" in line
+    assert "language code" in line
+
+
 def test_format_without_out_or_empty_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--input", str(SAMPLE), "--format", "srt", "--jsonl"]) == 2
     assert "add --out DIR" in one_error_line(capsys)
