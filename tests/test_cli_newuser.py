@@ -329,7 +329,8 @@ def test_bad_bench_flags_are_refused_by_the_parser(
     (["bench", "all", "--translate", "xx"], ("'xx'", "--translate", "Supported codes: af")),
     (["bench", "translation", "--translate", "de,xx"], ("'xx'", "--translate")),
     (["bench", "speakers", "--step", "3", "--window", "2"], ("--step (3)", "--window (2)")),
-    (["bench", "precision", "--audio-root", "no/such/folder"], ("--audio-root no/such/folder",)),
+    (["bench", "precision", "--audio-root", "no/such/folder"],
+     ("--audio-root no/such/folder", "relative to the current folder", "the real path")),
 ])
 def test_bench_flags_are_checked_before_the_models_load(
         argv: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
@@ -337,6 +338,18 @@ def test_bench_flags_are_checked_before_the_models_load(
     line = one_error_line(capsys)
     for needle in needles:
         assert needle in line
+
+
+@pytest.mark.usefixtures("no_models")
+def test_a_missing_default_audio_root_says_where_it_was_looked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "precision"]) == 2
+    line = one_error_line(capsys)
+    assert f"--audio-root ../shared/audio is not a folder (relative to the current folder " \
+           f"{tmp_path})" in line
+    assert "e.g. --audio-root ../shared/audio" not in line  # not the path that just failed
 
 
 @pytest.mark.usefixtures("no_models")

@@ -10,9 +10,11 @@ import argparse
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from harken.app.bench.architectures import mbart50_sized_tokenizer
 from harken.app.bench.tasks import RANDOM_TRANSLATION_ARCH
+from harken.app.config import printable
 from harken.models.errors import AudioFileError, ConfigError, ModelError
 from harken.models.loading import check_head, load_part, resolve_device, resolve_precision
 from harken.models.translation import TASK as TRANSLATION_TASK
@@ -34,8 +36,13 @@ def check_bench_args(args: argparse.Namespace) -> None:
                           f"({args.window:g}): each analysis adds --step of new speech to a "
                           "--window; lower --step or raise --window")
     if args.bench_command == "precision" and not args.audio_root.is_dir():
-        raise AudioFileError(f"--audio-root {args.audio_root} is not a folder; pass the shared "
-                             "real-speech folder, e.g. --audio-root ../shared/audio")
+        root: Path = args.audio_root
+        # The default (../shared/audio) is relative: say from where it was looked for.
+        where = "" if root.is_absolute() else \
+            f" (relative to the current folder {printable(str(Path.cwd()))})"
+        raise AudioFileError(f"--audio-root {printable(str(root))} is not a folder{where}; "
+                             "pass the real path of the shared real-speech folder, e.g. "
+                             "--audio-root /path/to/shared/audio")
     if args.bench_command == "all":
         check_languages(RANDOM_TRANSLATION_ARCH, args.translate)
     elif args.bench_command == "translation":
