@@ -326,7 +326,8 @@ def test_bad_bench_flags_are_refused_by_the_parser(
 
 @pytest.mark.usefixtures("no_models")
 @pytest.mark.parametrize(("argv", "needles"), [
-    (["bench", "all", "--translate", "xx"], ("'xx'", "--translate", "Supported codes: af")),
+    (["bench", "all", "--translate", "xx"], ("'xx'", "--translate", "Supported codes: af",
+                                             "the bench's translation model (random weights")),
     (["bench", "translation", "--translate", "de,xx"], ("'xx'", "--translate")),
     (["bench", "speakers", "--step", "3", "--window", "2"], ("--step (3)", "--window (2)")),
     (["bench", "precision", "--audio-root", "no/such/folder"],
@@ -338,6 +339,8 @@ def test_bench_flags_are_checked_before_the_models_load(
     line = one_error_line(capsys)
     for needle in needles:
         assert needle in line
+    assert "in the config" not in line  # a bench reads no config file
+    assert "random:" not in line
 
 
 @pytest.mark.usefixtures("no_models")

@@ -15,7 +15,12 @@ from pathlib import Path
 from harken.app.bench.architectures import mbart50_sized_tokenizer
 from harken.app.bench.tasks import RANDOM_TRANSLATION_ARCH
 from harken.app.config import printable
-from harken.models.errors import AudioFileError, ConfigError, ModelError
+from harken.models.errors import (
+    AudioFileError,
+    ConfigError,
+    ModelError,
+    UnsupportedLanguageError,
+)
 from harken.models.loading import check_head, load_part, resolve_device, resolve_precision
 from harken.models.translation import TASK as TRANSLATION_TASK
 from harken.models.translation import resolve_languages
@@ -49,6 +54,11 @@ def check_bench_args(args: argparse.Namespace) -> None:
         check_languages(args.model, args.translate)
 
 
+CONFIG_TOKENS_HINT = " (or map a code to a token with translation.language_tokens in the config)"
+RANDOM_TRANSLATION_NAME = (f"the bench's translation model (random weights, "
+                           f"{RANDOM_TRANSLATION_ARCH} architecture, mBART-50 languages)")
+
+
 def check_languages(model: str, codes: list[str]) -> None:
     """UnsupportedLanguageError unless the model (its tokenizer alone) has every code."""
     if model == RANDOM_TRANSLATION_ARCH:
@@ -61,7 +71,17 @@ def check_languages(model: str, codes: list[str]) -> None:
         check_head(AutoModelForSpeechSeq2Seq, model, task=TRANSLATION_TASK)
         tokenizer = load_part(AutoTokenizer, model, part="tokenizer", task=TRANSLATION_TASK)
         model_id = model
-    resolve_languages(codes, tokenizer, model_id=model_id)
+    try:
+        resolve_languages(codes, tokenizer, model_id=model_id)
+    except UnsupportedLanguageError as exc:
+        # A bench reads no config (no translation.language_tokens), and its random model has
+        # no id a user would know.
+        text = str(exc).removesuffix(CONFIG_TOKENS_HINT)
+        if model == RANDOM_TRANSLATION_ARCH:
+            text = text.replace(repr(model_id), RANDOM_TRANSLATION_NAME, 1)
+        if text == str(exc):
+            raise
+        raise UnsupportedLanguageError(text) from exc
 
 
 #: bench command -> (model task in models/loading.py messages, the bench's flag, and how a
