@@ -368,10 +368,10 @@ def test_cuda_without_cuda_is_refused_before_the_models_load(
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
-    (["bench", "captions", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "captions", "--model", "owner/nosuch"], "--model /path/to/folder"),
     (["bench", "streams", "--model", "./no/such/folder"], "given with --model:"),
-    (["bench", "keywords", "--model", "nosuch"], "--model /path/to/folder"),
-    (["bench", "translation", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "keywords", "--model", "owner/nosuch"], "--model /path/to/folder"),
+    (["bench", "translation", "--model", "owner/nosuch"], "--model /path/to/folder"),
     (["bench", "speakers", "--architecture", "./no/sv,./no/sd"], "given with --architecture:"),
 ])
 def test_a_bench_model_error_names_the_flag_typed(
@@ -381,6 +381,25 @@ def test_a_bench_model_error_names_the_flag_typed(
     assert flag in line
     assert "-model" not in line.replace("--model", "")  # no --captions-model and the like
     assert "in the config" not in line
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["bench", "captions", "--model", "nosuch"], ("--model 'nosuch' is neither a folder nor a "
+                                                  "hub id", "hubert-base or hubert-large")),
+    (["bench", "streams", "--model", "hubert-larg"], ("did you mean --model hubert-large?",)),
+    (["bench", "keywords", "--model", "nosuch"], ("sew-d-mid",)),
+    (["bench", "translation", "--model", "nosuch"], ("xls-r-300m-en-to-15",)),
+    (["bench", "speakers", "--architecture", "nosv,nosd"], ("--architecture 'nosv'",
+                                                            "base or large")),
+])
+def test_a_bench_model_that_is_no_id_names_the_benchs_own_names(
+        argv: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    for needle in needles:
+        assert needle in line
+    assert "owner/name" in line
+    assert "models pull" not in line
 
 
 def test_a_model_path_is_quoted_as_typed_in_a_bench_error(

@@ -7,18 +7,24 @@ A mistake in a flag then fails in seconds, not after minutes of building full-si
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harken.app.bench.architectures import mbart50_sized_tokenizer
-from harken.app.bench.tasks import RANDOM_TRANSLATION_ARCH
+from harken.app.bench.architectures import (
+    RANDOM_CTC_ARCHS,
+    RANDOM_SPEAKER_ARCHS,
+    mbart50_sized_tokenizer,
+)
+from harken.app.bench.tasks import RANDOM_KEYWORD_ARCH, RANDOM_TRANSLATION_ARCH
 from harken.app.config import printable
 from harken.models.errors import (
     AudioFileError,
     ConfigError,
     ModelError,
+    ModelNotFoundError,
     UnsupportedLanguageError,
 )
 from harken.models.loading import check_head, load_part, resolve_device, resolve_precision
@@ -102,13 +108,48 @@ def _named(flag: str, folder: str) -> Callable[[re.Match[str]], str]:
     return name
 
 
+#: bench command -> its flag's own names (full-size architectures with random weights)
+ALIASES: dict[str, tuple[str, ...]] = {
+    "captions": RANDOM_CTC_ARCHS,
+    "streams": RANDOM_CTC_ARCHS,
+    "keywords": (RANDOM_KEYWORD_ARCH,),
+    "translation": (RANDOM_TRANSLATION_ARCH,),
+    "speakers": RANDOM_SPEAKER_ARCHS,
+}
+
+
+def _not_an_id(command: str, value: str) -> str | None:
+    """For a bench model value that is neither a folder nor an owner/name hub id (a
+    misspelt alias, `nosuch`): what the flag takes, as one line; else None."""
+    aliases = ALIASES.get(command)
+    if aliases is None:
+        return None
+    parts = value.split(",") if command == "speakers" else [value]
+    bad = [p for p in parts if "/" not in p.strip() and not Path(p).expanduser().exists()]
+    if not bad:
+        return None
+    flag = "--architecture" if command == "speakers" else "--model"
+    close = difflib.get_close_matches(bad[0].strip(), aliases, n=1, cutoff=0.6)
+    hint = f"did you mean {flag} {close[0]}? " if close else ""
+    checkpoint = "two checkpoints SPEAKER,DIARIZATION (each a folder or a hub id owner/name)" \
+        if command == "speakers" else "a checkpoint (a folder, or a hub id owner/name)"
+    return (f"{flag} {printable(bad[0])!r} is neither a folder nor a hub id (owner/name); "
+            f"{hint}{flag} takes {' or '.join(aliases)} (full-size, random weights) or "
+            f"{checkpoint}")
+
+
 @contextmanager
-def bench_model_flags(command: str) -> Iterator[None]:
+def bench_model_flags(command: str, value: str | None = None) -> Iterator[None]:
     """Model errors name the run's flags (--captions-model, and the config key); a bench
-    takes its model from --model (or --architecture): name that one."""
+    takes its model from --model (or --architecture): name that one. `value`: that flag's
+    value; a bare name that could not be loaded gets the bench's own names, not
+    `harken models pull`."""
     try:
         yield
     except ModelError as exc:
+        if isinstance(exc, ModelNotFoundError) and value is not None and \
+                (line := _not_an_id(command, value)) is not None:
+            raise ModelNotFoundError(line) from exc
         text = str(exc)
         for task, flag, folder in MODEL_FLAGS.get(command, ()):
             # "with --captions-model /path/to/folder" and "with --captions-model (or
