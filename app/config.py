@@ -522,7 +522,24 @@ def _closest_key(loc: tuple[str, ...]) -> str:
     known = [parent + name for name in model.model_fields]
     key = parent + _part(loc[-1])
     match = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    return f"; did you mean {match[0]}?" if match else ""
+    if match:
+        return f"; did you mean {match[0]}?"
+    # A setting written outside its section (`hop_s = 1` at the top of a file).
+    homes = [home for home in _sections_with(loc[-1]) if home != loc[:-1]]
+    return "; did you mean " + " or ".join(
+        f"{'.'.join(home)}.{loc[-1]} (under [{'.'.join(home)}])" for home in homes[:3]
+    ) + "?" if homes else ""
+
+
+def _sections_with(name: str, model: type[BaseModel] = HarkenConfig,
+                   at: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The sections (and their sub-sections, not tables) that have a setting `name`."""
+    found = [at] if at and name in model.model_fields else []
+    for field_name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            found += _sections_with(name, kind, (*at, field_name))
+    return found
 
 
 def _flag_name(key: str, names: dict[str, str]) -> str:
@@ -616,7 +633,10 @@ def _problem(err: Any, origins: dict[str, str]) -> str:
     expected."""
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(_part(p) for p in loc)
-    where = origins.get(key) or _where(key, origins)
+    # A list item (mqtt.allowed_sites.1) has no origin of its own: its list's is the one.
+    where = next((origins[k] for end in range(len(loc), 0, -1)
+                  if (k := ".".join(_part(p) for p in loc[:end])) in origins), None) \
+        or _where(key, origins)
     subject = f"{_echo(key)} ({where})" if where.startswith("from ") else _subject(key, where)
     got = f" is {_echo(repr(err['input']))}" if "input" in err and \
         not isinstance(err["input"], dict) else ""

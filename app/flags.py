@@ -205,9 +205,12 @@ def device_type(text: str) -> str:
 
 
 def _languages(text: str) -> list[str]:
-    codes = [c.strip() for c in text.split(",") if c.strip()]
-    if not codes:
+    codes = [c.strip() for c in text.split(",")]
+    if not any(codes):
         raise argparse.ArgumentTypeError("give at least one language code, e.g. --translate de")
+    if not all(codes):
+        raise argparse.ArgumentTypeError(f"an empty language code in {text!r}; separate the "
+                                         "codes with single commas, e.g. --translate de,fr")
     return codes
 
 
@@ -431,7 +434,9 @@ def add_load_bench_parsers(bsub: Any) -> None:
                      help="concurrent streams; a list runs each in turn, models loaded once "
                           "(with --find-capacity: the first N tried)")
     bst.add_argument("--find-capacity", action="store_true",
-                     help="largest N with final p95 < 0.5 s and no skipped finals")
+                     help="largest N that keeps up: final p95 < 0.5 s, VAD-split "
+                          "final p95 < 0.5 s + vad.split_search_s, no missing finals, "
+                          "no merged caption steps")
     bst.add_argument("--max-streams", type=count(1, 4096), default=512, metavar="N",
                      help="--find-capacity tries no more streams than this")
     bst.add_argument("--tasks", default="captions", metavar="captions[,speakers,keywords]")

@@ -13,7 +13,7 @@ from tiny_speaker_models import build_tiny_segmenter, build_tiny_xvector
 from tiny_task_models import build_tiny_keyword_model, build_tiny_translation_model
 
 from harken.app.bench.all import bench_all
-from harken.app.bench.streams import bench_streams, find_capacity, parse_tasks
+from harken.app.bench.streams import bench_streams, find_capacity, missed_reasons, parse_tasks
 from harken.app.cli import main
 from harken.app.tasks.loader import ModelLoader
 from harken.app.tasks.speakers import SpeakerModels
@@ -95,12 +95,26 @@ def test_bench_streams_runs_n_streams_through_one_worker(speech: Path,
     run = out["runs"][1]
     assert {"final_latency_p50_s", "final_latency_p95_s", "partial_latency_p95_s",
             "final_ready_latency_p95_s", "split_final_latency_p95_s", "finals", "split_finals",
-            "batch_sizes", "skipped", "finals_missing", "kept_up",
+            "batch_sizes", "skipped", "finals_missing", "kept_up", "missed",
             "event_loop_lag_p99_ms"} <= set(run)
+    assert run["kept_up"] == (run["missed"] == [])
     assert run["finals"] + run["split_finals"] == run["segments"] - run["finals_missing"]
     assert 0 < run["event_loop_busy"] <= 1.05  # CPU time of the loop's thread over wall time
     assert run["audio_s_per_stream"] == pytest.approx(SECONDS, abs=0.2)
     assert sum(run["batch_sizes"].values()) == run["batches"] > 0
+
+
+def test_missed_says_why_a_run_did_not_keep_up() -> None:
+    assert missed_reasons(final_p95=0.3, split_p95=2.0, split_bar=2.5, missing_finals=0,
+                          merged_steps=0) == []
+    missed = missed_reasons(final_p95=0.57, split_p95=2.6, split_bar=2.5, missing_finals=2,
+                            merged_steps=3)
+    assert missed == ["final p95 0.57 s >= 0.5 s", "split final p95 2.60 s >= 2.5 s",
+                      "3 caption steps merged", "2 finals missing"]
+    assert missed_reasons(final_p95=None, split_p95=None, split_bar=2.5, missing_finals=0,
+                          merged_steps=0) == ["no final after a pause"]
+    assert missed_reasons(final_p95=0.3, split_p95=None, split_bar=2.5, missing_finals=0,
+                          merged_steps=1) == ["1 caption step merged"]
 
 
 def test_find_capacity_doubles_then_bisects() -> None:

@@ -134,6 +134,16 @@ def test_no_flag_is_taken_for_an_abbreviation(capsys: pytest.CaptureFixture[str]
                 subparsers += choices.values()
 
 
+@pytest.mark.parametrize("argv", [["run", "--translate", "de,,fr"],
+                                  ["bench", "translation", "--translate", "de,"],
+                                  ["bench", "all", "--translate", ","]])
+def test_an_empty_language_code_is_refused(capsys: pytest.CaptureFixture[str],
+                                           argv: list[str]) -> None:
+    line = usage_error(capsys, argv)
+    assert "argument --translate:" in line
+    assert "language code" in line
+
+
 def test_format_without_out_or_empty_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--input", str(SAMPLE), "--format", "srt", "--jsonl"]) == 2
     assert "add --out DIR" in one_error_line(capsys)
@@ -316,10 +326,12 @@ def test_bad_bench_flags_are_refused_by_the_parser(
 
 @pytest.mark.usefixtures("no_models")
 @pytest.mark.parametrize(("argv", "needles"), [
-    (["bench", "all", "--translate", "xx"], ("'xx'", "--translate", "Supported codes: af")),
+    (["bench", "all", "--translate", "xx"], ("'xx'", "--translate", "Supported codes: af",
+                                             "the bench's translation model (random weights")),
     (["bench", "translation", "--translate", "de,xx"], ("'xx'", "--translate")),
     (["bench", "speakers", "--step", "3", "--window", "2"], ("--step (3)", "--window (2)")),
-    (["bench", "precision", "--audio-root", "no/such/folder"], ("--audio-root no/such/folder",)),
+    (["bench", "precision", "--audio-root", "no/such/folder"],
+     ("--audio-root no/such/folder", "relative to the current folder", "the real path")),
 ])
 def test_bench_flags_are_checked_before_the_models_load(
         argv: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
@@ -327,6 +339,20 @@ def test_bench_flags_are_checked_before_the_models_load(
     line = one_error_line(capsys)
     for needle in needles:
         assert needle in line
+    assert "in the config" not in line  # a bench reads no config file
+    assert "random:" not in line
+
+
+@pytest.mark.usefixtures("no_models")
+def test_a_missing_default_audio_root_says_where_it_was_looked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "precision"]) == 2
+    line = one_error_line(capsys)
+    assert f"--audio-root ../shared/audio is not a folder (relative to the current folder " \
+           f"{tmp_path})" in line
+    assert "e.g. --audio-root ../shared/audio" not in line  # not the path that just failed
 
 
 @pytest.mark.usefixtures("no_models")
@@ -342,10 +368,10 @@ def test_cuda_without_cuda_is_refused_before_the_models_load(
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
-    (["bench", "captions", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "captions", "--model", "owner/nosuch"], "--model /path/to/folder"),
     (["bench", "streams", "--model", "./no/such/folder"], "given with --model:"),
-    (["bench", "keywords", "--model", "nosuch"], "--model /path/to/folder"),
-    (["bench", "translation", "--model", "nosuch"], "--model /path/to/folder"),
+    (["bench", "keywords", "--model", "owner/nosuch"], "--model /path/to/folder"),
+    (["bench", "translation", "--model", "owner/nosuch"], "--model /path/to/folder"),
     (["bench", "speakers", "--architecture", "./no/sv,./no/sd"], "given with --architecture:"),
 ])
 def test_a_bench_model_error_names_the_flag_typed(
@@ -355,6 +381,25 @@ def test_a_bench_model_error_names_the_flag_typed(
     assert flag in line
     assert "-model" not in line.replace("--model", "")  # no --captions-model and the like
     assert "in the config" not in line
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["bench", "captions", "--model", "nosuch"], ("--model 'nosuch' is neither a folder nor a "
+                                                  "hub id", "hubert-base or hubert-large")),
+    (["bench", "streams", "--model", "hubert-larg"], ("did you mean --model hubert-large?",)),
+    (["bench", "keywords", "--model", "nosuch"], ("sew-d-mid",)),
+    (["bench", "translation", "--model", "nosuch"], ("xls-r-300m-en-to-15",)),
+    (["bench", "speakers", "--architecture", "nosv,nosd"], ("--architecture 'nosv'",
+                                                            "base or large")),
+])
+def test_a_bench_model_that_is_no_id_names_the_benchs_own_names(
+        argv: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    for needle in needles:
+        assert needle in line
+    assert "owner/name" in line
+    assert "models pull" not in line
 
 
 def test_a_model_path_is_quoted_as_typed_in_a_bench_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,19 @@ def test_a_list_env_value_that_is_not_json_says_how_to_write_it(
         load_config()
     monkeypatch.setenv("HARKEN_TRANSLATION__LANGUAGES", '["de"]')
     assert load_config().config.translation.languages == ["de"]
+
+
+def test_a_bad_list_item_names_where_its_list_was_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_MQTT__ALLOWED_SITES", '["a", 3]')
+    with pytest.raises(ConfigError, match=r"^environment variable HARKEN_MQTT__ALLOWED_SITES "
+                                          r"\(mqtt.allowed_sites.1\) is 3"):
+        load_config()
+    monkeypatch.delenv("HARKEN_MQTT__ALLOWED_SITES")
+    path = write(tmp_path, '[translation]\nlanguages = ["de", 5]\n')
+    with pytest.raises(ConfigError, match=rf"^translation.languages.1 in {re.escape(str(path))} "
+                                          "is 5"):
+        load_config(path)
 
 
 def test_missing_explicit_file(tmp_path: Path) -> None:
@@ -224,6 +238,8 @@ def test_many_problems_are_capped_and_long_keys_shortened(tmp_path: Path) -> Non
     ("[captions]\nhopp_s = 1\n", "did you mean captions.hop_s?", ""),
     ("[captionz]\nhop_s = 1\n", "did you mean captions?", ""),
     ("[vad]\ncaptions = 1\n", "vad.captions in", "did you mean"),
+    ("hop_s = 1\n", "did you mean captions.hop_s (under [captions]) or", "remove it"),
+    ("[vad]\ndevice_type = 1\n", "did you mean compute.device_type (under [compute])?", ""),
     ('[speakers.calibration."org/m"]\ndelta_nw = 0.3\n',
      'did you mean speakers.calibration."org/m".delta_new?', ""),
 ])

@@ -549,3 +549,31 @@ def test_embedded_setup_runs_the_broker_in_a_thread_around_the_session() -> None
     with setup.broker():
         payload = asyncio.run(session())
     assert b'"final 1"' in payload
+
+
+CTRL_C_CHILD = """
+import asyncio, os, signal
+from harken.engine.mqtt.broker import EmbeddedBroker
+
+async def main():
+    got = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, got.set)
+    async with EmbeddedBroker(port=0) as embedded:
+        os.killpg(0, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+        await asyncio.wait_for(got.wait(), 5)
+        await asyncio.sleep(0.5)  # time for mosquitto to exit, were it hit
+        print("running" if embedded.running else "stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_ctrl_c_in_the_terminal_leaves_the_embedded_broker_to_the_session() -> None:
+    """The first Ctrl-C still publishes the last finals: the broker must outlive it (it
+    is stopped with the session), or the sink logs a false retry on the way out."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CTRL_C_CHILD, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)  # its own group to signal
+    async with asyncio.timeout(WAIT_S * 3):
+        out, err = await child.communicate()
+    assert (out.decode().strip(), child.returncode) == ("running", 0), err.decode()

@@ -7,13 +7,26 @@ A mistake in a flag then fails in seconds, not after minutes of building full-si
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from harken.app.bench.architectures import mbart50_sized_tokenizer
-from harken.app.bench.tasks import RANDOM_TRANSLATION_ARCH
-from harken.models.errors import AudioFileError, ConfigError, ModelError
+from harken.app.bench.architectures import (
+    RANDOM_CTC_ARCHS,
+    RANDOM_SPEAKER_ARCHS,
+    mbart50_sized_tokenizer,
+)
+from harken.app.bench.tasks import RANDOM_KEYWORD_ARCH, RANDOM_TRANSLATION_ARCH
+from harken.app.config import printable
+from harken.models.errors import (
+    AudioFileError,
+    ConfigError,
+    ModelError,
+    ModelNotFoundError,
+    UnsupportedLanguageError,
+)
 from harken.models.loading import check_head, load_part, resolve_device, resolve_precision
 from harken.models.translation import TASK as TRANSLATION_TASK
 from harken.models.translation import resolve_languages
@@ -34,12 +47,22 @@ def check_bench_args(args: argparse.Namespace) -> None:
                           f"({args.window:g}): each analysis adds --step of new speech to a "
                           "--window; lower --step or raise --window")
     if args.bench_command == "precision" and not args.audio_root.is_dir():
-        raise AudioFileError(f"--audio-root {args.audio_root} is not a folder; pass the shared "
-                             "real-speech folder, e.g. --audio-root ../shared/audio")
+        root: Path = args.audio_root
+        # The default (../shared/audio) is relative: say from where it was looked for.
+        where = "" if root.is_absolute() else \
+            f" (relative to the current folder {printable(str(Path.cwd()))})"
+        raise AudioFileError(f"--audio-root {printable(str(root))} is not a folder{where}; "
+                             "pass the real path of the shared real-speech folder, e.g. "
+                             "--audio-root /path/to/shared/audio")
     if args.bench_command == "all":
         check_languages(RANDOM_TRANSLATION_ARCH, args.translate)
     elif args.bench_command == "translation":
         check_languages(args.model, args.translate)
+
+
+CONFIG_TOKENS_HINT = " (or map a code to a token with translation.language_tokens in the config)"
+RANDOM_TRANSLATION_NAME = (f"the bench's translation model (random weights, "
+                           f"{RANDOM_TRANSLATION_ARCH} architecture, mBART-50 languages)")
 
 
 def check_languages(model: str, codes: list[str]) -> None:
@@ -54,7 +77,17 @@ def check_languages(model: str, codes: list[str]) -> None:
         check_head(AutoModelForSpeechSeq2Seq, model, task=TRANSLATION_TASK)
         tokenizer = load_part(AutoTokenizer, model, part="tokenizer", task=TRANSLATION_TASK)
         model_id = model
-    resolve_languages(codes, tokenizer, model_id=model_id)
+    try:
+        resolve_languages(codes, tokenizer, model_id=model_id)
+    except UnsupportedLanguageError as exc:
+        # A bench reads no config (no translation.language_tokens), and its random model has
+        # no id a user would know.
+        text = str(exc).removesuffix(CONFIG_TOKENS_HINT)
+        if model == RANDOM_TRANSLATION_ARCH:
+            text = text.replace(repr(model_id), RANDOM_TRANSLATION_NAME, 1)
+        if text == str(exc):
+            raise
+        raise UnsupportedLanguageError(text) from exc
 
 
 #: bench command -> (model task in models/loading.py messages, the bench's flag, and how a
@@ -75,13 +108,48 @@ def _named(flag: str, folder: str) -> Callable[[re.Match[str]], str]:
     return name
 
 
+#: bench command -> its flag's own names (full-size architectures with random weights)
+ALIASES: dict[str, tuple[str, ...]] = {
+    "captions": RANDOM_CTC_ARCHS,
+    "streams": RANDOM_CTC_ARCHS,
+    "keywords": (RANDOM_KEYWORD_ARCH,),
+    "translation": (RANDOM_TRANSLATION_ARCH,),
+    "speakers": RANDOM_SPEAKER_ARCHS,
+}
+
+
+def _not_an_id(command: str, value: str) -> str | None:
+    """For a bench model value that is neither a folder nor an owner/name hub id (a
+    misspelt alias, `nosuch`): what the flag takes, as one line; else None."""
+    aliases = ALIASES.get(command)
+    if aliases is None:
+        return None
+    parts = value.split(",") if command == "speakers" else [value]
+    bad = [p for p in parts if "/" not in p.strip() and not Path(p).expanduser().exists()]
+    if not bad:
+        return None
+    flag = "--architecture" if command == "speakers" else "--model"
+    close = difflib.get_close_matches(bad[0].strip(), aliases, n=1, cutoff=0.6)
+    hint = f"did you mean {flag} {close[0]}? " if close else ""
+    checkpoint = "two checkpoints SPEAKER,DIARIZATION (each a folder or a hub id owner/name)" \
+        if command == "speakers" else "a checkpoint (a folder, or a hub id owner/name)"
+    return (f"{flag} {printable(bad[0])!r} is neither a folder nor a hub id (owner/name); "
+            f"{hint}{flag} takes {' or '.join(aliases)} (full-size, random weights) or "
+            f"{checkpoint}")
+
+
 @contextmanager
-def bench_model_flags(command: str) -> Iterator[None]:
+def bench_model_flags(command: str, value: str | None = None) -> Iterator[None]:
     """Model errors name the run's flags (--captions-model, and the config key); a bench
-    takes its model from --model (or --architecture): name that one."""
+    takes its model from --model (or --architecture): name that one. `value`: that flag's
+    value; a bare name that could not be loaded gets the bench's own names, not
+    `harken models pull`."""
     try:
         yield
     except ModelError as exc:
+        if isinstance(exc, ModelNotFoundError) and value is not None and \
+                (line := _not_an_id(command, value)) is not None:
+            raise ModelNotFoundError(line) from exc
         text = str(exc)
         for task, flag, folder in MODEL_FLAGS.get(command, ()):
             # "with --captions-model /path/to/folder" and "with --captions-model (or

@@ -10,9 +10,9 @@ Reports final (after a pause; VAD splits apart) and partial caption latency p50/
 streams, skipped steps, finals vs segments, the batch-size histogram, compute per
 stream-second, and GPU memory/utilisation on CUDA. `--find-capacity` doubles N while the run
 keeps up (p95 of the finals after a pause under the target, that of the VAD splits' finals
-under the target plus split_search_s, no missing or skipped finals; a run with no final
-after a pause does not count as keeping up), then bisects between the last N that kept up
-and the first that did not.
+under the target plus split_search_s, no missing finals, no merged caption steps; a run with
+no final after a pause does not count as keeping up; each run's "missed" lists why not),
+then bisects between the last N that kept up and the first that did not.
 """
 
 from __future__ import annotations
@@ -237,10 +237,12 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         "event_loop_busy": round(loop_cpu / wall, 3),
         "event_loop_lag_p99_ms": lags.percentile(99),
         "rss_mb": round(rss_mb(), 1),
-        "kept_up": p95 is not None and p95 < FINAL_P95_TARGET_S and missing_finals == 0
-        and skipped["caption_steps_merged"] == 0
-        and (split_p95 is None or split_p95 < split_bar),
     }
+    missed = missed_reasons(final_p95=p95, split_p95=split_p95, split_bar=split_bar,
+                            missing_finals=missing_finals,
+                            merged_steps=skipped["caption_steps_merged"])
+    result["kept_up"] = not missed
+    result["missed"] = missed
     if not segments:
         result["note"] = ("no speech segment ended in this run, so it measured nothing: "
                           "give more --seconds (the default conversation's first speech "
@@ -252,6 +254,23 @@ def run_streams(n: int, *, models: ModelLoader, tasks: Sequence[str], samples: n
         except (ModuleNotFoundError, RuntimeError) as exc:  # needs pynvml
             result["gpu_utilization_pct"] = f"unavailable ({exc})"
     return result
+
+
+def missed_reasons(*, final_p95: float | None, split_p95: float | None, split_bar: float,
+                   missing_finals: int, merged_steps: int) -> list[str]:
+    """Why a run did not keep up, one short reason each; empty when it kept up."""
+    missed: list[str] = []
+    if final_p95 is None:
+        missed.append("no final after a pause")
+    elif final_p95 >= FINAL_P95_TARGET_S:
+        missed.append(f"final p95 {final_p95:.2f} s >= {FINAL_P95_TARGET_S} s")
+    if split_p95 is not None and split_p95 >= split_bar:
+        missed.append(f"split final p95 {split_p95:.2f} s >= {split_bar:g} s")
+    if merged_steps:
+        missed.append(f"{merged_steps} caption step{'s' * (merged_steps != 1)} merged")
+    if missing_finals:
+        missed.append(f"{missing_finals} final{'s' * (missing_finals != 1)} missing")
+    return missed
 
 
 def find_capacity(trial: Any, *, start: int, limit: int) -> tuple[int, list[dict[str, Any]]]:

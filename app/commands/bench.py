@@ -66,7 +66,8 @@ def _figures(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    with bench_model_flags(args.bench_command):
+    model = getattr(args, "architecture" if args.bench_command == "speakers" else "model", None)
+    with bench_model_flags(args.bench_command, model if isinstance(model, str) else None):
         check_bench_args(args)  # before any model loads
         figures = _figures(args)
     print(json.dumps(figures, indent=None if args.json else 2))

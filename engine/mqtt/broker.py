@@ -137,9 +137,12 @@ class EmbeddedBroker:
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError(NOT_INSTALLED)
+        # A process group of its own: the terminal's Ctrl-C (sent to the whole foreground
+        # group) must not stop the broker under the session, whose first Ctrl-C still
+        # publishes the last finals; the session stops it once they are out.
         process = await asyncio.create_subprocess_exec(
             binary, "-c", str(self._config()), stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            stderr=asyncio.subprocess.STDOUT, process_group=0)
         self._process = process
         try:
             await asyncio.wait_for(_wait_running(process), MOSQUITTO_START_TIMEOUT_S)
