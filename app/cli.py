@@ -139,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt as exc:
         print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
-        terminated = isinstance(exc, Terminated) or _TERM_RECEIVED.is_set() or \
-            getattr(exc, "signum", None) == signal.SIGTERM  # app/session.py Stopped
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        if isinstance(exc, Terminated) or _TERM_RECEIVED.is_set():
+            return EXIT_TERMINATED
+        signum = getattr(exc, "signum", None)  # app/session.py Stopped: 128 + the signal
+        return 128 + signum if isinstance(signum, int) else EXIT_INTERRUPTED
     except BaseException as exc:  # unwrap TaskGroup groups to find the user-facing error
         if _find(exc, BrokenPipeError):
             # The reader went away (`harken run --jsonl | head`): stop quietly, like cat does.

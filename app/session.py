@@ -5,6 +5,7 @@ the session is also what runtime controls act on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -322,11 +323,14 @@ class Session:
     # ------------------------------------------------------------------ run
 
     async def run_stoppable(self) -> Engine:
-        """run(), where the first Ctrl-C or SIGTERM ends the input and lets every open
-        segment finish (its final made and written), and a second one stops at once.
-        Raises Stopped after a stop that finished. Main thread only (signal handlers)."""
+        """run(), where the first Ctrl-C, SIGTERM or SIGHUP (the terminal closed) ends the
+        input and lets every open segment finish (its final made and written), and a second
+        one stops at once. Raises Stopped after a stop that finished. Main thread only
+        (signal handlers)."""
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM)
+        # SIGHUP too: the embedded broker runs in its own process group (engine/mqtt/broker.py),
+        # so only a clean stop ends it when the terminal goes away.
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {sig: signal.getsignal(sig) for sig in signals}
         received: list[int] = []
 
@@ -338,9 +342,11 @@ class Session:
         def on_signal(signum: int) -> None:
             received.append(signum)
             if len(received) == 1 and self.engine is not None:
-                print("\nharken: stopping: finishing the speech already heard "
-                      "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
                 self.engine.stop()
+                # After a hangup the terminal may be gone: the stop goes on without a word.
+                with contextlib.suppress(OSError):
+                    print("\nharken: stopping: finishing the speech already heard "
+                          "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
                 return
             restore()  # the usual way: cancel now, outputs flushed and closed
             signal.raise_signal(signum)

@@ -35,18 +35,20 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                              (signal.SIGHUP, 129)])
 def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path,
                                                   signum: int, code: int) -> None:
-    """Ctrl-C, or SIGTERM as systemd sends it to a daemon; with SIGTERM the run also has an
-    embedded broker, which must stop with it (a stray one would hold the port)."""
+    """Ctrl-C, SIGTERM as systemd sends it to a daemon, or SIGHUP when the terminal closes;
+    with SIGTERM and SIGHUP the run also has an embedded broker (in a process group of its
+    own), which must stop with it (a stray one would hold the port)."""
     model = build_tiny_ctc("hubert", tmp_path / "model")
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
     env.update(HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
     broker: list[str] = []
     port = _free_port()
-    if signum == signal.SIGTERM and shutil.which("mosquitto"):
+    if signum in (signal.SIGTERM, signal.SIGHUP) and shutil.which("mosquitto"):
         broker = ["--mqtt", "embedded"]
         env["HARKEN_MQTT__EMBEDDED_PORT"] = str(port)
     proc = subprocess.Popen(
