@@ -10,37 +10,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import sys
 import time
-import wave
 from pathlib import Path
 
 import aiomqtt
-import numpy as np
 import soundfile as sf
 import soxr
 
-RATE = 16_000  # Hz, what Rhasspy satellites send
+from harken.app.bench.soak import wav_frame
+from harken.models.audio import SAMPLE_RATE
+
 FRAME_SAMPLES = 512  # 32 ms per message
 
 
 def frames(path: Path) -> list[bytes]:
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     mono = audio.mean(axis=1)
-    if rate != RATE:
-        mono = soxr.resample(mono, rate, RATE)
-    pcm = np.round(np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
-    out = []
-    for start in range(0, pcm.size, FRAME_SAMPLES):
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(pcm[start:start + FRAME_SAMPLES].tobytes())
-        out.append(buf.getvalue())
-    return out
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE)
+    # The same 16-bit WAV chunks as the soak's synthetic satellites.
+    return [wav_frame(mono[start:start + FRAME_SAMPLES])
+            for start in range(0, mono.size, FRAME_SAMPLES)]
 
 
 async def send(args: argparse.Namespace) -> None:
@@ -50,9 +41,9 @@ async def send(args: argparse.Namespace) -> None:
         t0 = time.monotonic()
         for i, payload in enumerate(payloads):
             # Real time: frame i is sent when its audio would have been recorded.
-            await asyncio.sleep(max(0.0, t0 + i * FRAME_SAMPLES / RATE - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + i * FRAME_SAMPLES / SAMPLE_RATE - time.monotonic()))
             await client.publish(topic, payload)
-    print(f"sent {len(payloads)} frames ({len(payloads) * FRAME_SAMPLES / RATE:.1f} s) "
+    print(f"sent {len(payloads)} frames ({len(payloads) * FRAME_SAMPLES / SAMPLE_RATE:.1f} s) "
           f"to {topic}")
 
 
