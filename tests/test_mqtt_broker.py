@@ -577,3 +577,38 @@ async def test_ctrl_c_in_the_terminal_leaves_the_embedded_broker_to_the_session(
     async with asyncio.timeout(WAIT_S * 3):
         out, err = await child.communicate()
     assert (out.decode().strip(), child.returncode) == ("running", 0), err.decode()
+
+
+KILLED_CHILD = """
+import sys, threading, time
+from harken.app.mqtt import BrokerThread
+from harken.engine.mqtt.broker import EmbeddedBroker
+
+with BrokerThread(EmbeddedBroker(port=int(sys.argv[1]))):
+    print("up", flush=True)
+    time.sleep(60)
+"""
+
+
+async def test_the_embedded_broker_ends_when_harken_is_killed(tmp_path: Path) -> None:
+    """In a process group of its own, the broker would outlive a Harken that is killed
+    (SIGKILL, a closed terminal) and hold its port; the kernel ends it instead."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLED_CHILD, str(port), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(WAIT_S * 3):
+        assert child.stdout is not None
+        assert (await child.stdout.readline()).strip() == b"up", await child.stderr.read()
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+        while True:  # mosquitto gets SIGTERM from the kernel and lets the port go
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            await asyncio.sleep(0.1)

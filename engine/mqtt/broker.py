@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from harken.engine.mqtt.client import MqttSettings
 from harken.models.errors import BrokerError
@@ -38,6 +41,26 @@ DEFAULT_PORT = 1883
 MOSQUITTO_START_TIMEOUT_S = 10.0
 MOSQUITTO_STOP_TIMEOUT_S = 5.0
 MAX_PACKET_BYTES = 1024 * 1024  # larger MQTT packets are refused by the broker itself
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """Linux: a preexec function that asks the kernel to send the child SIGTERM when the
+    thread that started it ends. The broker runs in a process group of its own (a
+    terminal's Ctrl-C must not stop it under the session), so this is what ends it when
+    Harken ends without a clean stop: a closed terminal in the terminal app, SIGKILL."""
+    try:
+        prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: no such call
+        return None
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return die_with_parent
+
+
+_DIE_WITH_PARENT = _pdeathsig()
 SBIN_PATH = "/usr/sbin:/usr/local/sbin"
 _LOG_TAIL_LINES = 3  # broker log lines quoted when it fails to start
 
@@ -139,10 +162,12 @@ class EmbeddedBroker:
             raise BrokerError(NOT_INSTALLED)
         # A process group of its own: the terminal's Ctrl-C (sent to the whole foreground
         # group) must not stop the broker under the session, whose first Ctrl-C still
-        # publishes the last finals; the session stops it once they are out.
+        # publishes the last finals; the session stops it once they are out. It starts in
+        # the broker's own thread, which lives as long as the broker: when that thread or
+        # the whole process ends, the kernel stops mosquitto (_DIE_WITH_PARENT).
         process = await asyncio.create_subprocess_exec(
             binary, "-c", str(self._config()), stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, process_group=0)
+            stderr=asyncio.subprocess.STDOUT, process_group=0, preexec_fn=_DIE_WITH_PARENT)
         self._process = process
         try:
             await asyncio.wait_for(_wait_running(process), MOSQUITTO_START_TIMEOUT_S)
