@@ -116,6 +116,16 @@ def test_site_ids_keep_no_invisible_or_control_characters(raw: str) -> None:
     assert satellite_id("e\u0301te\u0301") == "e\u0301te\u0301"  # combining accents too
 
 
+def test_a_huge_site_name_is_cleaned_from_its_head_and_hashed_whole() -> None:
+    huge = "kitchen\u200b" + "x" * 65_000  # a topic level may be 64 KiB
+    other = "kitchen\u200b" + "x" * 64_999 + "y"
+    site = satellite_id(huge)
+    assert site.startswith("kitchen_x")
+    assert len(site) <= MAX_SITE_LEN
+    assert site.isprintable()
+    assert satellite_id(other) != site  # the hash covers the whole name
+
+
 def test_no_name_takes_another_satellites_id() -> None:
     hashed = satellite_id("living room")
     assert hashed.startswith("living_room-")

@@ -44,6 +44,7 @@ _TOPIC_UNSAFE = re.compile(r"[+#/\s\x00-\x1f\x7f]+")
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]+")
 MAX_SITE_LEN = 64  # characters
+SANITIZE_CHARS = 4 * MAX_SITE_LEN  # characters of a name cleaned; a hash covers the rest
 HA_ID_HASH_HEX = 16  # hex digits (64 bits): finding a second name with one is out of reach
 # What a hashed Home Assistant id ends with; a plain id must not look like one.
 SAT_ID_HASH_HEX = 16  # hex digits of a satellite id's hash: 64 bits, not worth searching
@@ -65,8 +66,12 @@ def sanitize_level(name: str, *, fallback: str) -> str:
     Runs of unsafe characters become `_`; a leading `$` (reserved for broker topics) is
     dropped; an empty result becomes `fallback`.
     """
-    visible = "".join(" " if unicodedata.category(ch) in _INVISIBLE else ch for ch in name)
-    cleaned = _TOPIC_UNSAFE.sub("_", visible.strip()).strip("_").lstrip("$")
+    # Only the head can survive the cut to MAX_SITE_LEN; bounding it bounds the per-character
+    # pass, which runs for every satellite frame (a topic level may be 64 KiB long).
+    head = name[:SANITIZE_CHARS]
+    if not head.isprintable():
+        head = "".join(" " if unicodedata.category(ch) in _INVISIBLE else ch for ch in head)
+    cleaned = _TOPIC_UNSAFE.sub("_", head.strip()).strip("_").lstrip("$")
     return cleaned[:MAX_SITE_LEN] or fallback
 
 
