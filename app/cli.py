@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
 import signal
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = command.run(args)
         return code
     except KeyboardInterrupt as exc:
-        print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
+        with contextlib.suppress(OSError):  # after a hangup the terminal may be gone
+            print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
         if isinstance(exc, Terminated) or _TERM_RECEIVED.is_set():
             return EXIT_TERMINATED
         signum = getattr(exc, "signum", None)  # app/session.py Stopped: 128 + the signal

@@ -330,14 +330,19 @@ class Session:
         loop = asyncio.get_running_loop()
         # SIGHUP too: the embedded broker runs in its own process group (engine/mqtt/broker.py),
         # so only a clean stop ends it when the terminal goes away.
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # Not under nohup (or `trap '' HUP`): an ignored hangup stays ignored.
+        hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+        signals = (signal.SIGINT, signal.SIGTERM, *hangup)
         previous = {sig: signal.getsignal(sig) for sig in signals}
         received: list[int] = []
 
         def restore() -> None:
             for sig in signals:
                 loop.remove_signal_handler(sig)
-                signal.signal(sig, previous[sig])
+                # SIGHUP's default would kill the process unflushed (a closing terminal
+                # often hangs up twice): from now on it stops at once, as a second Ctrl-C.
+                hup_default = sig == signal.SIGHUP and previous[sig] is signal.SIG_DFL
+                signal.signal(sig, signal.default_int_handler if hup_default else previous[sig])
 
         def on_signal(signum: int) -> None:
             received.append(signum)

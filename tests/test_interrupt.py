@@ -35,10 +35,12 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143),
-                                              (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(("signum", "code", "times"), [
+    (signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 1), (signal.SIGHUP, 129, 1),
+    (signal.SIGHUP, 130, 2),  # a closing terminal often hangs up twice: stop at once, flushed
+])
 def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path,
-                                                  signum: int, code: int) -> None:
+                                                  signum: int, code: int, times: int) -> None:
     """Ctrl-C, SIGTERM as systemd sends it to a daemon, or SIGHUP when the terminal closes;
     with SIGTERM and SIGHUP the run also has an embedded broker (in a process group of its
     own), which must stop with it (a stray one would hold the port)."""
@@ -65,7 +67,9 @@ def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: P
                 pytest.fail(f"harken exited early: {proc.communicate()}")
             time.sleep(0.2)
         assert srt.read_text().strip(), "no final caption was written within 120 s"
-        proc.send_signal(signum)
+        for _ in range(times):
+            proc.send_signal(signum)
+            time.sleep(0.05)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
