@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,28 @@ class ListSource:
             await asyncio.sleep(self.pace_s)
 
 
-class SegmentEcho:
+class QuietStage:
+    """The Stage methods a test stage rarely needs: no counters, no latencies, no
+    background events."""
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def latencies(self) -> dict[str, float | None]:
+        return {}
+
+    def background(self) -> AsyncIterator[Event] | None:
+        return None
+
+
+def labelled(event: Event, speaker: str) -> Event:
+    """A test annotator's answer: a caption final with `speaker` filled in."""
+    if isinstance(event, CaptionFinal):
+        return dataclasses.replace(event, speaker=speaker)
+    return event
+
+
+class SegmentEcho(QuietStage):
     """A stage that emits one final per segment with the number of samples it received."""
 
     name = "echo"
@@ -87,12 +109,6 @@ class SegmentEcho:
 
     def counters(self) -> dict[str, int]:
         return {"echo_segments": len(self.samples)}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> AsyncIterator[Event] | None:
-        return None
 
 
 async def run_engine(source: Any, *, engine_ref: list[Engine] | None = None,

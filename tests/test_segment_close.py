@@ -4,12 +4,11 @@ a caption final that goes out once its speaker is decided, a step superseded by 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 
 import numpy as np
 import pytest
-from test_pipeline import ListSource, SegmentEcho, run_engine, sample
+from test_pipeline import ListSource, SegmentEcho, labelled, run_engine, sample
 from test_speakers_stage import OPTIONS, BandEmbedder, BandSegmenter
 from tiny_speaker_models import voice
 
@@ -99,9 +98,7 @@ class Annotating(SegmentEcho):
         return []
 
     def annotate(self, event: Event) -> Event:
-        if isinstance(event, CaptionFinal):
-            return dataclasses.replace(event, speaker="S1")
-        return event
+        return labelled(event, "S1")
 
     def settled(self, event: Event) -> bool:
         return self._settled
@@ -238,9 +235,7 @@ class LabelOnly(SegmentEcho):
         return []
 
     def annotate(self, event: Event) -> Event:
-        if isinstance(event, CaptionFinal):
-            return dataclasses.replace(event, speaker="Ann")
-        return event
+        return labelled(event, "Ann")
 
 
 @pytest.mark.parametrize("live", [True, False])

@@ -4,13 +4,12 @@ superseded step, an annotator that settles early or late, and a background stage
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from test_pipeline import ListSource, run_engine, sample
+from test_pipeline import ListSource, QuietStage, labelled, run_engine, sample
 
 from harken.engine.events import (
     CaptionFinal,
@@ -27,7 +26,7 @@ from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 
 
-class _Base:
+class _Base(QuietStage):
     name = "base"
 
     def __init__(self, ctx: StageContext, rng: random.Random) -> None:
@@ -42,15 +41,6 @@ class _Base:
 
     def on_audio(self, audio: SegmentAudio) -> None:
         pass
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> AsyncIterator[Event] | None:
-        return None
 
     async def _nap(self) -> None:
         await asyncio.sleep(self.rng.choice([0, 0, 0.001, 0.005, 0.02, 0.08]))
@@ -115,9 +105,7 @@ class Speakers(_Base):
         return []
 
     def annotate(self, event: Event) -> Event:
-        if isinstance(event, CaptionFinal):
-            return dataclasses.replace(event, speaker="S1")
-        return event
+        return labelled(event, "S1")
 
     def settled(self, event: Event) -> bool:
         return self.rng.random() < 0.5
