@@ -21,6 +21,7 @@ from types import TracebackType
 
 import numpy as np
 import pytest
+from test_pipeline import QuietStage
 
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event
@@ -440,7 +441,7 @@ def test_idle_sites_are_evicted_their_stream_ends_and_their_clock_carries_on() -
 # ------------------------------------------------------- thousands of sites, real engine
 
 
-class SegmentStage:
+class SegmentStage(QuietStage):
     """No model: one final per VAD segment."""
 
     name = "segments"
@@ -462,15 +463,6 @@ class SegmentStage:
         start = self.starts.pop(end.segment) / SAMPLE_RATE
         return [CaptionFinal(stream=self.stream, start=start, end=end.end / SAMPLE_RATE,
                              segment=end.segment, text="x")]
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> AsyncIterator[Event] | None:
-        return None
 
 
 def segment_stage(ctx: StageContext) -> Stage:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from test_pipeline import QuietStage
 from tiny_speaker_models import voice
 
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn, StreamError
@@ -96,7 +97,7 @@ class BandEmbedder:
         return np.asarray((weights.T @ features) / total[:, None], dtype=np.float32)
 
 
-class FinalStage:
+class FinalStage(QuietStage):
     """Emits a bare caption final per segment, for the speakers stage to label."""
 
     name = "finals"
@@ -117,15 +118,6 @@ class FinalStage:
     async def on_end(self, end: SegmentEnd) -> list[Event]:
         return [CaptionFinal(stream=self.stream, start=self.start / SAMPLE_RATE,
                              end=end.end / SAMPLE_RATE, segment=end.segment, text="words")]
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> AsyncIterator[Event] | None:
-        return None
 
 
 OPTIONS = DiarizationOptions(clustering=ClusteringOptions(delta_new=0.5))

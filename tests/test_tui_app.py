@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from rich.text import Text
+from test_pipeline import QuietStage
 from textual.app import App
 from textual.pilot import Pilot
 from tui_fakes import (
@@ -449,7 +450,7 @@ async def test_events_without_a_view_are_skipped() -> None:
 
 # ---- pause with the real engine --------------------------------------------------------
 
-class EchoStage:
+class EchoStage(QuietStage):
     """A caption stage without a model: 'segment N' for each VAD segment of the real engine."""
 
     name = "captions"
@@ -478,15 +479,6 @@ class EchoStage:
         return [CaptionFinal(stream=self.stream, start=self.start / SAMPLE_RATE,
                              end=end.end / SAMPLE_RATE, segment=end.segment,
                              text=f"segment {end.segment} said")]
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> AsyncIterator[Event] | None:
-        return None
 
 
 class GatedSource:
