@@ -19,6 +19,12 @@ the annotations of that segment (events whose class sets `follows_final`, e.g. i
 translations), even when a background stage finishes one before the final is out. A
 stream its source ends while the run goes on (an evicted satellite) ends with
 `stream_ended`, after all of its other events.
+
+Live, a segment closes beside the VAD: while the slow stages still close segment N (the
+speakers stage's last pass takes up to a second on a CPU), a stage that has closed it
+already gets segment N+1's audio and steps on it, so the captions of N+1 keep their pace.
+Each stage still sees its own calls in order (on_end of N before on_start of N+1), and the
+events of N+1 wait until every event of N is out. A second end waits for the first close.
 """
 
 from __future__ import annotations
@@ -200,6 +206,13 @@ class StreamState:
     publishers: int = 0  # its tasks still publishing: the processor and background forwarders
     #: Live: each stage's step in flight (by stage index), at most one per stage.
     stepping: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    #: Live: the segment close in flight beside the VAD (see the module docstring), the
+    #: VAD outputs that wait for each stage still closing it (by stage index; bounded: a
+    #: second end waits for the close), and the next segment's events held until the
+    #: close is out (bounded by MAX_HELD_EVENTS, counted in held_overflow beyond).
+    closing: asyncio.Task[None] | None = None
+    waiting: dict[int, list[VadOutput]] = field(default_factory=dict)
+    after_close: list[Event] = field(default_factory=list)
     superseded_steps: int = 0  # steps in flight cancelled by a segment end (EndSupersedesStep)
     #: From the end of a segment's audio arriving to its caption_final on the bus: what a
     #: reader waits for (the caption stage's own figure stops before the other stages close
@@ -432,7 +445,7 @@ class Engine:
                             stream=state.id, start=block.start / SAMPLE_RATE,
                             end=block.end / SAMPLE_RATE, dbfs=level_dbfs(block.samples),
                             speech=vad.in_speech and not self.paused))
-                await self._handle(state, outputs)
+                await self._handle(state, outputs, steps)
                 if not self.options.live:
                     await self._step(state)
             if self.options.live and not done:
@@ -441,6 +454,7 @@ class Engine:
                 await self.bus.publish(self._stats(state))
                 interval = self.options.stats_interval_s
                 next_stats = (state.last_end / SAMPLE_RATE // interval + 1) * interval
+        await self._closed(state)
         await self._steps_done(state)
         for segment in list(state.held):  # segments the VAD never closed: nothing to wait for
             await self._release(state, segment)
@@ -465,9 +479,12 @@ class Engine:
         for stage in state.stages:
             await self._step_stage(state, stage)
 
-    async def _step_stage(self, state: StreamState, stage: Stage) -> None:
+    async def _step_stage(self, state: StreamState, stage: Stage, *,
+                          after: asyncio.Task[None] | None = None) -> None:
+        """`after`: the close in flight when the step began, on the segment after the one
+        it closes: the step's events wait for it."""
         for event in await stage.step():
-            await self._publish(state, event)
+            await self._after_close(state, event, after)
 
     def _start_steps(self, state: StreamState, steps: asyncio.TaskGroup) -> None:
         """Live: a step for each stage that has none in flight. Not awaited, so the VAD keeps
@@ -475,10 +492,13 @@ class Engine:
         speaker pass), and the stages' windows meet in the worker, which runs the most
         urgent first; a stage whose step is still running catches up on its next one."""
         for i, stage in enumerate(state.stages):
+            if i in state.waiting:
+                continue  # still closing the last segment
             task = state.stepping.get(i)
             if task is None or task.done():
-                state.stepping[i] = steps.create_task(self._step_stage(state, stage),
-                                                      name=f"{stage.name}-{state.id}")
+                state.stepping[i] = steps.create_task(
+                    self._step_stage(state, stage, after=state.closing),
+                    name=f"{stage.name}-{state.id}")
 
     async def _steps_done(self, state: StreamState) -> None:
         """Waits for the steps in flight (a failed one fails the stream via its group)."""
@@ -486,26 +506,77 @@ class Engine:
         if running:
             await asyncio.wait(running)
 
-    async def _handle(self, state: StreamState, outputs: list[VadOutput]) -> None:
+    async def _handle(self, state: StreamState, outputs: list[VadOutput],
+                      steps: asyncio.TaskGroup) -> None:
         for out in outputs:
             if isinstance(out, SegmentStart):
                 state.segments += 1
                 state.segment_starts[out.segment] = out.start
                 state.held[out.segment] = []
-                for stage in state.stages:
-                    stage.on_start(out)
+                self._deliver(state, out)
                 t = out.start / SAMPLE_RATE
-                await self.bus.publish(SpeechStarted(stream=state.id, start=t, end=t,
-                                                     segment=out.segment))
+                started = SpeechStarted(stream=state.id, start=t, end=t, segment=out.segment)
+                await self._after_close(state, started, state.closing)
             elif isinstance(out, SegmentAudio):
-                for stage in state.stages:
-                    stage.on_audio(out)
+                self._deliver(state, out)
+            elif self.options.live:
+                await self._closed(state)  # one close at a time
+                state.waiting = {i: [] for i in range(len(state.stages))}
+                state.closing = steps.create_task(self._close_beside(state, out),
+                                                  name=f"close-{state.id}")
             else:
                 # Bring deterministic stages up to date before the segment is cut at `end`.
-                if not self.options.live:
-                    await self._step(state)
+                await self._step(state)
                 await self._close(state, out)
                 await self._release(state, out.segment)
+
+    def _deliver(self, state: StreamState, out: SegmentStart | SegmentAudio) -> None:
+        """Gives a VAD output to every stage, or keeps it for one still closing a segment."""
+        for i, stage in enumerate(state.stages):
+            waiting = state.waiting.get(i)
+            if waiting is not None:
+                waiting.append(out)
+            elif isinstance(out, SegmentStart):
+                stage.on_start(out)
+            else:
+                stage.on_audio(out)
+
+    def _reopen(self, state: StreamState, i: int) -> None:
+        """Stage `i` has closed the segment: it gets what the VAD gave meanwhile, in order."""
+        stage = state.stages[i]
+        for out in state.waiting.pop(i, []):
+            if isinstance(out, SegmentStart):
+                stage.on_start(out)
+            elif isinstance(out, SegmentAudio):
+                stage.on_audio(out)
+
+    async def _after_close(self, state: StreamState, event: Event,
+                           after: asyncio.Task[None] | None) -> None:
+        """Publishes an event, or holds it until the close `after` is out if that is still
+        in flight (it is then of the segment after the one closing)."""
+        if after is None or after is not state.closing:
+            await self._publish(state, event)  # no close to follow, or that one is out
+        elif len(state.after_close) >= MAX_HELD_EVENTS:
+            state.held_overflow += 1  # bounded: the order gives way before memory does
+            await self._publish(state, event)
+        else:
+            state.after_close.append(event)
+
+    async def _close_beside(self, state: StreamState, end: SegmentEnd) -> None:
+        """Live: closes the segment while the VAD goes on, then lets the stages still closing
+        it have the next segment's audio and publishes the events held for it."""
+        await self._close(state, end)
+        await self._release(state, end.segment)
+        for i in list(state.waiting):
+            self._reopen(state, i)
+        while state.after_close:  # steps may add to it meanwhile
+            await self._publish(state, state.after_close.pop(0))
+        state.closing = None
+
+    async def _closed(self, state: StreamState) -> None:
+        """Waits for the close in flight, if any (its failure fails the stream's group)."""
+        if state.closing is not None:
+            await asyncio.wait([state.closing])
 
     async def _close(self, state: StreamState, end: SegmentEnd) -> None:
         """Every stage closes the segment, in stage order, each once its own step in flight
@@ -516,8 +587,10 @@ class Engine:
         not wait for the speakers stage's last pass when the speaker who talked most in it
         is already decided."""
         arrived = state.arrivals.time_of(end.end)
+        # The steps of this segment; live, a stage that has closed it steps on the next.
+        in_flight = {i: task for i, task in state.stepping.items() if not task.done()}
         for i, stage in enumerate(state.stages):
-            step = state.stepping.get(i)
+            step = in_flight.get(i)
             if step is not None and not step.done() and isinstance(stage, EndSupersedesStep) \
                     and stage.end_supersedes_step():
                 step.cancel()
@@ -526,9 +599,11 @@ class Engine:
             closes: list[asyncio.Task[list[Event]]] = []
             for i, stage in enumerate(state.stages):
                 closes.append(closing.create_task(
-                    self._close_stage(state, i, end, closes[-1] if closes else None),
+                    self._close_stage(state, i, end, closes[-1] if closes else None,
+                                      in_flight.get(i)),
                     name=f"{stage.name}-close-{state.id}"))
-            await self._steps_done(state)
+            if in_flight:
+                await asyncio.wait(in_flight.values())
             start = state.segment_starts.pop(end.segment, end.end)
             await self.bus.publish(SpeechEnded(stream=state.id, start=start / SAMPLE_RATE,
                                                end=end.end / SAMPLE_RATE, segment=end.segment))
@@ -544,14 +619,20 @@ class Engine:
                         kept.add(time.monotonic() - arrived)
 
     async def _close_stage(self, state: StreamState, i: int, end: SegmentEnd,
-                           previous: asyncio.Task[list[Event]] | None) -> list[Event]:
+                           previous: asyncio.Task[list[Event]] | None,
+                           step: asyncio.Task[None] | None) -> list[Event]:
         """Stage `i`'s end events, once the stage before it has closed the segment (e.g.
         the refine stage takes the caption stage's closed segment) and its own step in
-        flight is done."""
-        waits = [task for task in (previous, state.stepping.get(i)) if task is not None]
+        flight is done. Live, a stage that annotates no other stage's events then gets the
+        next segment's audio at once (an annotator only once the segment's events are out,
+        since annotate() reads what the segment left)."""
+        waits = [task for task in (previous, step) if task is not None]
         if waits:
             await asyncio.wait(waits)
-        return await state.stages[i].on_end(end)
+        events = await state.stages[i].on_end(end)
+        if not isinstance(state.stages[i], Annotator):
+            self._reopen(state, i)
+        return events
 
     async def _publish(self, state: StreamState, event: Event) -> None:
         """Publishes `event`, or holds it if it annotates a segment whose final is not out."""

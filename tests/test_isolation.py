@@ -165,7 +165,7 @@ class GatedSource(ListSource):
 
 async def test_a_stalled_stream_drops_its_own_blocks_and_the_others_go_on() -> None:
     audio = np.tile(sample(), 3)  # 21 s: more blocks than one stream's queue holds
-    release_after = 160  # blocks: a stalls from its first block until then
+    release_after = 200  # blocks (of 210): a stalls from its first block until then
     StallOn.gate = asyncio.Event()
     collect = Collect()
     await asyncio.wait_for(run_live(GatedSource({"a": audio, "b": audio},
@@ -175,8 +175,9 @@ async def test_a_stalled_stream_drops_its_own_blocks_and_the_others_go_on() -> N
              for s in ("a", "b")}
     assert stats["b"].counters["stream_dropped_blocks"] == 0
     assert stats["b"].counters["audio_samples"] == len(audio)
-    # a's steps run beside its VAD, so it stalls at its first segment end (which waits for
-    # them): it kept what it read until then and what its queue held, dropped the rest...
+    # a's steps and its first close run beside its VAD, so it stalls at its second segment
+    # end (which waits for the first close, which waits for the steps): it kept what it read
+    # until then and what its queue held, dropped the rest...
     dropped = stats["a"].counters["stream_dropped_blocks"]
     assert 0 < dropped <= release_after - 1 - BLOCK_QUEUE_SIZE
     assert stats["a"].counters["audio_samples"] == len(audio) - dropped * BLOCK

@@ -12,7 +12,14 @@ from test_pipeline import ListSource, SegmentEcho, labelled, run_engine, sample
 from test_speakers_stage import OPTIONS, BandEmbedder, BandSegmenter
 from tiny_speaker_models import voice
 
-from harken.engine.events import CaptionFinal, Event, Stats
+from harken.engine.events import (
+    CaptionFinal,
+    CaptionPartial,
+    Event,
+    SpeechEnded,
+    SpeechStarted,
+    Stats,
+)
 from harken.engine.metrics import ArrivalLog
 from harken.engine.pipeline import Engine, StageContext
 from harken.engine.stages.speakers import DiarizationSwitch, SpeakerStage
@@ -265,3 +272,96 @@ async def test_a_final_is_not_settled_while_diarization_is_off() -> None:
         switch.set(True)  # back on before the speakers stage's last pass
         await stage.on_end(SegmentEnd(0, len(audio), False))
         assert stage.annotate(final).speaker == "S1"
+
+
+class Journal(SegmentEcho):
+    """Writes its calls to a shared log as (stage, call, segment), and a partial per step
+    on the segment it has open."""
+
+    name = "journal"
+
+    def __init__(self, ctx: StageContext, log: list[tuple[str, str, int]]) -> None:
+        super().__init__(ctx)
+        self.log = log
+        self.open: int | None = None
+
+    def on_start(self, start: SegmentStart) -> None:
+        super().on_start(start)
+        self.open = start.segment
+        self.log.append((self.name, "start", start.segment))
+
+    def on_audio(self, audio: SegmentAudio) -> None:
+        super().on_audio(audio)
+        self.log.append((self.name, "audio", audio.segment))
+
+    async def step(self) -> list[Event]:
+        if self.open is None:
+            return []
+        self.log.append((self.name, "step", self.open))
+        return [CaptionPartial(stream=self.stream, start=0.0, end=0.0, segment=self.open,
+                               text="p")]
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        self.log.append((self.name, "end", end.segment))
+        self.open = None
+        events = await super().on_end(end)
+        self.log.append((self.name, "closed", end.segment))
+        return events
+
+
+class SlowLabel(Journal):
+    """An annotator that closes slowly (the speakers stage's last pass) and labels a final
+    with the segment it has open, so a label from the next segment shows."""
+
+    name = "slow-label"
+
+    async def step(self) -> list[Event]:
+        return []
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        self.log.append((self.name, "end", end.segment))
+        # Closes once the other stage has stepped on the next segment (at most 1 s): the
+        # engine must let it, whatever the machine's speed.
+        for _ in range(100):
+            if ("journal", "step", end.segment + 1) in self.log:
+                break
+            await asyncio.sleep(0.01)
+        self.log.append((self.name, "closed", end.segment))
+        return []  # `open` stays: the segment it last heard of
+
+    def annotate(self, event: Event) -> Event:
+        return labelled(event, f"seg{self.open}")
+
+    def settled(self, event: Event) -> bool:
+        return False
+
+
+async def test_a_stage_steps_on_the_next_segment_while_a_slower_one_closes_the_last() -> None:
+    log: list[tuple[str, str, int]] = []
+    engines: list[Engine] = []
+    events = await asyncio.wait_for(run_engine(
+        ListSource({"a": np.tile(sample(), 2)}, pace_s=0.01), live=True, engine_ref=engines,
+        stages=[lambda ctx: Journal(ctx, log), lambda ctx: SlowLabel(ctx, log)]), timeout=60)
+    finals = [e for e in events if isinstance(e, CaptionFinal)]
+    assert len(finals) == 4
+    # The slow close ran beside the VAD: the fast stage started the next segment, and
+    # stepped on it, before the slow stage had closed the last one.
+    overlapped = 0
+    for k in range(len(finals) - 1):
+        slow_closed = log.index(("slow-label", "closed", k))
+        overlapped += log.index(("journal", "start", k + 1)) < slow_closed \
+            and log.index(("journal", "step", k + 1)) < slow_closed
+    assert overlapped == len(finals) - 1
+    # Each stage still saw its own calls in order: nothing of k + 1 before it closed k.
+    for name in ("journal", "slow-label"):
+        own = [(call, seg) for stage, call, seg in log if stage == name]
+        for k in range(len(finals) - 1):
+            assert own.index(("closed", k)) < own.index(("start", k + 1))
+            assert all(seg <= k for _, seg in own[:own.index(("closed", k))])
+    # The annotator labelled each final before it heard of the next segment...
+    assert [f.speaker for f in finals] == [f"seg{k}" for k in range(4)]
+    # ...and every event of a segment came out before any of the next one.
+    segments = [getattr(e, "segment", None) for e in events
+                if isinstance(e, (SpeechStarted, CaptionPartial, SpeechEnded, CaptionFinal))]
+    assert segments == sorted(segments)
+    assert engines[0].streams["a"].held_overflow == 0

@@ -241,7 +241,8 @@ async def test_a_live_step_that_raises_ends_the_run_with_its_error() -> None:
     rng = random.Random(0)
     makers = [lambda ctx: FailingCaptions(ctx, rng), lambda ctx: Speakers(ctx, rng)]
     async with InferenceWorker(name="cpu") as worker:
-        engine = Engine(sources=[ListSource({"a": sample()})],
+        # Paced: read in one go, the file would leave the stage fewer than three steps.
+        engine = Engine(sources=[ListSource({"a": sample()}, pace_s=0.002)],
                         stages=makers,  # type: ignore[arg-type]
                         worker=worker, options=EngineOptions(live=True, levels=False))
         with pytest.raises(BaseExceptionGroup) as info:
