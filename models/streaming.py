@@ -116,7 +116,9 @@ class StreamingCtc:
         self._next_step = 1
         self._last_end = -1  # end of the last accepted window (-1: none, or invalidated)
         self.merged_steps = 0
-        self._before_push = 0  # audio pushed before the newest push (for merged_steps)
+        # Pushes since the last window that completed a grid point not taken yet: the steps
+        # a caller that stepped after every push would have taken (for merged_steps).
+        self._due_pushes = 0
         self.encoded_samples = 0
         self.n_windows = 0
 
@@ -141,7 +143,10 @@ class StreamingCtc:
     # ---------------------------------------------------------------- audio in
     def push(self, samples: np.ndarray) -> None:
         chunk = np.asarray(samples, dtype=np.float32).reshape(-1)
-        self._before_push = self._audio.size
+        hop = self.options.hop_samples
+        before, after = self._audio.size // hop, (self._audio.size + chunk.size) // hop
+        if after > before and after >= self._next_step:
+            self._due_pushes += 1
         self._audio.extend(chunk)
 
     def truncate(self, n_samples: int) -> None:
@@ -152,7 +157,9 @@ class StreamingCtc:
                 f"cannot truncate to {n_samples} samples: {self.pushed_samples} were pushed"
             )
         self._audio.truncate(n_samples)
-        self._before_push = min(self._before_push, n_samples)
+        # Grid points past the cut are gone, and with them the pushes that completed them.
+        newest = n_samples // self.options.hop_samples
+        self._due_pushes = min(self._due_pushes, max(0, newest - self._next_step + 1))
         keep = self.geometry.num_frames(n_samples)
         if self._final is not None:
             self._final.truncate(keep)
@@ -174,15 +181,16 @@ class StreamingCtc:
         merged steps that were due apart, i.e. complete before the newest push: a caller that
         kept up would have taken them one by one. Grid points that one push completed
         together never were: a segment opened by a VAD split arrives with up to
-        split_search_s of audio, whose partials the segment before it already showed.
+        split_search_s of audio, whose partials the segment before it already showed. So a
+        window merges one step fewer than the pushes that completed its grid points.
         """
         hop = self.options.hop_samples
         newest = self.pushed_samples // hop
         if newest < self._next_step:
             return None
         step = newest if latest else self._next_step
-        due_apart = min(step, self._before_push // hop + 1)
-        self.merged_steps += max(0, due_apart - self._next_step)
+        self.merged_steps += min(step - self._next_step, max(0, self._due_pushes - 1))
+        self._due_pushes = 0
         self._next_step = step + 1
         return self._window(step=step, end=step * hop, final=False)
 

@@ -234,6 +234,24 @@ def test_grid_points_one_push_completes_together_are_not_counted_as_merged() -> 
     assert stream.merged_steps == 1
 
 
+def test_a_push_that_completes_no_grid_point_makes_no_step_due() -> None:
+    # A segment's opening audio, then a block that arrived while the caller was busy (the
+    # engine hands a stage both at once after its close): one step was ever due.
+    options = StreamingOptions(hop_s=0.5)
+    stream = StreamingCtc(geometry=GEOMETRY, options=options, normalize=False)
+    stream.push(np.zeros(round(2.16 * options.hop_samples), dtype=np.float32))
+    stream.push(np.zeros(round(0.24 * options.hop_samples), dtype=np.float32))
+    window = stream.next_window(latest=True)
+    assert window is not None
+    assert window.end == 2 * options.hop_samples
+    assert stream.merged_steps == 0
+    # The next block completes grid point 3 and the one after grid point 4: one was due apart.
+    stream.push(np.zeros(round(0.8 * options.hop_samples), dtype=np.float32))
+    stream.push(np.zeros(options.hop_samples, dtype=np.float32))
+    assert stream.next_window(latest=True) is not None
+    assert stream.merged_steps == 1
+
+
 def test_windows_use_running_segment_statistics() -> None:
     audio = speechlike_audio(3.0, seed=4) + 0.1
     options = StreamingOptions(hop_s=0.5, left_context_s=0.5, right_context_s=0.5)
