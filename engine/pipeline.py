@@ -92,8 +92,9 @@ class Stage(Protocol):
     while the VAD goes on, so `on_start`/`on_audio` may come while a step awaits the worker
     (a step must copy the audio it submits); a stage's `on_end` always waits for its own
     step in flight, and its next `on_start` comes only after its `on_end` has returned
-    (live, possibly while other stages still close the segment). Slow work that must not delay other stages (e.g. translation) belongs in
-    `background()`, which the engine runs as its own task; such a stage also has
+    (live, possibly while other stages still close the segment; see TakesSegmentAtEnd for
+    the exception). Slow work that must not delay other stages (e.g. translation) belongs
+    in `background()`, which the engine runs as its own task; such a stage also has
     `on_stream_end()`, called once the stream's last segment has ended, after which its
     background iterator must finish (the engine waits for it).
     """
@@ -129,6 +130,18 @@ class EndSupersedesStep(Protocol):
     still queued). The stage must then be as it was before the step."""
 
     def end_supersedes_step(self) -> bool: ...
+
+
+@runtime_checkable
+class TakesSegmentAtEnd(Protocol):
+    """Optional for a stage: `takes_segment_at_end` true says that on_end takes what it
+    needs of the segment when called, before its first await (e.g. a plain method that
+    detaches the segment and returns the coroutine doing the rest). Live, the engine then
+    gives the stage the next segment's audio while that coroutine runs (if the stage
+    annotates no other stage's events), so the caption stage steps on the next segment
+    while its last final is still being encoded."""
+
+    takes_segment_at_end: bool
 
 
 @runtime_checkable
@@ -630,8 +643,13 @@ class Engine:
         waits = [task for task in (previous, step) if task is not None]
         if waits:
             await asyncio.wait(waits)
-        events = await state.stages[i].on_end(end)
-        if not isinstance(state.stages[i], Annotator):
+        stage = state.stages[i]
+        ending = stage.on_end(end)
+        annotator = isinstance(stage, Annotator)
+        if not annotator and isinstance(stage, TakesSegmentAtEnd) and stage.takes_segment_at_end:
+            self._reopen(state, i)  # it has taken the segment already
+        events = await ending
+        if not annotator:
             self._reopen(state, i)
         return events
 

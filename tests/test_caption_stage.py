@@ -83,3 +83,29 @@ async def test_files_never_skip() -> None:
     assert any(isinstance(e, CaptionPartial) for e in events)
     finals = [e for e in events if isinstance(e, CaptionFinal)]
     assert len(finals) == 2
+
+
+async def test_on_end_takes_the_segment_when_called() -> None:
+    """The engine hands the stage the next segment while the last final is still encoded
+    (takes_segment_at_end): that final must be the same as if it had waited."""
+    finals: dict[bool, list[str]] = {}
+    for overlap in (False, True):
+        async with InferenceWorker(name="cpu") as worker:
+            stage = CaptionStage(stream="s", captioner=FakeCaptioner(), worker=worker,
+                                 live=True, options=StreamingOptions(), arrivals=ArrivalLog())
+            assert stage.takes_segment_at_end
+            length = round(2.3 * SAMPLE_RATE)
+            stage.on_start(SegmentStart(0, 0))
+            stage.on_audio(SegmentAudio(0, 0, np.zeros(length, np.float32)))
+            ending = stage.on_end(SegmentEnd(0, length, False))
+            if not overlap:
+                events = list(await ending)
+            stage.on_start(SegmentStart(1, length))
+            stage.on_audio(SegmentAudio(1, length, np.zeros(SAMPLE_RATE, np.float32)))
+            if overlap:
+                events = list(await ending)
+            events += await stage.on_end(SegmentEnd(1, length + SAMPLE_RATE, False))
+        finals[overlap] = [e.text for e in events if isinstance(e, CaptionFinal)]
+    assert finals[True] == finals[False]
+    assert finals[True] == [str(FakeCaptioner.geometry.num_frames(n))
+                            for n in (round(2.3 * SAMPLE_RATE), SAMPLE_RATE)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
+from typing import Any
 
 import numpy as np
 import pytest
@@ -365,3 +367,45 @@ async def test_a_stage_steps_on_the_next_segment_while_a_slower_one_closes_the_l
                 if isinstance(e, (SpeechStarted, CaptionPartial, SpeechEnded, CaptionFinal))]
     assert segments == sorted(segments)
     assert engines[0].streams["a"].held_overflow == 0
+
+
+class Detaching(Journal):
+    """Takes its segment when on_end is called; the rest of its close waits until the
+    engine has given it the next segment (at most 1 s)."""
+
+    name = "detaching"
+    takes_segment_at_end = True
+
+    def on_end(self, end: SegmentEnd) -> Coroutine[Any, Any, list[Event]]:
+        self.log.append((self.name, "end", end.segment))
+        self.open = None
+        return self._finish(end, super(Journal, self).on_end(end))
+
+    async def _finish(self, end: SegmentEnd,
+                      final: Coroutine[Any, Any, list[Event]]) -> list[Event]:
+        for _ in range(100):
+            if (self.name, "start", end.segment + 1) in self.log:
+                break
+            await asyncio.sleep(0.01)
+        self.log.append((self.name, "closed", end.segment))
+        return await final
+
+
+async def test_a_stage_that_takes_its_segment_at_end_hears_the_next_while_it_closes() -> None:
+    log: list[tuple[str, str, int]] = []
+    events = await asyncio.wait_for(run_engine(
+        ListSource({"a": np.tile(sample(), 2)}, pace_s=0.01), live=True,
+        stages=[lambda ctx: Detaching(ctx, log)]), timeout=60)
+    finals = [e for e in events if isinstance(e, CaptionFinal)]
+    assert len(finals) == 4
+    for k in range(3):
+        assert log.index(("detaching", "start", k + 1)) < log.index(("detaching", "closed", k))
+    # Each final counts its own segment's samples only, and the order holds.
+    pushed: dict[int, int] = {}
+    for out in events:
+        if isinstance(out, CaptionFinal):
+            pushed[out.segment] = int(out.text)
+    assert all(n > 0 for n in pushed.values())
+    segments = [getattr(e, "segment", None) for e in events
+                if isinstance(e, (SpeechStarted, CaptionPartial, SpeechEnded, CaptionFinal))]
+    assert segments == sorted(segments)

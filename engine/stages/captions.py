@@ -11,9 +11,9 @@ update instead of several. Finals are always made.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from harken.models.errors import InferenceError
 from harken.models.geometry import FrameGeometry
 from harken.models.streaming import StreamingCtc, StreamingOptions, Window
 from harken.models.transcript import Transcript
+
+
+async def _nothing() -> list[Event]:
+    return []
 
 
 class Captioner(Protocol):
@@ -137,11 +141,18 @@ class CaptionStage:
         # Only the newest partial matters to a reader; older ones of this call are stale.
         return events[-1:] if isinstance(events[-1], CaptionPartial) else events
 
-    async def on_end(self, end: SegmentEnd) -> list[Event]:
+    #: on_end takes the segment when called, before its first await (engine/pipeline.py
+    #: TakesSegmentAtEnd): the next segment's audio may come while its final is encoded.
+    takes_segment_at_end = True
+
+    def on_end(self, end: SegmentEnd) -> Coroutine[Any, Any, list[Event]]:
         seg = self._segment
         if seg is None or seg.id != end.segment:
-            return []
+            return _nothing()
         self._segment = None
+        return self._close(seg, end)
+
+    async def _close(self, seg: _Segment, end: SegmentEnd) -> list[Event]:
         self._merged_closed += seg.state.merged_steps
         events: list[Event] = []
         seg.state.truncate(end.end - seg.start)
