@@ -223,7 +223,7 @@ class StreamState:
     #: Live: the segment close in flight beside the VAD (see the module docstring), the
     #: VAD outputs that wait for each stage still closing it (by stage index; bounded: a
     #: second end waits for the close), and the next segment's events held until the
-    #: close is out (bounded by MAX_HELD_EVENTS, counted in held_overflow beyond).
+    #: close is out (at most MAX_HELD_EVENTS; beyond, their publishers wait for it).
     closing: asyncio.Task[None] | None = None
     waiting: dict[int, list[VadOutput]] = field(default_factory=dict)
     after_close: list[Event] = field(default_factory=list)
@@ -568,13 +568,13 @@ class Engine:
                            after: asyncio.Task[None] | None) -> None:
         """Publishes an event, or holds it until the close `after` is out if that is still
         in flight (it is then of the segment after the one closing)."""
-        if after is None or after is not state.closing:
-            await self._publish(state, event)  # no close to follow, or that one is out
-        elif len(state.after_close) >= MAX_HELD_EVENTS:
-            state.held_overflow += 1  # bounded: the order gives way before memory does
-            await self._publish(state, event)
-        else:
-            state.after_close.append(event)
+        if after is not None and after is state.closing:
+            if len(state.after_close) < MAX_HELD_EVENTS:
+                state.after_close.append(event)
+                return
+            # Bounded: the publisher waits for the close (which publishes what is held).
+            await asyncio.wait([after])
+        await self._publish(state, event)
 
     async def _close_beside(self, state: StreamState, end: SegmentEnd) -> None:
         """Live: closes the segment while the VAD goes on, then lets the stages still closing

@@ -23,7 +23,7 @@ from harken.engine.events import (
     Stats,
 )
 from harken.engine.metrics import ArrivalLog
-from harken.engine.pipeline import Engine, StageContext
+from harken.engine.pipeline import MAX_HELD_EVENTS, Engine, StageContext
 from harken.engine.stages.speakers import DiarizationSwitch, SpeakerStage
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import PRIORITY_CAPTIONS, InferenceWorker
@@ -409,3 +409,52 @@ async def test_a_stage_that_takes_its_segment_at_end_hears_the_next_while_it_clo
     segments = [getattr(e, "segment", None) for e in events
                 if isinstance(e, (SpeechStarted, CaptionPartial, SpeechEnded, CaptionFinal))]
     assert segments == sorted(segments)
+
+
+class Burst(Journal):
+    """Twenty partials per step on the segment it has open."""
+
+    name = "burst"
+
+    def __init__(self, ctx: StageContext, log: list[tuple[str, str, int]]) -> None:
+        super().__init__(ctx, log)
+        self.partials = 0
+
+    async def step(self) -> list[Event]:
+        events = await super().step()
+        events *= 20
+        self.partials += len(events)
+        return events
+
+
+class SlowClose(SlowLabel):
+    name = "slow-close"
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        await asyncio.sleep(0.5)
+        return []
+
+
+async def test_the_next_segments_events_held_for_a_close_are_bounded_and_keep_their_order(
+        ) -> None:
+    log: list[tuple[str, str, int]] = []
+    made: list[Burst] = []
+    engines: list[Engine] = []
+
+    def burst(ctx: StageContext) -> Burst:
+        made.append(Burst(ctx, log))
+        return made[-1]
+
+    events = await asyncio.wait_for(run_engine(
+        ListSource({"a": np.tile(sample(), 2)}, pace_s=0.01), live=True, engine_ref=engines,
+        stages=[burst, lambda ctx: SlowClose(ctx, log)]), timeout=60)
+    state = engines[0].streams["a"]
+    # More than MAX_HELD_EVENTS came while a close ran: their publishers waited, none was
+    # lost and none overtook the close.
+    assert made[0].partials > 2 * MAX_HELD_EVENTS
+    assert sum(isinstance(e, CaptionPartial) for e in events) == made[0].partials
+    segments = [getattr(e, "segment", None) for e in events
+                if isinstance(e, (SpeechStarted, CaptionPartial, SpeechEnded, CaptionFinal))]
+    assert segments == sorted(segments)
+    assert state.held_overflow == 0
+    assert not state.after_close
