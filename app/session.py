@@ -39,19 +39,14 @@ from harken.engine.mqtt.control import (
     TRANSLATION_NOT_RUNNING,
     ControlledSink,
 )
-from harken.engine.pipeline import (
-    LOCAL,
-    Engine,
-    EngineOptions,
-    OpenableSource,
-    StageFactory,
-)
+from harken.engine.pipeline import LOCAL, Engine, EngineOptions, OpenableSource
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import JsonlSink, file_sink
 from harken.engine.sinks.per_stream import PerStreamSink, file_stem
 from harken.engine.sinks.printer import PrinterSink
 from harken.engine.sources.file import FileSource
 from harken.engine.sources.mic import MicSource
+from harken.engine.stages.base import StageFactory
 from harken.engine.stages.keywords import KeywordSelection
 from harken.engine.stages.speakers import DiarizationSwitch
 from harken.engine.stages.translation import GenerationWorker

@@ -18,9 +18,10 @@ from test_pipeline import BLOCK, ListSource, SegmentEcho, sample
 from harken.engine.audio import AudioBlock
 from harken.engine.bus import EventBus
 from harken.engine.events import CaptionFinal, CaptionPartial, Event, Stats
-from harken.engine.pipeline import BLOCK_QUEUE_SIZE, Engine, EngineOptions, StageContext
+from harken.engine.pipeline import BLOCK_QUEUE_SIZE, Engine, EngineOptions
 from harken.engine.sinks.files import JsonlSink
 from harken.engine.sinks.printer import PrinterSink
+from harken.engine.stages.base import StageContext
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
 

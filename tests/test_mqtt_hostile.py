@@ -45,7 +45,8 @@ from harken.engine.mqtt.satellites import (
     decode_wav,
 )
 from harken.engine.mqtt.sink import ERROR_REPLY_BURST, MqttSink, MqttSinkOptions
-from harken.engine.pipeline import LOCAL, REMOTE, Engine, EngineOptions, Stage, StageContext
+from harken.engine.pipeline import LOCAL, REMOTE, Engine, EngineOptions
+from harken.engine.stages.base import Stage, StageContext
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE

@@ -22,7 +22,8 @@ from harken.engine.events import CaptionFinal, Event, Stats
 from harken.engine.mqtt.client import MqttSettings
 from harken.engine.mqtt.satellites import SatelliteSource, SiteLimits
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
-from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
+from harken.engine.pipeline import Engine, EngineOptions
+from harken.engine.stages.base import Stage, StageContext
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE

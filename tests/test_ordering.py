@@ -21,7 +21,8 @@ from harken.engine.events import (
     Stats,
     Translation,
 )
-from harken.engine.pipeline import MAX_HELD_EVENTS, Engine, EngineOptions, Stage, StageContext
+from harken.engine.pipeline import MAX_HELD_EVENTS, Engine, EngineOptions
+from harken.engine.stages.base import Stage, StageContext
 from harken.engine.stages.translation import GenerationWorker, TranslationStage
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions, clip_segments
 from harken.engine.worker import InferenceWorker

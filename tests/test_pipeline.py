@@ -14,7 +14,8 @@ import soundfile as sf
 
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, Level, SpeechEnded, SpeechStarted, Stats
-from harken.engine.pipeline import Engine, EngineOptions, StageContext
+from harken.engine.pipeline import Engine, EngineOptions
+from harken.engine.stages.base import StageContext
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE

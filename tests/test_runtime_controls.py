@@ -27,8 +27,9 @@ from harken.engine.events import CaptionFinal, Event, SpeakerTurn
 from harken.engine.mqtt.client import MqttSettings
 from harken.engine.mqtt.control import SetKeywords, SetTranslation, apply
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
-from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
+from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.sources.file import FileSource
+from harken.engine.stages.base import Stage, StageContext
 from harken.engine.stages.keywords import KeywordSelection
 from harken.engine.stages.speakers import DiarizationSwitch, SpeakerStage
 from harken.engine.vad import SegmentStart, VadOptions

@@ -23,7 +23,8 @@ from harken.engine.events import (
     Stats,
 )
 from harken.engine.metrics import ArrivalLog
-from harken.engine.pipeline import MAX_HELD_EVENTS, Engine, StageContext
+from harken.engine.pipeline import MAX_HELD_EVENTS, Engine
+from harken.engine.stages.base import StageContext
 from harken.engine.stages.speakers import DiarizationSwitch, SpeakerStage
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import PRIORITY_CAPTIONS, InferenceWorker

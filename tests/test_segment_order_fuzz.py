@@ -20,7 +20,8 @@ from harken.engine.events import (
     SpeechStarted,
     Translation,
 )
-from harken.engine.pipeline import Engine, EngineOptions, StageContext
+from harken.engine.pipeline import Engine, EngineOptions
+from harken.engine.stages.base import StageContext
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE

@@ -15,7 +15,7 @@ from test_speakers_stage import OPTIONS, WEBRTC, BandEmbedder, BandSegmenter, Fi
 from tiny_speaker_models import voice
 
 from harken.engine.events import CaptionFinal, Event, Stats
-from harken.engine.pipeline import Stage, StageContext
+from harken.engine.stages.base import Stage, StageContext
 from harken.engine.stages.speakers import SpeakerStage
 from harken.engine.vad import SegmentEnd, SegmentStart
 from harken.models.audio import SAMPLE_RATE

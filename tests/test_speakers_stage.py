@@ -21,8 +21,9 @@ from tiny_speaker_models import voice
 
 from harken.engine.events import CaptionFinal, Event, SpeakerTurn, StreamError
 from harken.engine.metrics import ArrivalLog
-from harken.engine.pipeline import Engine, EngineOptions, Stage, StageContext
+from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.sources.file import FileSource
+from harken.engine.stages.base import Stage, StageContext
 from harken.engine.stages.speakers import (
     MAX_WIDEN,
     DiarizationOptions,

@@ -54,9 +54,10 @@ from harken.engine.events import (
 )
 from harken.engine.mqtt.client import MqttSettings
 from harken.engine.mqtt.sink import MqttSink, MqttSinkOptions
-from harken.engine.pipeline import Engine, EngineOptions, StageContext
+from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import SrtSink
+from harken.engine.stages.base import StageContext
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE

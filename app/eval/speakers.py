@@ -35,10 +35,11 @@ from harken.app.tasks.speakers import (
 )
 from harken.app.tasks.thresholds import thresholds
 from harken.engine.events import Event, SpeakerTurn, StreamError
-from harken.engine.pipeline import Engine, StageFactory
+from harken.engine.pipeline import Engine
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.rttm import RttmSink
 from harken.engine.sources.file import FileSource
+from harken.engine.stages.base import StageFactory
 from harken.engine.worker import InferenceWorker
 from harken.models.errors import EvalError, NotEnoughSpeechError
 

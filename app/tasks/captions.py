@@ -4,7 +4,7 @@ stream."""
 from __future__ import annotations
 
 from harken.app.config import HarkenConfig
-from harken.engine.pipeline import Stage, StageContext, StageFactory
+from harken.engine.stages.base import Stage, StageContext, StageFactory
 from harken.engine.stages.captions import CaptionStage
 from harken.models.captions import CtcCaptioner
 from harken.models.streaming import StreamingOptions

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from harken.app.config import HarkenConfig
-from harken.engine.pipeline import Stage, StageContext, StageFactory
+from harken.engine.stages.base import Stage, StageContext, StageFactory
 from harken.engine.stages.keywords import KeywordSelection, KeywordStage, SpottingOptions
 from harken.models.keywords import KeywordSpotter, resolve_keywords
 from harken.models.triggers import TriggerOptions

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Sequence
 
 from harken.app.config import HarkenConfig
-from harken.engine.pipeline import Stage, StageContext, StageFactory
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import SrtSink, TxtSink, VttSink
 from harken.engine.sinks.refined import RefinedFinals
+from harken.engine.stages.base import Stage, StageContext, StageFactory
 from harken.engine.stages.refine import RefineStage, RefineStageOptions
 from harken.engine.stages.translation import GenerationWorker
 from harken.models.alignment import CtcVocabulary

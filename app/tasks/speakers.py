@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from harken.app.config import HarkenConfig
 from harken.app.tasks.thresholds import model_key, speaker_model_id, thresholds
 from harken.app.voiceprints import VoiceprintStore
-from harken.engine.pipeline import Stage, StageContext, StageFactory
+from harken.engine.stages.base import Stage, StageContext, StageFactory
 from harken.engine.stages.speakers import DiarizationOptions, DiarizationSwitch, SpeakerStage
 from harken.models.calibration import Key
 from harken.models.clustering import ClusteringOptions, Voiceprint

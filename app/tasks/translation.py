@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harken.app.config import HarkenConfig
-from harken.engine.pipeline import Stage, StageContext, StageFactory
 from harken.engine.sinks.base import Sink
 from harken.engine.sinks.files import TranslatedSubtitleSink
+from harken.engine.stages.base import Stage, StageContext, StageFactory
 from harken.engine.stages.translation import GenerationWorker, TargetSelection, TranslationStage
 from harken.models.errors import UnsupportedLanguageError
 from harken.models.translation import (

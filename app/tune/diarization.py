@@ -25,8 +25,8 @@ from harken.app.config import HarkenConfig
 from harken.app.eval.speakers import der_figures, diarize_file, reference_for
 from harken.app.tasks.speakers import SpeakerModels, diarization_options, load_models
 from harken.app.tasks.thresholds import threshold_models, thresholds
-from harken.engine.pipeline import Stage, StageContext, StageFactory
 from harken.engine.sources.file import FileSource
+from harken.engine.stages.base import Stage, StageContext, StageFactory
 from harken.engine.stages.speakers import Embedder, Segmenter, SpeakerStage
 from harken.models.calibration import Key
 from harken.models.clustering import FloatArray
