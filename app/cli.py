@@ -116,8 +116,6 @@ def _find(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-
-
 def _quiet_transformers() -> None:
     """The per-load "Loading weights" bar is noise in a live terminal; errors still show.
     transformers reads this (huggingface_hub's switch) when it is imported."""

@@ -69,6 +69,7 @@ from harken.engine.vad import (
     VadOptions,
     VadOutput,
     VadSegmenter,
+    preload_vad,
 )
 from harken.engine.worker import InferenceWorker
 from harken.models.audio import SAMPLE_RATE
@@ -227,6 +228,7 @@ class Engine:
             # ~100 MB in 12 min of the soak while the memory in use stayed flat).
             trimmer = asyncio.create_task(self.heap.run(), name="heap-trim")
         try:
+            await asyncio.to_thread(preload_vad, self.options.vad)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for i, source in enumerate(self._sources):

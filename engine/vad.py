@@ -167,6 +167,13 @@ def default_scorer() -> SpeechScorer:
     return load_silero_vad().stream()
 
 
+def preload_vad(options: VadOptions) -> None:
+    """Loads the process-wide network a segmenter with these options needs (~0.1 s): an
+    engine does it off the event loop before its first stream, whose audio it would stall."""
+    if options.engine in ("silero", "both"):
+        load_silero_vad()
+
+
 class VadSegmenter:
     """Feeds AudioBlocks of any size through the VAD and emits segment outputs.
 

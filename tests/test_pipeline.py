@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from harken.engine import vad as vad_module
 from harken.engine.audio import AudioBlock
 from harken.engine.events import CaptionFinal, Event, Level, SpeechEnded, SpeechStarted, Stats
 from harken.engine.pipeline import Engine, EngineOptions
@@ -290,3 +292,20 @@ async def test_cancelling_a_fast_run_returns_promptly() -> None:
         done, _ = await asyncio.wait({task}, timeout=10)
     assert task in done
     assert task.cancelled()
+
+
+async def test_the_vad_network_loads_off_the_event_loop_before_the_first_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaded on the loop by the first stream's segmenter, it stalled that stream's first
+    blocks (~0.1 s); the engine loads it in a thread before reading any source."""
+    threads: list[bool] = []
+    real = vad_module.load_silero_vad
+
+    def recording() -> object:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real()
+
+    monkeypatch.setattr(vad_module, "load_silero_vad", recording)
+    events = await run_engine(ListSource({"a": sample()}), vad=VadOptions(engine="both"))
+    assert any(isinstance(e, CaptionFinal) for e in events)
+    assert threads[0] is False  # the first load was in a worker thread
