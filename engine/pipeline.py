@@ -92,8 +92,9 @@ class Stage(Protocol):
     while the VAD goes on, so `on_start`/`on_audio` may come while a step awaits the worker
     (a step must copy the audio it submits); a stage's `on_end` always waits for its own
     step in flight, and its next `on_start` comes only after its `on_end` has returned
-    (live, possibly while other stages still close the segment). Slow work that must not delay other stages (e.g. translation) belongs in
-    `background()`, which the engine runs as its own task; such a stage also has
+    (live, possibly while other stages still close the segment). Slow work that must not
+    delay other stages (e.g. translation) belongs in `background()`, which the engine runs
+    as its own task; such a stage also has
     `on_stream_end()`, called once the stream's last segment has ended, after which its
     background iterator must finish (the engine waits for it).
     """
