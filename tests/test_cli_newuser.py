@@ -480,3 +480,13 @@ def test_a_flag_value_with_escapes_stays_on_the_usage_line(
     line = usage_error(capsys, ["run", "--hop", "1\n\x1b[2J"])
     assert "'1\\n\\x1b[2J' is not" in line or "\\n\\x1b[2J" in line
     assert line.isprintable()
+
+
+def test_devices_without_any_names_the_command_that_reads_a_file(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `harken devices` has no --input: the hint names the command that has it
+    monkeypatch.setattr("harken.app.commands.devices.list_input_devices", lambda: [])
+    assert main(["devices"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().endswith("read a file instead: `harken run --input FILE`")
