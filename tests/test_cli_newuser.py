@@ -490,3 +490,11 @@ def test_devices_without_any_names_the_command_that_reads_a_file(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.strip().endswith("read a file instead: `harken run --input FILE`")
+
+
+def test_config_show_without_a_file_says_where_one_would_be_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    expected = tmp_path / "no-config" / "harken" / "config.toml"  # XDG_CONFIG_HOME, above
+    assert first == f"# config file: none (defaults); create {expected} or pass --config FILE"
