@@ -25,8 +25,12 @@ measure-setup: setup
 	$(BIN)/python -m pip install -q -e ".[dev,measure]"
 	$(BIN)/python -m pip install -q --no-deps "resemblyzer==0.1.4"
 
+# out/ is the demo's own folder: a second `make demo` replaces its files. Where the Hub cannot
+# be reached: `make demo CAPTIONS_MODEL=DIR`, a local checkpoint folder (README, Set-up).
+CAPTIONS_MODEL ?=
 demo: setup
-	$(BIN)/harken run --input assets/sample.wav --fast --out out --format srt,vtt,jsonl,txt
+	$(BIN)/harken run --input assets/sample.wav --fast --out out --format srt,vtt,jsonl,txt \
+	  --overwrite $(if $(CAPTIONS_MODEL),--captions-model "$(CAPTIONS_MODEL)")
 
 # mypy follows `harken.*` imports through this symlinked view of the remapped folders.
 typing-view:

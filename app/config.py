@@ -8,6 +8,7 @@ values are validated once by the pydantic models below.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 import typing
@@ -561,13 +562,19 @@ def _env_origin(path: tuple[str, ...], environ: dict[str, str]) -> str:
     return env_name(".".join(path))
 
 
-def _bad_env_names(exc: ValueError) -> str:
+def _bad_env_names(exc: ValueError) -> tuple[str, str]:
     """The HARKEN_* variables of the section pydantic-settings could not parse (its message
-    names only the section, e.g. `field "translation"`)."""
+    names only the section, e.g. `field "translation"`), and how one of them is written as
+    JSON: the user's own variable when there is one, its comma-separated items as a list."""
     section = str(exc).partition('field "')[2].partition('"')[0]
     prefix = f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}" if section else ENV_PREFIX
-    names = sorted(printable(name) for name in os.environ if name.upper().startswith(prefix))
-    return " or ".join(names) if names else "a HARKEN_* environment variable"
+    found = sorted(name for name in os.environ if name.upper().startswith(prefix))
+    example = "HARKEN_TRANSLATION__LANGUAGES='[\"de\"]'"
+    if len(found) == 1:
+        items = [item.strip() for item in os.environ[found[0]].split(",") if item.strip()]
+        example = f"{printable(found[0])}='{printable(json.dumps(items))}'"
+    names = " or ".join(printable(name) for name in found) or "a HARKEN_* environment variable"
+    return names, example
 
 
 def _unknown_env() -> list[str]:
@@ -698,9 +705,9 @@ def load_config(path: Path | None = None, *, flags: dict[str, Any] | None = None
         env_data = EnvSettingsSource(HarkenConfig, env_prefix=ENV_PREFIX,
                                      env_nested_delimiter=ENV_NESTED)()
     except ValueError as exc:  # e.g. a HARKEN_*__FORMATS value that is not JSON
-        raise ConfigError(f"{_bad_env_names(exc)}: a list or table value that is not JSON; "
-                          "write it as JSON, e.g. HARKEN_TRANSLATION__LANGUAGES='[\"de\"]'"
-                          ) from exc
+        bad, example = _bad_env_names(exc)
+        raise ConfigError(f"{bad}: a list or table value that is not JSON; write it as "
+                          f"JSON, e.g. {example}") from exc
     env_data.pop("config", None)
     flag_data = flags or {}
     names = flag_names or {}

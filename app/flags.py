@@ -506,7 +506,7 @@ def add_eval_captions(esub: Any) -> None:
     """`harken eval captions DIR|MANIFEST [--refine-model ID|DIR]` (app/eval/captions.py)."""
     ec = esub.add_parser("captions", help="WER/CER of streaming CTC finals, whole-segment "
                                           "CTC and refined finals; refined-final latency")
-    add_common(ec)
+    add_common(ec, random_archs=True)
     ec.add_argument("path", type=Path, metavar="DIR|MANIFEST",
                     help="audio with transcripts (LibriSpeech *.trans.txt, LJ Speech "
                          "metadata.csv, NAME.txt beside NAME.wav) or AUDIO<TAB>TEXT lines")
@@ -517,9 +517,16 @@ def add_eval_captions(esub: Any) -> None:
     ec.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser, *, random_archs: bool = False) -> None:
+    """`random_archs`: --captions-model also takes the bench's full-size random
+    architectures (`harken eval captions`)."""
     p.add_argument("--config", type=Path, help="TOML config file (default: user config dir)")
-    p.add_argument("--captions-model", metavar="ID|DIR", help="CTC model: hub id or folder")
+    if random_archs:
+        p.add_argument("--captions-model", metavar="ID|DIR|hubert-base|hubert-large",
+                       help="CTC model: hub id or folder, or that architecture with random "
+                            "weights")
+    else:
+        p.add_argument("--captions-model", metavar="ID|DIR", help="CTC model: hub id or folder")
     p.add_argument("--device-type", metavar="auto|cpu|cuda[:N]", help="compute device")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--hop", type=float, metavar="S", help="seconds between partial updates")
@@ -685,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "pull":
             mp.add_argument("ids", nargs="*", metavar="ID",
                             help="hub ids to download (default: the configured models)")
-        mp.add_argument("--config", type=Path)
+        mp.add_argument("--config", type=Path,
+                        help="TOML config file (default: user config dir)")
         mp.add_argument("--captions-model", metavar="ID|DIR")
         mp.add_argument("--keywords-model", metavar="ID|DIR")
         mp.add_argument("--translation-model", metavar="ID|DIR")

@@ -480,3 +480,21 @@ def test_a_flag_value_with_escapes_stays_on_the_usage_line(
     line = usage_error(capsys, ["run", "--hop", "1\n\x1b[2J"])
     assert "'1\\n\\x1b[2J' is not" in line or "\\n\\x1b[2J" in line
     assert line.isprintable()
+
+
+def test_devices_without_any_names_the_command_that_reads_a_file(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `harken devices` has no --input: the hint names the command that has it
+    monkeypatch.setattr("harken.app.commands.devices.list_input_devices", lambda: [])
+    assert main(["devices"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().endswith("read a file instead: `harken run --input FILE`")
+
+
+def test_config_show_without_a_file_says_where_one_would_be_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    expected = tmp_path / "no-config" / "harken" / "config.toml"  # XDG_CONFIG_HOME, above
+    assert first == f"# config file: none (defaults); create {expected} or pass --config FILE"

@@ -97,6 +97,16 @@ def test_a_list_env_value_that_is_not_json_says_how_to_write_it(
     assert load_config().config.translation.languages == ["de"]
 
 
+def test_the_json_example_is_the_users_own_variable_and_items(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARKEN_OUTPUT__FORMATS", "srt, txt")
+    with pytest.raises(ConfigError) as caught:
+        load_config()
+    assert str(caught.value).endswith("""e.g. HARKEN_OUTPUT__FORMATS='["srt", "txt"]'""")
+    monkeypatch.setenv("HARKEN_OUTPUT__FORMATS", '["srt", "txt"]')  # as the example says
+    assert load_config().config.output.formats == ["srt", "txt"]
+
+
 def test_a_bad_list_item_names_where_its_list_was_set(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HARKEN_MQTT__ALLOWED_SITES", '["a", 3]')

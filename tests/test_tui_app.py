@@ -570,6 +570,35 @@ async def test_pause_stops_captions_until_resume(tmp_path: Path) -> None:
         assert all(line.entry.start >= second / SAMPLE_RATE for line in lines[1:])
 
 
+@pytest.mark.parametrize("key", ["q", "ctrl+c"])
+async def test_quit_mid_speech_finishes_the_open_segment_in_every_file(
+        tmp_path: Path, key: str) -> None:
+    """Like Ctrl-C without the app: the speech heard so far gets its final, in the files too,
+    before the app closes (it was cancelled, and the segment open at that moment was lost)."""
+    speech, rate = sf.read(SAMPLE, dtype="float32")
+    assert rate == SAMPLE_RATE
+    mid_first = Gate()  # the input stops arriving (a microphone) inside the first utterance
+    source = GatedSource(speech, {2 * SAMPLE_RATE: mid_first})
+    buffered = BufferedSink(tmp_path / "buffered.txt")
+    srt = SrtSink(path=tmp_path / "live.srt")
+    made: list[EngineSession] = []
+
+    def make(tui: Sink) -> RunnableSession:
+        made.append(EngineSession(source, [tui, buffered, srt]))
+        return made[0]
+
+    app = build_app(fake_config(tmp_path), stem="sample", session=make, device="test")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: mid_first.reached.is_set() and made[0].engine is not None,
+                    "the middle of the first utterance")
+        await pilot.press(key)
+        await until(pilot, lambda: not app.is_running, "the app to exit")
+    assert app.session_done
+    assert app.return_code == 0
+    assert buffered.path.read_text() == "segment 0 said"
+    assert "segment 0 said" in srt.path.read_text()
+
+
 async def test_status_bar_shows_the_mqtt_connection_as_it_changes(tmp_path: Path) -> None:
     mqtt = MqttSink(settings=MqttSettings(host="broker.local", port=1883),
                     options=MqttSinkOptions(site="kitchen"))

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from harken.app import flags
-from harken.app.config import describe
+from harken.app.config import default_config_path, describe, printable
 from harken.app.tasks.thresholds import thresholds
 from harken.engine.mqtt.topics import default_site
 
@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: {"value": v, "from": o} for k, v, o in rows}, indent=2))
         return 0
-    print(f"# config file: {loaded.path or 'none (defaults)'}")
+    # No file: say where one would be read from, so a first config lands in the right place.
+    where = loaded.path or (f"none (defaults); create {printable(str(default_config_path()))}"
+                            " or pass --config FILE")
+    print(f"# config file: {where}")
     width = max(len(k) for k, _, _ in rows)
     for key, value, origin in rows:
         print(f"{key:<{width}}  {json.dumps(value):<36}  {origin}")

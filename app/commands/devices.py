@@ -11,7 +11,8 @@ from harken.engine.sources.mic import list_input_devices
 def run(args: argparse.Namespace) -> int:
     devices = list_input_devices()
     if not devices:
-        print("no audio input devices found; connect a microphone, or use --input FILE",
+        print("harken: no audio input devices found; connect a microphone (and check its "
+              "permissions), or read a file instead: `harken run --input FILE`",
               file=sys.stderr)
         return 1
     print(f"{'index':>5}  {'channels':>8}  {'rate':>7}  name")

@@ -129,6 +129,7 @@ class HarkenApp(App[int]):
         self._state = "loading"
         self._diarization = config.speakers.enabled  # --diarize starts it on; `d` switches
         self._device_known = False
+        self._quitting = False  # q pressed once: finishing the speech heard, then closing
 
     # ---- layout -------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -173,7 +174,8 @@ class HarkenApp(App[int]):
 
     @property
     def state(self) -> str:
-        """loading, live, paused, finished or error."""
+        """loading, live, paused, stopping (quitting once the speech heard is finished),
+        finished or error."""
         return self._state
 
     @property
@@ -313,6 +315,9 @@ class HarkenApp(App[int]):
                     severity="error" if e.fatal else "warning", timeout=ERROR_NOTIFY_S)
 
     def on_session_ended(self, message: SessionEnded) -> None:
+        if self._quitting:  # asked to quit: the speech heard is finished and written
+            self.exit(0)
+            return
         if message.error is None:
             self._set_state("finished")
             return
@@ -392,6 +397,17 @@ class HarkenApp(App[int]):
             self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
+        """The first q or Ctrl-C ends the input and lets the speech already heard finish
+        (open segments get their finals, written to every file), as Ctrl-C does without the
+        app; the app closes once the session has ended. A second one stops at once."""
+        stop = getattr(self.session.engine, "stop", None)
+        if not self._quitting and not self.session_done and callable(stop):
+            self._quitting = True
+            stop()
+            self._set_state("stopping")
+            self.notify("Finishing the speech already heard; press q again to stop at once.",
+                        title="Quitting", timeout=ERROR_NOTIFY_S)
+            return
         await self.stop_session()
         self.exit(0)
 

@@ -13,6 +13,7 @@ STATE_STYLES = {
     "live": ("● live", "bold green"),
     "paused": ("‖ paused", "bold yellow"),
     "finished": ("■ input ended", "bold cyan"),
+    "stopping": ("■ finishing, then quitting", "bold yellow"),
     "error": ("✖ stopped", "bold red"),
 }
 
