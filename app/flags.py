@@ -665,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jsonl", action="store_true", help="print one JSON event per line")
     run.add_argument("--no-tui", action="store_true",
                      help="plain printed captions instead of the terminal app")
-    run.add_argument("--out", type=Path, metavar="DIR", help="also write transcript files here")
+    run.add_argument("--out", type=Path, metavar="DIR",
+                     help="also write transcript files here (or set output.dir)")
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="replace output files that already exist (default: refuse)")
     run.add_argument("--format", type=formats, metavar="LIST",

@@ -185,3 +185,19 @@ def test_mic_without_device_is_a_clear_error(tiny_hubert: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "--input" in proc.stderr or "device" in proc.stderr.lower()
+
+
+def test_run_writes_files_where_a_config_file_says(tiny_hubert: Path, tmp_path: Path) -> None:
+    """output.dir set in a config file (or HARKEN_OUTPUT__DIR) is a folder named by the
+    user, like --out; left at its default, `harken run` writes no files."""
+    out = tmp_path / "from-config"
+    config = tmp_path / "harken.toml"
+    config.write_text(f'[output]\ndir = "{out}"\nformats = ["srt", "txt"]\n')
+    harken("run", "--input", SAMPLE, "--fast", "--jsonl", "--captions-model", tiny_hubert,
+           "--device-type", "cpu", "--config", config)
+    assert sorted(p.name for p in out.iterdir()) == ["sample.srt", "sample.txt"]
+    assert srt_spans((out / "sample.srt").read_text())
+    cwd_before = sorted(ROOT.iterdir())
+    harken("run", "--input", SAMPLE, "--fast", "--jsonl", "--captions-model", tiny_hubert,
+           "--device-type", "cpu")
+    assert sorted(ROOT.iterdir()) == cwd_before  # nothing written beside the project

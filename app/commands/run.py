@@ -30,7 +30,8 @@ def use_tui(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = flags.load(args).config
+    settings = flags.load(args)
+    loaded = settings.config
     check_refine_flags(language=args.refine_language, guard=args.refine_guard, config=loaded)
     config = with_refine_resolved(loaded)
     mqtt_input = args.input if isinstance(args.input, str) else None
@@ -53,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     # Satellites: the first site's first caption names its site too, not only the lines
     # after a second site has spoken.
     satellites = mqtt_input is not None
-    files = result_files(config, stem=stream_id, per_stream=satellites) \
-        if args.out is not None else []
+    # Files only where the user named a folder (--out, or output.dir in a config file or
+    # variable): the default "." would litter wherever a microphone session starts.
+    writes_files = settings.origins.get("output.dir", "default") != "default"
+    files = result_files(config, stem=stream_id, per_stream=satellites) if writes_files else []
     check_new(config, output_paths(files))  # before the model loads and before any write
     if use_tui(args):
         with mqtt.broker():
