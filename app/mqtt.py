@@ -198,6 +198,7 @@ class MqttSetup:
                 hermes=mqtt.hermes, refined=bool(with_refine_resolved(config).refine.model),
                 refine_wait_s=config.refine.max_wait_s if live else None,
                 ha_discovery=mqtt.ha_discovery, ha_prefix=mqtt.ha_prefix,
+                speakers=config.speakers.enabled,
                 outbox_size=mqtt.outbox_size, partial_interval_s=mqtt.partial_interval_s,
                 # Entities for the configured keywords exist before the first is spotted.
                 keywords=tuple(config.keywords.words) if config.keywords.enabled else (),

@@ -588,3 +588,19 @@ def test_the_mqtt_librarys_own_warnings_are_rate_limited() -> None:
     assert limit.filter(record("Message queue is full. Discarding message."))
     assert limit.suppressed == 997
     assert LIBRARY_LOG_FILTER in LIBRARY_LOG.filters
+
+
+@pytest.mark.parametrize("speakers", [True, False])
+async def test_the_speaker_entity_is_announced_only_with_diarization(speakers: bool) -> None:
+    """Without diarization no speaker is ever published: the entity would stay unknown. Its
+    config is cleared instead, so one an earlier `--diarize` run left goes away."""
+    sink = MqttSink(settings=MqttSettings(host="127.0.0.1"), options=MqttSinkOptions(
+        site="den", ha_discovery=True, speakers=speakers))
+    sink.connected = True
+    sink._add_site("den", announce=True)
+    speaker = [m for m in sink._outbox
+               if m.topic == "homeassistant/sensor/harken_den/current_speaker/config"]
+    assert len(speaker) == 1 and speaker[0].retain
+    assert (speaker[0].payload != b"") is speakers
+    assert any(m.topic == "homeassistant/sensor/harken_den/last_caption/config" and m.payload
+               for m in sink._outbox)

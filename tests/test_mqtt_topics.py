@@ -503,3 +503,8 @@ async def test_outbox_is_bounded_and_partials_are_never_queued_while_offline() -
     assert sink.qos0_dropped + sub.dropped == 12  # the bus may replace a queued partial
     assert sink.outbox_dropped == 12 - 5
     assert sink.undelivered == 5
+
+
+def test_ha_discovery_has_no_speaker_entity_without_diarization() -> None:
+    configs = ha_discovery(TOPICS, availability="harken/den/status", speakers=False)
+    assert [c.topic for c in configs] == ["homeassistant/sensor/harken_den/last_caption/config"]

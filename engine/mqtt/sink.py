@@ -86,6 +86,7 @@ from harken.engine.mqtt.topics import (
     first_field,
     ha_discovery,
     ha_keyword_discovery,
+    ha_speaker_config_topic,
     hermes_hotword_detected,
     hermes_hotword_topic,
     hermes_text_captured,
@@ -128,6 +129,9 @@ class MqttSinkOptions:
     ha_discovery: bool = False
     ha_prefix: str = DEFAULT_HA_PREFIX
     keywords: tuple[str, ...] = ()  # keyword entities announced before any is spotted
+    #: Diarization runs in this session: the current-speaker entity is announced. Off, its
+    #: config is cleared instead, so one left by an earlier `--diarize` run goes away.
+    speakers: bool = True
     #: Satellite sites known in advance (mqtt.allowed_sites, as site ids): announced at
     #: start and never forgotten. Other satellite sites are announced on their first
     #: caption, so noise published under a made-up site name leaves no retained configs
@@ -372,7 +376,8 @@ class MqttSink:
             if self.options.ha_discovery:
                 cleared += [item.topic for item in ha_discovery(
                     topics, availability=self.topics.status,
-                    keywords=tuple(sorted(known.keywords)), ha_prefix=self.options.ha_prefix)]
+                    keywords=tuple(sorted(known.keywords)), ha_prefix=self.options.ha_prefix,
+                    speakers=self.options.speakers)]
         for topic in cleared:
             self._enqueue(_Outgoing(topic=topic, payload=b"", qos=QOS_AT_LEAST_ONCE,
                                     retain=True))
@@ -410,9 +415,13 @@ class MqttSink:
                                  keywords=tuple(sorted(self._sites[site].keywords)),
                                  refined=self.options.refined,
                                  ha_prefix=self.options.ha_prefix,
-                                 version=self.options.version):
+                                 version=self.options.version,
+                                 speakers=self.options.speakers):
             self._enqueue(_Outgoing(topic=item.topic, payload=dumps(item.config),
                                     qos=QOS_AT_LEAST_ONCE, retain=True))
+        if not self.options.speakers:
+            self._enqueue(_Outgoing(topic=ha_speaker_config_topic(topics, self.options.ha_prefix),
+                                    payload=b"", qos=QOS_AT_LEAST_ONCE, retain=True))
 
     def _route(self, event: Event) -> None:
         if self._control is not None and self._state_paused is not None and \

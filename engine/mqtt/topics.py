@@ -439,10 +439,16 @@ def _common(topics: SiteTopics, availability: str, version: str, unique: str) ->
     }
 
 
+def ha_speaker_config_topic(topics: SiteTopics, ha_prefix: str = DEFAULT_HA_PREFIX) -> str:
+    """The current-speaker sensor's config topic (cleared when diarization is off)."""
+    return f"{ha_prefix}/sensor/harken_{ha_site_id(topics.site)}/current_speaker/config"
+
+
 def ha_discovery(topics: SiteTopics, *, availability: str, keywords: tuple[str, ...] = (),
                  ha_prefix: str = DEFAULT_HA_PREFIX, version: str = "",
-                 refined: bool = False) -> list[Discovery]:
-    """Configs for a site: last-caption sensor, current-speaker sensor, one event per keyword.
+                 refined: bool = False, speakers: bool = True) -> list[Discovery]:
+    """Configs for a site: last-caption sensor, current-speaker sensor (with `speakers`:
+    diarization runs in this session), one event per keyword.
 
     `availability` is the status topic of the Harken instance that serves the site (the
     last will makes entities unavailable when Harken goes away). With `refined`
@@ -467,14 +473,15 @@ def ha_discovery(topics: SiteTopics, *, availability: str, keywords: tuple[str, 
             "json_attributes_template": f"{{{{ {{{attributes}}} | tojson }}}}",
             "icon": "mdi:closed-caption-outline",
         }),
-        Discovery(topic=f"{ha_prefix}/sensor/{node}/current_speaker/config", config={
+    ]
+    if speakers:
+        out.append(Discovery(topic=ha_speaker_config_topic(topics, ha_prefix), config={
             "name": "Current speaker",
             **_common(topics, availability, version, f"{node}_current_speaker"),
             "state_topic": topics.speaker_current,
             "value_template": "{{ value_json.speaker }}",
             "icon": "mdi:account-voice",
-        }),
-    ]
+        }))
     out.extend(ha_keyword_discovery(topics, name, availability=availability,
                                     ha_prefix=ha_prefix, version=version)
                for name in keywords)
