@@ -600,7 +600,8 @@ async def test_the_speaker_entity_is_announced_only_with_diarization(speakers: b
     sink._add_site("den", announce=True)
     speaker = [m for m in sink._outbox
                if m.topic == "homeassistant/sensor/harken_den/current_speaker/config"]
-    assert len(speaker) == 1 and speaker[0].retain
+    assert len(speaker) == 1
+    assert speaker[0].retain
     assert (speaker[0].payload != b"") is speakers
     assert any(m.topic == "homeassistant/sensor/harken_den/last_caption/config" and m.payload
                for m in sink._outbox)

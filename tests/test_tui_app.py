@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -124,7 +125,6 @@ async def test_with_satellites_the_first_caption_names_its_site(
         tmp_path: Path, show_streams: bool) -> None:
     """Satellites (show_streams): the first site's first line names it; otherwise a lone
     stream's lines stay bare until a second stream is heard."""
-    import dataclasses
 
     kitchen = dataclasses.replace(final(0, 0.5, 2.0, "lights on please"), stream="kitchen")
     app = build_app(fake_config(tmp_path), stem="satellites", device="satellites",
@@ -220,6 +220,20 @@ async def test_translations_under_captions_or_in_their_pane(tmp_path: Path) -> N
         await pilot.press("t")
         await pilot.pause()
         assert translation.text in str(line.content)
+
+
+async def test_an_empty_translation_shows_no_empty_line(tmp_path: Path) -> None:
+    script = demo_script()
+    translation = next(e for e in script if isinstance(e, Translation))
+    empty = dataclasses.replace(translation, lang="fr", text="  ")
+    script.insert(script.index(translation) + 1, empty)
+    app, _ = scripted_app(script, out_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.session_done, "the script to end")
+        line = app.captions.lines[translation.segment]
+        assert line.entry.translations == ((translation.lang, translation.text),)
+        assert "fr:" not in str(line.content)
+        assert [t.translated for t in app.translations.lines] == [translation.text]
 
 
 async def test_keyword_hits_are_logged_newest_first_and_glow_briefly(

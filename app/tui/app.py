@@ -304,6 +304,8 @@ class HarkenApp(App[int]):
     def on_translation_arrived(self, message: TranslationArrived) -> None:
         self._recorded(message)
         e = message.event
+        if not e.text.strip():  # nothing to show (the printer skips it too)
+            return
         self.captions.add_translation(stream=e.stream, segment=e.segment, lang=e.lang,
                                       text=e.text)
         self.translations.add_translation(start=e.start, lang=e.lang, text=e.text)
