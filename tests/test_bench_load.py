@@ -12,7 +12,7 @@ from tiny_models import speechlike_audio
 from tiny_speaker_models import build_tiny_segmenter, build_tiny_xvector
 from tiny_task_models import build_tiny_keyword_model, build_tiny_translation_model
 
-from harken.app.bench.all import bench_all
+from harken.app.bench.all import bench_all, targets
 from harken.app.bench.streams import bench_streams, find_capacity, missed_reasons, parse_tasks
 from harken.app.cli import main
 from harken.app.tasks.loader import ModelLoader
@@ -78,9 +78,30 @@ def test_bench_all_reports_every_task(speech: Path, tiny: dict[str, str]) -> Non
     assert {"rtf", "latency_p95_s", "latency_per_audio_s_p95", "segments_skipped"} <= set(
         out["tasks"]["translation"])
     assert {"cpu_share", "rss_max_mb", "threads", "worker"} <= set(out)
+    checks = out["targets"]["checks"]
+    assert set(checks) == {"caption_final_p95_s", "caption_steps_merged", "keyword_p95_s",
+                           "keyword_windows_skipped", "speaker_steps_skipped",
+                           "translation_p95_per_audio"}
+    assert out["targets"]["met"] == all(c["met"] for c in checks.values())
+    assert checks["caption_steps_merged"]["value"] == captions["steps_merged"]
     assert out["audio_s"] == pytest.approx(SECONDS, abs=0.2)
     assert out["threads"]["inference"] >= 1
     assert out["threads"]["generation"] >= 1
+
+
+def test_bench_all_targets_name_what_was_missed() -> None:
+    tasks = {"captions": {"final_latency_p95_s": 1.2, "steps_merged": 0},
+             "keywords": {"latency_p95_s": None, "windows_skipped": 0},
+             "speakers": {"steps_skipped": 3},
+             "translation": {"latency_per_audio_s_p95": 2.0}}
+    result = targets(tasks)
+    assert not result["met"]
+    assert result["missed"] == ["keyword_p95_s None (target < 1.0 s)",
+                                "speaker_steps_skipped 3 (target 0)"]
+    assert result["checks"]["translation_p95_per_audio"]["met"]  # 2x is within 2x
+    tasks["captions"]["final_latency_p95_s"] = 1.5
+    assert not targets({"captions": tasks["captions"]})["checks"]["caption_final_p95_s"]["met"]
+    assert targets({})["met"]  # nothing to check
 
 
 def test_bench_streams_runs_n_streams_through_one_worker(speech: Path,

@@ -179,6 +179,42 @@ def stage_figures(engine: Engine, audio_s: float, worker: WorkerStats) -> dict[s
     return tasks
 
 
+# The live targets of a paced run (issue #12): what "keeps up" means for each task.
+FINAL_P95_TARGET_S = 1.5  # caption final after a pause, as published (speaker label on)
+KEYWORD_P95_TARGET_S = 1.0  # keyword hit after the word's end
+TRANSLATION_TARGET = 2.0  # translation done within this many times its segment's length
+
+
+def targets(tasks: dict[str, Any]) -> dict[str, Any]:
+    """Each live target against the figures of `stage_figures`: value, target, met; `met`
+    overall and the `missed` ones in words. A task that is absent is not checked."""
+    checks: dict[str, dict[str, Any]] = {}
+
+    def check(name: str, value: Any, target: str, met: bool) -> None:
+        checks[name] = {"value": value, "target": target, "met": met}
+
+    if (c := tasks.get("captions")) is not None:
+        p95 = c["final_latency_p95_s"]
+        check("caption_final_p95_s", p95, f"< {FINAL_P95_TARGET_S} s",
+              p95 is not None and p95 < FINAL_P95_TARGET_S)
+        check("caption_steps_merged", c["steps_merged"], "0", c["steps_merged"] == 0)
+    if (k := tasks.get("keywords")) is not None:
+        p95 = k["latency_p95_s"]
+        check("keyword_p95_s", p95, f"< {KEYWORD_P95_TARGET_S} s",
+              p95 is not None and p95 < KEYWORD_P95_TARGET_S)
+        check("keyword_windows_skipped", k["windows_skipped"], "0", k["windows_skipped"] == 0)
+    if (sp := tasks.get("speakers")) is not None:
+        # Widened steps are the designed way of keeping up; skipped ones lose frames.
+        check("speaker_steps_skipped", sp["steps_skipped"], "0", sp["steps_skipped"] == 0)
+    if (t := tasks.get("translation")) is not None:
+        ratio = t["latency_per_audio_s_p95"]
+        check("translation_p95_per_audio", ratio, f"<= {TRANSLATION_TARGET}x its length",
+              ratio is not None and ratio <= TRANSLATION_TARGET)
+    missed = [f"{name} {c['value']} (target {c['target']})" for name, c in checks.items()
+              if not c["met"]]
+    return {"met": not missed, "missed": missed, "checks": checks}
+
+
 def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: str,
               precision: str, captions: str = "hubert-base", languages: tuple[str, ...] = ("de",),
               max_new_tokens: int = 48, inference_threads: int = 0, generation_threads: int = 0,
@@ -253,4 +289,10 @@ def bench_all(*, seconds: float, audio: Path | None, device_type: str, dtype: st
     }
     if device.type == "cuda":
         result["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    # Latencies of an unpaced run (--fast) are not what a live user sees: no targets then.
+    result["targets"] = targets(result["tasks"]) if realtime else None
+    if realtime:
+        met = result["targets"]
+        _log(verbose, "live targets: all met" if met["met"] else
+             "live targets missed: " + "; ".join(met["missed"]))
     return result
