@@ -457,8 +457,9 @@ def add_load_bench_parsers(bsub: Any) -> None:
                                            "and speed-up")
     bp.add_argument("--tasks", default="captions,speakers,diarization,keywords,translation",
                     metavar="LIST", help="captions,speakers,diarization,keywords,translation")
-    bp.add_argument("--audio-root", type=Path, default=Path("../shared/audio"), metavar="DIR",
-                    help="the shared real-speech folder")
+    bp.add_argument("--audio-root", type=Path, metavar="DIR",
+                    help="the shared real-speech folder (default: $HARKEN_SHARED_AUDIO, else "
+                         "../shared/audio beside the project or its parent folder)")
     bp.add_argument("--threads", type=count(0, 256), default=0, metavar="N",
                     help="torch threads (0: torch's default)")
     bp.add_argument("--max-new-tokens", type=count(1, 448), default=24,

@@ -161,3 +161,18 @@ def test_cli_parses_the_new_benches(capsys: pytest.CaptureFixture[str]) -> None:
         main(["bench", "streams", "--tasks", "captions", "--precision", "int4"])
     assert exit_info.value.code == 2
     assert "--precision" in capsys.readouterr().err
+
+
+def test_the_shared_speech_is_found_from_a_worktree_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harken.app.bench import shared_audio
+
+    monkeypatch.delenv(shared_audio.ENV, raising=False)
+    project = tmp_path / "wt" / "mine"
+    project.mkdir(parents=True)
+    monkeypatch.setattr(shared_audio, "ROOT", project)
+    assert shared_audio.shared_audio_root() is None
+    (tmp_path / "shared" / "audio").mkdir(parents=True)
+    assert shared_audio.shared_audio_root() == tmp_path / "shared" / "audio"
+    monkeypatch.setenv(shared_audio.ENV, str(tmp_path / "elsewhere"))
+    assert shared_audio.shared_audio_root() == tmp_path / "elsewhere"

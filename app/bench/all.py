@@ -36,6 +36,7 @@ from harken.app.bench.architectures import (
     random_translator,
 )
 from harken.app.bench.captions import bench_audio, caption_latencies
+from harken.app.bench.shared_audio import shared_audio_root
 from harken.app.bench.speakers import rss_mb
 from harken.app.config import (
     CaptionsConfig,
@@ -68,10 +69,9 @@ WARMUP_S = 3.0  # s of audio each model encodes before the run (kernel selection
 
 def default_audio() -> Path | None:
     """A two-party conversation from ../shared/audio when it is there (None: the sample)."""
-    root = Path(__file__).resolve().parents[2]
-    for shared in (root.parent / "shared" / "audio", root.parent.parent / "shared" / "audio"):
-        if (shared / SHARED_SPEECH).is_file():
-            return shared / SHARED_SPEECH
+    shared = shared_audio_root()
+    if shared is not None and (shared / SHARED_SPEECH).is_file():
+        return shared / SHARED_SPEECH
     return None
 
 

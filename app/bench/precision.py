@@ -40,6 +40,7 @@ from harken.app.bench.architectures import (
     random_translator,
 )
 from harken.app.bench.compare import argmax_agreement, encode_whole, mean_abs_logprob_diff
+from harken.app.bench.shared_audio import shared_audio_root
 from harken.models.audio import SAMPLE_RATE
 from harken.models.errors import AudioFileError, ConfigError
 from harken.models.translation import GenerationOptions
@@ -168,11 +169,17 @@ def _translation(root: Path, max_new_tokens: int) -> dict[str, Any]:
             "shared_prefix": round(float(np.mean(prefix)), 3), **_speed(tf, tq)}
 
 
-def bench_precision(*, tasks: Sequence[str], audio_root: Path, threads: int,
+def bench_precision(*, tasks: Sequence[str], audio_root: Path | None, threads: int,
                     max_new_tokens: int = 24) -> dict[str, Any]:
+    """`audio_root`: the shared real-speech folder (None: found by shared_audio_root)."""
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ConfigError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+    if audio_root is None:
+        audio_root = shared_audio_root()
+        if audio_root is None:
+            raise AudioFileError("no shared speech folder found (../shared/audio); pass "
+                                 "--audio-root DIR or set HARKEN_SHARED_AUDIO")
     if threads > 0:
         torch.set_num_threads(threads)
     out: dict[str, Any] = {"weights": "random (full-size architectures, same seed for both)",
