@@ -92,3 +92,41 @@ def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: P
     if broker:  # the embedded mosquitto went with the run: nothing listens on its port
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_ctrl_c_in_transcribe_finishes_the_open_segment(tmp_path: Path) -> None:
+    """transcribe runs unpaced; Ctrl-C ends the file where it was read to and finishes its
+    open segment (its final in every file), like `harken run`."""
+    audio, rate = sf.read(str(ROOT / "assets" / "sample.wav"), dtype="float32")
+    long = tmp_path / "talk.wav"
+    sf.write(str(long), np.tile(audio, 120), rate)  # ~17 min: minutes of work unpaced
+    model = build_tiny_ctc("hubert", tmp_path / "model")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
+    env.update(HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harken.app.cli", "transcribe", str(long),
+         "--captions-model", str(model), "--device-type", "cpu", "--out", str(out),
+         "--format", "srt,jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    jsonl = out / "talk.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and not (
+                jsonl.exists() and '"caption_final"' in jsonl.read_text()):
+            if proc.poll() is not None:
+                pytest.fail(f"harken exited early: {proc.communicate()}")
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    finals = [e for e in events if e["type"] == "caption_final"]
+    assert max(e["end"] for e in finals) < 0.9 * len(audio) * 120 / rate  # it stopped early
+    started = [e["segment"] for e in events if e["type"] == "speech_started"]
+    assert started == [f["segment"] for f in finals]  # the open one was finished
+    assert (out / "talk.srt").read_text().count(" --> ") == len([f for f in finals if f["text"]])

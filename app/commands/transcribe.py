@@ -85,7 +85,9 @@ async def transcribe_files(config: HarkenConfig, files: Sequence[Path], *, progr
                 sinks.append(ProgressSink(progress=bar, task=task))
             session = Session(config=config, sources=[source], sinks=sinks,
                                       live=False, models=models)
-            engine = await session.run()
+            # The first Ctrl-C (or SIGTERM/SIGHUP) finishes the segment open in this file,
+            # its final written, and ends the command (Stopped); a second stops at once.
+            engine = await session.run_stoppable()
             if note := no_speech_note(engine, name=str(path), config=config):
                 print(note, file=sys.stderr)
             written += [out for sink in outputs
