@@ -14,7 +14,7 @@ import importlib.metadata
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Self
 
@@ -232,8 +232,9 @@ class MqttSetup:
         return [MqttSink(settings=self.results, options=self.sink_options,
                          site_names=self.site_names)]
 
-    def source(self) -> OpenableSource:
-        """The satellite source (a SatelliteSource) for --input mqtt://..."""
+    def source(self, *, on_subscribed: Callable[[], None] | None = None) -> OpenableSource:
+        """The satellite source (a SatelliteSource) for --input mqtt://...; `on_subscribed`:
+        called once when it hears frames (SatelliteSource)."""
         if self.input is None:
             raise ConfigError("no MQTT input: use --input mqtt://host/hermes/audioServer/+/"
                               "audioFrame")
@@ -241,7 +242,7 @@ class MqttSetup:
                                topic_filter=self.topic_filter,
                                block_s=self.config.audio.block_s, limits=self.limits,
                                own_subscriptions=self.config.mqtt.own_subscriptions,
-                               names=self.site_names)
+                               names=self.site_names, on_subscribed=on_subscribed)
 
     @contextlib.contextmanager
     def broker(self) -> Iterator[None]:

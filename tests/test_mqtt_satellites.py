@@ -101,10 +101,12 @@ async def test_two_satellite_sites_at_once(tmp_path: Path) -> None:
     truncated = kitchen[1][: len(kitchen[1]) // 2]
     with Mosquitto(tmp_path / "broker") as broker:
         settings = MqttSettings(host=broker.host, port=broker.port)
+        ready: list[int] = []  # the command line's "listening" line comes from here
         source = SatelliteSource(settings=settings, client_id="harken-hub-audio",
                                  # fed unpaced, faster than real time: no audio-rate limit
                                  limits=SiteLimits(max_audio_ratio=1e6),
-                                 backoff_initial_s=0.05, backoff_max_s=0.2)
+                                 backoff_initial_s=0.05, backoff_max_s=0.2,
+                                 on_subscribed=lambda: ready.append(source.connects))
         sink = MqttSink(settings=settings, options=MqttSinkOptions(
             site="hub", sites_from_streams=True, hermes=True, backoff_initial_s=0.05,
             backoff_max_s=0.2))
@@ -126,6 +128,7 @@ async def test_two_satellite_sites_at_once(tmp_path: Path) -> None:
                 tg.create_task(collect())
                 run = tg.create_task(engine.run())
                 await source.wait_connected()
+                assert ready == [1]
                 await sink.wait_connected()
                 send = listener.client.publish
                 await send("hermes/audioServer/bedroom/audioFrame", b"not a wav", qos=1)
@@ -153,6 +156,7 @@ async def test_two_satellite_sites_at_once(tmp_path: Path) -> None:
         assert final["end"] - final["start"] >= speech_s - 0.1
     assert sorted(m.json()["siteId"] for m in captured) == ["bedroom", "kitchen"]
     assert source.malformed_frames == 2
+    assert ready == [1]  # once
     # Both sites, in whichever order their first frames were decoded (not guaranteed).
     assert sorted(source.sites) == ["bedroom", "kitchen"]
     stats = [e for e in seen if isinstance(e, Stats)]

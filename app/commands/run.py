@@ -29,6 +29,13 @@ def use_tui(args: argparse.Namespace) -> bool:
     return not args.jsonl and not args.no_tui and sys.stdout.isatty()
 
 
+def _ready() -> None:
+    """Satellites: nothing prints before the first caption, so say when frames are heard
+    (the terminal app shows it in its status line instead)."""
+    print("harken: listening for satellite audio; captions print as sites speak",
+          file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = flags.load(args)
     loaded = settings.config
@@ -40,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fast:
             raise HarkenError("--fast needs --input FILE (satellites stream in real time)")
         stream_id = "satellites"
-        source = mqtt.source()
+        source = mqtt.source(on_subscribed=None if use_tui(args) else _ready)
     elif args.input is not None:
         stream_id = args.input.stem or "file"
         source = file_source(args.input, stream_id=stream_id,

@@ -320,9 +320,12 @@ class SatelliteSource:
                  own_subscriptions: bool = True,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 names: SiteNames | None = None) -> None:
+                 names: SiteNames | None = None,
+                 on_subscribed: Callable[[], None] | None = None) -> None:
         """`names`: where the name each site published under is recorded (by site id) when
-        one of its frames decodes, for the MQTT sink's Hermes `siteId`."""
+        one of its frames decodes, for the MQTT sink's Hermes `siteId`. `on_subscribed`:
+        called once, when the first subscription is in place (frames are heard from then
+        on; a command line says it is ready)."""
         if not 0.01 <= block_s <= 2.0:
             raise ValueError(f"block_s must be between 0.01 and 2.0 seconds, got {block_s}")
         if max_queued_blocks < 1 or idle_flush_s <= 0 or flush_silence_s < 0 or \
@@ -395,6 +398,7 @@ class SatelliteSource:
         self._queue: collections.deque[AudioBlock] = collections.deque()
         self._ready = asyncio.Event()
         self._subscribed = asyncio.Event()
+        self._on_subscribed = on_subscribed
         self._pending = 0  # frames with the decoder, all sites
         self._stopping = False
         self._stopped = False
@@ -531,6 +535,8 @@ class SatelliteSource:
                     self.reconnects = self.connects - 1
                     self.connected = True
                     self._subscribed.set()
+                    if self.connects == 1 and self._on_subscribed is not None:
+                        self._on_subscribed()
                     # One wait per batch: the library's iterator costs a task and a few
                     # loop turns per message, slower than its reader under a flood.
                     async for first in client.messages:
