@@ -3,10 +3,11 @@ CLI with a closed terminal is in tests/test_tui_hangup.py."""
 
 from __future__ import annotations
 
-import errno
 import os
 import pty
 import signal
+import threading
+import time
 import tty
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,37 +15,64 @@ from typing import Any
 import pytest
 from textual.message import Message
 
-from harken.app.tui.driver import HarkenDriver, TerminalGone, TerminalOutput, hung_up
+from harken.app.tui.driver import (
+    OUTPUT_WAIT_S,
+    HarkenDriver,
+    TerminalGone,
+    TerminalWriter,
+    hung_up,
+)
 
 
-class DeadTerminal:
-    """A file whose writes fail as a closed pty's do (EIO)."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-
-    def write(self, text: str) -> int:
-        self.writes += 1
-        raise OSError(errno.EIO, "Input/output error")
-
-    def flush(self) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    def fileno(self) -> int:
-        return 2
-
-    def isatty(self) -> bool:
-        return True
-
-
-def test_a_failing_write_is_reported_once_and_later_writes_are_dropped() -> None:
+def _writer(fd: int) -> tuple[TerminalWriter, threading.Event, list[bool]]:
+    caught_up = threading.Event()
     gone: list[bool] = []
-    dead = DeadTerminal()
-    out = TerminalOutput(dead, on_error=lambda: gone.append(True))  # type: ignore[arg-type]
-    assert out.write("frame 1") == len("frame 1")  # the output thread goes on, no raise
-    out.flush()
-    assert out.write("frame 2") == len("frame 2")
-    assert (gone, dead.writes, out.failed, out.isatty()) == ([True], 1, True, False)
+    writer = TerminalWriter(fd, encoding="utf-8", on_gone=lambda: gone.append(True),
+                            on_caught_up=caught_up.set)
+    writer.start()
+    return writer, caught_up, gone
+
+
+def test_a_terminal_that_does_not_read_never_holds_the_app_for_long() -> None:
+    """A frozen terminal (here a pipe nobody reads) costs the app one OUTPUT_WAIT_S, then
+    its frames are dropped; once it reads again everything is redrawn."""
+    read_end, write_end = os.pipe()
+    writer, caught_up, gone = _writer(write_end)
+    frame = "x" * 65536  # one frame fills the pipe
+    try:
+        began = time.monotonic()
+        for _ in range(200):
+            writer.write(frame)
+        took = time.monotonic() - began
+        assert took < OUTPUT_WAIT_S + 1.0, f"the app was held {took:.1f} s"
+        assert writer.dropped > 0
+        assert not caught_up.is_set()
+
+        def read() -> None:  # the terminal reads again
+            while os.read(read_end, 1 << 20):
+                pass
+
+        threading.Thread(target=read, daemon=True).start()
+        assert caught_up.wait(10.0), "no redraw once the terminal read again"
+        assert writer.stop(5.0)
+        assert gone == []
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+def test_a_failing_write_is_the_terminal_gone_once_and_later_writes_are_dropped() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # EPIPE, as a closed pty gives EIO
+    writer, _caught_up, gone = _writer(write_end)
+    try:
+        for _ in range(3):
+            writer.write("frame")
+        assert writer.stop(5.0)
+    finally:
+        os.close(write_end)
+    assert gone == [True]
+    assert writer.failed
 
 
 def test_a_closed_pty_reads_as_hung_up_and_a_live_one_does_not() -> None:
