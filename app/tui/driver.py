@@ -134,7 +134,8 @@ class HarkenDriver(LinuxDriver):
 
     def start_application_mode(self) -> None:
         if self._output is None and self._file is not None:
-            self._file.flush()  # what Python still buffers goes out before the app
+            with contextlib.suppress(OSError, ValueError):  # a dead terminal: found out below
+                self._file.flush()  # what Python still buffers goes out before the app
             self._output = TerminalWriter(
                 self._file.fileno(), encoding=self._file.encoding or "utf-8",
                 on_gone=self.terminal_gone, on_caught_up=self._redraw)
