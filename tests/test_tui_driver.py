@@ -39,6 +39,12 @@ def test_a_terminal_that_does_not_read_never_holds_the_app_for_long() -> None:
     read_end, write_end = os.pipe()
     writer, caught_up, gone = _writer(write_end)
     frame = "x" * 65536  # one frame fills the pipe
+
+    def read() -> None:  # the terminal reads again, to the end
+        while os.read(read_end, 1 << 20):
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
     try:
         began = time.monotonic()
         for _ in range(200):
@@ -47,17 +53,14 @@ def test_a_terminal_that_does_not_read_never_holds_the_app_for_long() -> None:
         assert took < OUTPUT_WAIT_S + 1.0, f"the app was held {took:.1f} s"
         assert writer.dropped > 0
         assert not caught_up.is_set()
-
-        def read() -> None:  # the terminal reads again
-            while os.read(read_end, 1 << 20):
-                pass
-
-        threading.Thread(target=read, daemon=True).start()
+        reader.start()
         assert caught_up.wait(10.0), "no redraw once the terminal read again"
         assert writer.stop(5.0)
         assert gone == []
     finally:
-        os.close(write_end)
+        os.close(write_end)  # the reader sees the end
+        if reader.is_alive():
+            reader.join(10.0)
         os.close(read_end)
 
 
