@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -116,6 +117,18 @@ def _find(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+def _writable(stream: Any) -> bool:
+    """Whether `stream` takes a line now, without waiting (a terminal that is not read,
+    a full pipe: no)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced (tests) or closed
+        return stream is not None
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(mask & select.POLLOUT for _fd, mask in poller.poll(0))
+
+
 def _quiet_transformers() -> None:
     """The per-load "Loading weights" bar is noise in a live terminal; errors still show.
     transformers reads this (huggingface_hub's switch) when it is imported."""
@@ -137,8 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = command.run(args)
         return code
     except KeyboardInterrupt as exc:
-        with contextlib.suppress(OSError):  # after a hangup the terminal may be gone
-            print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
+        # After a hangup the terminal may be gone, or no longer read (a frozen link, where
+        # a write would wait for ever): then the stop goes on without a word.
+        if _writable(sys.stderr):
+            with contextlib.suppress(OSError):
+                print("\nharken: stopped; outputs were flushed and closed.", file=sys.stderr)
         if isinstance(exc, Terminated) or _TERM_RECEIVED.is_set():
             return EXIT_TERMINATED
         signum = getattr(exc, "signum", None)  # app/session.py Stopped: 128 + the signal

@@ -5,12 +5,14 @@ the bounded outbox, and the embedded broker."""
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
 import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -592,7 +594,8 @@ with BrokerThread(EmbeddedBroker(port=int(sys.argv[1]))):
 
 async def test_the_embedded_broker_ends_when_harken_is_killed(tmp_path: Path) -> None:
     """In a process group of its own, the broker would outlive a Harken that is killed
-    (SIGKILL, a closed terminal) and hold its port; the kernel ends it instead."""
+    (SIGKILL, a closed terminal) and hold its port; the kernel ends it instead. Its private
+    folder is left; the next embedded broker removes it."""
     import signal
     import socket
 
@@ -612,3 +615,14 @@ async def test_the_embedded_broker_ends_when_harken_is_killed(tmp_path: Path) ->
                 if probe.connect_ex(("127.0.0.1", port)) != 0:
                     break
             await asyncio.sleep(0.1)
+    # The killed Harken could not remove its private folder; the next broker to start does
+    # (its owner is gone), and keeps its own.
+    assert len(_broker_folders(child.pid)) == 1
+    async with EmbeddedBroker(port=0):
+        assert _broker_folders(child.pid) == []
+        assert len(_broker_folders(os.getpid())) == 1
+
+
+def _broker_folders(pid: int) -> list[str]:
+    """The embedded brokers' private folders of process `pid`."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"harken-mosquitto-{pid}-*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,6 +385,34 @@ async def test_quit_stops_the_engine_and_closes_every_file(tmp_path: Path, key: 
     assert app.return_code == 0
     assert buffered.path.read_text() == "first words\nsecond words"
     assert "second words" in srt.path.read_text()
+
+
+@pytest.mark.parametrize("finishes", [True, False])
+async def test_a_stop_request_finishes_the_heard_speech_and_a_second_stops_at_once(
+        tmp_path: Path, finishes: bool) -> None:
+    """SIGTERM, SIGHUP or a terminal that is gone (app.request_stop): the first ends the
+    input and the app exits once the session has finished; when it does not finish, a
+    second request cancels it, and every file is still closed."""
+    never = Gate()  # a microphone: the input ends only when the engine is stopped
+    script: list[Event | Gate] = [final(0, 0.0, 1.0, "first words"), never,
+                                  final(1, 1.5, 2.5, "finished after the stop")]
+    buffered = BufferedSink(tmp_path / "buffered.txt")
+    app, made = scripted_app(script, out_dir=tmp_path, file_sinks=[buffered])
+    stopped: list[bool] = []
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: never.reached.is_set(), "the open input")
+        engine: Any = made[0].engine
+        engine.stop = lambda: (stopped.append(True), never.open() if finishes else None)
+        app.request_stop(signal.SIGTERM)
+        if not finishes:
+            await pilot.pause(0.2)
+            assert app.is_running  # still waiting for the heard speech
+            app.request_stop(signal.SIGTERM)
+        await until(pilot, lambda: not app.is_running, "the app to exit")
+    assert stopped == [True]
+    assert app.stops == [signal.SIGTERM] * (1 if finishes else 2)
+    said = "first words\nfinished after the stop" if finishes else "first words"
+    assert buffered.path.read_text() == said
 
 
 def test_outputs_label_folds_formats_of_one_stem() -> None:

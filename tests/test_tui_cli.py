@@ -32,15 +32,17 @@ SCREEN_TIMEOUT_S = 120.0  # model load + 9 s of audio with --fast, on 2 slow cor
 EXIT_TIMEOUT_S = 30.0
 
 
-@pytest.mark.parametrize(("argv", "tty", "expected"), [
-    (["run"], True, True),
-    (["run", "--jsonl"], True, False),
-    (["run", "--no-tui"], True, False),
-    (["run"], False, False),  # a pipe keeps the plain printer
+@pytest.mark.parametrize(("argv", "tty", "keys", "expected"), [
+    (["run"], True, True, True),
+    (["run", "--jsonl"], True, True, False),
+    (["run", "--no-tui"], True, True, False),
+    (["run"], False, True, False),  # a pipe keeps the plain printer
+    (["run"], True, False, False),  # `< /dev/null`: no keys to quit the app with
 ])
 def test_the_app_opens_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, argv: list[str],
-                                          tty: bool, expected: bool) -> None:
+                                          tty: bool, keys: bool, expected: bool) -> None:
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: keys)
     assert use_tui(build_parser().parse_args(argv)) is expected
 
 

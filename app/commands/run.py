@@ -25,8 +25,10 @@ from harken.models.errors import HarkenError
 
 
 def use_tui(args: argparse.Namespace) -> bool:
-    """`harken run` opens the terminal app only on a terminal, without --jsonl/--no-tui."""
-    return not args.jsonl and not args.no_tui and sys.stdout.isatty()
+    """`harken run` opens the terminal app only on a terminal, without --jsonl/--no-tui.
+    Its keys come from stdin: with stdin not a terminal (`< /dev/null`) it could not be
+    quit, and Textual's input thread would read end-of-file at 100% CPU."""
+    return not args.jsonl and not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
 
 
 def _ready() -> None:

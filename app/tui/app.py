@@ -13,11 +13,13 @@ Tests build the same app with `session=` a scripted fake and drive it with Textu
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Protocol
+from types import FrameType
+from typing import Any, ClassVar, Protocol
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
@@ -26,9 +28,10 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from harken.app.config import HarkenConfig
-from harken.app.session import Session
+from harken.app.session import Session, Stopped
 from harken.app.tasks.loader import ModelLoader
 from harken.app.tui.colours import SpeakerColours
+from harken.app.tui.driver import HarkenDriver, TerminalGone
 from harken.app.tui.export import SessionRecord, export_session
 from harken.app.tui.help import HelpScreen
 from harken.app.tui.messages import (
@@ -62,6 +65,9 @@ from harken.models.errors import HarkenError, first_user_error
 ERROR_NOTIFY_S = 10.0  # s an error notification stays up
 MQTT_POLL_S = 1.0  # s between looks at the MQTT sink's connection state
 STOPPED_NOTIFY_S = 3600.0  # s: the engine stopped for good; keep saying why (click hides it)
+
+#: what signal.getsignal returns and signal.signal takes back
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class RunnableSession(Protocol):
@@ -112,8 +118,9 @@ class HarkenApp(App[int]):
 
     def __init__(self, *, config: HarkenConfig, info: AppInfo, make_session: SessionFactory,
                  sources: Sequence[OpenableSource] = (),
-                 mqtt_sinks: Sequence[MqttSink] = ()) -> None:
-        super().__init__()
+                 mqtt_sinks: Sequence[MqttSink] = (), stop_signals: bool = False) -> None:
+        # HarkenDriver: Textual's driver, which also notices a terminal that is gone.
+        super().__init__(driver_class=HarkenDriver)
         self.config = config
         self.info = info
         self.sink = TuiSink(target=self)
@@ -129,6 +136,11 @@ class HarkenApp(App[int]):
         self._state = "loading"
         self._diarization = config.speakers.enabled  # --diarize starts it on; `d` switches
         self._device_known = False
+        #: SIGTERM, SIGHUP (or a terminal gone, as SIGHUP) that asked the run to stop, in order
+        self.stops: list[int] = []
+        self._stop_signals = stop_signals  # the CLI's app handles them; tests' apps do not
+        self._previous_handlers: dict[int, SignalHandler] = {}
+        self._stopping_now = False
         self._quitting = False  # q pressed once: finishing the speech heard, then closing
 
     # ---- layout -------------------------------------------------------------------------
@@ -189,6 +201,8 @@ class HarkenApp(App[int]):
 
     # ---- the engine task ----------------------------------------------------------------
     def on_mount(self) -> None:
+        if self._stop_signals:
+            self._handle_stop_signals()
         self._session_task = asyncio.create_task(self._run_session(), name="harken-session")
         if self._mqtt:
             self.set_interval(MQTT_POLL_S, self._show_mqtt, name="mqtt-state")
@@ -228,6 +242,50 @@ class HarkenApp(App[int]):
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
+
+    # ---- stopping from outside: SIGTERM, SIGHUP, a terminal that is gone ----------------
+    def _handle_stop_signals(self) -> None:
+        """SIGTERM and SIGHUP stop the run as they do without the app (app/session.py
+        run_stoppable); an ignored hangup (nohup) stays ignored."""
+        loop = asyncio.get_running_loop()
+        hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+        for sig in (signal.SIGTERM, *hangup):
+            self._previous_handlers[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, self.request_stop, sig)
+
+    def restore_signals(self) -> None:
+        """Puts back the handlers the app replaced (its loop's close resets them to the
+        default), so a signal on the way out (the broker stopping) still stops cleanly."""
+        for sig, previous in self._previous_handlers.items():
+            # SIGHUP's default would kill the process unflushed: a later one stops at once,
+            # as a second Ctrl-C does.
+            hup_default = sig == signal.SIGHUP and previous is signal.SIG_DFL
+            signal.signal(sig, signal.default_int_handler if hup_default else previous)
+        self._previous_handlers.clear()
+
+    def request_stop(self, signum: int) -> None:
+        """The first stop request (SIGTERM, SIGHUP, the terminal gone) ends the input and
+        lets the speech already heard finish, its finals made and written, then the app
+        exits; a second stops at once. Either way every file is flushed and closed, and
+        run_tui raises Stopped(first signal) for the CLI's exit status (128 + it)."""
+        self.stops.append(signum)
+        stop = getattr(self.session.engine, "stop", None)
+        if len(self.stops) == 1 and callable(stop) and not self.session_done:
+            stop()
+            self.notify("Finishing the speech already heard (a second signal stops at once).",
+                        title="Stopping", timeout=STOPPED_NOTIFY_S)
+            return
+        if not self._stopping_now:
+            self._stopping_now = True
+            self.run_worker(self._stop_now(), name="stop-now")
+
+    async def _stop_now(self) -> None:
+        await self.stop_session()
+        self.exit(0)
+
+    def on_terminal_gone(self, _message: TerminalGone) -> None:
+        # Nobody can see or quit the app any more: stop as the hangup would have.
+        self.request_stop(signal.SIGHUP)
 
     def _engine_running(self) -> None:
         if self._state == "loading":
@@ -317,7 +375,7 @@ class HarkenApp(App[int]):
                     severity="error" if e.fatal else "warning", timeout=ERROR_NOTIFY_S)
 
     def on_session_ended(self, message: SessionEnded) -> None:
-        if self._quitting:  # asked to quit: the speech heard is finished and written
+        if self.stops or self._quitting:  # the heard speech is finished, as asked: done
             self.exit(0)
             return
         if message.error is None:
@@ -403,7 +461,8 @@ class HarkenApp(App[int]):
         (open segments get their finals, written to every file), as Ctrl-C does without the
         app; the app closes once the session has ended. A second one stops at once."""
         stop = getattr(self.session.engine, "stop", None)
-        if not self._quitting and not self.session_done and callable(stop):
+        if not self._quitting and not self.stops and not self.session_done \
+                and callable(stop):
             self._quitting = True
             stop()
             self._set_state("stopping")
@@ -459,7 +518,8 @@ def outputs_label(paths: Sequence[Path]) -> tuple[str, ...]:
 def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSource] = (),
               file_sinks: Sequence[Sink] = (), live: bool = True,
               models: ModelLoader | None = None, session: SessionFactory | None = None,
-              device: str | None = None, show_streams: bool = False) -> HarkenApp:
+              device: str | None = None, show_streams: bool = False,
+              stop_signals: bool = False) -> HarkenApp:
     """The one way to make the app: the CLI passes sources and output sinks (files, MQTT);
     tests pass `session`, a factory of a fake session around the TUI sink."""
     paths = [p for p in (getattr(s, "path", None) for s in file_sinks) if isinstance(p, Path)]
@@ -481,7 +541,8 @@ def build_app(config: HarkenConfig, *, stem: str, sources: Sequence[OpenableSour
         show_streams=show_streams,
     )
     return HarkenApp(config=config, info=info, make_session=make_session, sources=sources,
-                     mqtt_sinks=[s for s in file_sinks if isinstance(s, MqttSink)])
+                     mqtt_sinks=[s for s in file_sinks if isinstance(s, MqttSink)],
+                     stop_signals=stop_signals)
 
 
 def run_tui(config: HarkenConfig, *, stem: str, source: OpenableSource,
@@ -490,8 +551,13 @@ def run_tui(config: HarkenConfig, *, stem: str, source: OpenableSource,
     """`harken run` on a terminal: run the app; re-raise the engine's failure after it
     closes so the CLI prints it and exits non-zero."""
     app = build_app(config, stem=stem, sources=[source], file_sinks=file_sinks, live=live,
-                    show_streams=show_streams)
-    app.run()
+                    show_streams=show_streams, stop_signals=True)
+    try:
+        app.run()
+    finally:
+        app.restore_signals()
     if app.failure is not None:
         raise app.failure
+    if app.stops:
+        raise Stopped(app.stops[0])
     return 0

@@ -16,6 +16,11 @@ mosquitto" (it is a set-up dependency: scripts/system-deps.sh).
 It listens on 127.0.0.1 by default; host="0.0.0.0" lets Home Assistant or satellites on
 other machines connect (there is no authentication: trusted networks only).
 `persistence_dir` keeps QoS 1 sessions across `restart()` (the soak benchmark uses it).
+
+The private folder's name records its owner (`harken-mosquitto-<pid>-<start>-...`: the pid
+and the process's start time, so a reused pid is not mistaken for it). A Harken that was
+killed (SIGKILL) cannot remove its folder; the next embedded broker to start removes every
+such folder whose owner is gone (`remove_stale_folders`), and never one of a live process.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +70,73 @@ def _pdeathsig() -> Callable[[], None] | None:
 _DIE_WITH_PARENT = _pdeathsig()
 SBIN_PATH = "/usr/sbin:/usr/local/sbin"
 _LOG_TAIL_LINES = 3  # broker log lines quoted when it fails to start
+FOLDER_PREFIX = "harken-mosquitto-"
+#: the private folder: owner pid, owner start time (clock ticks since boot; 0 where unknown),
+#: then tempfile's random part (letters, digits, "_"; never "-")
+_OWNED_FOLDER = re.compile(rf"{FOLDER_PREFIX}(\d+)-(\d+)-[a-z0-9_]+")
+_PROC_STAT = Path("/proc/self/stat").exists()  # Linux: start times tell a reused pid apart
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, from Linux's /proc), 0 where this
+    system does not say, None when there is no such process."""
+    if _PROC_STAT:
+        try:
+            line = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError:  # unreadable (e.g. hidepid): ask the kernel whether it lives
+            pass
+        else:
+            # Field 22; the command name (field 2, in parentheses) may hold spaces and ")".
+            return int(line.rpartition(")")[2].split()[19])
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
+        return None
+    except PermissionError:  # someone else's process: alive
+        return 0
+    return 0
+
+
+def _owner_gone(pid: int, start: int) -> bool:
+    now = process_start(pid)
+    return now is None or (start != 0 and now != 0 and now != start)
+
+
+def remove_stale_folders(tmp_dir: Path | None = None) -> list[Path]:
+    """Removes the private folders of embedded brokers whose Harken is gone (killed before it
+    could clean up); returns them. Only this user's folders that name their owner are
+    candidates: a folder of a live process, of another user, or of an older Harken (no owner
+    in its name) is left alone."""
+    folder = Path(tmp_dir if tmp_dir is not None else tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # an unreadable temp folder: nothing to tidy, the start goes on
+        return removed
+    uid = os.geteuid()
+    for entry in entries:
+        match = _OWNED_FOLDER.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:  # another Harken tidied it just now
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+            continue
+        if _owner_gone(int(match[1]), int(match[2])):
+            # A failure (another Harken removing it at the same time) leaves it for later.
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                removed.append(entry)
+    return removed
+
+
+def _folder_prefix() -> str:
+    pid = os.getpid()
+    return f"{FOLDER_PREFIX}{pid}-{process_start(pid) or 0}-"
 
 
 def mosquitto_binary() -> str | None:
@@ -139,7 +213,8 @@ class EmbeddedBroker:
 
     def _config(self) -> Path:
         if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="harken-mosquitto-")
+            remove_stale_folders()
+            self._tmp = tempfile.TemporaryDirectory(prefix=_folder_prefix())
         lines = [f"listener {self.port} {self.host}", "allow_anonymous true",
                  f"max_packet_size {MAX_PACKET_BYTES}",
                  "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
