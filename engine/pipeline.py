@@ -390,12 +390,14 @@ class Engine:
                     await self._step(state)
             if self.options.live and not done:
                 self._start_steps(state, steps)
-            if state.last_end / SAMPLE_RATE >= next_stats or done:
+            if state.last_end / SAMPLE_RATE >= next_stats and not done:
                 await self.bus.publish(self._stats(state))
                 interval = self.options.stats_interval_s
                 next_stats = (state.last_end / SAMPLE_RATE // interval + 1) * interval
         await self._closed(state)
         await self._steps_done(state)
+        # The stream's last stats, once its last close is out (live, it ran beside the VAD).
+        await self.bus.publish(self._stats(state))
         for segment in list(state.held):  # segments the VAD never closed: nothing to wait for
             await self._release(state, segment)
         for stage in state.stages:  # optional hook: lets background() iterators finish

@@ -459,3 +459,29 @@ async def test_the_next_segments_events_held_for_a_close_are_bounded_and_keep_th
     assert segments == sorted(segments)
     assert state.held_overflow == 0
     assert not state.after_close
+class CountedClose(SegmentEcho):
+    """Counts the segments it has closed (a stage counter), and closes a little slowly."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.closed = 0
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        await asyncio.sleep(0.05)
+        self.closed += 1
+        return await super().on_end(end)
+
+    def counters(self) -> dict[str, int]:
+        return {"echo_closed": self.closed}
+
+
+@pytest.mark.parametrize("live", [False, True])
+async def test_a_streams_last_stats_count_its_last_close(live: bool) -> None:
+    # Live, the last close runs beside the VAD: the last stats must still wait for it.
+    _, events = await run([CountedClose], live=live)
+    finals = [e for e in events if isinstance(e, CaptionFinal)]
+    last = [e for e in events if isinstance(e, Stats)][-1]
+    assert len(finals) >= 2
+    assert last.counters["echo_closed"] == len(finals) == last.counters["segments"]
+    assert events.index(last) > events.index(finals[-1])
+
