@@ -279,3 +279,40 @@ async def test_live_after_padding_stops_at_the_next_segment_while_a_slow_close_r
         # Up to the next segment's start, or to the end of the stream after the last one.
         stop = starts.get(event.segment + 1, len(sample()))
         assert a + len(given) == min(b + round(MAX_PAD_S * SAMPLE_RATE), stop)
+
+
+async def test_no_after_padding_at_a_vad_split() -> None:
+    """A split ends a segment inside speech and opens the next at the same point, in one
+    VAD output, decided up to split_search_s later (the stream has been read past it):
+    after-padding would be the next segment's own words."""
+    audio = np.arange(64_000, dtype=np.float32)
+    split_at, decided = 32_000, 48_000  # 1 s after the split point
+    said: dict[int, list[object]] = {
+        16_000 + 1_600: [SegmentStart(0, 16_000), SegmentAudio(0, 16_000, audio[16_000:decided])],
+        decided: [SegmentEnd(0, split_at, True), SegmentStart(1, split_at),
+                  SegmentAudio(1, split_at, audio[split_at:56_000])],
+        56_000: [SegmentEnd(1, 56_000, False)],
+    }
+    refiner = Recording()
+    async with GenerationWorker(name="cpu") as gen:
+        stage = RefineStage(stream="s", refiner=refiner, generator=gen, live=False,
+                            arrivals=ArrivalLog(), finals=FinalLog(), vocabulary=None,
+                            frame_s=0.02, options=RefineStageOptions(pad_before_s=0.2,
+                                                                     pad_after_s=0.3,
+                                                                     join_short_s=0.0))
+        for start in range(0, len(audio), 1_600):
+            stage.on_block(AudioBlock(stream="s", start=start,
+                                      samples=audio[start:start + 1_600]))
+            for out in said.get(start + 1_600, []):
+                if isinstance(out, SegmentStart):
+                    stage.on_start(out)
+                elif isinstance(out, SegmentAudio):
+                    stage.on_audio(out)
+                elif isinstance(out, SegmentEnd):
+                    await stage.on_end(out)
+            await stage.step()
+        stage.on_stream_end()
+        events = [e async for e in stage.background()]
+    assert [e.segment for e in events if isinstance(e, CaptionRefined)] == [0, 1]
+    got = [(int(x[0]), int(x[-1]) + 1) for x in refiner.inputs]
+    assert got == [(16_000 - 3_200, split_at), (split_at, 56_000 + 4_800)]
