@@ -147,10 +147,11 @@ class StreamState:
     stepping: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     #: Live: the segment close in flight beside the VAD (see the module docstring), the
     #: VAD outputs that wait for each stage still closing it (by stage index; bounded: a
-    #: second end waits for the close), and the next segment's events held until the
-    #: close is out (at most MAX_HELD_EVENTS; beyond, their publishers wait for it).
+    #: second end waits for the close), with the blocks for a listener among them (at most
+    #: BLOCK_QUEUE_SIZE), and the next segment's events held until the close is out (at
+    #: most MAX_HELD_EVENTS; beyond, their publishers wait for it).
     closing: asyncio.Task[None] | None = None
-    waiting: dict[int, list[VadOutput]] = field(default_factory=dict)
+    waiting: dict[int, list[VadOutput | AudioBlock]] = field(default_factory=dict)
     after_close: list[Event] = field(default_factory=list)
     superseded_steps: int = 0  # steps in flight cancelled by a segment end (EndSupersedesStep)
     #: From the end of a segment's audio arriving to its caption_final on the bus: what a
@@ -363,7 +364,8 @@ class Engine:
 
     async def _process_blocks(self, state: StreamState, steps: asyncio.TaskGroup) -> None:
         vad = VadSegmenter(self.options.vad)
-        listeners = [stage for stage in state.stages if isinstance(stage, AudioListener)]
+        listeners = [(i, stage) for i, stage in enumerate(state.stages)
+                     if isinstance(stage, AudioListener)]
         next_stats = self.options.stats_interval_s
         done = False
         while not done:
@@ -377,8 +379,7 @@ class Engine:
                     done = True
                 else:
                     admitted = self._admit(state, block)
-                    for listener in listeners:
-                        listener.on_block(admitted)
+                    self._listen(state, listeners, admitted)
                     outputs = await self._feed(vad, admitted)
                     if self.options.levels:
                         await self.bus.publish(Level(
@@ -390,12 +391,14 @@ class Engine:
                     await self._step(state)
             if self.options.live and not done:
                 self._start_steps(state, steps)
-            if state.last_end / SAMPLE_RATE >= next_stats or done:
+            if state.last_end / SAMPLE_RATE >= next_stats and not done:
                 await self.bus.publish(self._stats(state))
                 interval = self.options.stats_interval_s
                 next_stats = (state.last_end / SAMPLE_RATE // interval + 1) * interval
         await self._closed(state)
         await self._steps_done(state)
+        # The stream's last stats, once its last close is out (live, it ran beside the VAD).
+        await self.bus.publish(self._stats(state))
         for segment in list(state.held):  # segments the VAD never closed: nothing to wait for
             await self._release(state, segment)
         for stage in state.stages:  # optional hook: lets background() iterators finish
@@ -481,11 +484,28 @@ class Engine:
             else:
                 stage.on_audio(out)
 
+    def _listen(self, state: StreamState, listeners: Sequence[tuple[int, AudioListener]],
+                block: AudioBlock) -> None:
+        """Gives a block to the stages that hear every block (AudioListener), or keeps it
+        with the VAD outputs for one still closing a segment: it must hear the stream as
+        the VAD had read it at that end, not further (the refiner's after-padding stops at
+        the next segment's start, which it hears of only once it has closed the segment)."""
+        for i, listener in listeners:
+            waiting = state.waiting.get(i)
+            if waiting is None:
+                listener.on_block(block)
+            elif sum(isinstance(out, AudioBlock) for out in waiting) < BLOCK_QUEUE_SIZE:
+                waiting.append(block)
+            # else: bounded, as a stalled stream's queue: the listener hears a gap
+
     def _reopen(self, state: StreamState, i: int) -> None:
         """Stage `i` has closed the segment: it gets what the VAD gave meanwhile, in order."""
         stage = state.stages[i]
         for out in state.waiting.pop(i, []):
-            if isinstance(out, SegmentStart):
+            if isinstance(out, AudioBlock):
+                if isinstance(stage, AudioListener):
+                    stage.on_block(out)
+            elif isinstance(out, SegmentStart):
                 stage.on_start(out)
             elif isinstance(out, SegmentAudio):
                 stage.on_audio(out)

@@ -11,18 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_pipeline import ListSource, SegmentEcho, run_engine, sample
 from tiny_models import build_tiny_ctc, speechlike_audio
 
 from harken.app.config import HarkenConfig, RefineConfig
 from harken.app.tasks.captions import caption_stages
 from harken.app.tasks.refine import refine_stages
 from harken.engine.audio import AudioBlock
-from harken.engine.events import CaptionFinal, CaptionRefined, Event
+from harken.engine.events import CaptionFinal, CaptionRefined, Event, SpeechStarted
 from harken.engine.metrics import ArrivalLog, FinalLog
 from harken.engine.pipeline import Engine, EngineOptions
 from harken.engine.sources.file import FileSource
+from harken.engine.stages.base import StageContext
 from harken.engine.stages.recorder import RecentAudio
-from harken.engine.stages.refine import RefineStage, RefineStageOptions
+from harken.engine.stages.refine import MAX_PAD_S, RefineStage, RefineStageOptions
 from harken.engine.stages.translation import GenerationWorker
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart
 from harken.engine.worker import InferenceWorker
@@ -209,3 +211,108 @@ async def test_padding_never_reaches_into_a_neighbouring_segment() -> None:
     ]
     for x in refiner.inputs:
         np.testing.assert_array_equal(np.diff(x), 1)  # contiguous stream audio
+
+
+class SlowLastPass:
+    """An annotator whose close (the speakers stage's last pass) lets the VAD read on:
+    it closes once the stream has read `ahead_s` past the segment's end, or after 1 s."""
+
+    name = "slow-last-pass"
+
+    def __init__(self, ctx: StageContext, engines: list[Engine], ahead_s: float) -> None:
+        self.stream = ctx.stream
+        self.engines = engines
+        self.ahead = round(ahead_s * SAMPLE_RATE)
+
+    def on_start(self, start: SegmentStart) -> None:
+        pass
+
+    def on_audio(self, audio: SegmentAudio) -> None:
+        pass
+
+    async def step(self) -> list[Event]:
+        return []
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        for _ in range(100):
+            state = self.engines[0].streams.get(self.stream)
+            if state is None or state.last_end >= end.end + self.ahead:
+                break
+            await asyncio.sleep(0.01)
+        return []
+
+    def annotate(self, event: Event) -> Event:
+        return event
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def latencies(self) -> dict[str, float | None]:
+        return {}
+
+    def background(self) -> None:
+        return None
+
+
+async def test_live_after_padding_stops_at_the_next_segment_while_a_slow_close_runs(
+        ) -> None:
+    """Live, a segment closes beside the VAD: the refiner, which closes it after a slow
+    annotator, must not hear the audio the VAD read meanwhile before it hears of the next
+    segment, or its after-padding runs into that segment's words."""
+    refiner, engines = Recording(), []
+    async with GenerationWorker(name="cpu") as gen:
+        def refine(ctx: StageContext) -> RefineStage:
+            return RefineStage(stream=ctx.stream, refiner=refiner, generator=gen, live=True,
+                               arrivals=ctx.arrivals, finals=ctx.finals, vocabulary=None,
+                               frame_s=0.02, options=RefineStageOptions(
+                                   pad_after_s=MAX_PAD_S, join_short_s=0.0))
+        events = await asyncio.wait_for(run_engine(
+            ListSource({"a": sample()}, pace_s=0.005), live=True, engine_ref=engines,
+            stages=[SegmentEcho, lambda ctx: SlowLastPass(ctx, engines, 2 * MAX_PAD_S),
+                    refine]), timeout=60)
+    starts = {e.segment: round(e.start * SAMPLE_RATE) for e in events
+              if isinstance(e, SpeechStarted)}
+    refined = [e for e in events if isinstance(e, CaptionRefined)]
+    assert len(refined) == len(refiner.inputs) == len(starts) >= 2
+    for event, given in zip(refined, refiner.inputs, strict=True):
+        a, b = span(event)
+        # Up to the next segment's start, or to the end of the stream after the last one.
+        stop = starts.get(event.segment + 1, len(sample()))
+        assert a + len(given) == min(b + round(MAX_PAD_S * SAMPLE_RATE), stop)
+
+
+async def test_no_after_padding_at_a_vad_split() -> None:
+    """A split ends a segment inside speech and opens the next at the same point, in one
+    VAD output, decided up to split_search_s later (the stream has been read past it):
+    after-padding would be the next segment's own words."""
+    audio = np.arange(64_000, dtype=np.float32)
+    split_at, decided = 32_000, 48_000  # 1 s after the split point
+    said: dict[int, list[object]] = {
+        16_000 + 1_600: [SegmentStart(0, 16_000), SegmentAudio(0, 16_000, audio[16_000:decided])],
+        decided: [SegmentEnd(0, split_at, True), SegmentStart(1, split_at),
+                  SegmentAudio(1, split_at, audio[split_at:56_000])],
+        56_000: [SegmentEnd(1, 56_000, False)],
+    }
+    refiner = Recording()
+    async with GenerationWorker(name="cpu") as gen:
+        stage = RefineStage(stream="s", refiner=refiner, generator=gen, live=False,
+                            arrivals=ArrivalLog(), finals=FinalLog(), vocabulary=None,
+                            frame_s=0.02, options=RefineStageOptions(pad_before_s=0.2,
+                                                                     pad_after_s=0.3,
+                                                                     join_short_s=0.0))
+        for start in range(0, len(audio), 1_600):
+            stage.on_block(AudioBlock(stream="s", start=start,
+                                      samples=audio[start:start + 1_600]))
+            for out in said.get(start + 1_600, []):
+                if isinstance(out, SegmentStart):
+                    stage.on_start(out)
+                elif isinstance(out, SegmentAudio):
+                    stage.on_audio(out)
+                elif isinstance(out, SegmentEnd):
+                    await stage.on_end(out)
+            await stage.step()
+        stage.on_stream_end()
+        events = [e async for e in stage.background()]
+    assert [e.segment for e in events if isinstance(e, CaptionRefined)] == [0, 1]
+    got = [(int(x[0]), int(x[-1]) + 1) for x in refiner.inputs]
+    assert got == [(16_000 - 3_200, split_at), (split_at, 56_000 + 4_800)]

@@ -14,6 +14,7 @@ from test_pipeline import ListSource, SegmentEcho, labelled, run_engine, sample
 from test_speakers_stage import OPTIONS, BandEmbedder, BandSegmenter
 from tiny_speaker_models import voice
 
+from harken.engine.audio import AudioBlock
 from harken.engine.events import (
     CaptionFinal,
     CaptionPartial,
@@ -23,11 +24,12 @@ from harken.engine.events import (
     Stats,
 )
 from harken.engine.metrics import ArrivalLog
-from harken.engine.pipeline import MAX_HELD_EVENTS, Engine
+from harken.engine.pipeline import BLOCK_QUEUE_SIZE, MAX_HELD_EVENTS, Engine
 from harken.engine.stages.base import StageContext
 from harken.engine.stages.speakers import DiarizationSwitch, SpeakerStage
 from harken.engine.vad import SegmentAudio, SegmentEnd, SegmentStart, VadOptions
 from harken.engine.worker import PRIORITY_CAPTIONS, InferenceWorker
+from harken.models.audio import SAMPLE_RATE
 
 LOW = 120.0  # Hz: the band models' low voice
 
@@ -459,3 +461,82 @@ async def test_the_next_segments_events_held_for_a_close_are_bounded_and_keep_th
     assert segments == sorted(segments)
     assert state.held_overflow == 0
     assert not state.after_close
+class CountedClose(SegmentEcho):
+    """Counts the segments it has closed (a stage counter), and closes a little slowly."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.closed = 0
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        await asyncio.sleep(0.05)
+        self.closed += 1
+        return await super().on_end(end)
+
+    def counters(self) -> dict[str, int]:
+        return {"echo_closed": self.closed}
+
+
+@pytest.mark.parametrize("live", [False, True])
+async def test_a_streams_last_stats_count_its_last_close(live: bool) -> None:
+    # Live, the last close runs beside the VAD: the last stats must still wait for it.
+    _, events = await run([CountedClose], live=live)
+    finals = [e for e in events if isinstance(e, CaptionFinal)]
+    last = [e for e in events if isinstance(e, Stats)][-1]
+    assert len(finals) >= 2
+    assert last.counters["echo_closed"] == len(finals) == last.counters["segments"]
+    assert events.index(last) > events.index(finals[-1])
+
+
+class Listener(SegmentEcho):
+    """Hears every block (an AudioListener, as the refine stage) and, as an annotator,
+    closes the segment that ends after `after` only once the stream has been read to its
+    end (or after 2 s)."""
+
+    name = "listener"
+
+    def __init__(self, ctx: StageContext, engines: list[Engine], total: int,
+                 after: int) -> None:
+        super().__init__(ctx)
+        self.engines, self.total, self.after = engines, total, after
+        self.heard: list[int] = []  # block starts
+        self.closing_from: int | None = None  # the last block heard when a close began
+
+    def on_block(self, block: AudioBlock) -> None:
+        self.heard.append(block.start)
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        if end.end < self.after:
+            return []
+        self.closing_from = self.heard[-1]
+        for _ in range(200):
+            if self.engines[0].streams["a"].last_end >= self.total:
+                break
+            await asyncio.sleep(0.01)
+        return []
+
+    def annotate(self, event: Event) -> Event:
+        return event
+
+
+async def test_the_blocks_kept_for_a_listener_still_closing_are_bounded() -> None:
+    audio = np.concatenate([sample(), np.zeros(40 * SAMPLE_RATE, np.float32)])
+    engines: list[Engine] = []
+    listeners: list[Listener] = []
+
+    def listener(ctx: StageContext) -> Listener:
+        listeners.append(Listener(ctx, engines, len(audio), len(sample()) // 2))
+        return listeners[-1]
+
+    events = await asyncio.wait_for(run_engine(
+        ListSource({"a": audio}, pace_s=0.001), live=True, engine_ref=engines,
+        stages=[SegmentEcho, listener]), timeout=60)
+    last = [e for e in events if isinstance(e, Stats)][-1]
+    assert last.counters["stream_dropped_blocks"] == 0
+    heard = listeners[0].heard
+    assert heard == sorted(heard)
+    # 40 s of silence came while the last segment closed: the listener heard the blocks
+    # before that close, then the first BLOCK_QUEUE_SIZE of those read meanwhile.
+    closing_from = listeners[0].closing_from
+    assert closing_from is not None
+    assert len([s for s in heard if s > closing_from]) == BLOCK_QUEUE_SIZE

@@ -34,10 +34,11 @@ class _Base(QuietStage):
         self.stream = ctx.stream
         self.rng = rng
         self.open: int | None = None
+        self.heard: int | None = None  # the last segment it heard of
         self.starts: dict[int, int] = {}
 
     def on_start(self, start: SegmentStart) -> None:
-        self.open = start.segment
+        self.open = self.heard = start.segment
         self.starts[start.segment] = start.start
 
     def on_audio(self, audio: SegmentAudio) -> None:
@@ -106,7 +107,10 @@ class Speakers(_Base):
         return []
 
     def annotate(self, event: Event) -> Event:
-        return labelled(event, "S1")
+        # A label from a segment it heard of later shows (live, the close runs beside the
+        # VAD: the annotator must not hear of the next segment before labelling this one).
+        heard = getattr(event, "segment", None) == self.heard
+        return labelled(event, "S1" if heard else f"S1 after {self.heard}")
 
     def settled(self, event: Event) -> bool:
         return self.rng.random() < 0.5
@@ -175,6 +179,15 @@ def check_order(events: list[Event]) -> list[str]:
             nxt = pos.get(("speech_started", s + 1), [None])[0]
             if nxt is not None and nxt < final:
                 bad.append(f"{sid}/{s}: next speech_started {nxt} before final {final}")
+            # Live, the close runs beside the VAD: none of the next segment's own events
+            # (its annotations aside) comes before this one's end events are out.
+            closed = max([final, *pos.get(("keyword_end", s), [])])
+            own = [i for kind in ("speech_started", "caption_partial", "keyword_open",
+                                  "speech_ended", "caption_final")
+                   for i in pos.get((kind, s + 1), [])]
+            if own and min(own) < closed:
+                bad.append(f"{sid}/{s + 1}: an event at {min(own)} before the end events "
+                           f"of {s} ({closed})")
         finals = [e for e in evs if isinstance(e, CaptionFinal)]
         if any(f.speaker != "S1" for f in finals):
             bad.append(f"{sid}: a final without its speaker label")

@@ -83,7 +83,9 @@ class TakesSegmentAtEnd(Protocol):
 class AudioListener(Protocol):
     """Optional for a stage: sees every block of its stream as the VAD gets it (silence while
     paused), before that block's segment events, e.g. to give the refiner audio just beyond
-    a segment's ends. It must keep only a bounded amount."""
+    a segment's ends. It must keep only a bounded amount. Live, the blocks read while it
+    still closes a segment come once it has closed it, in order with the VAD's outputs
+    meanwhile (the engine's BLOCK_QUEUE_SIZE of them at most: it hears a gap beyond)."""
 
     def on_block(self, block: AudioBlock) -> None: ...
 

@@ -234,7 +234,9 @@ class RefineStage(WholeSegmentStage):
         job = _Job(segment=end.segment, start=recorded.start, end=end.end,
                    samples=samples, closed=self._finals.take(end.segment))
         if self._pad_after:
-            self._padding.append((job, end.end + self._pad_after))
+            # A VAD split opens the next segment right at this end (in the same output):
+            # after-padding would be its words, so there is none.
+            self._padding.append((job, end.end + (0 if end.split else self._pad_after)))
             self._collect_padding()
         else:
             self._padded.append(job)
