@@ -347,8 +347,16 @@ def test_bench_flags_are_checked_before_the_models_load(
 def test_a_missing_default_audio_root_says_where_it_was_looked_for(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    from harken.app.bench import shared_audio
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(shared_audio.ENV, raising=False)
+    monkeypatch.setattr(shared_audio, "ROOT", tmp_path / "wt" / "project")
     assert main(["bench", "precision"]) == 2
+    line = one_error_line(capsys)
+    assert "no shared real-speech folder found ($HARKEN_SHARED_AUDIO, or ../shared/audio " \
+           f"beside {tmp_path / 'wt' / 'project'} or its parent folder)" in line
+    assert main(["bench", "precision", "--audio-root", "../shared/audio"]) == 2
     line = one_error_line(capsys)
     assert f"--audio-root ../shared/audio is not a folder (relative to the current folder " \
            f"{tmp_path})" in line

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harken.app.bench import shared_audio
 from harken.app.bench.architectures import (
     RANDOM_CTC_ARCHS,
     RANDOM_SPEAKER_ARCHS,
@@ -46,14 +47,8 @@ def check_bench_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--step ({args.step:g}) must not exceed --window "
                           f"({args.window:g}): each analysis adds --step of new speech to a "
                           "--window; lower --step or raise --window")
-    if args.bench_command == "precision" and not args.audio_root.is_dir():
-        root: Path = args.audio_root
-        # The default (../shared/audio) is relative: say from where it was looked for.
-        where = "" if root.is_absolute() else \
-            f" (relative to the current folder {printable(str(Path.cwd()))})"
-        raise AudioFileError(f"--audio-root {printable(str(root))} is not a folder{where}; "
-                             "pass the real path of the shared real-speech folder, e.g. "
-                             "--audio-root /path/to/shared/audio")
+    if args.bench_command == "precision":
+        check_audio_root(args.audio_root)
     if args.bench_command == "all":
         check_languages(RANDOM_TRANSLATION_ARCH, args.translate)
     elif args.bench_command == "translation":
@@ -161,3 +156,20 @@ def bench_model_flags(command: str, value: str | None = None) -> Iterator[None]:
         if text == str(exc):
             raise
         raise type(exc)(text) from exc
+
+
+def check_audio_root(root: Path | None) -> None:
+    """`bench precision --audio-root`: a folder; without the flag, one must be found."""
+    if root is None:
+        if shared_audio.shared_audio_root() is None:
+            raise AudioFileError(
+                f"no shared real-speech folder found (${shared_audio.ENV}, or ../shared/audio "
+                f"beside {printable(str(shared_audio.ROOT))} or its parent folder); pass "
+                "--audio-root /path/to/shared/audio")
+        return
+    if not root.is_dir():
+        where = "" if root.is_absolute() else \
+            f" (relative to the current folder {printable(str(Path.cwd()))})"
+        raise AudioFileError(f"--audio-root {printable(str(root))} is not a folder{where}; "
+                             "pass the real path of the shared real-speech folder, e.g. "
+                             "--audio-root /path/to/shared/audio")
