@@ -44,6 +44,7 @@ from harken.engine.audio import AudioBlock, level_dbfs
 from harken.engine.bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
 from harken.engine.events import (
     CaptionFinal,
+    CaptionPartial,
     Event,
     Level,
     SpeechEnded,
@@ -160,6 +161,9 @@ class StreamState:
     #: decided up to split_search_s after its split point, so its finals are kept apart.
     final_latency: Percentiles = field(default_factory=Percentiles)
     split_final_latency: Percentiles = field(default_factory=Percentiles)
+    #: From the end of a partial's audio arriving to the partial on the bus: a partial of
+    #: the next segment held while the last one closes counts its wait too.
+    partial_latency: Percentiles = field(default_factory=Percentiles)
 
 
 def _settled(annotator: Annotator, event: Event) -> bool:
@@ -601,6 +605,10 @@ class Engine:
 
     async def _publish(self, state: StreamState, event: Event) -> None:
         """Publishes `event`, or holds it if it annotates a segment whose final is not out."""
+        if isinstance(event, CaptionPartial):
+            arrived = state.arrivals.time_of(round(event.end * SAMPLE_RATE))
+            if arrived is not None:
+                state.partial_latency.add(time.monotonic() - arrived)
         segment = getattr(event, "segment", None)
         held = state.held.get(segment) if isinstance(segment, int) else None
         if held is None or not event.follows_final or not isinstance(segment, int):
@@ -668,10 +676,12 @@ class Engine:
             rtf=self.worker.stats.busy_s / audio_s if audio_s > 0 else None,
             queue_depth=state.queue.qsize() + self.worker.pending,
             lag_s=time.monotonic() - arrived if arrived is not None else 0.0,
-            caption_latency_p50_s=latencies.get("caption_latency_p50_s"),
+            caption_latency_p50_s=state.partial_latency.get(50)
+            if len(state.partial_latency) else latencies.get("caption_latency_p50_s"),
             refine_latency_p50_s=latencies.get("refine_latency_p50_s"),
             refine_latency_p95_s=latencies.get("refine_latency_p95_s"),
-            caption_latency_p95_s=latencies.get("caption_latency_p95_s"),
+            caption_latency_p95_s=state.partial_latency.get(95)
+            if len(state.partial_latency) else latencies.get("caption_latency_p95_s"),
             final_latency_p50_s=state.final_latency.get(50),
             final_latency_p95_s=state.final_latency.get(95),
             dropped=self.bus.dropped(),

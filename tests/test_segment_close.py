@@ -540,3 +540,39 @@ async def test_the_blocks_kept_for_a_listener_still_closing_are_bounded() -> Non
     closing_from = listeners[0].closing_from
     assert closing_from is not None
     assert len([s for s in heard if s > closing_from]) == BLOCK_QUEUE_SIZE
+
+
+class TimedPartials(Journal):
+    """A partial per step that ends where the audio it heard ends (as the caption stage's)."""
+
+    name = "timed"
+
+    def __init__(self, ctx: StageContext, log: list[tuple[str, str, int]]) -> None:
+        super().__init__(ctx, log)
+        self.heard_to = 0
+
+    def on_audio(self, audio: SegmentAudio) -> None:
+        super().on_audio(audio)
+        self.heard_to = audio.start + len(audio.samples)
+
+    async def step(self) -> list[Event]:
+        if self.open is None:
+            return []
+        return [CaptionPartial(stream=self.stream, start=0.0, end=self.heard_to / SAMPLE_RATE,
+                               segment=self.open, text="p")]
+
+
+async def test_a_partial_held_while_the_last_segment_closes_is_timed_when_published() -> None:
+    log: list[tuple[str, str, int]] = []
+    engines: list[Engine] = []
+    events = await asyncio.wait_for(run_engine(
+        ListSource({"a": np.tile(sample(), 2)}, pace_s=0.01), live=True, engine_ref=engines,
+        stages=[lambda ctx: TimedPartials(ctx, log), lambda ctx: SlowClose(ctx, log)]),
+        timeout=60)
+    state = engines[0].streams["a"]
+    partials = [e for e in events if isinstance(e, CaptionPartial)]
+    assert len(state.partial_latency) == len(partials)
+    # Held behind the 0.5 s close: a reader got the next segment's first partials late.
+    assert max(state.partial_latency.values()) > 0.3
+    stats = [e for e in events if isinstance(e, Stats)][-1]
+    assert stats.caption_latency_p95_s == state.partial_latency.get(95)

@@ -188,14 +188,18 @@ def _r(value: float | None) -> float | None:
 
 
 def caption_latencies(state: StreamState, stage: CaptionStage) -> dict[str, float | None]:
-    """A stream's partial and final latency percentiles, as every bench reports them: the
+    """A stream's partial and final latency percentiles, as every bench reports them: a
+    partial when it is published (the caption stage's own figure when none was); the
     final when it is published (what a reader waits for) after a pause; after a VAD split
     (`split_final`: decided up to split_search_s after the split point); and, after a pause,
     when the caption stage had it (`final_ready`: the difference is the other stages
     closing the segment). `finals` and `split_finals`: how many finals they are over."""
     latencies = stage.latencies()
-    return {"partial_latency_p50_s": _r(latencies["caption_latency_p50_s"]),
-            "partial_latency_p95_s": _r(latencies["caption_latency_p95_s"]),
+    published = state.partial_latency  # as a reader gets them (held partials wait too)
+    return {"partial_latency_p50_s": _r(published.get(50) if len(published)
+                                        else latencies["caption_latency_p50_s"]),
+            "partial_latency_p95_s": _r(published.get(95) if len(published)
+                                        else latencies["caption_latency_p95_s"]),
             "final_latency_p50_s": _r(state.final_latency.get(50)),
             "final_latency_p95_s": _r(state.final_latency.get(95)),
             "final_ready_latency_p50_s": _r(latencies["final_ready_latency_p50_s"]),
