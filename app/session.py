@@ -331,13 +331,21 @@ class Session:
         previous = {sig: signal.getsignal(sig) for sig in signals}
         received: list[int] = []
 
-        def restore() -> None:
+        def restore(*, stopped: bool = False) -> None:
+            """`stopped`: the stop has finished, everything is flushed and the process is
+            on its way out: a later hangup is ignored, since one arriving as the loop closes
+            would raise in its teardown, and after Python's own finalization (which puts
+            back SIGHUP's default) it would kill the process."""
             for sig in signals:
                 loop.remove_signal_handler(sig)
                 # SIGHUP's default would kill the process unflushed (a closing terminal
                 # often hangs up twice): from now on it stops at once, as a second Ctrl-C.
                 hup_default = sig == signal.SIGHUP and previous[sig] is signal.SIG_DFL
-                signal.signal(sig, signal.default_int_handler if hup_default else previous[sig])
+                if sig == signal.SIGHUP and stopped:
+                    signal.signal(sig, signal.SIG_IGN)
+                else:
+                    signal.signal(sig, signal.default_int_handler if hup_default
+                                  else previous[sig])
 
         def on_signal(signum: int) -> None:
             received.append(signum)
@@ -357,7 +365,7 @@ class Session:
             engine = await self.run()
         finally:
             if not received or len(received) == 1:
-                restore()
+                restore(stopped=bool(received))
         if received:
             raise Stopped(received[0])
         return engine

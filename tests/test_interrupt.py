@@ -37,10 +37,13 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize(("signum", "code", "times"), [
     (signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 1), (signal.SIGHUP, 129, 1),
-    (signal.SIGHUP, 130, 2),  # a closing terminal often hangs up twice: stop at once, flushed
+    # A closing terminal often hangs up twice: the second stops at once, flushed (130), or,
+    # when the first stop has already finished, it is ignored (129).
+    (signal.SIGHUP, (129, 130), 2),
 ])
 def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: Path,
-                                                  signum: int, code: int, times: int) -> None:
+                                                  signum: int, code: int | tuple[int, ...],
+                                                  times: int) -> None:
     """Ctrl-C, SIGTERM as systemd sends it to a daemon, or SIGHUP when the terminal closes;
     with SIGTERM and SIGHUP the run also has an embedded broker (in a process group of its
     own), which must stop with it (a stray one would hold the port)."""
@@ -74,7 +77,7 @@ def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: P
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == code, stderr
+    assert proc.returncode in (code if isinstance(code, tuple) else (code,)), stderr
     assert "Traceback" not in stderr
     assert "stopped" in stderr
     lines = (out / "long.jsonl").read_text().splitlines()

@@ -258,9 +258,13 @@ class HarkenApp(App[int]):
         default), so a signal on the way out (the broker stopping) still stops cleanly."""
         for sig, previous in self._previous_handlers.items():
             # SIGHUP's default would kill the process unflushed: a later one stops at once,
-            # as a second Ctrl-C does.
+            # as a second Ctrl-C does; after a stop that finished it is ignored (the
+            # process is on its way out, everything flushed; see app/session.py).
             hup_default = sig == signal.SIGHUP and previous is signal.SIG_DFL
-            signal.signal(sig, signal.default_int_handler if hup_default else previous)
+            if sig == signal.SIGHUP and self.stops:
+                signal.signal(sig, signal.SIG_IGN)
+            else:
+                signal.signal(sig, signal.default_int_handler if hup_default else previous)
         self._previous_handlers.clear()
 
     def request_stop(self, signum: int) -> None:
