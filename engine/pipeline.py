@@ -152,6 +152,7 @@ class StreamState:
     #: BLOCK_QUEUE_SIZE), and the next segment's events held until the close is out (at
     #: most MAX_HELD_EVENTS; beyond, their publishers wait for it).
     closing: asyncio.Task[None] | None = None
+    steps: asyncio.TaskGroup | None = None  # live: the group the stream's steps run in
     waiting: dict[int, list[VadOutput | AudioBlock]] = field(default_factory=dict)
     after_close: list[Event] = field(default_factory=list)
     superseded_steps: int = 0  # steps in flight cancelled by a segment end (EndSupersedesStep)
@@ -364,6 +365,7 @@ class Engine:
         # Live steps are tasks of this group: an error in one ends the stream as it would
         # in the loop, and none outlives it.
         async with asyncio.TaskGroup() as steps:
+            state.steps = steps
             await self._process_blocks(state, steps)
 
     async def _process_blocks(self, state: StreamState, steps: asyncio.TaskGroup) -> None:
@@ -438,14 +440,18 @@ class Engine:
         up with the audio (a segment's end is seen when it arrives, not after a slow
         speaker pass), and the stages' windows meet in the worker, which runs the most
         urgent first; a stage whose step is still running catches up on its next one."""
-        for i, stage in enumerate(state.stages):
-            if i in state.waiting:
-                continue  # still closing the last segment
-            task = state.stepping.get(i)
-            if task is None or task.done():
-                state.stepping[i] = steps.create_task(
-                    self._step_stage(state, stage, after=state.closing),
-                    name=f"{stage.name}-{state.id}")
+        for i in range(len(state.stages)):
+            if i not in state.waiting:  # else still closing the last segment
+                self._start_step(state, i, steps)
+
+    def _start_step(self, state: StreamState, i: int, steps: asyncio.TaskGroup) -> None:
+        """Live: a step for stage `i` unless one is in flight."""
+        task = state.stepping.get(i)
+        if task is None or task.done():
+            stage = state.stages[i]
+            state.stepping[i] = steps.create_task(
+                self._step_stage(state, stage, after=state.closing),
+                name=f"{stage.name}-{state.id}")
 
     async def _steps_done(self, state: StreamState) -> None:
         """Waits for the steps in flight (a failed one fails the stream via its group)."""
@@ -503,16 +509,23 @@ class Engine:
             # else: bounded, as a stalled stream's queue: the listener hears a gap
 
     def _reopen(self, state: StreamState, i: int) -> None:
-        """Stage `i` has closed the segment: it gets what the VAD gave meanwhile, in order."""
+        """Stage `i` has closed the segment: it gets what the VAD gave meanwhile, in order,
+        and steps on it at once (waiting for the next block would merge the step that the
+        segment's opening audio made due with the one the next block makes due)."""
         stage = state.stages[i]
+        heard = False
         for out in state.waiting.pop(i, []):
             if isinstance(out, AudioBlock):
                 if isinstance(stage, AudioListener):
                     stage.on_block(out)
             elif isinstance(out, SegmentStart):
                 stage.on_start(out)
+                heard = True
             elif isinstance(out, SegmentAudio):
                 stage.on_audio(out)
+                heard = True
+        if heard and state.steps is not None:
+            self._start_step(state, i, state.steps)
 
     async def _after_close(self, state: StreamState, event: Event,
                            after: asyncio.Task[None] | None) -> None:

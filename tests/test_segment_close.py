@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -576,3 +577,53 @@ async def test_a_partial_held_while_the_last_segment_closes_is_timed_when_publis
     assert max(state.partial_latency.values()) > 0.3
     stats = [e for e in events if isinstance(e, Stats)][-1]
     assert stats.caption_latency_p95_s == state.partial_latency.get(95)
+
+
+class Clocked(Journal):
+    """Closes slowly (4 s); notes when it heard of each segment, whether a close was still
+    running then, and when it first stepped on it."""
+
+    name = "clocked"
+
+    def __init__(self, ctx: StageContext, engines: list[Engine]) -> None:
+        super().__init__(ctx, [])
+        self.engines = engines
+        self.started_at: dict[int, float] = {}
+        self.during_close: dict[int, bool] = {}
+        self.first_step_at: dict[int, float] = {}
+
+    def on_start(self, start: SegmentStart) -> None:
+        super().on_start(start)
+        self.started_at[start.segment] = time.monotonic()
+        self.during_close[start.segment] = self.engines[0].streams[self.stream].closing \
+            is not None
+
+    async def step(self) -> list[Event]:
+        if self.open is not None:
+            self.first_step_at.setdefault(self.open, time.monotonic())
+        return []
+
+    async def on_end(self, end: SegmentEnd) -> list[Event]:
+        await asyncio.sleep(4.0)  # longer than the pause between the sample's sentences
+        return await super().on_end(end)
+
+
+async def test_a_stage_steps_as_soon_as_it_hears_the_next_segment() -> None:
+    """Handed the next segment's opening audio after its own close, a stage steps on it
+    then, not a block later (when that block could make a second step due: merged)."""
+    made: list[Clocked] = []
+    engines: list[Engine] = []
+
+    def clocked(ctx: StageContext) -> Clocked:
+        made.append(Clocked(ctx, engines))
+        return made[-1]
+
+    await asyncio.wait_for(run_engine(
+        ListSource({"a": sample()}, pace_s=0.15), live=True,  # a block every 0.15 s
+        engine_ref=engines, stages=[clocked]), timeout=60)
+    stage = made[0]
+    assert len(stage.started_at) == 2
+    # Segment 1 opened while the stage still closed segment 0: it heard of it at the end of
+    # that close, and stepped on it in the same turn of the loop.
+    assert stage.during_close[1]
+    assert stage.first_step_at[1] - stage.started_at[1] < 0.05  # a block later: up to 0.15
