@@ -33,3 +33,16 @@ def tiny_non_ctc_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make sure HF_HUB_OFFLINE is set for this test even if another test changed it."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def long_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """assets/sample.wav four times (~35 s): a live run still speaking when a test stops it."""
+    import numpy as np
+    import soundfile as sf
+
+    root = Path(__file__).resolve().parent.parent
+    audio, rate = sf.read(str(root / "assets" / "sample.wav"), dtype="float32")
+    path = tmp_path_factory.mktemp("audio") / "long.wav"
+    sf.write(str(path), np.tile(audio, 4), rate)
+    return path

@@ -20,15 +20,7 @@ from tiny_models import build_tiny_ctc
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def long_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    audio, rate = sf.read(str(ROOT / "assets" / "sample.wav"), dtype="float32")
-    path = tmp_path_factory.mktemp("audio") / "long.wav"
-    sf.write(str(path), np.tile(audio, 4), rate)  # ~35 s, paced in real time
-    return path
-
-
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -52,7 +44,7 @@ def test_a_stop_signal_flushes_and_closes_outputs(long_sample: Path, tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
     env.update(HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
     broker: list[str] = []
-    port = _free_port()
+    port = free_port()
     if signum in (signal.SIGTERM, signal.SIGHUP) and shutil.which("mosquitto"):
         broker = ["--mqtt", "embedded"]
         env["HARKEN_MQTT__EMBEDDED_PORT"] = str(port)

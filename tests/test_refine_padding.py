@@ -169,6 +169,31 @@ def test_recent_audio_keeps_the_newest_samples_with_their_positions() -> None:
     np.testing.assert_array_equal(ring.take(0, 200), [7, 8, 9, 10, 11])
 
 
+async def refine_blocks(audio: np.ndarray, said: dict[int, list[object]],
+                        options: RefineStageOptions) -> tuple[Recording, list[Event]]:
+    """A file run of the refine stage: 0.1 s blocks, and after the block that ends at
+    sample n the VAD outputs `said[n]`; what the refiner got and the stage's events."""
+    refiner = Recording()
+    async with GenerationWorker(name="cpu") as gen:
+        stage = RefineStage(stream="s", refiner=refiner, generator=gen, live=False,
+                            arrivals=ArrivalLog(), finals=FinalLog(), vocabulary=None,
+                            frame_s=0.02, options=options)
+        for start in range(0, len(audio), 1_600):
+            stage.on_block(AudioBlock(stream="s", start=start,
+                                      samples=audio[start:start + 1_600]))
+            for out in said.get(start + 1_600, []):
+                if isinstance(out, SegmentStart):
+                    stage.on_start(out)
+                elif isinstance(out, SegmentAudio):
+                    stage.on_audio(out)
+                elif isinstance(out, SegmentEnd):
+                    await stage.on_end(out)
+            await stage.step()
+        stage.on_stream_end()
+        events = [e async for e in stage.background()]
+    return refiner, events
+
+
 async def test_padding_never_reaches_into_a_neighbouring_segment() -> None:
     """Segments 0 and 1 abut (the VAD clamps a pre-roll to the previous end, or splits);
     segment 2 follows a pause. Each sample's value is its position, so the audio the
@@ -183,25 +208,8 @@ async def test_padding_never_reaches_into_a_neighbouring_segment() -> None:
         said.setdefault(a + 1_600, []).extend(
             [SegmentStart(i, a), SegmentAudio(i, a, audio[a:b])])
         said.setdefault(b, []).insert(0, SegmentEnd(i, b, False))
-    refiner = Recording()
-    async with GenerationWorker(name="cpu") as gen:
-        stage = RefineStage(stream="s", refiner=refiner, generator=gen, live=False,
-                            arrivals=ArrivalLog(), finals=FinalLog(), vocabulary=None,
-                            frame_s=0.02, options=RefineStageOptions(pad_before_s=0.2,
-                                                                     pad_after_s=0.3))
-        for start in range(0, len(audio), 1_600):
-            stage.on_block(AudioBlock(stream="s", start=start,
-                                      samples=audio[start:start + 1_600]))
-            for out in said.get(start + 1_600, []):
-                if isinstance(out, SegmentStart):
-                    stage.on_start(out)
-                elif isinstance(out, SegmentAudio):
-                    stage.on_audio(out)
-                elif isinstance(out, SegmentEnd):
-                    await stage.on_end(out)
-            await stage.step()
-        stage.on_stream_end()
-        events = [e async for e in stage.background()]
+    refiner, events = await refine_blocks(audio, said, RefineStageOptions(pad_before_s=0.2,
+                                                                          pad_after_s=0.3))
     assert [e.segment for e in events if isinstance(e, CaptionRefined)] == [0, 1, 2]
     got = [(int(x[0]), int(x[-1]) + 1) for x in refiner.inputs]
     assert got == [
@@ -293,26 +301,8 @@ async def test_no_after_padding_at_a_vad_split() -> None:
                   SegmentAudio(1, split_at, audio[split_at:56_000])],
         56_000: [SegmentEnd(1, 56_000, False)],
     }
-    refiner = Recording()
-    async with GenerationWorker(name="cpu") as gen:
-        stage = RefineStage(stream="s", refiner=refiner, generator=gen, live=False,
-                            arrivals=ArrivalLog(), finals=FinalLog(), vocabulary=None,
-                            frame_s=0.02, options=RefineStageOptions(pad_before_s=0.2,
-                                                                     pad_after_s=0.3,
-                                                                     join_short_s=0.0))
-        for start in range(0, len(audio), 1_600):
-            stage.on_block(AudioBlock(stream="s", start=start,
-                                      samples=audio[start:start + 1_600]))
-            for out in said.get(start + 1_600, []):
-                if isinstance(out, SegmentStart):
-                    stage.on_start(out)
-                elif isinstance(out, SegmentAudio):
-                    stage.on_audio(out)
-                elif isinstance(out, SegmentEnd):
-                    await stage.on_end(out)
-            await stage.step()
-        stage.on_stream_end()
-        events = [e async for e in stage.background()]
+    refiner, events = await refine_blocks(audio, said, RefineStageOptions(
+        pad_before_s=0.2, pad_after_s=0.3, join_short_s=0.0))
     assert [e.segment for e in events if isinstance(e, CaptionRefined)] == [0, 1]
     got = [(int(x[0]), int(x[-1]) + 1) for x in refiner.inputs]
     assert got == [(16_000 - 3_200, split_at), (split_at, 56_000 + 4_800)]

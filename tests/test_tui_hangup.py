@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
+from test_interrupt import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HARKEN = Path(sys.executable).with_name("harken")
@@ -42,19 +41,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_ctc("hubert", tmp_path_factory.mktemp("tiny-hubert"))
 
 
-@pytest.fixture(scope="module")
-def long_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    audio, rate = sf.read(str(ROOT / "assets" / "sample.wav"), dtype="float32")
-    path = tmp_path_factory.mktemp("audio") / "long.wav"
-    sf.write(str(path), np.tile(audio, 4), rate)  # ~35 s, paced in real time
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Terminal:
@@ -117,7 +103,7 @@ def test_the_app_stops_cleanly_when_its_terminal_closes_or_on_sigterm(
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
     env.update(HF_HUB_OFFLINE="1", TERM="xterm-256color", XDG_CONFIG_HOME=str(tmp_path / "x"))
     broker: list[str] = []
-    port = _free_port()
+    port = free_port()
     if shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin"):
         broker = ["--mqtt", "embedded"]
         env["HARKEN_MQTT__EMBEDDED_PORT"] = str(port)
