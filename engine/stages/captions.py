@@ -61,7 +61,7 @@ def _words(transcript: Transcript) -> tuple[Word, ...]:
 
 
 class CaptionStage:
-    """The captions task on one stream (a `Stage` of engine/pipeline.py)."""
+    """The captions task on one stream (a `Stage` of engine/stages/base.py)."""
 
     name = "captions"
 
@@ -141,7 +141,7 @@ class CaptionStage:
         # Only the newest partial matters to a reader; older ones of this call are stale.
         return events[-1:] if isinstance(events[-1], CaptionPartial) else events
 
-    #: on_end takes the segment when called, before its first await (engine/pipeline.py
+    #: on_end takes the segment when called, before its first await (engine/stages/base.py
     #: TakesSegmentAtEnd): the next segment's audio may come while its final is encoded.
     takes_segment_at_end = True
 

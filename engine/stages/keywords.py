@@ -140,7 +140,7 @@ class KeywordSelection:
 
 
 class KeywordStage:
-    """The keyword task on one stream (a `Stage` of engine/pipeline.py)."""
+    """The keyword task on one stream (a `Stage` of engine/stages/base.py)."""
 
     name = "keywords"
 

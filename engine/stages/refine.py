@@ -141,7 +141,7 @@ class _Refined:
 
 
 class RefineStage(WholeSegmentStage):
-    """The refine task on one stream (a `Stage` of engine/pipeline.py)."""
+    """The refine task on one stream (a `Stage` of engine/stages/base.py)."""
 
     name = "refine"
 
@@ -204,7 +204,7 @@ class RefineStage(WholeSegmentStage):
     # ------------------------------------------------------------------ stage
 
     def on_block(self, block: AudioBlock) -> None:
-        """Every block of the stream, before its segment events (engine/pipeline.py
+        """Every block of the stream, before its segment events (engine/stages/base.py
         AudioListener): kept for the padding."""
         if self._recent is None:
             return

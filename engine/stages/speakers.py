@@ -1,4 +1,4 @@
-"""Live diarization and speaker identification on one stream (a `Stage`, engine/pipeline.py).
+"""Live diarization and speaker identification on one stream (a `Stage`, engine/stages/base.py).
 
 Only VAD speech reaches the models. The stage keeps the stream's speech on a *speech clock*
 (silence between VAD segments removed) and, every `step_s` of new speech, analyses the last

@@ -176,7 +176,7 @@ class _Job:
 
 
 class TranslationStage(WholeSegmentStage):
-    """The translation task on one stream (a `Stage` of engine/pipeline.py)."""
+    """The translation task on one stream (a `Stage` of engine/stages/base.py)."""
 
     name = "translation"
 
