@@ -366,9 +366,9 @@ class Engine:
         # in the loop, and none outlives it.
         async with asyncio.TaskGroup() as steps:
             state.steps = steps
-            await self._process_blocks(state, steps)
+            await self._process_blocks(state)
 
-    async def _process_blocks(self, state: StreamState, steps: asyncio.TaskGroup) -> None:
+    async def _process_blocks(self, state: StreamState) -> None:
         vad = VadSegmenter(self.options.vad)
         listeners = [(i, stage) for i, stage in enumerate(state.stages)
                      if isinstance(stage, AudioListener)]
@@ -392,11 +392,11 @@ class Engine:
                             stream=state.id, start=block.start / SAMPLE_RATE,
                             end=block.end / SAMPLE_RATE, dbfs=level_dbfs(block.samples),
                             speech=vad.in_speech and not self.paused))
-                await self._handle(state, outputs, steps)
+                await self._handle(state, outputs)
                 if not self.options.live:
                     await self._step(state)
             if self.options.live and not done:
-                self._start_steps(state, steps)
+                self._start_steps(state)
             if state.last_end / SAMPLE_RATE >= next_stats and not done:
                 await self.bus.publish(self._stats(state))
                 interval = self.options.stats_interval_s
@@ -435,21 +435,28 @@ class Engine:
         for event in await stage.step():
             await self._after_close(state, event, after)
 
-    def _start_steps(self, state: StreamState, steps: asyncio.TaskGroup) -> None:
+    def _start_steps(self, state: StreamState) -> None:
         """Live: a step for each stage that has none in flight. Not awaited, so the VAD keeps
         up with the audio (a segment's end is seen when it arrives, not after a slow
         speaker pass), and the stages' windows meet in the worker, which runs the most
         urgent first; a stage whose step is still running catches up on its next one."""
         for i in range(len(state.stages)):
             if i not in state.waiting:  # else still closing the last segment
-                self._start_step(state, i, steps)
+                self._start_step(state, i)
 
-    def _start_step(self, state: StreamState, i: int, steps: asyncio.TaskGroup) -> None:
+    @staticmethod
+    def _steps(state: StreamState) -> asyncio.TaskGroup:
+        """The group of the stream's live steps and closes (set while it is processed)."""
+        if state.steps is None:
+            raise RuntimeError(f"stream {state.id} is not being processed")
+        return state.steps
+
+    def _start_step(self, state: StreamState, i: int) -> None:
         """Live: a step for stage `i` unless one is in flight."""
         task = state.stepping.get(i)
         if task is None or task.done():
             stage = state.stages[i]
-            state.stepping[i] = steps.create_task(
+            state.stepping[i] = self._steps(state).create_task(
                 self._step_stage(state, stage, after=state.closing),
                 name=f"{stage.name}-{state.id}")
 
@@ -459,8 +466,7 @@ class Engine:
         if running:
             await asyncio.wait(running)
 
-    async def _handle(self, state: StreamState, outputs: list[VadOutput],
-                      steps: asyncio.TaskGroup) -> None:
+    async def _handle(self, state: StreamState, outputs: list[VadOutput]) -> None:
         for out in outputs:
             if isinstance(out, SegmentStart):
                 state.segments += 1
@@ -475,7 +481,7 @@ class Engine:
             elif self.options.live:
                 await self._closed(state)  # one close at a time
                 state.waiting = {i: [] for i in range(len(state.stages))}
-                state.closing = steps.create_task(self._close_beside(state, out),
+                state.closing = self._steps(state).create_task(self._close_beside(state, out),
                                                   name=f"close-{state.id}")
             else:
                 # Bring deterministic stages up to date before the segment is cut at `end`.
@@ -524,8 +530,8 @@ class Engine:
             elif isinstance(out, SegmentAudio):
                 stage.on_audio(out)
                 heard = True
-        if heard and state.steps is not None:
-            self._start_step(state, i, state.steps)
+        if heard and self.options.live:
+            self._start_step(state, i)
 
     async def _after_close(self, state: StreamState, event: Event,
                            after: asyncio.Task[None] | None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_pipeline import ListSource, SegmentEcho, run_engine, sample
+from test_pipeline import ListSource, QuietStage, SegmentEcho, run_engine, sample
 from tiny_models import build_tiny_ctc, speechlike_audio
 
 from harken.app.config import HarkenConfig, RefineConfig
@@ -221,7 +221,7 @@ async def test_padding_never_reaches_into_a_neighbouring_segment() -> None:
         np.testing.assert_array_equal(np.diff(x), 1)  # contiguous stream audio
 
 
-class SlowLastPass:
+class SlowLastPass(QuietStage):
     """An annotator whose close (the speakers stage's last pass) lets the VAD read on:
     it closes once the stream has read `ahead_s` past the segment's end, or after 1 s."""
 
@@ -251,15 +251,6 @@ class SlowLastPass:
 
     def annotate(self, event: Event) -> Event:
         return event
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def latencies(self) -> dict[str, float | None]:
-        return {}
-
-    def background(self) -> None:
-        return None
 
 
 async def test_live_after_padding_stops_at_the_next_segment_while_a_slow_close_runs(
